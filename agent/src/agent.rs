@@ -1,0 +1,800 @@
+//! The agent: admits sandboxes against its slots, runs them through
+//! containerd, keeps its table true from containerd's task events, and
+//! rebuilds it from container labels after a restart.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use containerd_client::events::{TaskExit, TaskOom};
+use fast_sandbox_api::agent::{
+    AgentInfo, CachedImage, ContainerState, CreateSandboxRequest, EventKind, ImageCacheReport,
+    ListSandboxesResponse, SandboxInfo,
+};
+use fast_sandbox_api::image::normalize;
+use fast_sandbox_api::validation::validate_create_request;
+use fast_sandbox_api::wellknown::container_labels as label;
+use fast_sandbox_server::Health;
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::cgroup;
+use crate::error::{Error, Result};
+use crate::events::{EventBus, Subscription};
+use crate::image::ImageCache;
+use crate::logs::{LogDir, LogStream};
+use crate::metrics::{Metrics, Stage};
+use crate::runtime::{ContainerRecord, Containerd, TaskState, timestamp};
+use crate::spec;
+use crate::state::{Change, Entry, Table};
+use crate::warm::{WarmPool, WarmSnapshot};
+
+/// Container label that makes containers share one runc shim process.
+pub const SHIM_GROUP_LABEL: &str = "io.containerd.runc.v2.group";
+/// Topic of containerd's task exit events.
+pub const TOPIC_EXIT: &str = "/tasks/exit";
+/// Topic of containerd's OOM events.
+pub const TOPIC_OOM: &str = "/tasks/oom";
+/// Lifetime of the lease a create runs under: if the agent dies mid-create,
+/// containerd collects what only the lease held after this long.
+pub const CREATE_LEASE_TTL: Duration = Duration::from_secs(600);
+/// SIGKILL is followed by at most this long a wait for the exit.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Wait between attempts to re-subscribe to containerd events.
+const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
+/// Makes warm snapshot keys unique within a process.
+static WARM_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How the agent is set up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Name of the agent pod.
+    pub pod_name: String,
+    /// UID of the agent pod: every container and snapshot the agent makes
+    /// carries it, so agents sharing a node never touch each other's.
+    pub pod_uid: String,
+    /// Node the agent runs on.
+    pub node_name: String,
+    /// Slots: how many sandboxes the agent holds at most.
+    pub slots: u32,
+    /// Directory for log files; must be the same path on the host (the
+    /// shim opens it there).
+    pub state_dir: PathBuf,
+    /// cgroup path sandboxes nest under (normally the agent's own).
+    pub cgroup_parent: String,
+    /// Run every sandbox of this agent in one runc shim process.
+    pub shim_group: bool,
+    /// Snapshots kept prepared per hot image (0 disables).
+    pub warm_snapshots: usize,
+    /// How many images get prepared snapshots.
+    pub warm_images: usize,
+    /// Grace period between SIGTERM and SIGKILL when a delete names none.
+    pub default_grace: Duration,
+}
+
+/// The agent.
+pub struct Agent {
+    cfg: Config,
+    cd: Containerd,
+    table: Mutex<Table>,
+    events: EventBus,
+    images: ImageCache,
+    unpacked: Mutex<HashSet<String>>,
+    warm: Arc<WarmPool>,
+    logs: LogDir,
+    metrics: Metrics,
+    health: Health,
+    uid_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Agent {
+    /// Builds the agent; it is not ready until [`Agent::run_events`] has
+    /// rebuilt its state.
+    pub fn new(cfg: Config, cd: Containerd, metrics: Metrics, health: Health) -> Result<Arc<Self>> {
+        let logs = LogDir::new(cfg.state_dir.join("logs"))?;
+        health.set_ready(false);
+        Ok(Arc::new(Self {
+            table: Mutex::new(Table::new(cfg.slots)),
+            warm: Arc::new(WarmPool::new(cfg.warm_snapshots, cfg.warm_images)),
+            cfg,
+            cd,
+            events: EventBus::new(),
+            images: ImageCache::new(),
+            unpacked: Mutex::new(HashSet::new()),
+            logs,
+            metrics,
+            health,
+            uid_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, changes: impl IntoIterator<Item = Change>) {
+        for (kind, info) in changes {
+            tracing::info!(uid = %info.uid, container = %info.container_id, ?kind, exit_code = ?info.exit_code, "sandbox event");
+            self.events.emit(kind, info);
+        }
+        let running = self.table().running();
+        self.metrics.set_running(running);
+    }
+
+    fn uid_lock(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.uid_locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop locks nobody holds, so the map does not grow without bound.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(uid.to_string()).or_default().clone()
+    }
+
+    /// ID of the containerd container of a sandbox at a reset revision.
+    pub fn container_id(uid: &str, reset_revision: i64) -> String {
+        if reset_revision == 0 {
+            format!("sandbox-{uid}")
+        } else {
+            format!("sandbox-{uid}-r{reset_revision}")
+        }
+    }
+
+    fn snapshot_prefix(&self) -> String {
+        format!("fast-sandbox/{}/", self.cfg.pod_uid)
+    }
+
+    fn warm_lease(&self) -> String {
+        format!("fast-sandbox-warm-{}", self.cfg.pod_uid)
+    }
+
+    /// Identity and slot use.
+    pub fn info(&self) -> AgentInfo {
+        let t = self.table();
+        AgentInfo {
+            pod_name: self.cfg.pod_name.clone(),
+            pod_uid: self.cfg.pod_uid.clone(),
+            node_name: self.cfg.node_name.clone(),
+            slots_total: t.slots(),
+            slots_used: t.used(),
+            ready: self.health.is_ready(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Every sandbox, with the sequence number to follow events from.
+    pub fn list(&self) -> ListSandboxesResponse {
+        let last_event_seq = self.events.last_seq();
+        ListSandboxesResponse {
+            agent: self.info(),
+            sandboxes: self.table().list(),
+            last_event_seq,
+        }
+    }
+
+    /// One sandbox.
+    pub fn get(&self, uid: &str) -> Result<SandboxInfo> {
+        self.table()
+            .get(uid)
+            .map(|e| e.info.clone())
+            .ok_or_else(|| Error::NotFound(uid.to_string()))
+    }
+
+    /// Subscribes to sandbox events.
+    pub fn subscribe(&self, since: Option<u64>) -> Subscription {
+        self.events.subscribe(since)
+    }
+
+    /// A heartbeat event.
+    pub fn heartbeat(&self) -> fast_sandbox_api::agent::SandboxEvent {
+        self.events.heartbeat()
+    }
+
+    /// Streams a sandbox's log file.
+    pub fn logs(
+        &self,
+        uid: &str,
+        stream: LogStream,
+        follow: bool,
+    ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>> {
+        let (path, exited) = {
+            let t = self.table();
+            let e = t.get(uid).ok_or_else(|| Error::NotFound(uid.to_string()))?;
+            (
+                self.logs.path(&e.info.container_id, stream),
+                e.exited.subscribe(),
+            )
+        };
+        Ok(crate::logs::stream(&path, follow, exited))
+    }
+
+    /// Images in the namespace with when this agent's sandboxes last used them.
+    pub async fn images(&self) -> Result<ImageCacheReport> {
+        let mut images = Vec::new();
+        for (name, target) in self.cd.list_images().await? {
+            // CRI also stores images under their config digest; not a reference.
+            if name.starts_with("sha256:") {
+                continue;
+            }
+            let normalized = normalize(&name);
+            let size_bytes = match self.images.resolve_target(&self.cd, &name, &target).await {
+                Ok(r) => r.size_bytes,
+                Err(e) => {
+                    tracing::debug!(image = %name, error = %e, "image not resolvable; size unknown");
+                    u64::try_from(target.size).unwrap_or(0)
+                }
+            };
+            images.push(CachedImage {
+                last_used: self.images.last_used(&normalized),
+                name,
+                normalized,
+                digest: target.digest,
+                size_bytes,
+            });
+        }
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(ImageCacheReport {
+            node_name: self.cfg.node_name.clone(),
+            namespace: self.cd.namespace().to_string(),
+            images,
+        })
+    }
+
+    /// Creates and starts a sandbox, or returns the existing one with the
+    /// same UID and reset revision. The flag is true when it was created now.
+    pub async fn create(&self, req: CreateSandboxRequest) -> Result<(SandboxInfo, bool)> {
+        validate_create_request(&req).map_err(Error::Invalid)?;
+        if !self.health.is_ready() {
+            return Err(Error::Unavailable("rebuilding state from containerd"));
+        }
+        let lock = self.uid_lock(&req.uid);
+        let _held = lock.lock().await;
+        let existing = self.table().get(&req.uid).map(|e| e.info.clone());
+        if let Some(existing) = existing {
+            if existing.reset_revision == req.reset_revision {
+                if normalize(&existing.image) != normalize(&req.image) {
+                    return Err(Error::Conflict(format!(
+                        "sandbox {} exists with image {}, not {}",
+                        req.uid, existing.image, req.image
+                    )));
+                }
+                return Ok((existing, false));
+            }
+            if req.reset_revision < existing.reset_revision {
+                return Err(Error::Conflict(format!(
+                    "sandbox {} runs reset revision {}, newer than {}",
+                    req.uid, existing.reset_revision, req.reset_revision
+                )));
+            }
+            tracing::info!(uid = %req.uid, from = existing.reset_revision, to = req.reset_revision, "replacing sandbox for a new reset revision");
+            self.remove(&req.uid, Duration::ZERO).await?;
+        }
+        self.table().reserve(&req.uid)?;
+        let result = self.create_reserved(&req).await;
+        if result.is_err() {
+            self.table().release(&req.uid);
+        }
+        result.map(|info| (info, true))
+    }
+
+    async fn create_reserved(&self, req: &CreateSandboxRequest) -> Result<SandboxInfo> {
+        let started = Instant::now();
+        let image_name = normalize(&req.image);
+        let image = self.images.resolve(&self.cd, &image_name).await?;
+        let unpacked = self
+            .unpacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&image.chain_id);
+        if !unpacked {
+            if !self.cd.snapshot_exists(&image.chain_id).await? {
+                return Err(Error::ImageNotPresent {
+                    image: image_name,
+                    why: format!(
+                        "its layers are not unpacked for the {} snapshotter",
+                        self.cd.snapshotter()
+                    ),
+                });
+            }
+            self.unpacked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(image.chain_id.clone());
+        }
+        let container_id = Self::container_id(&req.uid, req.reset_revision);
+        let cgroup_path = cgroup::sandbox_cgroup(&self.cfg.cgroup_parent, &req.uid);
+        let spec = spec::build(req, &image.exec, &cgroup_path)?;
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
+        self.metrics.observe(Stage::Image, started.elapsed());
+
+        let lease_id = format!("fast-sandbox-create-{container_id}");
+        let lease = self
+            .cd
+            .create_lease(&lease_id, Some(CREATE_LEASE_TTL), HashMap::new())
+            .await?;
+        let result = self
+            .create_in_lease(
+                req,
+                &image_name,
+                &image.chain_id,
+                &container_id,
+                spec_json,
+                &lease,
+            )
+            .await;
+        let cd = self.cd.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cd.delete_lease(&lease).await {
+                tracing::warn!(lease = %lease, error = %e, "deleting create lease failed; it expires by itself");
+            }
+        });
+        if result.is_ok() {
+            self.metrics.observe(Stage::Total, started.elapsed());
+        }
+        result
+    }
+
+    async fn create_in_lease(
+        &self,
+        req: &CreateSandboxRequest,
+        image_name: &str,
+        chain_id: &str,
+        container_id: &str,
+        spec_json: Vec<u8>,
+        lease: &str,
+    ) -> Result<SandboxInfo> {
+        let t = Instant::now();
+        let (warm, evicted) = self.warm.take(chain_id);
+        self.remove_warm(evicted);
+        let (snapshot_key, mounts) = match warm {
+            Some(w) => (w.key, w.mounts),
+            None => {
+                let key = format!("{}{container_id}", self.snapshot_prefix());
+                let mounts = self
+                    .cd
+                    .prepare_snapshot(&key, chain_id, Some(lease))
+                    .await?;
+                (key, mounts)
+            }
+        };
+        self.metrics.observe(Stage::Snapshot, t.elapsed());
+        self.refill_warm(chain_id);
+
+        let result = self
+            .create_container_and_task(
+                req,
+                image_name,
+                container_id,
+                &snapshot_key,
+                mounts,
+                spec_json,
+                lease,
+            )
+            .await;
+        if result.is_err() {
+            self.cleanup(container_id, &snapshot_key).await;
+            self.table().remove(&req.uid);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_container_and_task(
+        &self,
+        req: &CreateSandboxRequest,
+        image_name: &str,
+        container_id: &str,
+        snapshot_key: &str,
+        mounts: Vec<containerd_client::types::Mount>,
+        spec_json: Vec<u8>,
+        lease: &str,
+    ) -> Result<SandboxInfo> {
+        let (stdout, stderr) = self.logs.create(container_id)?;
+        let mut labels = HashMap::from([
+            (label::SANDBOX_UID.to_string(), req.uid.clone()),
+            (label::SANDBOX_NAME.to_string(), req.name.clone()),
+            (label::SANDBOX_NAMESPACE.to_string(), req.namespace.clone()),
+            (label::POOL.to_string(), req.pool.clone()),
+            (label::AGENT_UID.to_string(), self.cfg.pod_uid.clone()),
+            (
+                label::RESET_REVISION.to_string(),
+                req.reset_revision.to_string(),
+            ),
+            (label::MANAGED.to_string(), "true".to_string()),
+        ]);
+        if self.cfg.shim_group {
+            labels.insert(
+                SHIM_GROUP_LABEL.to_string(),
+                format!("fast-sandbox-{}", self.cfg.pod_uid),
+            );
+        }
+        let t = Instant::now();
+        self.cd
+            .create_container(
+                ContainerRecord {
+                    id: container_id.to_string(),
+                    image: image_name.to_string(),
+                    labels,
+                    spec_json,
+                    snapshot_key: snapshot_key.to_string(),
+                },
+                Some(lease),
+            )
+            .await?;
+        self.metrics.observe(Stage::Container, t.elapsed());
+        let info = SandboxInfo {
+            uid: req.uid.clone(),
+            name: req.name.clone(),
+            namespace: req.namespace.clone(),
+            pool: req.pool.clone(),
+            container_id: container_id.to_string(),
+            image: req.image.clone(),
+            state: ContainerState::Created,
+            created_at: Some(Utc::now()),
+            reset_revision: req.reset_revision,
+            ..Default::default()
+        };
+        {
+            let mut table = self.table();
+            table.insert(Entry::new(info, snapshot_key.to_string()));
+            table.set_starting(&req.uid, true);
+        }
+        let t = Instant::now();
+        self.cd
+            .create_task(container_id, mounts, &stdout, &stderr)
+            .await?;
+        self.metrics.observe(Stage::TaskCreate, t.elapsed());
+        let t = Instant::now();
+        let pid = self.cd.start_task(container_id).await?;
+        self.metrics.observe(Stage::TaskStart, t.elapsed());
+        let now = Utc::now();
+        self.images.mark_used(image_name, now);
+        let changes = self.table().started(&req.uid, pid, now);
+        self.publish(changes);
+        self.get(&req.uid)
+    }
+
+    /// Best-effort removal of everything a sandbox may have in containerd
+    /// and on disk.
+    async fn cleanup(&self, container_id: &str, snapshot_key: &str) {
+        if let Err(e) = self.cd.kill(container_id, libc::SIGKILL, true).await {
+            tracing::debug!(container = %container_id, error = %e, "kill during cleanup");
+        }
+        for (what, r) in [
+            ("task", self.cd.delete_task(container_id).await),
+            ("container", self.cd.delete_container(container_id).await),
+            ("snapshot", self.cd.remove_snapshot(snapshot_key).await),
+        ] {
+            if let Err(e) = r {
+                tracing::warn!(container = %container_id, what, error = %e, "cleanup failed");
+            }
+        }
+        self.logs.remove(container_id);
+    }
+
+    /// Stops (SIGTERM, `grace`, SIGKILL) and deletes a sandbox: task,
+    /// container, snapshot and log files.
+    pub async fn delete(&self, uid: &str, grace: Option<Duration>) -> Result<SandboxInfo> {
+        let lock = self.uid_lock(uid);
+        let _held = lock.lock().await;
+        self.remove(uid, grace.unwrap_or(self.cfg.default_grace))
+            .await
+    }
+
+    async fn remove(&self, uid: &str, grace: Duration) -> Result<SandboxInfo> {
+        let (info, snapshot_key) = {
+            let t = self.table();
+            let e = t.get(uid).ok_or_else(|| Error::NotFound(uid.to_string()))?;
+            (e.info.clone(), e.snapshot_key.clone())
+        };
+        let id = info.container_id.clone();
+        if info.state != ContainerState::Exited {
+            self.stop(&id, grace).await?;
+        }
+        self.cd.delete_task(&id).await?;
+        self.cd.delete_container(&id).await?;
+        self.cd.remove_snapshot(&snapshot_key).await?;
+        self.logs.remove(&id);
+        let removed = self.table().remove(uid);
+        let final_info = removed.map(|e| e.info).unwrap_or(info);
+        self.publish([(EventKind::Deleted, final_info.clone())]);
+        Ok(final_info)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        if !grace.is_zero() {
+            self.cd.kill(id, libc::SIGTERM, false).await?;
+            if let Ok(r) = tokio::time::timeout(grace, self.cd.wait(id)).await {
+                return r
+                    .map(|_| ())
+                    .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) });
+            }
+        }
+        self.cd.kill(id, libc::SIGKILL, true).await?;
+        match tokio::time::timeout(KILL_WAIT, self.cd.wait(id)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.is_not_found() => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::containerd(
+                "wait task",
+                tonic::Status::deadline_exceeded(format!(
+                    "{id} did not exit {KILL_WAIT:?} after SIGKILL"
+                )),
+            )),
+        }
+    }
+
+    fn remove_warm(&self, snaps: Vec<WarmSnapshot>) {
+        if snaps.is_empty() {
+            return;
+        }
+        let cd = self.cd.clone();
+        tokio::spawn(async move {
+            for s in snaps {
+                if let Err(e) = cd.remove_snapshot(&s.key).await {
+                    tracing::warn!(key = %s.key, error = %e, "removing warm snapshot failed");
+                }
+            }
+        });
+    }
+
+    /// Prepares snapshots of `chain_id` in the background until the pool
+    /// holds its share for that image.
+    fn refill_warm(&self, chain_id: &str) {
+        let n = self.warm.claim_refill(chain_id);
+        if n == 0 {
+            return;
+        }
+        let cd = self.cd.clone();
+        let pool = self.warm.clone();
+        let lease = self.warm_lease();
+        let prefix = self.snapshot_prefix();
+        let chain = chain_id.to_string();
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let seq = WARM_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let key = format!("{prefix}warm-{}-{seq}", std::process::id());
+                match cd.prepare_snapshot(&key, &chain, Some(&lease)).await {
+                    Ok(mounts) => {
+                        if let Some(back) = pool.add(&chain, WarmSnapshot { key, mounts })
+                            && let Err(e) = cd.remove_snapshot(&back.key).await
+                        {
+                            tracing::warn!(key = %back.key, error = %e, "removing warm snapshot failed");
+                        }
+                    }
+                    Err(e) => {
+                        pool.failed(&chain);
+                        tracing::warn!(key = %key, error = %e, "preparing a warm snapshot failed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Rebuilds the table from containerd: every container of this agent
+    /// (by label) with its task's state. Half-created leftovers (a container
+    /// without a started task, snapshots and log files without a container)
+    /// are removed.
+    pub async fn rebuild(&self) -> Result<()> {
+        let filters = vec![format!(
+            "labels.\"{}\"==true,labels.\"{}\"=={}",
+            label::MANAGED,
+            label::AGENT_UID,
+            self.cfg.pod_uid
+        )];
+        let containers = self.cd.list_containers(filters).await?;
+        let mut seen_uids = HashSet::new();
+        let mut keep_snapshots = HashSet::new();
+        let mut keep_logs = HashSet::new();
+        let mut changes = Vec::new();
+        for c in containers {
+            let labels = &c.labels;
+            let Some(uid) = labels.get(label::SANDBOX_UID).cloned() else {
+                continue;
+            };
+            if self.table().is_reserved(&uid) || self.table().get(&uid).is_some_and(|e| e.starting)
+            {
+                seen_uids.insert(uid);
+                keep_snapshots.insert(c.snapshot_key.clone());
+                keep_logs.insert(c.id.clone());
+                continue;
+            }
+            let task = self.cd.task(&c.id).await?;
+            let task = match task {
+                Some(t) if matches!(t.state, TaskState::Running | TaskState::Stopped) => t,
+                other => {
+                    tracing::info!(container = %c.id, task = ?other.map(|t| t.state), "removing a half-created sandbox");
+                    self.cleanup(&c.id, &c.snapshot_key).await;
+                    continue;
+                }
+            };
+            seen_uids.insert(uid.clone());
+            keep_snapshots.insert(c.snapshot_key.clone());
+            keep_logs.insert(c.id.clone());
+            let created_at = timestamp(c.created_at.as_ref());
+            if let Some(at) = created_at {
+                self.images.mark_used(&normalize(&c.image), at);
+            }
+            let mut table = self.table();
+            if table.get(&uid).is_none() {
+                let info = SandboxInfo {
+                    uid: uid.clone(),
+                    name: labels.get(label::SANDBOX_NAME).cloned().unwrap_or_default(),
+                    namespace: labels
+                        .get(label::SANDBOX_NAMESPACE)
+                        .cloned()
+                        .unwrap_or_default(),
+                    pool: labels.get(label::POOL).cloned().unwrap_or_default(),
+                    container_id: c.id.clone(),
+                    image: c.image.clone(),
+                    state: ContainerState::Running,
+                    pid: Some(task.pid),
+                    created_at,
+                    started_at: created_at,
+                    reset_revision: labels
+                        .get(label::RESET_REVISION)
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(0),
+                    ..Default::default()
+                };
+                table.insert(Entry::new(info, c.snapshot_key.clone()));
+            }
+            if task.state == TaskState::Stopped {
+                changes.extend(table.exited(&c.id, task.exit_status, task.exited_at));
+            }
+        }
+        // Sandboxes the table holds but containerd no longer has.
+        let gone: Vec<String> = {
+            let t = self.table();
+            t.uids()
+                .into_iter()
+                .filter(|u| !seen_uids.contains(u) && !t.is_reserved(u))
+                .collect()
+        };
+        for uid in gone {
+            if let Some(e) = self.table().remove(&uid) {
+                changes.push((EventKind::Deleted, e.info));
+            }
+        }
+        self.publish(changes);
+        // Leftovers of creates that never finished.
+        let warm: HashSet<String> = self.warm.keys().into_iter().collect();
+        for key in self.cd.snapshot_keys(&self.snapshot_prefix()).await? {
+            if !keep_snapshots.contains(&key) && !warm.contains(&key) {
+                tracing::info!(key = %key, "removing an orphaned snapshot");
+                self.cd.remove_snapshot(&key).await?;
+            }
+        }
+        let in_flight: HashSet<String> = {
+            let t = self.table();
+            t.list().into_iter().map(|i| i.container_id).collect()
+        };
+        for id in self.logs.container_ids() {
+            if !keep_logs.contains(&id) && !in_flight.contains(&id) {
+                self.logs.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_envelope(&self, topic: &str, payload: &[u8]) {
+        let change = match topic {
+            TOPIC_EXIT => match TaskExit::decode(payload) {
+                // Exits of exec'd processes are not the sandbox's.
+                Ok(ev) if ev.id.is_empty() || ev.id == ev.container_id => self.table().exited(
+                    &ev.container_id,
+                    ev.exit_status,
+                    timestamp(ev.exited_at.as_ref()),
+                ),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable task exit event");
+                    None
+                }
+            },
+            TOPIC_OOM => match TaskOom::decode(payload) {
+                Ok(ev) => self.table().oom(&ev.container_id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable task OOM event");
+                    None
+                }
+            },
+            _ => None,
+        };
+        self.publish(change);
+    }
+
+    /// Follows containerd's task events for as long as the agent lives:
+    /// subscribes, rebuilds the table (events that arrive meanwhile wait in
+    /// the stream), marks the agent ready, then applies events as they come.
+    /// When the stream breaks (containerd restarted) the agent turns
+    /// unready, subscribes again and re-syncs.
+    pub async fn run_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let stream = match self.cd.subscribe(&[TOPIC_EXIT, TOPIC_OOM]).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to containerd events failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RESUBSCRIBE_BACKOFF) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            if let Err(e) = self.prepare_warm_lease().await {
+                tracing::warn!(error = %e, "creating the warm snapshot lease failed");
+            }
+            match self.rebuild().await {
+                Ok(()) => {
+                    let n = self.table().list().len();
+                    tracing::info!(sandboxes = n, "state rebuilt from containerd; ready");
+                    self.health.set_ready(true);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rebuilding state from containerd failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RESUBSCRIBE_BACKOFF) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+            let mut stream = stream;
+            loop {
+                tokio::select! {
+                    msg = stream.recv() => match msg {
+                        Some(Ok(env)) => {
+                            if let Some(ev) = env.event {
+                                self.apply_envelope(&env.topic, &ev.value);
+                            }
+                        }
+                        None => {
+                            tracing::warn!("containerd closed the event stream");
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "containerd event stream failed");
+                            break;
+                        }
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+            self.health.set_ready(false);
+        }
+    }
+
+    /// Removes the prepared snapshots and their lease; for a graceful
+    /// shutdown (the pod is going away; a restarted agent would clean them
+    /// up in its rebuild anyway).
+    pub async fn release_warm(&self) {
+        if !self.warm.enabled() {
+            return;
+        }
+        for key in self.warm.drain() {
+            if let Err(e) = self.cd.remove_snapshot(&key).await {
+                tracing::warn!(key = %key, error = %e, "removing warm snapshot failed");
+            }
+        }
+        if let Err(e) = self.cd.delete_lease(&self.warm_lease()).await {
+            tracing::warn!(error = %e, "deleting the warm snapshot lease failed");
+        }
+    }
+
+    async fn prepare_warm_lease(&self) -> Result<()> {
+        if !self.warm.enabled() {
+            return Ok(());
+        }
+        let labels = HashMap::from([(label::AGENT_UID.to_string(), self.cfg.pod_uid.clone())]);
+        self.cd
+            .create_lease(&self.warm_lease(), None, labels)
+            .await?;
+        Ok(())
+    }
+}

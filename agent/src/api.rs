@@ -1,0 +1,262 @@
+//! The agent's HTTPS API (`/v1`, see [`fast_sandbox_api::agent`]): routing,
+//! request parsing and error mapping over [`Agent`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fast_sandbox_api::agent::{
+    ApiError, CreateSandboxRequest, ErrorCode, NDJSON, PATH_EVENTS, PATH_IMAGES, PATH_INFO,
+    PATH_SANDBOXES,
+};
+use fast_sandbox_server::{Body, Handler, Peer, body};
+use futures::future::BoxFuture;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::agent::Agent;
+use crate::error::Error;
+use crate::logs::LogStream;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// A heartbeat goes out when the event stream was quiet this long.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The request handler.
+pub struct Api {
+    agent: Arc<Agent>,
+    metrics: crate::metrics::Metrics,
+    require_client_cert: bool,
+}
+
+impl Api {
+    /// Serves `agent`; with `require_client_cert`, requests without a
+    /// verified client certificate are refused (the TLS layer verifies it
+    /// against the Fast Sandbox CA).
+    pub fn new(
+        agent: Arc<Agent>,
+        metrics: crate::metrics::Metrics,
+        require_client_cert: bool,
+    ) -> Self {
+        Self {
+            agent,
+            metrics,
+            require_client_cert,
+        }
+    }
+}
+
+fn error_response(metrics: &crate::metrics::Metrics, e: &ApiError) -> Response<Body> {
+    metrics.error(e.code);
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    body::json(status, e)
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+fn is_true(v: Option<&str>) -> bool {
+    matches!(v, Some("true" | "1" | ""))
+}
+
+fn stream_response(
+    content_type: &'static str,
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+) -> Response<Body> {
+    let mut r = Response::new(body::stream(ReceiverStream::new(rx)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+impl Handler for Api {
+    fn call(&self, req: Request<Incoming>, peer: Peer) -> BoxFuture<'static, Response<Body>> {
+        let agent = self.agent.clone();
+        let metrics = self.metrics.clone();
+        let unauthenticated = self.require_client_cert && peer.client_cert.is_none();
+        Box::pin(async move {
+            if unauthenticated {
+                return error_response(
+                    &metrics,
+                    &ApiError::new(
+                        ErrorCode::Unauthenticated,
+                        "a client certificate from the Fast Sandbox CA is required",
+                    ),
+                );
+            }
+            match route(agent, req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if e.code() == ErrorCode::Internal {
+                        tracing::warn!(error = %e, "request failed");
+                    }
+                    error_response(&metrics, &e.to_api())
+                }
+            }
+        })
+    }
+}
+
+async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let query = query.as_deref();
+    let rest = path.strip_prefix(PATH_SANDBOXES);
+    match (&method, path.as_str(), rest) {
+        (&Method::POST, PATH_SANDBOXES, _) => {
+            let bytes = Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| invalid("body", format!("reading the body failed: {e}")))?
+                .to_bytes();
+            let create: CreateSandboxRequest = serde_json::from_slice(&bytes)
+                .map_err(|e| invalid("body", format!("not a CreateSandboxRequest: {e}")))?;
+            let (info, created) = agent.create(create).await?;
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(body::json(status, &info))
+        }
+        (&Method::GET, PATH_SANDBOXES, _) => Ok(body::json(StatusCode::OK, &agent.list())),
+        (&Method::GET, PATH_EVENTS, _) => {
+            let since = query_param(query, "since").and_then(|s| s.parse().ok());
+            Ok(stream_response(NDJSON, event_stream(agent, since)))
+        }
+        (&Method::GET, PATH_IMAGES, _) => Ok(body::json(StatusCode::OK, &agent.images().await?)),
+        (&Method::GET, PATH_INFO, _) => Ok(body::json(StatusCode::OK, &agent.info())),
+        (_, _, Some(rest)) if rest.starts_with('/') => {
+            let rest = &rest[1..];
+            let (uid, sub) = rest.split_once('/').unwrap_or((rest, ""));
+            match (&method, sub) {
+                (&Method::GET, "") => Ok(body::json(StatusCode::OK, &agent.get(uid)?)),
+                (&Method::DELETE, "") => {
+                    let grace = match query_param(query, "gracePeriodSeconds") {
+                        Some(g) => Some(Duration::from_secs(g.parse().map_err(|_| {
+                            invalid(
+                                "gracePeriodSeconds",
+                                format!("{g:?} is not a non-negative integer"),
+                            )
+                        })?)),
+                        None => None,
+                    };
+                    Ok(body::json(StatusCode::OK, &agent.delete(uid, grace).await?))
+                }
+                (&Method::GET, "logs") => {
+                    let stream = match query_param(query, "stream") {
+                        None => LogStream::Stdout,
+                        Some(s) => LogStream::parse(s).ok_or_else(|| {
+                            invalid("stream", format!("{s:?} is neither stdout nor stderr"))
+                        })?,
+                    };
+                    let follow = is_true(query_param(query, "follow"));
+                    let rx = agent.logs(uid, stream, follow)?;
+                    Ok(stream_response("text/plain; charset=utf-8", rx))
+                }
+                _ => Ok(not_found(&method, &path)),
+            }
+        }
+        _ => Ok(not_found(&method, &path)),
+    }
+}
+
+fn invalid(field: &str, message: String) -> Error {
+    Error::Invalid(fast_sandbox_api::validation::FieldErrors(vec![
+        fast_sandbox_api::validation::FieldError {
+            field: field.to_string(),
+            message,
+        },
+    ]))
+}
+
+fn not_found(method: &Method, path: &str) -> Response<Body> {
+    body::json(
+        StatusCode::NOT_FOUND,
+        &ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}")),
+    )
+}
+
+fn line(ev: &fast_sandbox_api::agent::SandboxEvent) -> Bytes {
+    let mut v = serde_json::to_vec(ev).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// The NDJSON event stream: backlog after `since`, then live events, with a
+/// heartbeat whenever nothing happened for [`HEARTBEAT`].
+fn event_stream(agent: Arc<Agent>, since: Option<u64>) -> mpsc::Receiver<std::io::Result<Bytes>> {
+    let (tx, rx) = mpsc::channel(64);
+    let sub = agent.subscribe(since);
+    tokio::spawn(async move {
+        for ev in &sub.backlog {
+            if tx.send(Ok(line(ev))).await.is_err() {
+                return;
+            }
+        }
+        let mut last = sub.backlog.last().map_or(0, |e| e.seq);
+        let mut live = sub.live;
+        loop {
+            let next = tokio::select! {
+                r = live.recv() => r,
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    if tx.send(Ok(line(&agent.heartbeat()))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                () = tx.closed() => return,
+            };
+            match next {
+                Ok(ev) => {
+                    if ev.seq <= last {
+                        continue;
+                    }
+                    last = ev.seq;
+                    if tx.send(Ok(line(&ev))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    // The client fell behind the fan-out; it must re-list.
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!(
+                            "event stream lagged by {n} events; re-list and resume with since"
+                        ))))
+                        .await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_found() {
+        assert_eq!(
+            query_param(Some("follow=true&stream=stderr"), "stream"),
+            Some("stderr")
+        );
+        assert_eq!(query_param(Some("follow"), "follow"), Some(""));
+        assert_eq!(query_param(None, "follow"), None);
+        assert!(is_true(Some("true")));
+        assert!(!is_true(Some("false")));
+        assert!(!is_true(None));
+    }
+}

@@ -1,0 +1,165 @@
+//! A client of the agent API over one long-lived HTTP/2 connection with
+//! mutual TLS: what the controller does, in a form tests, benchmarks and
+//! tools can use.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fast_sandbox_api::agent::{
+    ApiError, CreateSandboxRequest, ListSandboxesResponse, PATH_SANDBOXES, SandboxInfo,
+    sandbox_path,
+};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Why a call did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TCP or TLS failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// Agent address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The server name is not a valid DNS name.
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    /// HTTP failed.
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// The request could not be built.
+    #[error("request: {0}")]
+    Request(#[from] http::Error),
+    /// The answer is not the expected JSON.
+    #[error("decoding the answer ({status}): {message}")]
+    Decode {
+        /// HTTP status.
+        status: StatusCode,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One HTTP/2 connection to one agent.
+#[derive(Clone)]
+pub struct AgentClient {
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl AgentClient {
+    /// Connects to `addr`, verifying the agent's certificate for
+    /// `server_name` with `tls` (which carries the client certificate).
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Arc<ClientConfig>,
+    ) -> Result<Self, ClientError> {
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| ClientError::ServerName(server_name.to_string()))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let stream = TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "agent connection ended");
+            }
+        });
+        Ok(Self {
+            sender,
+            authority: format!("{server_name}:{}", addr.port()),
+        })
+    }
+
+    /// Sends one request and returns the raw answer (streams stay open).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("https://{}{path}", self.authority));
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let mut sender = self.sender.clone();
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// Sends a request and decodes a JSON answer: `Ok(Ok(T))` on 2xx,
+    /// `Ok(Err(ApiError))` when the agent refused.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Result<T, ApiError>), ClientError> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let decode = |message: String| ClientError::Decode { status, message };
+        if status.is_success() {
+            let v = serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))?;
+            Ok((status, Ok(v)))
+        } else {
+            let e = serde_json::from_slice(&bytes)
+                .map_err(|e| decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
+            Ok((status, Err(e)))
+        }
+    }
+
+    /// `POST /v1/sandboxes`.
+    pub async fn create(
+        &self,
+        req: &CreateSandboxRequest,
+    ) -> Result<(StatusCode, Result<SandboxInfo, ApiError>), ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+            status: StatusCode::OK,
+            message: e.to_string(),
+        })?;
+        self.call(Method::POST, PATH_SANDBOXES, Some(body)).await
+    }
+
+    /// `GET /v1/sandboxes/{uid}`.
+    pub async fn get(&self, uid: &str) -> Result<Result<SandboxInfo, ApiError>, ClientError> {
+        Ok(self.call(Method::GET, &sandbox_path(uid), None).await?.1)
+    }
+
+    /// `GET /v1/sandboxes`.
+    pub async fn list(&self) -> Result<Result<ListSandboxesResponse, ApiError>, ClientError> {
+        Ok(self.call(Method::GET, PATH_SANDBOXES, None).await?.1)
+    }
+
+    /// `DELETE /v1/sandboxes/{uid}?gracePeriodSeconds=N`.
+    pub async fn delete(
+        &self,
+        uid: &str,
+        grace_seconds: u64,
+    ) -> Result<(StatusCode, Result<SandboxInfo, ApiError>), ClientError> {
+        let path = format!("{}?gracePeriodSeconds={grace_seconds}", sandbox_path(uid));
+        self.call(Method::DELETE, &path, None).await
+    }
+}

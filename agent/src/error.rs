@@ -1,0 +1,153 @@
+//! The agent's error type. Every variant maps to one wire [`ErrorCode`], so
+//! the controller branches on codes, never on messages.
+
+use fast_sandbox_api::agent::{ApiError, ErrorCode};
+use fast_sandbox_api::validation::FieldErrors;
+
+/// What can go wrong while serving a sandbox request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request failed validation; the first field is reported on the wire.
+    #[error("invalid request: {0}")]
+    Invalid(FieldErrors),
+    /// No sandbox with this UID on this agent.
+    #[error("sandbox {0} not found")]
+    NotFound(String),
+    /// The image is not in the node's containerd (the agent never pulls).
+    #[error("image {image} is not present on the node: {why}")]
+    ImageNotPresent {
+        /// Normalised reference.
+        image: String,
+        /// What is missing (the image, or its unpacked layers).
+        why: String,
+    },
+    /// All slots are taken.
+    #[error("all {0} slots of this agent are taken")]
+    CapacityExceeded(u32),
+    /// The UID exists with another spec.
+    #[error("{0}")]
+    Conflict(String),
+    /// The agent has not rebuilt its state yet, or is shutting down.
+    #[error("the agent is not ready: {0}")]
+    Unavailable(&'static str),
+    /// A containerd call failed.
+    #[error("containerd {op} failed: {status}")]
+    Containerd {
+        /// Which call.
+        op: &'static str,
+        /// gRPC status returned.
+        status: Box<tonic::Status>,
+    },
+    /// An image's content could not be understood.
+    #[error("image {image}: {message}")]
+    ImageContent {
+        /// Reference or digest.
+        image: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The OCI runtime spec could not be built.
+    #[error("runtime spec: {0}")]
+    Spec(String),
+    /// A local file operation failed (logs, state dir).
+    #[error("{what}: {source}")]
+    Io {
+        /// What the agent was doing.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps a failed containerd call.
+    pub fn containerd(op: &'static str, status: tonic::Status) -> Self {
+        Error::Containerd {
+            op,
+            status: Box::new(status),
+        }
+    }
+
+    /// Wraps a failed file operation.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The wire code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Invalid(_) => ErrorCode::InvalidArgument,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::ImageNotPresent { .. } => ErrorCode::ImageNotPresent,
+            Error::CapacityExceeded(_) => ErrorCode::CapacityExceeded,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Containerd { status, .. } if status.code() == tonic::Code::Unavailable => {
+                ErrorCode::Unavailable
+            }
+            Error::Containerd { .. }
+            | Error::ImageContent { .. }
+            | Error::Spec(_)
+            | Error::Io { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// Whether a containerd call failed because the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Containerd { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+
+    /// The wire form, naming the field for invalid requests.
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            Error::Invalid(errs) => match errs.first() {
+                Some(first) => ApiError {
+                    code: ErrorCode::InvalidArgument,
+                    message: errs.to_string(),
+                    field: Some(first.field.clone()),
+                },
+                None => ApiError::new(ErrorCode::InvalidArgument, "invalid request"),
+            },
+            other => ApiError::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// Result of agent operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fast_sandbox_api::validation::FieldError;
+
+    #[test]
+    fn invalid_names_the_first_field() {
+        let e = Error::Invalid(FieldErrors(vec![
+            FieldError {
+                field: "env[1].name".into(),
+                message: "bad".into(),
+            },
+            FieldError {
+                field: "command[0]".into(),
+                message: "empty".into(),
+            },
+        ]));
+        let api = e.to_api();
+        assert_eq!(api.code, ErrorCode::InvalidArgument);
+        assert_eq!(api.field.as_deref(), Some("env[1].name"));
+        assert!(api.message.contains("command[0]"));
+    }
+
+    #[test]
+    fn containerd_not_found_is_recognised() {
+        let e = Error::containerd("get task", tonic::Status::not_found("no task"));
+        assert!(e.is_not_found());
+        assert_eq!(e.code(), ErrorCode::Internal);
+        let e = Error::containerd("get task", tonic::Status::unavailable("down"));
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+    }
+}

@@ -1,0 +1,34 @@
+//! Fast Sandbox agent: the data plane. Runs in a privileged pod on each
+//! node and starts sandboxes as containers in the node's own containerd,
+//! from images the node already holds, behind a mutual-TLS HTTPS API.
+//!
+//! - [`runtime`]: the containerd calls a sandbox's life needs.
+//! - [`image`]: image resolution (index, manifest, config, chain ID), cached.
+//! - [`spec`] and [`seccomp`]: the OCI runtime spec of a sandbox.
+//! - [`cgroup`]: sandbox cgroups nested under the agent's own.
+//! - [`state`]: the sandbox table and slots.
+//! - [`events`]: the event stream clients follow.
+//! - [`logs`]: stdout/stderr files and following them.
+//! - [`warm`]: snapshots prepared ahead for hot images.
+//! - [`agent`]: the agent itself; [`api`]: its HTTP API; [`client`]: a
+//!   client of that API (tests, benchmarks, tools).
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rust_2018_idioms)]
+
+pub mod agent;
+pub mod api;
+pub mod cgroup;
+pub mod client;
+pub mod error;
+pub mod events;
+pub mod image;
+pub mod logs;
+pub mod metrics;
+pub mod runtime;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+pub mod warm;
+
+pub use agent::{Agent, Config};
+pub use error::{Error, Result};

@@ -1,0 +1,199 @@
+//! `fast-sandbox-agent`: runs in every agent pod, starts sandboxes in the
+//! node's containerd and serves them over mutual-TLS HTTPS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use fast_sandbox_agent::api::Api;
+use fast_sandbox_agent::metrics::Metrics;
+use fast_sandbox_agent::runtime::Containerd;
+use fast_sandbox_agent::{Agent, Config, cgroup};
+use fast_sandbox_server::tls::ServerTls;
+use fast_sandbox_server::{Ops, OpsArgs, Registry, telemetry};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Starts sandboxes as containers in the node's containerd.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address of the HTTPS API (mutual TLS).
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_AGENT_LISTEN",
+        default_value = "0.0.0.0:9443"
+    )]
+    listen: SocketAddr,
+    /// Serving certificate (PEM), re-read when it changes.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_TLS_CERT",
+        default_value = "/etc/fast-sandbox/tls/tls.crt"
+    )]
+    tls_cert: PathBuf,
+    /// Serving key (PEM).
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_TLS_KEY",
+        default_value = "/etc/fast-sandbox/tls/tls.key"
+    )]
+    tls_key: PathBuf,
+    /// CA that client certificates must chain to (the Fast Sandbox CA).
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_CLIENT_CA",
+        default_value = "/etc/fast-sandbox/tls/ca.crt"
+    )]
+    client_ca: PathBuf,
+    /// containerd socket.
+    #[arg(
+        long,
+        env = "CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    containerd_socket: PathBuf,
+    /// containerd namespace; `k8s.io` shares the kubelet's image cache.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_CONTAINERD_NAMESPACE",
+        default_value = "k8s.io"
+    )]
+    namespace: String,
+    /// Snapshotter the node's images are unpacked for.
+    #[arg(long, env = "FAST_SANDBOX_SNAPSHOTTER", default_value = "overlayfs")]
+    snapshotter: String,
+    /// containerd runtime (shim) of sandboxes.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_RUNTIME",
+        default_value = "io.containerd.runc.v2"
+    )]
+    runtime: String,
+    /// Name of the agent pod (downward API).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    /// UID of the agent pod (downward API); labels every container.
+    #[arg(long, env = "POD_UID")]
+    pod_uid: String,
+    /// Node name (downward API).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node_name: String,
+    /// Sandboxes this agent holds at most.
+    #[arg(long, env = "SLOTS", default_value_t = 10)]
+    slots: u32,
+    /// Host directory shared by agents (same path inside the pod); this
+    /// agent uses the subdirectory named by its pod UID.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_STATE_DIR",
+        default_value = "/var/lib/fast-sandbox/agents"
+    )]
+    state_dir: PathBuf,
+    /// cgroup path sandboxes nest under; default: the agent's own cgroup.
+    #[arg(long, env = "FAST_SANDBOX_CGROUP_PARENT")]
+    cgroup_parent: Option<String>,
+    /// Run all sandboxes of this agent in one runc shim process.
+    #[arg(long, env = "FAST_SANDBOX_SHIM_GROUP", default_value_t = true, action = clap::ArgAction::Set)]
+    shim_group: bool,
+    /// Snapshots kept prepared per hot image (0 disables).
+    #[arg(long, env = "FAST_SANDBOX_WARM_SNAPSHOTS", default_value_t = 2)]
+    warm_snapshots: usize,
+    /// Images that get prepared snapshots (most recently used first).
+    #[arg(long, env = "FAST_SANDBOX_WARM_IMAGES", default_value_t = 4)]
+    warm_images: usize,
+    /// Seconds between SIGTERM and SIGKILL when a delete names no grace period.
+    #[arg(long, env = "FAST_SANDBOX_GRACE_SECONDS", default_value_t = 10)]
+    grace_seconds: u64,
+    #[command(flatten)]
+    ops: OpsArgs,
+}
+
+async fn shutdown_signal(tx: watch::Sender<bool>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down; sandboxes keep running");
+    tx.send_replace(true);
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.ops.log_format);
+    let cgroup_parent = match args.cgroup_parent {
+        Some(p) => p,
+        None => {
+            let text = std::fs::read_to_string("/proc/self/cgroup")
+                .context("reading /proc/self/cgroup")?;
+            cgroup::own_cgroup(&text).context("no cgroup in /proc/self/cgroup")?
+        }
+    };
+    let registry = Registry::default();
+    let ops = Ops {
+        health: Default::default(),
+        registry: registry.clone(),
+    };
+    let metrics = Metrics::register(&registry);
+    let cd = Containerd::connect(
+        &args.containerd_socket,
+        &args.namespace,
+        &args.snapshotter,
+        &args.runtime,
+    )
+    .await
+    .context("connecting to containerd")?;
+    let cfg = Config {
+        pod_name: args.pod_name,
+        state_dir: args.state_dir.join(&args.pod_uid),
+        pod_uid: args.pod_uid,
+        node_name: args.node_name,
+        slots: args.slots,
+        cgroup_parent,
+        shim_group: args.shim_group,
+        warm_snapshots: args.warm_snapshots,
+        warm_images: args.warm_images,
+        default_grace: Duration::from_secs(args.grace_seconds),
+    };
+    tracing::info!(?cfg, "starting agent");
+    let agent =
+        Agent::new(cfg, cd, metrics.clone(), ops.health.clone()).context("creating the agent")?;
+    let tls = ServerTls {
+        cert: args.tls_cert,
+        key: args.tls_key,
+        client_ca: Some(args.client_ca),
+    }
+    .build()
+    .context("loading TLS material")?;
+
+    let (tx, rx) = watch::channel(false);
+    let events = tokio::spawn(agent.clone().run_events(rx.clone()));
+    let api_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let ops_listener = TcpListener::bind(args.ops.ops_listen)
+        .await
+        .with_context(|| format!("binding {}", args.ops.ops_listen))?;
+    let done = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api = fast_sandbox_server::serve(
+        api_listener,
+        Some(tls),
+        ops.clone(),
+        Arc::new(Api::new(agent.clone(), metrics, true)),
+        done(rx.clone()),
+    );
+    let ops_server = fast_sandbox_server::serve_ops(ops_listener, ops, done(rx.clone()));
+    tokio::spawn(shutdown_signal(tx));
+    tokio::join!(api, ops_server);
+    events.abort();
+    agent.release_warm().await;
+    Ok(())
+}

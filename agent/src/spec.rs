@@ -1,0 +1,348 @@
+//! The OCI runtime spec of a sandbox: the image's process defaults merged
+//! with the request (Kubernetes rules for command and args), default mounts,
+//! masked and read-only paths, a small capability set, no new privileges,
+//! the default seccomp profile, rlimits, its own namespaces (network
+//! included: loopback only) and cgroup limits at a path nested under the
+//! agent's own cgroup.
+
+use std::collections::HashSet;
+
+use fast_sandbox_api::agent::{CreateSandboxRequest, ResourceLimits};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths,
+    get_default_mounts, get_default_namespaces, get_default_readonly_paths,
+};
+
+use crate::error::{Error, Result};
+use crate::image::ExecConfig;
+use crate::seccomp;
+
+/// `PATH` when neither the image nor the request sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// CFS period the CPU limit is expressed over (100 ms).
+pub const CFS_PERIOD_US: u64 = 100_000;
+/// Open-file limits of a sandbox's processes (soft, hard): low enough that
+/// runc never needs to raise a limit above the node's.
+pub const NOFILE_LIMIT: (u64, u64) = (1024, 4096);
+/// Longest hostname the kernel accepts.
+const MAX_HOSTNAME: usize = 63;
+
+/// Capabilities a sandbox's process holds: containerd's defaults without
+/// `NET_RAW` and `MKNOD` (no network to craft packets for, no devices to make).
+pub const CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+    Capability::Setfcap,
+];
+
+/// The argv of a sandbox's process, by the Kubernetes rules: `command`
+/// replaces the image's Entrypoint (and drops its Cmd); `args` replaces
+/// Cmd.
+pub fn process_args(req: &CreateSandboxRequest, image: &ExecConfig) -> Vec<String> {
+    let entrypoint = if req.command.is_empty() {
+        image.entrypoint.clone().unwrap_or_default()
+    } else {
+        req.command.clone()
+    };
+    let args = if !req.args.is_empty() {
+        req.args.clone()
+    } else if req.command.is_empty() {
+        image.cmd.clone().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    entrypoint.into_iter().chain(args).collect()
+}
+
+/// The environment: the image's, then the request's (a request variable
+/// replaces an image variable of the same name), with a default `PATH`.
+pub fn merged_env(req: &CreateSandboxRequest, image: &ExecConfig) -> Vec<String> {
+    let mut env: Vec<String> = image.env.clone().unwrap_or_default();
+    for var in &req.env {
+        let prefix = format!("{}=", var.name);
+        env.retain(|e| !e.starts_with(&prefix));
+        env.push(format!("{}={}", var.name, var.value));
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    env
+}
+
+/// The numeric user and group from an image's `User`; names need the
+/// image's `/etc/passwd` and are refused.
+pub fn user_ids(user: Option<&str>) -> Result<(u32, u32)> {
+    let Some(user) = user.map(str::trim).filter(|u| !u.is_empty()) else {
+        return Ok((0, 0));
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let uid: u32 = u.parse().map_err(|_| {
+        Error::Spec(format!(
+            "image user {user:?} is not numeric; only uid[:gid] is supported"
+        ))
+    })?;
+    let gid: u32 = match g {
+        Some(g) => g
+            .parse()
+            .map_err(|_| Error::Spec(format!("image group in {user:?} is not numeric")))?,
+        None => uid,
+    };
+    Ok((uid, gid))
+}
+
+/// A hostname from the sandbox name: valid characters only, at most 63.
+pub fn hostname(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_HOSTNAME)
+        .collect();
+    if h.is_empty() { "sandbox".into() } else { h }
+}
+
+fn spec_err(e: impl std::fmt::Display) -> Error {
+    Error::Spec(e.to_string())
+}
+
+/// Builds the runtime spec of one sandbox.
+pub fn build(req: &CreateSandboxRequest, image: &ExecConfig, cgroups_path: &str) -> Result<Spec> {
+    let args = process_args(req, image);
+    if args.is_empty() {
+        return Err(Error::Invalid(fast_sandbox_api::validation::FieldErrors(
+            vec![fast_sandbox_api::validation::FieldError {
+                field: "command".into(),
+                message: "the image has no Entrypoint or Cmd; a command is required".into(),
+            }],
+        )));
+    }
+    let (uid, gid) = user_ids(image.user.as_deref())?;
+    let cwd = req
+        .working_dir
+        .clone()
+        .or_else(|| image.working_dir.clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .build()
+                .map_err(spec_err)?,
+        )
+        .args(args)
+        .env(merged_env(req, image))
+        .cwd(cwd)
+        .no_new_privileges(true)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()
+                .map_err(spec_err)?,
+        )
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .soft(NOFILE_LIMIT.0)
+                .hard(NOFILE_LIMIT.1)
+                .build()
+                .map_err(spec_err)?,
+        ])
+        .build()
+        .map_err(spec_err)?;
+    let linux = LinuxBuilder::default()
+        .namespaces(get_default_namespaces())
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .cgroups_path(cgroups_path)
+        .resources(resources(&req.limits)?)
+        .seccomp(seccomp::default_profile())
+        .build()
+        .map_err(spec_err)?;
+    let mut spec = Spec::default();
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()
+            .map_err(spec_err)?,
+    ));
+    spec.set_hostname(Some(hostname(&req.name)));
+    spec.set_mounts(Some(get_default_mounts()));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+fn resources(limits: &ResourceLimits) -> Result<oci_spec::runtime::LinuxResources> {
+    let deny_all = LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(spec_err)?;
+    let mut b = LinuxResourcesBuilder::default().devices(vec![deny_all]);
+    if let Some(bytes) = limits.memory_bytes {
+        let limit = i64::try_from(bytes).map_err(spec_err)?;
+        b = b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(limit)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    if let Some(millis) = limits.cpu_millis {
+        let quota = i64::try_from(millis * CFS_PERIOD_US / 1000).map_err(spec_err)?;
+        b = b.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(CFS_PERIOD_US)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    if let Some(pids) = limits.pids {
+        b = b.pids(
+            LinuxPidsBuilder::default()
+                .limit(pids)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    b.build().map_err(spec_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fast_sandbox_api::sandbox::EnvVar;
+
+    fn image() -> ExecConfig {
+        ExecConfig {
+            entrypoint: Some(vec!["/entry".into()]),
+            cmd: Some(vec!["default".into()]),
+            env: Some(vec!["PATH=/bin".into(), "A=image".into()]),
+            working_dir: Some("/work".into()),
+            user: None,
+        }
+    }
+
+    fn req() -> CreateSandboxRequest {
+        CreateSandboxRequest {
+            uid: "u1".into(),
+            name: "my_sandbox".into(),
+            namespace: "ns".into(),
+            image: "busybox".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let img = image();
+        let mut r = req();
+        assert_eq!(process_args(&r, &img), ["/entry", "default"]);
+        r.args = vec!["x".into()];
+        assert_eq!(process_args(&r, &img), ["/entry", "x"]);
+        r.command = vec!["/bin/sh".into()];
+        assert_eq!(process_args(&r, &img), ["/bin/sh", "x"]);
+        r.args.clear();
+        assert_eq!(process_args(&r, &img), ["/bin/sh"]);
+    }
+
+    #[test]
+    fn request_env_overrides_image_env() {
+        let mut r = req();
+        r.env = vec![EnvVar {
+            name: "A".into(),
+            value: "req".into(),
+        }];
+        assert_eq!(merged_env(&r, &image()), ["PATH=/bin", "A=req"]);
+        assert_eq!(
+            merged_env(&r, &ExecConfig::default())[0],
+            format!("PATH={DEFAULT_PATH}")
+        );
+    }
+
+    #[test]
+    fn user_must_be_numeric() {
+        assert_eq!(user_ids(None).unwrap(), (0, 0));
+        assert_eq!(user_ids(Some("1000")).unwrap(), (1000, 1000));
+        assert_eq!(user_ids(Some("1000:5")).unwrap(), (1000, 5));
+        assert!(user_ids(Some("nobody")).is_err());
+    }
+
+    #[test]
+    fn spec_carries_limits_isolation_and_cgroup() {
+        let mut r = req();
+        r.limits = ResourceLimits {
+            cpu_millis: Some(500),
+            memory_bytes: Some(64 << 20),
+            pids: Some(32),
+        };
+        let spec = build(&r, &image(), "/parent/sandbox-u1").unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["hostname"], "my-sandbox");
+        assert_eq!(json["process"]["cwd"], "/work");
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["root"]["path"], "rootfs");
+        let linux = &json["linux"];
+        assert_eq!(linux["cgroupsPath"], "/parent/sandbox-u1");
+        assert_eq!(linux["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(linux["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(linux["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(linux["resources"]["pids"]["limit"], 32);
+        assert_eq!(linux["resources"]["devices"][0]["allow"], false);
+        assert!(
+            linux["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "network" && n.get("path").is_none())
+        );
+        assert!(
+            linux["maskedPaths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "/proc/kcore")
+        );
+        assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        let caps = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert!(
+            !caps
+                .iter()
+                .any(|c| c == "CAP_SYS_ADMIN" || c == "CAP_NET_RAW")
+        );
+    }
+
+    #[test]
+    fn no_command_anywhere_is_an_invalid_request() {
+        let e = build(&req(), &ExecConfig::default(), "/x").unwrap_err();
+        assert_eq!(e.to_api().field.as_deref(), Some("command"));
+    }
+}

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Starts a private containerd (own config, root, state and socket in a
+# temporary directory; CRI disabled; runc; overlayfs) with the busybox test
+# image imported, for the agent's integration tests and benchmark. Stops only
+# the process it started.
+#
+#   agent/tests/containerd.sh run -- cargo test -p fast-sandbox-agent
+#       start, export FAST_SANDBOX_CONTAINERD_SOCK (and friends), run the
+#       command, stop, exit with the command's status.
+#   agent/tests/containerd.sh start DIR   start in DIR and print the exports
+#   agent/tests/containerd.sh stop DIR    stop what `start DIR` started
+set -euo pipefail
+
+NAMESPACE="${FAST_SANDBOX_TEST_NAMESPACE:-fast-sandbox-test}"
+IMAGE="docker.io/fast-sandbox/busybox:dev"
+BUSYBOX="${BUSYBOX:-/bin/busybox}"
+
+log() { echo "containerd.sh: $*" >&2; }
+
+need() {
+  for bin in "$@"; do
+    command -v "$bin" >/dev/null 2>&1 || { log "missing $bin"; return 1; }
+  done
+}
+
+write_config() {
+  local dir=$1
+  cat >"$dir/config.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "$dir/containerd.sock"
+
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+TOML
+}
+
+build_image() {
+  local dir=$1 out=$2
+  local layout="$dir/image/layout" bundle="$dir/image/bundle"
+  rm -rf "$dir/image" && mkdir -p "$dir/image"
+  umoci init --layout "$layout" >/dev/null
+  umoci new --image "$layout:dev" >/dev/null
+  umoci unpack --rootless --image "$layout:dev" "$bundle" >/dev/null
+  mkdir -p "$bundle/rootfs/bin" "$bundle/rootfs/tmp" "$bundle/rootfs/etc"
+  cp "$BUSYBOX" "$bundle/rootfs/bin/busybox"
+  for applet in $("$BUSYBOX" --list); do
+    [ -e "$bundle/rootfs/bin/$applet" ] || ln -s busybox "$bundle/rootfs/bin/$applet"
+  done
+  echo "root:x:0:0:root:/:/bin/sh" >"$bundle/rootfs/etc/passwd"
+  echo "root:x:0:" >"$bundle/rootfs/etc/group"
+  umoci repack --image "$layout:dev" "$bundle" >/dev/null
+  umoci config --image "$layout:dev" --config.cmd sh --config.env PATH=/bin >/dev/null
+  umoci gc --layout "$layout" >/dev/null
+  tar -C "$layout" -cf "$out" .
+}
+
+start() {
+  local dir=$1
+  mkdir -p "$dir"
+  write_config "$dir"
+  containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+  echo $! >"$dir/containerd.pid"
+  local i
+  for i in $(seq 1 100); do
+    if ctr -a "$dir/containerd.sock" version >/dev/null 2>&1; then break; fi
+    if ! kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null; then
+      log "containerd exited; log follows"; cat "$dir/containerd.log" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  ctr -a "$dir/containerd.sock" version >/dev/null || { log "containerd did not answer in 10s"; return 1; }
+  build_image "$dir" "$dir/busybox.tar"
+  ctr -a "$dir/containerd.sock" -n "$NAMESPACE" images import \
+    --index-name "$IMAGE" "$dir/busybox.tar" >/dev/null
+  log "containerd $(cat "$dir/containerd.pid") on $dir/containerd.sock, image $IMAGE in namespace $NAMESPACE"
+}
+
+stop() {
+  local dir=$1
+  [ -f "$dir/containerd.pid" ] || return 0
+  local pid
+  pid=$(cat "$dir/containerd.pid")
+  # Tasks left behind by a failed test: kill them so their shims exit.
+  if kill -0 "$pid" 2>/dev/null; then
+    local ns c
+    for ns in $(ctr -a "$dir/containerd.sock" namespaces ls -q 2>/dev/null); do
+      for c in $(ctr -a "$dir/containerd.sock" -n "$ns" tasks ls -q 2>/dev/null); do
+        ctr -a "$dir/containerd.sock" -n "$ns" tasks kill -a -s SIGKILL "$c" >/dev/null 2>&1 || true
+        ctr -a "$dir/containerd.sock" -n "$ns" tasks delete -f "$c" >/dev/null 2>&1 || true
+      done
+    done
+    kill "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/containerd.pid"
+  # Unmount anything still mounted under the directory before removing it.
+  { grep -o " $dir/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+
+exports() {
+  local dir=$1
+  echo "export FAST_SANDBOX_CONTAINERD_SOCK=$dir/containerd.sock"
+  echo "export FAST_SANDBOX_TEST_NAMESPACE=$NAMESPACE"
+  echo "export FAST_SANDBOX_TEST_IMAGE=$IMAGE"
+  echo "export FAST_SANDBOX_TEST_DIR=$dir"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  start)
+    dir=${1:?usage: containerd.sh start DIR}
+    need containerd ctr runc umoci tar
+    start "$dir"
+    exports "$dir"
+    ;;
+  stop)
+    stop "${1:?usage: containerd.sh stop DIR}"
+    ;;
+  run)
+    [ "${1:-}" = "--" ] && shift
+    [ $# -gt 0 ] || { echo "usage: containerd.sh run -- COMMAND..." >&2; exit 2; }
+    if [ "$(id -u)" != 0 ] || ! need containerd ctr runc umoci tar; then
+      log "not root or tools missing: running without containerd (tests skip)"
+      exec "$@"
+    fi
+    dir=$(mktemp -d /tmp/fast-sandbox-containerd.XXXXXX)
+    trap 'stop "$dir"' EXIT
+    start "$dir"
+    eval "$(exports "$dir")"
+    set +e
+    "$@"
+    rc=$?
+    set -e
+    exit $rc
+    ;;
+  *)
+    echo "usage: containerd.sh {run -- COMMAND...|start DIR|stop DIR}" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,170 @@
+//! The built agent binary is killed while sandboxes run and started again:
+//! it rebuilds its state from containerd alone, the sandboxes are still
+//! listed and deletable, and nothing is left behind.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use fast_sandbox_agent::client::AgentClient;
+use fast_sandbox_agent::runtime::Containerd;
+use fast_sandbox_api::agent::ContainerState;
+use support::{CGROUP_PARENT, Env, Pki, SERVER_NAME, env, request};
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(env: &Env, pki_dir: &Path, state: &Path, pod_uid: &str, api: u16, ops: u16) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_fast-sandbox-agent"))
+        .args(["--listen", &format!("127.0.0.1:{api}")])
+        .args(["--ops-listen", &format!("127.0.0.1:{ops}")])
+        .arg("--tls-cert")
+        .arg(pki_dir.join("agent.crt"))
+        .arg("--tls-key")
+        .arg(pki_dir.join("agent.key"))
+        .arg("--client-ca")
+        .arg(pki_dir.join("ca.crt"))
+        .arg("--containerd-socket")
+        .arg(&env.socket)
+        .args(["--namespace", &env.namespace])
+        .args([
+            "--pod-uid",
+            pod_uid,
+            "--pod-name",
+            "agent-restart",
+            "--node-name",
+            "test-node",
+        ])
+        .args([
+            "--slots",
+            "4",
+            "--cgroup-parent",
+            CGROUP_PARENT,
+            "--warm-snapshots",
+            "0",
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .spawn()
+        .expect("starting the agent binary");
+    Running(child)
+}
+
+fn ready(ops: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", ops)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+async fn wait_ready(ops: u16) {
+    support::wait_for(
+        "agent binary ready",
+        Duration::from_secs(20),
+        || async move {
+            tokio::task::spawn_blocking(move || ready(ops))
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killed_agent_rebuilds_its_state_from_containerd() {
+    let Some(env) = env() else { return };
+    let pki = Pki::new("Fast Sandbox test CA");
+    pki.issue("agent", &[SERVER_NAME]);
+    let tls = pki.client("fast-sandbox-controller");
+    let state = tempfile::tempdir().unwrap();
+    let pod_uid = support::pod_uid("restart");
+    let (api, ops) = (free_port(), free_port());
+    let addr: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+
+    let agent = spawn(&env, pki.dir.path(), state.path(), &pod_uid, api, ops);
+    wait_ready(ops).await;
+    let client = AgentClient::connect(addr, SERVER_NAME, tls.clone())
+        .await
+        .unwrap();
+    let keep = client
+        .create(&request(&env, "keep", &["sleep", "300"]))
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+    client
+        .create(&request(&env, "done", &["sh", "-c", "exit 7"]))
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+    support::wait_for("sandbox done to exit", Duration::from_secs(20), || {
+        let c = client.clone();
+        async move { c.get("done").await.unwrap().unwrap().state == ContainerState::Exited }
+    })
+    .await;
+
+    drop(agent); // SIGKILL: no chance to clean anything up.
+    // While the agent is down the sandbox keeps running.
+    assert!(Path::new(&format!("/proc/{}", keep.pid.unwrap())).exists());
+
+    let _agent = spawn(&env, pki.dir.path(), state.path(), &pod_uid, api, ops);
+    wait_ready(ops).await;
+    let client = AgentClient::connect(addr, SERVER_NAME, tls).await.unwrap();
+    let list = client.list().await.unwrap().unwrap();
+    assert_eq!(list.agent.slots_used, 2);
+    let by_uid = |uid: &str| {
+        list.sandboxes
+            .iter()
+            .find(|s| s.uid == uid)
+            .cloned()
+            .unwrap()
+    };
+    let kept = by_uid("keep");
+    assert_eq!(kept.state, ContainerState::Running);
+    assert_eq!(kept.pid, keep.pid);
+    assert_eq!(kept.name, "sbx-keep");
+    assert_eq!(kept.pool, "test-pool");
+    let done = by_uid("done");
+    assert_eq!(done.state, ContainerState::Exited);
+    assert_eq!(done.exit_code, Some(7));
+
+    client.delete("keep", 0).await.unwrap().1.unwrap();
+    client.delete("done", 0).await.unwrap().1.unwrap();
+    assert!(client.list().await.unwrap().unwrap().sandboxes.is_empty());
+    let cd = Containerd::connect(
+        &env.socket,
+        &env.namespace,
+        "overlayfs",
+        "io.containerd.runc.v2",
+    )
+    .await
+    .unwrap();
+    support::assert_nothing_left(&cd, &pod_uid, &state.path().join(&pod_uid).join("logs")).await;
+}

@@ -1,0 +1,461 @@
+//! The agent against a real containerd and runc, over real HTTPS with
+//! mutual TLS. Run through `agent/tests/containerd.sh run -- cargo test -p
+//! fast-sandbox-agent`; without it (or without root) every test skips.
+
+mod support;
+
+use std::time::Duration;
+
+use fast_sandbox_api::agent::{
+    ContainerState, ErrorCode, EventKind, ImageCacheReport, PATH_EVENTS, PATH_IMAGES,
+    ResourceLimits, logs_path,
+};
+use fast_sandbox_api::sandbox::EnvVar;
+use fast_sandbox_api::wellknown::reason;
+use http::{Method, StatusCode};
+use support::{TestAgent, body_text, env, read_events, request, wait_for};
+
+async fn wait_exited(a: &TestAgent, uid: &str) -> fast_sandbox_api::agent::SandboxInfo {
+    let mut last = None;
+    for _ in 0..400 {
+        let info = a.client.get(uid).await.unwrap().unwrap();
+        if info.state == ContainerState::Exited {
+            return info;
+        }
+        last = Some(info);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sandbox {uid} did not exit in 20s: {last:?}");
+}
+
+async fn logs(a: &TestAgent, uid: &str, query: &str) -> String {
+    let resp = a
+        .client
+        .send(Method::GET, &format!("{}?{query}", logs_path(uid)), None)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    body_text(resp).await
+}
+
+#[tokio::test]
+async fn runs_reports_exit_code_logs_and_events_then_deletes_everything() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "run", 4).await;
+    let events = a.client.send(Method::GET, PATH_EVENTS, None).await.unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+
+    let mut req = request(
+        &env,
+        "run-1",
+        &["sh", "-c", "echo hello $GREETING; echo oops >&2; exit 3"],
+    );
+    req.env = vec![EnvVar {
+        name: "GREETING".into(),
+        value: "world".into(),
+    }];
+    let (status, info) = a.client.create(&req).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    let info = info.unwrap();
+    assert_eq!(info.container_id, "sandbox-run-1");
+    assert!(matches!(
+        info.state,
+        ContainerState::Running | ContainerState::Exited
+    ));
+
+    let seen = read_events(events, Duration::from_secs(20), |evs| {
+        evs.iter().any(|e| e.kind == EventKind::Exited)
+    })
+    .await;
+    let kinds: Vec<_> = seen.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Started, EventKind::Exited], "{seen:?}");
+    assert!(seen[0].seq < seen[1].seq);
+    let exited = seen[1].sandbox.as_ref().unwrap();
+    assert_eq!(exited.exit_code, Some(3));
+    assert_eq!(exited.reason.as_deref(), Some(reason::ERROR));
+
+    let info = wait_exited(&a, "run-1").await;
+    assert_eq!(info.exit_code, Some(3));
+    assert_eq!(logs(&a, "run-1", "").await, "hello world\n");
+    assert_eq!(logs(&a, "run-1", "stream=stderr").await, "oops\n");
+
+    let (status, deleted) = a.client.delete("run-1", 0).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted.unwrap().exit_code, Some(3));
+    let (status, again) = a.client.delete("run-1", 0).await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(again.unwrap_err().code, ErrorCode::NotFound);
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn follows_logs_until_the_process_exits() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "follow", 2).await;
+    let req = request(
+        &env,
+        "follow-1",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo line$i; sleep 0.3; done",
+        ],
+    );
+    a.client.create(&req).await.unwrap().1.unwrap();
+    let text = logs(&a, "follow-1", "follow=true").await;
+    assert_eq!(text, "line1\nline2\nline3\n");
+    a.client.delete("follow-1", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn memory_limit_oom_kills_and_is_reported() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "oom", 2).await;
+    let events = a.client.send(Method::GET, PATH_EVENTS, None).await.unwrap();
+    let mut req = request(
+        &env,
+        "oom-1",
+        &["sh", "-c", "x=0123456789; while true; do x=$x$x; done"],
+    );
+    req.limits = ResourceLimits {
+        memory_bytes: Some(16 << 20),
+        ..Default::default()
+    };
+    a.client.create(&req).await.unwrap().1.unwrap();
+    let seen = read_events(events, Duration::from_secs(30), |evs| {
+        evs.iter().any(|e| e.kind == EventKind::OomKilled)
+    })
+    .await;
+    let oom = seen
+        .iter()
+        .find(|e| e.kind == EventKind::OomKilled)
+        .unwrap();
+    let info = oom.sandbox.as_ref().unwrap();
+    assert_eq!(info.reason.as_deref(), Some(reason::OOM_KILLED));
+    assert_eq!(info.exit_code, Some(137));
+    let info = wait_exited(&a, "oom-1").await;
+    assert_eq!(info.reason.as_deref(), Some(reason::OOM_KILLED));
+    a.client.delete("oom-1", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn pids_limit_stops_fork_bombs() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "pids", 2).await;
+    let mut req = request(
+        &env,
+        "pids-1",
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/pids/pids.max; for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; echo forked",
+        ],
+    );
+    req.limits = ResourceLimits {
+        pids: Some(4),
+        ..Default::default()
+    };
+    a.client.create(&req).await.unwrap().1.unwrap();
+    wait_exited(&a, "pids-1").await;
+    let out = logs(&a, "pids-1", "").await;
+    let err = logs(&a, "pids-1", "stream=stderr").await;
+    assert!(out.starts_with("4\n"), "stdout: {out:?}");
+    assert!(err.contains("fork"), "no fork failure in stderr: {err:?}");
+    a.client.delete("pids-1", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+fn host_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9")
+        .or_else(|_| s.connect("10.255.255.1:9"))
+        .ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn sandbox_has_only_loopback_and_cannot_reach_the_agent() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "isolation", 2).await;
+    let port = a.addr.port();
+    let mut targets = vec!["127.0.0.1".to_string()];
+    if let Some(ip) = host_ip() {
+        targets.push(ip.to_string());
+    }
+    let script = format!(
+        "grep -c : /proc/net/dev; for t in {}; do if nc -w 2 $t {port} </dev/null; then echo reached $t; else echo blocked $t; fi; done",
+        targets.join(" ")
+    );
+    let req = request(&env, "iso-1", &["sh", "-c", &script]);
+    a.client.create(&req).await.unwrap().1.unwrap();
+    wait_exited(&a, "iso-1").await;
+    let out = logs(&a, "iso-1", "").await;
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("1"),
+        "more than loopback in the sandbox: {out}"
+    );
+    for t in &targets {
+        assert!(
+            out.contains(&format!("blocked {t}")),
+            "sandbox reached {t}:{port}: {out}"
+        );
+    }
+    a.client.delete("iso-1", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn create_is_idempotent_by_uid_and_capacity_is_enforced() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "slots", 1).await;
+    let req = request(&env, "slot-1", &["sleep", "300"]);
+    let (s1, first) = a.client.create(&req).await.unwrap();
+    let (s2, second) = a.client.create(&req).await.unwrap();
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.container_id, second.container_id);
+    assert_eq!(second.state, ContainerState::Running);
+    // The sandbox's cgroup nests under the agent's parent, on the host.
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", second.pid.unwrap())).unwrap();
+    let memory = cgroup.lines().find(|l| l.contains(":memory:")).unwrap();
+    assert!(
+        memory.ends_with(&format!("{}/sandbox-slot-1", support::CGROUP_PARENT)),
+        "{cgroup}"
+    );
+
+    let mut other_image = req.clone();
+    other_image.image = "docker.io/library/other:1".into();
+    let (status, conflict) = a.client.create(&other_image).await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict.unwrap_err().code, ErrorCode::Conflict);
+
+    let (status, full) = a
+        .client
+        .create(&request(&env, "slot-2", &["true"]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(full.unwrap_err().code, ErrorCode::CapacityExceeded);
+    let list = a.client.list().await.unwrap().unwrap();
+    assert_eq!((list.agent.slots_used, list.agent.slots_total), (1, 1));
+    assert_eq!(list.sandboxes.len(), 1);
+
+    // A delete frees the slot; the sleeping process gets SIGKILL after the grace period.
+    a.client.delete("slot-1", 1).await.unwrap().1.unwrap();
+    let (status, _) = a
+        .client
+        .create(&request(&env, "slot-2", &["true"]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    a.client.delete("slot-2", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn a_new_reset_revision_replaces_the_container() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "reset", 1).await;
+    let mut req = request(&env, "reset-1", &["sleep", "300"]);
+    let first = a.client.create(&req).await.unwrap().1.unwrap();
+    req.reset_revision = 1;
+    let (status, second) = a.client.create(&req).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    let second = second.unwrap();
+    assert_ne!(first.container_id, second.container_id);
+    assert_eq!(second.reset_revision, 1);
+    a.client.delete("reset-1", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_the_field_named() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "bad", 2).await;
+    let cases: Vec<(fast_sandbox_api::agent::CreateSandboxRequest, &str)> = vec![
+        (request(&env, "bad-1", &["sh", ""]), "command[1]"),
+        (
+            {
+                let mut r = request(&env, "bad-2", &["true"]);
+                r.env = vec![EnvVar {
+                    name: "1BAD=".into(),
+                    value: "x".into(),
+                }];
+                r
+            },
+            "env[0].name",
+        ),
+        (
+            {
+                let mut r = request(&env, "bad-3", &["true"]);
+                r.limits.memory_bytes = Some(1);
+                r
+            },
+            "limits.memory",
+        ),
+        (
+            {
+                let mut r = request(&env, "bad-4", &["true"]);
+                r.limits.pids = Some(0);
+                r
+            },
+            "limits.pids",
+        ),
+        (
+            {
+                let mut r = request(&env, "bad-5", &["true"]);
+                r.limits.cpu_millis = Some(u64::MAX);
+                r
+            },
+            "limits.cpu",
+        ),
+        (
+            {
+                let mut r = request(&env, "bad-6", &["true"]);
+                r.uid = "../etc".into();
+                r
+            },
+            "uid",
+        ),
+        (
+            {
+                let mut r = request(&env, "bad-7", &["true"]);
+                r.working_dir = Some("relative".into());
+                r
+            },
+            "workingDir",
+        ),
+    ];
+    for (req, field) in cases {
+        let (status, answer) = a.client.create(&req).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}");
+        let e = answer.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert_eq!(e.field.as_deref(), Some(field), "{e:?}");
+    }
+    let (status, answer) = a
+        .client
+        .call::<serde_json::Value>(Method::POST, "/v1/sandboxes", Some(b"{not json".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.unwrap_err().field.as_deref(), Some("body"));
+
+    let mut missing = request(&env, "bad-8", &["true"]);
+    missing.image = "docker.io/fast-sandbox/not-here:1".into();
+    let (status, answer) = a.client.create(&missing).await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.unwrap_err().code, ErrorCode::ImageNotPresent);
+
+    // Nothing crashed and no slot leaked: a valid create still works.
+    let list = a.client.list().await.unwrap().unwrap();
+    assert_eq!(list.agent.slots_used, 0);
+    let (status, _) = a
+        .client
+        .create(&request(&env, "good", &["true"]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    a.client.delete("good", 0).await.unwrap().1.unwrap();
+    let metrics = a.registry.render();
+    assert!(metrics.contains("code=\"InvalidArgument\""), "{metrics}");
+    assert!(metrics.contains("stage=\"task_start\""), "{metrics}");
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn only_clients_of_the_fast_sandbox_ca_get_in() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "mtls", 1).await;
+    let no_cert = fast_sandbox_server::tls::client_config(&a.pki.ca(), None).unwrap();
+    let other_ca = support::Pki::new("Some other CA");
+    let foreign = {
+        let (c, k) = other_ca.issue("intruder", &[]);
+        fast_sandbox_server::tls::client_config(&a.pki.ca(), Some((&c, &k))).unwrap()
+    };
+    for (what, tls) in [
+        ("no certificate", no_cert),
+        ("foreign certificate", foreign),
+    ] {
+        let refused = match fast_sandbox_agent::client::AgentClient::connect(
+            a.addr,
+            support::SERVER_NAME,
+            tls,
+        )
+        .await
+        {
+            Err(_) => true,
+            Ok(c) => c.list().await.is_err(),
+        };
+        assert!(refused, "a client with {what} got in");
+    }
+    assert!(a.client.list().await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn image_report_lists_the_cache_with_last_use() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "images", 1).await;
+    a.client
+        .create(&request(&env, "img-1", &["true"]))
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+    let (status, report) = a
+        .client
+        .call::<ImageCacheReport>(Method::GET, PATH_IMAGES, None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let report = report.unwrap();
+    assert_eq!(report.namespace, env.namespace);
+    let img = report
+        .images
+        .iter()
+        .find(|i| i.name == env.image)
+        .expect("test image listed");
+    assert_eq!(img.normalized, env.image);
+    assert!(img.digest.starts_with("sha256:"));
+    assert!(img.size_bytes > 500_000, "size {}", img.size_bytes);
+    assert!(img.last_used.is_some());
+    a.client.delete("img-1", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn warm_snapshots_are_used_and_cleaned_up() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start_with(&env, "warm", 2, |c| c.warm_snapshots = 1).await;
+    a.client
+        .create(&request(&env, "warm-1", &["true"]))
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+    let prefix = format!("fast-sandbox/{}/warm-", a.agent.config().pod_uid);
+    let cd = a.cd.clone();
+    let p = prefix.clone();
+    wait_for("a warm snapshot", Duration::from_secs(10), move || {
+        let cd = cd.clone();
+        let p = p.clone();
+        async move { !cd.snapshot_keys(&p).await.unwrap().is_empty() }
+    })
+    .await;
+    a.client
+        .create(&request(&env, "warm-2", &["true"]))
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+    a.client.delete("warm-1", 0).await.unwrap().1.unwrap();
+    a.client.delete("warm-2", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+    a.agent.release_warm().await;
+    assert!(a.cd.snapshot_keys(&prefix).await.unwrap().is_empty());
+}

@@ -1,0 +1,366 @@
+//! Wire types of the agent's HTTPS API, version `v1`.
+//!
+//! The controller is the only client. Every request and response body is
+//! JSON; the event stream is newline-delimited JSON. Every sandbox is named
+//! by the UID of its Sandbox object, the idempotency key at every hop.
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | POST | `/v1/sandboxes` | [`CreateSandboxRequest`] | 201 (created) or 200 (already there) [`SandboxInfo`] |
+//! | GET | `/v1/sandboxes` | | [`ListSandboxesResponse`] |
+//! | GET | `/v1/sandboxes/{uid}` | | [`SandboxInfo`] |
+//! | DELETE | `/v1/sandboxes/{uid}?gracePeriodSeconds=N` | | 200 [`SandboxInfo`]; 404 when already gone |
+//! | GET | `/v1/sandboxes/{uid}/logs?follow=true&stream=stdout` | | `text/plain` stream |
+//! | GET | `/v1/events` | | stream of [`SandboxEvent`], one JSON per line |
+//! | GET | `/v1/images` | | [`ImageCacheReport`] |
+//! | GET | `/v1/info` | | [`AgentInfo`] |
+//!
+//! Errors are [`ApiError`] with a machine-readable [`ErrorCode`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::{EnvVar, ExposedPort};
+
+/// Prefix of every versioned path.
+pub const API_PREFIX: &str = "/v1";
+/// Collection of sandboxes.
+pub const PATH_SANDBOXES: &str = "/v1/sandboxes";
+/// Event stream.
+pub const PATH_EVENTS: &str = "/v1/events";
+/// Image cache report.
+pub const PATH_IMAGES: &str = "/v1/images";
+/// Agent identity and capacity.
+pub const PATH_INFO: &str = "/v1/info";
+/// Port the agent serves its API on.
+pub const DEFAULT_PORT: u16 = 9443;
+/// Content type of the event stream.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// Path of one sandbox.
+pub fn sandbox_path(uid: &str) -> String {
+    format!("{PATH_SANDBOXES}/{uid}")
+}
+
+/// Path of one sandbox's logs.
+pub fn logs_path(uid: &str) -> String {
+    format!("{PATH_SANDBOXES}/{uid}/logs")
+}
+
+/// Ask an agent to start a sandbox. Sending the same `uid` twice returns the
+/// existing sandbox rather than starting a second one.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSandboxRequest {
+    /// UID of the Sandbox object.
+    pub uid: String,
+    /// Name of the Sandbox object.
+    pub name: String,
+    /// Namespace of the Sandbox object.
+    pub namespace: String,
+    /// Pool the sandbox belongs to.
+    pub pool: String,
+    /// Image reference; must be present on the node.
+    pub image: String,
+    /// Entrypoint override.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment, appended to the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Working directory override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// cgroup limits.
+    #[serde(default)]
+    pub limits: ResourceLimits,
+    /// Ports the process listens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<ExposedPort>,
+    /// `spec.resetRevision` of the object; a different revision for the same
+    /// UID replaces the container.
+    #[serde(default)]
+    pub reset_revision: i64,
+}
+
+/// Limits in the units a cgroup takes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceLimits {
+    /// CPU in millicores (CFS quota over a 100 ms period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Memory in bytes (hard limit; the kernel OOM-kills above it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}
+
+/// State of a sandbox's container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ContainerState {
+    /// Container created, process not started yet.
+    #[default]
+    Created,
+    /// Process running.
+    Running,
+    /// Process exited; see `exitCode` and `reason`.
+    Exited,
+    /// containerd could not say.
+    Unknown,
+}
+
+/// What the agent knows about one sandbox.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxInfo {
+    /// UID of the Sandbox object.
+    pub uid: String,
+    /// Name of the Sandbox object.
+    pub name: String,
+    /// Namespace of the Sandbox object.
+    pub namespace: String,
+    /// Pool of the sandbox.
+    #[serde(default)]
+    pub pool: String,
+    /// containerd container id.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Image as requested.
+    pub image: String,
+    /// Container state.
+    pub state: ContainerState,
+    /// Host PID of the process while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Exit code once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// `Completed`, `Error` or `OOMKilled` once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the container was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    /// When the process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the process exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Reset revision the container was created for.
+    #[serde(default)]
+    pub reset_revision: i64,
+}
+
+/// Identity and capacity of an agent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInfo {
+    /// Name of the agent pod.
+    pub pod_name: String,
+    /// UID of the agent pod.
+    pub pod_uid: String,
+    /// Node the agent runs on.
+    pub node_name: String,
+    /// Slots (`maxSandboxesPerAgent`).
+    pub slots_total: u32,
+    /// Slots taken by sandboxes that exist on this agent.
+    pub slots_used: u32,
+    /// False until the agent rebuilt its state from containerd.
+    pub ready: bool,
+    /// Agent build version.
+    pub version: String,
+}
+
+/// Answer of `GET /v1/sandboxes`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListSandboxesResponse {
+    /// The agent.
+    pub agent: AgentInfo,
+    /// Every sandbox the agent holds.
+    pub sandboxes: Vec<SandboxInfo>,
+    /// Sequence number of the last event emitted before this list, so a
+    /// client can follow `/v1/events?since=<seq>` without a gap.
+    #[serde(default)]
+    pub last_event_seq: u64,
+}
+
+/// Kind of a sandbox state change.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The process started.
+    Started,
+    /// The process exited (code in the sandbox info).
+    Exited,
+    /// The process was killed by the kernel for exceeding its memory limit.
+    OomKilled,
+    /// The container was deleted.
+    Deleted,
+    /// Keep-alive without a sandbox, sent when nothing happened for a while so
+    /// clients can tell a quiet agent from a dead connection.
+    Heartbeat,
+}
+
+/// One state change, as a line of `GET /v1/events`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxEvent {
+    /// Monotonic per agent process; resets when the agent restarts (its
+    /// `podUid` and start time tell).
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The sandbox after the change; absent for heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxInfo>,
+}
+
+/// Images present on the agent's node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCacheReport {
+    /// Node of the agent.
+    pub node_name: String,
+    /// containerd namespace the images are in.
+    pub namespace: String,
+    /// The images.
+    pub images: Vec<CachedImage>,
+}
+
+/// One image in the node's containerd.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedImage {
+    /// Name as stored in containerd.
+    pub name: String,
+    /// Normalised reference (see [`crate::image::normalize`]).
+    pub normalized: String,
+    /// Digest of the image's target (manifest or index).
+    pub digest: String,
+    /// Bytes of the image's content.
+    pub size_bytes: u64,
+    /// Last time a sandbox of this agent started from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<DateTime<Utc>>,
+}
+
+/// Machine-readable error code; clients branch on it, never on the message.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A field of the request is invalid (`field` names it).
+    InvalidArgument,
+    /// No such sandbox.
+    NotFound,
+    /// The image is not on the node; the agent never pulls.
+    ImageNotPresent,
+    /// All slots are taken.
+    CapacityExceeded,
+    /// A sandbox with that UID exists with a different spec.
+    Conflict,
+    /// The agent is not ready (still rebuilding its state) or shutting down.
+    Unavailable,
+    /// The client certificate is missing or not from the Fast Sandbox CA.
+    Unauthenticated,
+    /// containerd or the agent failed.
+    Internal,
+}
+
+impl ErrorCode {
+    /// HTTP status that carries this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::ImageNotPresent => 422,
+            ErrorCode::CapacityExceeded => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal)
+    }
+}
+
+/// Error body of every non-2xx answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[serde(rename_all = "camelCase")]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The request field at fault, as a JSON path (`env[2].name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// An error without a field.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// An invalid-argument error naming the field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::InvalidArgument,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_round_trips_with_code() {
+        let e = ApiError::invalid("env[0].name", "bad name");
+        let j = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            j,
+            r#"{"code":"InvalidArgument","message":"bad name","field":"env[0].name"}"#
+        );
+        assert_eq!(serde_json::from_str::<ApiError>(&j).unwrap(), e);
+        assert_eq!(ErrorCode::CapacityExceeded.http_status(), 429);
+    }
+
+    #[test]
+    fn event_lines_are_single_json_objects() {
+        let ev = SandboxEvent {
+            seq: 7,
+            kind: EventKind::Exited,
+            at: DateTime::from_timestamp(0, 0).unwrap(),
+            sandbox: Some(SandboxInfo {
+                uid: "u".into(),
+                exit_code: Some(3),
+                state: ContainerState::Exited,
+                ..Default::default()
+            }),
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r#""containerID":"""#));
+        assert_eq!(serde_json::from_str::<SandboxEvent>(&line).unwrap(), ev);
+    }
+}

@@ -1,0 +1,168 @@
+//! The `SandboxPool` custom resource: a warm pool of agent pods.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default slots per agent when the pool does not say.
+pub const DEFAULT_SLOTS_PER_AGENT: i32 = 16;
+
+/// Desired state of a pool of warm agent pods.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "sandbox.fast.io",
+    version = "v1alpha1",
+    kind = "SandboxPool",
+    namespaced,
+    status = "SandboxPoolStatus",
+    shortname = "sbp",
+    category = "fast-sandbox",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A pool of warm agent pods that run Sandboxes.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.agents",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Agents", type_ = "integer", json_path = ".status.agents"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyAgents"),
+    printcolumn(
+        name = "Slots Used",
+        type_ = "integer",
+        json_path = ".status.slotsUsed"
+    ),
+    printcolumn(
+        name = "Slots Total",
+        type_ = "integer",
+        json_path = ".status.slotsTotal"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.replicas) || !has(self.capacity.poolMax) || self.replicas <= self.capacity.poolMax").message("replicas must not exceed capacity.poolMax").field_path(".replicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxPoolSpec {
+    /// How many agents the pool keeps.
+    #[serde(default)]
+    pub capacity: PoolCapacity,
+    /// Sandboxes one agent runs at once; the agent enforces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_sandboxes_per_agent: Option<i32>,
+    /// Desired agent count, set by `kubectl scale sbp/<name> --replicas=N`;
+    /// kept within `poolMin..=poolMax`. Unset: the buffer rules decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// Template of the agent pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::pod_template")]
+    pub agent_template: Option<PodTemplateSpec>,
+    /// Images the scheduler extender prefers nodes for and agents keep ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub warm_images: Vec<String>,
+}
+
+/// Bounds of the pool size and of its buffer of free agents.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!has(self.poolMin) || !has(self.poolMax) || self.poolMin <= self.poolMax").message("poolMin must be less than or equal to poolMax").field_path(".poolMin"))]
+#[x_kube(validation = Rule::new("!has(self.bufferMin) || !has(self.bufferMax) || self.bufferMin <= self.bufferMax").message("bufferMin must be less than or equal to bufferMax").field_path(".bufferMin"))]
+#[serde(rename_all = "camelCase")]
+pub struct PoolCapacity {
+    /// Fewest agents, kept even when idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub pool_min: Option<i32>,
+    /// Most agents the pool may grow to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub pool_max: Option<i32>,
+    /// Fewest free agents (hosting no sandbox) kept warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub buffer_min: Option<i32>,
+    /// Most free agents kept; extra free agents are drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub buffer_max: Option<i32>,
+}
+
+/// Capacity with defaults applied, for the controller's arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EffectiveCapacity {
+    /// Fewest agents.
+    pub pool_min: u32,
+    /// Most agents.
+    pub pool_max: u32,
+    /// Fewest free agents.
+    pub buffer_min: u32,
+    /// Most free agents.
+    pub buffer_max: u32,
+}
+
+impl PoolCapacity {
+    /// Defaults: poolMin 0, poolMax max(poolMin, 10), bufferMin 0,
+    /// bufferMax max(bufferMin, poolMax). Negative values count as 0.
+    pub fn effective(&self) -> EffectiveCapacity {
+        let clamp = |v: Option<i32>| v.map(|v| v.max(0) as u32);
+        let pool_min = clamp(self.pool_min).unwrap_or(0);
+        let pool_max = clamp(self.pool_max)
+            .unwrap_or(pool_min.max(10))
+            .max(pool_min);
+        let buffer_min = clamp(self.buffer_min).unwrap_or(0);
+        let buffer_max = clamp(self.buffer_max).unwrap_or(pool_max).max(buffer_min);
+        EffectiveCapacity {
+            pool_min,
+            pool_max,
+            buffer_min,
+            buffer_max,
+        }
+    }
+}
+
+impl SandboxPoolSpec {
+    /// Slots per agent with the default applied.
+    pub fn slots_per_agent(&self) -> u32 {
+        self.max_sandboxes_per_agent
+            .unwrap_or(DEFAULT_SLOTS_PER_AGENT)
+            .max(1) as u32
+    }
+}
+
+/// Observed state of a pool, written by the pool controller.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxPoolStatus {
+    /// Agent pods that exist (the `/scale` status replicas).
+    #[serde(default)]
+    pub agents: i32,
+    /// Agent pods that are ready.
+    #[serde(default)]
+    pub ready_agents: i32,
+    /// Agent pods marked draining.
+    #[serde(default)]
+    pub draining_agents: i32,
+    /// Slots over all ready agents.
+    #[serde(default)]
+    pub slots_total: i32,
+    /// Slots taken by bound sandboxes.
+    #[serde(default)]
+    pub slots_used: i32,
+    /// Label selector of the agent pods, for `/scale` and HPA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// `Ready` and `Scaling`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// `metadata.generation` this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,105 @@
+//! Every label, annotation, finalizer, condition type and reason the system
+//! writes, in one place, so components never disagree on a spelling.
+
+/// API group of the custom resources.
+pub const GROUP: &str = "sandbox.fast.io";
+/// API version of the custom resources.
+pub const VERSION: &str = "v1alpha1";
+/// Category that makes `kubectl get fast-sandbox` list pools and sandboxes.
+pub const CATEGORY: &str = "fast-sandbox";
+
+/// Finalizer the webhook adds at bind time; the controller removes it once
+/// the container is gone from the agent, so no container outlives its object.
+pub const FINALIZER: &str = "sandbox.fast.io/cleanup";
+
+/// Label on a Sandbox naming the agent pod it is bound to (selectable with
+/// `kubectl get sbx -l sandbox.fast.io/agent=<pod>`).
+pub const LABEL_AGENT: &str = "sandbox.fast.io/agent";
+/// Label on agent pods and sandboxes naming their pool.
+pub const LABEL_POOL: &str = "sandbox.fast.io/pool";
+/// Label on pods the pool controller creates; value [`ROLE_AGENT`].
+pub const LABEL_ROLE: &str = "sandbox.fast.io/role";
+/// Value of [`LABEL_ROLE`] for agent pods.
+pub const ROLE_AGENT: &str = "agent";
+
+/// Annotation with the RFC 3339 time the webhook bound the sandbox; the start
+/// of the create→Running latency the controller measures.
+pub const ANNOTATION_BOUND_AT: &str = "sandbox.fast.io/bound-at";
+/// Annotation on an agent pod marking it draining: placement skips it and the
+/// pool controller deletes it once it hosts no sandbox.
+pub const ANNOTATION_DRAINING: &str = "sandbox.fast.io/draining";
+/// Annotation on an agent pod with its slot count, copied from the pool so
+/// placement needs no pool lookup.
+pub const ANNOTATION_SLOTS: &str = "sandbox.fast.io/slots";
+
+/// Annotation the webhook writes with the id of the slot reservation it made
+/// at admission (the admission request UID: on CREATE the object has no UID
+/// yet). Placement indexes use it to turn their reservation into the
+/// sandbox's binding once the stored object shows up on their watch.
+pub const ANNOTATION_RESERVATION: &str = "sandbox.fast.io/reservation";
+
+/// Labels the agent puts on every containerd container it creates, so that a
+/// restarted agent rebuilds its state from containerd alone.
+pub mod container_labels {
+    /// UID of the Sandbox object; the idempotency key at every hop.
+    pub const SANDBOX_UID: &str = "sandbox.fast.io/uid";
+    /// Name of the Sandbox object.
+    pub const SANDBOX_NAME: &str = "sandbox.fast.io/name";
+    /// Namespace of the Sandbox object.
+    pub const SANDBOX_NAMESPACE: &str = "sandbox.fast.io/namespace";
+    /// Pool of the Sandbox.
+    pub const POOL: &str = "sandbox.fast.io/pool";
+    /// UID of the agent pod that created the container; fences a janitor so
+    /// it only collects containers of agents that no longer exist.
+    pub const AGENT_UID: &str = "sandbox.fast.io/agent-uid";
+    /// The sandbox's `resetRevision` when the container was created.
+    pub const RESET_REVISION: &str = "sandbox.fast.io/reset-revision";
+    /// Marks a container as managed by Fast Sandbox.
+    pub const MANAGED: &str = "sandbox.fast.io/managed";
+}
+
+/// Condition types on Sandbox and SandboxPool status.
+pub mod condition {
+    /// Sandbox: bound to an agent.
+    pub const SCHEDULED: &str = "Scheduled";
+    /// Sandbox: its container runs; Pool: at least `poolMin` agents are ready.
+    pub const READY: &str = "Ready";
+    /// Pool: the controller is adding or removing agents.
+    pub const SCALING: &str = "Scaling";
+}
+
+/// Machine-readable reasons for conditions, Events and `status.reason`.
+pub mod reason {
+    /// Bound by the admission webhook.
+    pub const BOUND: &str = "Bound";
+    /// No ready agent of the pool had a free slot; the pool grows.
+    pub const NO_CAPACITY: &str = "NoCapacity";
+    /// The named pool does not exist (yet) in the namespace.
+    pub const POOL_NOT_FOUND: &str = "PoolNotFound";
+    /// Waiting for the agent to start the container.
+    pub const CREATING: &str = "Creating";
+    /// The container runs.
+    pub const STARTED: &str = "Started";
+    /// The process exited with code 0.
+    pub const COMPLETED: &str = "Completed";
+    /// The process exited with a non-zero code.
+    pub const ERROR: &str = "Error";
+    /// The kernel killed the process for exceeding its memory limit.
+    pub const OOM_KILLED: &str = "OOMKilled";
+    /// The image is not present on the node; zero-pull is the contract.
+    pub const IMAGE_NOT_PRESENT: &str = "ImageNotPresent";
+    /// The agent refused the sandbox for lack of slots; it will be re-placed.
+    pub const CAPACITY_EXCEEDED: &str = "CapacityExceeded";
+    /// The agent pod is gone or unreachable past the grace period.
+    pub const AGENT_LOST: &str = "AgentLost";
+    /// `expireTime` or `ttlSecondsAfterFinished` passed.
+    pub const EXPIRED: &str = "Expired";
+    /// The agent rejected the sandbox's spec.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The sandbox is being deleted from its agent.
+    pub const TERMINATING: &str = "Terminating";
+    /// Pool: enough agents are ready.
+    pub const POOL_READY: &str = "AgentsReady";
+    /// Pool: fewer than `poolMin` agents are ready.
+    pub const POOL_NOT_READY: &str = "AgentsNotReady";
+}

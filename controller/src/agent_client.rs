@@ -1,0 +1,348 @@
+//! The client side of the agent's HTTPS API (see `fast_sandbox_api::agent`).
+//!
+//! One long-lived HTTP/2 connection per agent, over mutual TLS, carries
+//! every request and the event stream: no TLS handshake per sandbox. The
+//! connection is opened on first use and again after it breaks; HTTP/2 pings
+//! tell a dead peer from a quiet one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fast_sandbox_api::agent::{
+    ApiError, CreateSandboxRequest, ErrorCode, ListSandboxesResponse, PATH_EVENTS, PATH_SANDBOXES,
+    SandboxEvent, SandboxInfo, sandbox_path,
+};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_rustls::TlsConnector;
+
+/// Name every agent's serving certificate carries; clients dial the pod IP
+/// and verify this name.
+pub const AGENT_SERVER_NAME: &str = "fast-sandbox-agent";
+/// Longest a single request (not the event stream) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest the TCP connect and TLS handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a call to an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TCP connect or TLS handshake failed.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Agent address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP/2 connection failed.
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    /// The call took longer than its deadline.
+    #[error("timed out")]
+    Timeout,
+    /// The agent answered with an error.
+    #[error("agent answered {status}: {error}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The error body.
+        error: ApiError,
+    },
+    /// The agent's answer was not the expected JSON.
+    #[error("bad answer: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The client certificate files could not be read.
+    #[error("client TLS: {0}")]
+    Tls(String),
+}
+
+impl ClientError {
+    /// The agent's error code, when it answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+
+    /// Whether the agent could not be reached at all (as opposed to
+    /// answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Timeout
+        )
+    }
+}
+
+/// Where the controller's client certificate and the agents' CA are; read
+/// again for each new connection so rotated files take effect.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// Client certificate (PEM).
+    pub cert: PathBuf,
+    /// Client key (PEM).
+    pub key: PathBuf,
+    /// CA that signed the agents' certificates (PEM).
+    pub ca: PathBuf,
+}
+
+impl ClientTls {
+    /// Builds the rustls config from the files now.
+    pub fn config(&self) -> Result<Arc<ClientConfig>, ClientError> {
+        fast_sandbox_server::tls::client_config(&self.ca, Some((&self.cert, &self.key)))
+            .map_err(|e| ClientError::Tls(e.to_string()))
+    }
+}
+
+/// A client of one agent, holding its one HTTP/2 connection.
+pub struct AgentClient {
+    addr: SocketAddr,
+    tls: ClientTls,
+    sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl AgentClient {
+    /// A client of the agent at `addr` (pod IP and API port); connects
+    /// lazily.
+    pub fn new(addr: SocketAddr, tls: ClientTls) -> Self {
+        Self {
+            addr,
+            tls,
+            sender: Mutex::new(None),
+        }
+    }
+
+    /// The agent's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let mut guard = self.sender.lock().await;
+        if let Some(s) = guard.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let config = self.tls.config()?;
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: self.addr,
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let name =
+            ServerName::try_from(AGENT_SERVER_NAME).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let tls = TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: self.addr,
+                source,
+            })?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "agent connection closed");
+            }
+        });
+        tracing::debug!(%addr, "connected to agent");
+        Ok(sender)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
+        let mut sender = self.sender().await?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("https://{}{}", self.addr, path));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let fut = async {
+            let resp = self.send(method, path, body).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            if !status.is_success() {
+                let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+                    ApiError::new(
+                        code_of_status(status),
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    )
+                });
+                return Err(ClientError::Api { status, error });
+            }
+            Ok((status, serde_json::from_slice(&bytes)?))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Creates the sandbox, or returns it if the agent already has it.
+    pub async fn create(&self, req: &CreateSandboxRequest) -> Result<SandboxInfo, ClientError> {
+        let body = serde_json::to_vec(req)?;
+        Ok(self.call(Method::POST, PATH_SANDBOXES, Some(body)).await?.1)
+    }
+
+    /// Stops and deletes the sandbox; `None` when the agent had no such
+    /// sandbox (already gone).
+    pub async fn delete(&self, uid: &str) -> Result<Option<SandboxInfo>, ClientError> {
+        match self.call(Method::DELETE, &sandbox_path(uid), None).await {
+            Ok((_, info)) => Ok(Some(info)),
+            Err(ClientError::Api { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every sandbox the agent holds.
+    pub async fn list(&self) -> Result<ListSandboxesResponse, ClientError> {
+        Ok(self.call(Method::GET, PATH_SANDBOXES, None).await?.1)
+    }
+
+    /// Opens the event stream, starting after event `since`.
+    pub async fn events(&self, since: u64) -> Result<EventStream, ClientError> {
+        let path = format!("{PATH_EVENTS}?since={since}");
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, &path, None))
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            let error = serde_json::from_slice::<ApiError>(&bytes)
+                .unwrap_or_else(|_| ApiError::new(code_of_status(status), "event stream refused"));
+            return Err(ClientError::Api { status, error });
+        }
+        Ok(EventStream {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+fn code_of_status(status: StatusCode) -> ErrorCode {
+    match status.as_u16() {
+        400 => ErrorCode::InvalidArgument,
+        401 | 403 => ErrorCode::Unauthenticated,
+        404 => ErrorCode::NotFound,
+        409 => ErrorCode::Conflict,
+        422 => ErrorCode::ImageNotPresent,
+        429 => ErrorCode::CapacityExceeded,
+        503 => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The agent's newline-delimited JSON event stream.
+#[derive(Debug)]
+pub struct EventStream {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl EventStream {
+    /// The next event; `None` when the agent closed the stream.
+    pub async fn next(&mut self) -> Option<Result<SandboxEvent, ClientError>> {
+        loop {
+            if let Some(line) = take_line(&mut self.buf) {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(serde_json::from_slice(&line).map_err(ClientError::from));
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+}
+
+/// Splits the first complete line off `buf`.
+fn take_line(buf: &mut BytesMut) -> Option<Bytes> {
+    let i = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf.split_to(i + 1).freeze();
+    Some(line.slice(..i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_frames() {
+        let mut buf = BytesMut::from(&b"{\"a\":1}\n{\"b\""[..]);
+        assert_eq!(take_line(&mut buf).as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(take_line(&mut buf), None);
+        buf.extend_from_slice(b":2}\n");
+        assert_eq!(take_line(&mut buf).as_deref(), Some(&b"{\"b\":2}"[..]));
+    }
+
+    #[test]
+    fn status_codes_map_to_error_codes() {
+        assert_eq!(
+            code_of_status(StatusCode::TOO_MANY_REQUESTS),
+            ErrorCode::CapacityExceeded
+        );
+        assert_eq!(code_of_status(StatusCode::NOT_FOUND), ErrorCode::NotFound);
+    }
+}

@@ -1,0 +1,495 @@
+//! Sandbox status transitions: from what the agent reports (or what the
+//! controller decided) and the current status, the next status. Pure; the
+//! reconciler writes the result only when it differs from what is stored.
+//!
+//! Conditions follow Kubernetes conventions: `Scheduled` is true once the
+//! sandbox is bound to an agent, `Ready` is true while its process runs, and
+//! a condition's `lastTransitionTime` moves only when its status changes.
+
+use chrono::{DateTime, Utc};
+use fast_sandbox_api::agent::{ContainerState, EventKind, SandboxEvent, SandboxInfo};
+use fast_sandbox_api::wellknown::{condition, reason};
+use fast_sandbox_api::{SandboxPhase, SandboxStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::time::to_k8s;
+
+/// Sets (or replaces) the condition `type_`, keeping its transition time
+/// when the status did not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let existing = conditions.iter().position(|c| c.type_ == type_);
+    let last_transition_time = match existing.map(|i| &conditions[i]) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => to_k8s(now),
+    };
+    let c = Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match existing {
+        Some(i) => conditions[i] = c,
+        None => conditions.push(c),
+    }
+}
+
+/// Whether two statuses differ in anything but condition timestamps of
+/// unchanged conditions (which `set_condition` already preserves).
+pub fn changed(old: Option<&SandboxStatus>, new: &SandboxStatus) -> bool {
+    old != Some(new)
+}
+
+/// Status of a sandbox that waits without an agent.
+pub fn unbound(
+    current: &SandboxStatus,
+    why: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> SandboxStatus {
+    let mut s = current.clone();
+    s.phase = Some(SandboxPhase::Pending);
+    s.reason = Some(why.to_string());
+    s.message = Some(message.to_string());
+    s.node_name = None;
+    s.container_id = None;
+    s.observed_generation = generation;
+    set_condition(
+        &mut s.conditions,
+        condition::SCHEDULED,
+        false,
+        why,
+        message,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut s.conditions,
+        condition::READY,
+        false,
+        why,
+        message,
+        generation,
+        now,
+    );
+    s
+}
+
+/// Status of a sandbox bound to an agent whose container is being created.
+pub fn bound(
+    current: &SandboxStatus,
+    pod: &str,
+    node: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> SandboxStatus {
+    let mut s = current.clone();
+    if matches!(
+        s.phase,
+        None | Some(SandboxPhase::Pending) | Some(SandboxPhase::Lost)
+    ) {
+        s.phase = Some(SandboxPhase::Bound);
+        s.reason = Some(reason::CREATING.to_string());
+        s.message = None;
+    }
+    s.node_name = (!node.is_empty()).then(|| node.to_string());
+    s.observed_generation = generation;
+    let msg = format!("bound to agent {pod}");
+    set_condition(
+        &mut s.conditions,
+        condition::SCHEDULED,
+        true,
+        reason::BOUND,
+        &msg,
+        generation,
+        now,
+    );
+    if s.phase == Some(SandboxPhase::Bound) {
+        set_condition(
+            &mut s.conditions,
+            condition::READY,
+            false,
+            reason::CREATING,
+            "",
+            generation,
+            now,
+        );
+    }
+    s
+}
+
+/// Status from what the agent reports about the sandbox's container.
+pub fn from_info(
+    current: &SandboxStatus,
+    info: &SandboxInfo,
+    pod: &str,
+    node: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> SandboxStatus {
+    let mut s = bound(current, pod, node, generation, now);
+    s.container_id = (!info.container_id.is_empty()).then(|| info.container_id.clone());
+    s.observed_reset_revision = Some(info.reset_revision);
+    match info.state {
+        ContainerState::Created => {
+            s.phase = Some(SandboxPhase::Bound);
+            s.reason = Some(reason::CREATING.to_string());
+            s.exit_code = None;
+            s.finished_at = None;
+            set_condition(
+                &mut s.conditions,
+                condition::READY,
+                false,
+                reason::CREATING,
+                "",
+                generation,
+                now,
+            );
+        }
+        ContainerState::Running => {
+            s.phase = Some(SandboxPhase::Running);
+            s.reason = Some(reason::STARTED.to_string());
+            s.message = None;
+            s.started_at = Some(to_k8s(info.started_at.unwrap_or(now)));
+            s.exit_code = None;
+            s.finished_at = None;
+            set_condition(
+                &mut s.conditions,
+                condition::READY,
+                true,
+                reason::STARTED,
+                "",
+                generation,
+                now,
+            );
+        }
+        ContainerState::Exited => {
+            let code = info.exit_code.unwrap_or(-1);
+            let why = exit_reason(info);
+            let ok = code == 0 && why == reason::COMPLETED;
+            s.phase = Some(if ok {
+                SandboxPhase::Succeeded
+            } else {
+                SandboxPhase::Failed
+            });
+            s.reason = Some(why.clone());
+            s.message = Some(format!("exited with code {code}"));
+            s.exit_code = Some(code);
+            if let Some(t) = info.started_at {
+                s.started_at = Some(to_k8s(t));
+            }
+            s.finished_at = Some(to_k8s(info.finished_at.unwrap_or(now)));
+            let msg = format!("exited with code {code}");
+            set_condition(
+                &mut s.conditions,
+                condition::READY,
+                false,
+                &why,
+                &msg,
+                generation,
+                now,
+            );
+        }
+        ContainerState::Unknown => {}
+    }
+    s
+}
+
+/// The reason of an exited container: the agent's, else derived from the
+/// exit code.
+pub fn exit_reason(info: &SandboxInfo) -> String {
+    match &info.reason {
+        Some(r) if !r.is_empty() => r.clone(),
+        _ if info.exit_code == Some(0) => reason::COMPLETED.to_string(),
+        _ => reason::ERROR.to_string(),
+    }
+}
+
+/// Status of a sandbox that will not run: the agent refused it for good
+/// (image not present, invalid spec).
+pub fn failed(
+    current: &SandboxStatus,
+    why: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> SandboxStatus {
+    let mut s = current.clone();
+    s.phase = Some(SandboxPhase::Failed);
+    s.reason = Some(why.to_string());
+    s.message = Some(message.to_string());
+    s.observed_generation = generation;
+    if s.finished_at.is_none() {
+        s.finished_at = Some(to_k8s(now));
+    }
+    set_condition(
+        &mut s.conditions,
+        condition::READY,
+        false,
+        why,
+        message,
+        generation,
+        now,
+    );
+    s
+}
+
+/// Status of a sandbox whose agent is gone or unreachable.
+pub fn lost(
+    current: &SandboxStatus,
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> SandboxStatus {
+    let mut s = current.clone();
+    s.phase = Some(SandboxPhase::Lost);
+    s.reason = Some(reason::AGENT_LOST.to_string());
+    s.message = Some(message.to_string());
+    s.observed_generation = generation;
+    set_condition(
+        &mut s.conditions,
+        condition::READY,
+        false,
+        reason::AGENT_LOST,
+        message,
+        generation,
+        now,
+    );
+    s
+}
+
+/// Status while the container is being removed from its agent.
+pub fn terminating(
+    current: &SandboxStatus,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> SandboxStatus {
+    let mut s = current.clone();
+    s.phase = Some(SandboxPhase::Terminating);
+    s.reason = Some(reason::TERMINATING.to_string());
+    s.observed_generation = generation;
+    set_condition(
+        &mut s.conditions,
+        condition::READY,
+        false,
+        reason::TERMINATING,
+        "",
+        generation,
+        now,
+    );
+    s
+}
+
+/// What an event line says about its sandbox: the sandbox after the change,
+/// or `None` when the container is gone (or the line is a heartbeat).
+pub fn info_after_event(event: &SandboxEvent) -> Option<SandboxInfo> {
+    let mut info = event.sandbox.clone()?;
+    match event.kind {
+        EventKind::Deleted | EventKind::Heartbeat => return None,
+        EventKind::OomKilled => {
+            info.state = ContainerState::Exited;
+            info.reason = Some(reason::OOM_KILLED.to_string());
+        }
+        EventKind::Exited => info.state = ContainerState::Exited,
+        EventKind::Started => {}
+    }
+    Some(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn info(state: ContainerState) -> SandboxInfo {
+        SandboxInfo {
+            uid: "u1".into(),
+            name: "s".into(),
+            namespace: "ns".into(),
+            container_id: "c1".into(),
+            image: "busybox".into(),
+            state,
+            started_at: Some(t(5)),
+            ..Default::default()
+        }
+    }
+
+    fn cond<'a>(s: &'a SandboxStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn running_container_makes_sandbox_running_and_ready() {
+        let s = from_info(
+            &SandboxStatus::default(),
+            &info(ContainerState::Running),
+            "agent-a",
+            "node1",
+            Some(1),
+            t(6),
+        );
+        assert_eq!(s.phase, Some(SandboxPhase::Running));
+        assert_eq!(s.container_id.as_deref(), Some("c1"));
+        assert_eq!(s.node_name.as_deref(), Some("node1"));
+        assert_eq!(s.started_at, Some(to_k8s(t(5))));
+        assert_eq!(cond(&s, condition::READY).status, "True");
+        assert_eq!(cond(&s, condition::SCHEDULED).status, "True");
+        assert_eq!(s.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn exit_zero_is_succeeded_nonzero_failed_oom_failed() {
+        let running = from_info(
+            &SandboxStatus::default(),
+            &info(ContainerState::Running),
+            "a",
+            "n",
+            None,
+            t(6),
+        );
+
+        let mut ok = info(ContainerState::Exited);
+        ok.exit_code = Some(0);
+        ok.finished_at = Some(t(9));
+        let s = from_info(&running, &ok, "a", "n", None, t(10));
+        assert_eq!(s.phase, Some(SandboxPhase::Succeeded));
+        assert_eq!(s.reason.as_deref(), Some(reason::COMPLETED));
+        assert_eq!(s.exit_code, Some(0));
+        assert_eq!(s.finished_at, Some(to_k8s(t(9))));
+        let ready = cond(&s, condition::READY);
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.last_transition_time, to_k8s(t(10)));
+
+        let mut bad = info(ContainerState::Exited);
+        bad.exit_code = Some(3);
+        let s = from_info(&running, &bad, "a", "n", None, t(10));
+        assert_eq!(s.phase, Some(SandboxPhase::Failed));
+        assert_eq!(s.reason.as_deref(), Some(reason::ERROR));
+        assert_eq!(s.exit_code, Some(3));
+
+        let ev = SandboxEvent {
+            seq: 1,
+            kind: EventKind::OomKilled,
+            at: t(10),
+            sandbox: Some(SandboxInfo {
+                exit_code: Some(137),
+                ..info(ContainerState::Running)
+            }),
+        };
+        let oom = info_after_event(&ev).unwrap();
+        let s = from_info(&running, &oom, "a", "n", None, t(10));
+        assert_eq!(s.phase, Some(SandboxPhase::Failed));
+        assert_eq!(s.reason.as_deref(), Some(reason::OOM_KILLED));
+        assert_eq!(s.exit_code, Some(137));
+    }
+
+    #[test]
+    fn oom_with_exit_code_zero_is_still_failed() {
+        let mut i = info(ContainerState::Exited);
+        i.exit_code = Some(0);
+        i.reason = Some(reason::OOM_KILLED.into());
+        let s = from_info(&SandboxStatus::default(), &i, "a", "n", None, t(1));
+        assert_eq!(s.phase, Some(SandboxPhase::Failed));
+    }
+
+    #[test]
+    fn unchanged_condition_keeps_its_transition_time() {
+        let a = from_info(
+            &SandboxStatus::default(),
+            &info(ContainerState::Running),
+            "a",
+            "n",
+            None,
+            t(6),
+        );
+        let b = from_info(&a, &info(ContainerState::Running), "a", "n", None, t(60));
+        assert_eq!(
+            cond(&b, condition::READY).last_transition_time,
+            to_k8s(t(6))
+        );
+        assert!(!changed(Some(&a), &b));
+    }
+
+    #[test]
+    fn unbound_sandbox_is_pending_not_scheduled() {
+        let s = unbound(
+            &SandboxStatus::default(),
+            reason::NO_CAPACITY,
+            "no free slot",
+            Some(1),
+            t(0),
+        );
+        assert_eq!(s.phase, Some(SandboxPhase::Pending));
+        let c = cond(&s, condition::SCHEDULED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::NO_CAPACITY)
+        );
+        // Once bound: Scheduled flips, Ready waits for the container.
+        let b = bound(&s, "agent-a", "node1", Some(1), t(1));
+        assert_eq!(b.phase, Some(SandboxPhase::Bound));
+        assert_eq!(cond(&b, condition::SCHEDULED).status, "True");
+        assert_eq!(cond(&b, condition::READY).status, "False");
+    }
+
+    #[test]
+    fn lost_sandbox_is_not_ready() {
+        let r = from_info(
+            &SandboxStatus::default(),
+            &info(ContainerState::Running),
+            "a",
+            "n",
+            None,
+            t(6),
+        );
+        let l = lost(&r, "agent pod a is gone", None, t(9));
+        assert_eq!(l.phase, Some(SandboxPhase::Lost));
+        assert_eq!(l.reason.as_deref(), Some(reason::AGENT_LOST));
+        assert_eq!(cond(&l, condition::READY).status, "False");
+        // Re-placed and bound again: back to Bound.
+        let b = bound(&l, "agent-b", "n2", None, t(10));
+        assert_eq!(b.phase, Some(SandboxPhase::Bound));
+    }
+
+    #[test]
+    fn deleted_and_heartbeat_events_carry_no_sandbox_state() {
+        let mut ev = SandboxEvent {
+            seq: 1,
+            kind: EventKind::Deleted,
+            at: t(0),
+            sandbox: Some(info(ContainerState::Exited)),
+        };
+        assert!(info_after_event(&ev).is_none());
+        ev.kind = EventKind::Heartbeat;
+        ev.sandbox = None;
+        assert!(info_after_event(&ev).is_none());
+    }
+
+    #[test]
+    fn image_not_present_fails_the_sandbox() {
+        let s = failed(
+            &SandboxStatus::default(),
+            reason::IMAGE_NOT_PRESENT,
+            "not on node",
+            None,
+            t(2),
+        );
+        assert_eq!(s.phase, Some(SandboxPhase::Failed));
+        assert_eq!(s.finished_at, Some(to_k8s(t(2))));
+    }
+}

@@ -1,0 +1,298 @@
+//! The agent client over real HTTPS with mutual TLS and HTTP/2, against a
+//! small in-process agent served by the shared server code: idempotent
+//! create, capacity refusal, delete and 404, list, the NDJSON event stream,
+//! one connection for every call, and refusal of a client from another CA.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fast_sandbox_api::agent::{
+    AgentInfo, ApiError, ContainerState, CreateSandboxRequest, ErrorCode, EventKind,
+    ListSandboxesResponse, PATH_EVENTS, PATH_SANDBOXES, SandboxEvent, SandboxInfo,
+};
+use fast_sandbox_controller::agent_client::{AgentClient, ClientTls};
+use fast_sandbox_server::{Handler, Ops, Peer, body, serve, tls};
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn leaf(&self, dir: &Path, file: &str, dns: &str) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(vec![dns.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, dns);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let c = dir.join(format!("{file}.crt"));
+        let k = dir.join(format!("{file}.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn write(&self, dir: &Path, file: &str) -> PathBuf {
+        let p = dir.join(file);
+        std::fs::write(&p, self.issuer.pem()).unwrap();
+        p
+    }
+}
+
+/// A one-slot agent keeping sandboxes in memory.
+struct MiniAgent {
+    sandboxes: Mutex<HashMap<String, SandboxInfo>>,
+    events: broadcast::Sender<SandboxEvent>,
+    peers: Mutex<HashSet<SocketAddr>>,
+}
+
+fn error(status: StatusCode, code: ErrorCode) -> Response<body::Body> {
+    body::json(status, &ApiError::new(code, "refused"))
+}
+
+impl MiniAgent {
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Response<body::Body> {
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::POST, PATH_SANDBOXES) => {
+                let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                let r: CreateSandboxRequest = serde_json::from_slice(&bytes).unwrap();
+                let mut all = self.sandboxes.lock().unwrap();
+                if let Some(existing) = all.get(&r.uid) {
+                    return body::json(StatusCode::OK, existing);
+                }
+                if !all.is_empty() {
+                    return error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::CapacityExceeded);
+                }
+                let info = SandboxInfo {
+                    uid: r.uid.clone(),
+                    name: r.name,
+                    namespace: r.namespace,
+                    container_id: format!("c-{}", r.uid),
+                    image: r.image,
+                    state: ContainerState::Running,
+                    reset_revision: r.reset_revision,
+                    ..Default::default()
+                };
+                all.insert(r.uid, info.clone());
+                let _ = self.events.send(SandboxEvent {
+                    seq: 1,
+                    kind: EventKind::Started,
+                    at: chrono::Utc::now(),
+                    sandbox: Some(info.clone()),
+                });
+                body::json(StatusCode::CREATED, &info)
+            }
+            (Method::GET, PATH_SANDBOXES) => {
+                let sandboxes = self.sandboxes.lock().unwrap().values().cloned().collect();
+                body::json(
+                    StatusCode::OK,
+                    &ListSandboxesResponse {
+                        agent: AgentInfo::default(),
+                        sandboxes,
+                        last_event_seq: 0,
+                    },
+                )
+            }
+            (Method::GET, PATH_EVENTS) => {
+                let mut rx = self.events.subscribe();
+                let (tx, out) = mpsc::channel::<std::io::Result<Bytes>>(8);
+                tokio::spawn(async move {
+                    while let Ok(ev) = rx.recv().await {
+                        let mut line = serde_json::to_vec(&ev).unwrap();
+                        line.push(b'\n');
+                        if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut resp = Response::new(body::stream(tokio_stream_of(out)));
+                *resp.status_mut() = StatusCode::OK;
+                resp
+            }
+            (Method::DELETE, p) if p.starts_with(PATH_SANDBOXES) => {
+                let uid = p.rsplit('/').next().unwrap_or_default();
+                match self.sandboxes.lock().unwrap().remove(uid) {
+                    Some(info) => body::json(StatusCode::OK, &info),
+                    None => error(StatusCode::NOT_FOUND, ErrorCode::NotFound),
+                }
+            }
+            _ => error(StatusCode::NOT_FOUND, ErrorCode::NotFound),
+        }
+    }
+}
+
+fn tokio_stream_of(
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+struct Served(Arc<MiniAgent>);
+
+impl Handler for Served {
+    fn call(&self, req: Request<Incoming>, peer: Peer) -> BoxFuture<'static, Response<body::Body>> {
+        self.0.peers.lock().unwrap().insert(peer.addr);
+        Box::pin(self.0.clone().answer(req))
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    agent: Arc<MiniAgent>,
+    client_tls: ClientTls,
+    stranger_tls: ClientTls,
+}
+
+async fn setup() -> Setup {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fast-sandbox-ca");
+    let ca_path = ca.write(dir.path(), "ca.crt");
+    let (server_cert, server_key) = ca.leaf(dir.path(), "agent", "fast-sandbox-agent");
+    let (client_cert, client_key) = ca.leaf(dir.path(), "client", "fast-sandbox-controller");
+    let other = Ca::new("someone-else");
+    let (stranger_cert, stranger_key) =
+        other.leaf(dir.path(), "stranger", "fast-sandbox-controller");
+
+    let server = tls::ServerTls {
+        cert: server_cert,
+        key: server_key,
+        client_ca: Some(ca_path.clone()),
+    }
+    .build()
+    .unwrap();
+    let agent = Arc::new(MiniAgent {
+        sandboxes: Mutex::new(HashMap::new()),
+        events: broadcast::channel(16).0,
+        peers: Mutex::new(HashSet::new()),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        Some(server),
+        Ops::default(),
+        Arc::new(Served(agent.clone())),
+        std::future::pending(),
+    ));
+    Setup {
+        addr,
+        agent,
+        client_tls: ClientTls {
+            cert: client_cert,
+            key: client_key,
+            ca: ca_path.clone(),
+        },
+        stranger_tls: ClientTls {
+            cert: stranger_cert,
+            key: stranger_key,
+            ca: ca_path,
+        },
+        _dir: dir,
+    }
+}
+
+fn request(uid: &str) -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        uid: uid.into(),
+        name: format!("sb-{uid}"),
+        namespace: "ns".into(),
+        pool: "pool".into(),
+        image: "docker.io/fast-sandbox/busybox:dev".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_is_idempotent_and_capacity_is_refused_over_one_connection() {
+    let s = setup().await;
+    let client = AgentClient::new(s.addr, s.client_tls.clone());
+
+    let mut events = tokio::time::timeout(WAIT, client.events(0))
+        .await
+        .expect("opening the event stream timed out")
+        .unwrap();
+
+    let first = client.create(&request("u1")).await.unwrap();
+    assert_eq!(first.state, ContainerState::Running);
+    let again = client.create(&request("u1")).await.unwrap();
+    assert_eq!(again.container_id, first.container_id);
+
+    let full = client.create(&request("u2")).await.unwrap_err();
+    assert_eq!(full.code(), Some(ErrorCode::CapacityExceeded));
+    assert!(!full.is_unreachable());
+
+    let ev = tokio::time::timeout(WAIT, events.next())
+        .await
+        .expect("no event within 5s")
+        .expect("stream ended")
+        .unwrap();
+    assert_eq!(ev.kind, EventKind::Started);
+    assert_eq!(ev.sandbox.unwrap().uid, "u1");
+
+    let list = client.list().await.unwrap();
+    assert_eq!(list.sandboxes.len(), 1);
+
+    assert!(client.delete("u1").await.unwrap().is_some());
+    assert!(
+        client.delete("u1").await.unwrap().is_none(),
+        "404 means already gone"
+    );
+
+    let peers = s.agent.peers.lock().unwrap().len();
+    assert_eq!(
+        peers, 1,
+        "every call and the event stream share one connection"
+    );
+}
+
+#[tokio::test]
+async fn client_from_another_ca_is_refused() {
+    let s = setup().await;
+    let client = AgentClient::new(s.addr, s.stranger_tls.clone());
+    let err = client.list().await.unwrap_err();
+    assert!(
+        err.is_unreachable() || err.code() == Some(ErrorCode::Unauthenticated),
+        "{err}"
+    );
+    assert!(s.agent.sandboxes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_agent_fails_fast() {
+    // Nothing listens: the call fails at once as unreachable (the follower
+    // then backs off and retries).
+    let s = setup().await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let client = AgentClient::new(dead, s.client_tls.clone());
+    let err = client.list().await.unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Brings the local cluster up (test/cluster) and deploys Fast Sandbox into it
+# the way a user would: images loaded into the node's containerd, then
+# `kubectl apply -k deploy/`, certificates made by the certs Job.
+#
+# Environment: FAST_SANDBOX_PROFILE=release|debug (default release): which
+# cargo build the images are made from.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+profile="${FAST_SANDBOX_PROFILE:-release}"
+step() { printf '[%s] == %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+hack/install-deps.sh
+step "building the Fast Sandbox binaries ($profile)"
+if [[ $profile == release ]]; then cargo build --release --workspace --bins; else cargo build --workspace --bins; fi
+bin="$root/target/$profile"
+
+step "bringing the local cluster up"
+test/cluster/cluster.sh up
+eval "$(test/cluster/cluster.sh env)"
+
+step "loading images into the node's containerd"
+# The agent image carries busybox too: the original README's sandbox runs
+# /bin/sleep from it.
+test/cluster/load-image.sh --busybox fast-sandbox/agent:dev "$bin/fast-sandbox-agent"
+for c in webhook controller extender certs; do
+  test/cluster/load-image.sh "fast-sandbox/$c:dev" "$bin/fast-sandbox-$c"
+done
+test/cluster/build-busybox-image.sh
+
+step "kubectl apply -k deploy/"
+kubectl apply --server-side --force-conflicts -k deploy/ >/dev/null
+kubectl wait --for=condition=Established --timeout=60s \
+  crd/sandboxes.sandbox.fast.io crd/sandboxpools.sandbox.fast.io >/dev/null
+# Pods of an earlier deployment still run the previous images.
+kubectl -n fast-sandbox-system rollout restart deployment >/dev/null
+step "waiting for certificates"
+kubectl -n fast-sandbox-system wait --for=condition=complete --timeout=180s job/fast-sandbox-certs
+# A second `up` hands the scheduler the extender's CA and switches it to
+# deploy/scheduler/kube-scheduler-config.yaml.
+test/cluster/cluster.sh up
+step "waiting for the components to roll out"
+for d in fast-sandbox-webhook fast-sandbox-controller fast-sandbox-extender; do
+  kubectl -n fast-sandbox-system rollout status "deployment/$d" --timeout=240s
+done
+step "Fast Sandbox is deployed"

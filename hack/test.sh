@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test of Fast Sandbox, in order of cost: formatting, lints, the
+# CRDs' freshness, unit and integration tests (the agent's against a private
+# containerd), then the end-to-end suite on a real local cluster with Fast
+# Sandbox deployed. Starts every service it needs and stops only those.
+#
+#   hack/test.sh              everything
+#   hack/test.sh --no-cluster skip the end-to-end suite
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+with_cluster=1
+[[ "${1:-}" == "--no-cluster" ]] && with_cluster=0
+step() { printf '[%s] == %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+start=$SECONDS
+
+step "installing what this machine lacks"
+hack/install-deps.sh
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+step "deploy/crds is generated from api/"
+cargo run -q -p fast-sandbox-api --bin crdgen -- --check
+step "unit and integration tests (agent tests against a private containerd)"
+agent/tests/containerd.sh run -- cargo test --workspace --no-fail-fast
+
+if [[ $with_cluster == 1 ]]; then
+  cluster_was_up=0
+  test/cluster/cluster.sh status >/dev/null 2>&1 && cluster_was_up=1
+  if [[ $cluster_was_up == 0 ]]; then
+    trap 'step "stopping the local cluster"; test/cluster/cluster.sh down || true' EXIT
+  fi
+  step "deploying onto a local cluster"
+  FAST_SANDBOX_PROFILE=debug hack/deploy.sh
+  eval "$(test/cluster/cluster.sh env)"
+  step "cluster smoke test (plain Pod)"
+  test/cluster/smoke.sh
+  step "end-to-end suite"
+  FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast -- --test-threads=2
+fi
+step "all tests passed in $((SECONDS - start)) s"

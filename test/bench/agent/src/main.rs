@@ -1,0 +1,410 @@
+//! Create→running latency of sandboxes through the agent's HTTPS API, side
+//! by side with `ctr run -d` on the same containerd (the naive floor), at
+//! concurrency 1 and 8. Each agent lever can be switched off to measure
+//! what it buys: the shared runc shim, warm snapshots.
+//!
+//! Needs root and a containerd with the test image; run it through the
+//! agent's test script:
+//!
+//! ```text
+//! agent/tests/containerd.sh run -- cargo run --release -p fast-sandbox-bench-agent -- --runs 100
+//! ```
+//!
+//! Prints a Markdown table and writes it with a JSON copy to `--out-dir`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fast_sandbox_agent::api::Api;
+use fast_sandbox_agent::client::AgentClient;
+use fast_sandbox_agent::metrics::Metrics;
+use fast_sandbox_agent::runtime::Containerd;
+use fast_sandbox_agent::{Agent, Config};
+use fast_sandbox_api::agent::CreateSandboxRequest;
+use fast_sandbox_server::tls::{ServerTls, client_config};
+use fast_sandbox_server::{Ops, Registry};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Benchmark settings.
+#[derive(Parser, Debug, Clone)]
+#[command(about)]
+struct Args {
+    /// containerd socket.
+    #[arg(long, env = "FAST_SANDBOX_CONTAINERD_SOCK")]
+    socket: PathBuf,
+    /// containerd namespace holding the image.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_TEST_NAMESPACE",
+        default_value = "fast-sandbox-test"
+    )]
+    namespace: String,
+    /// Image to start.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_TEST_IMAGE",
+        default_value = "docker.io/fast-sandbox/busybox:dev"
+    )]
+    image: String,
+    /// Measured creates per configuration and concurrency.
+    #[arg(long, default_value_t = 100)]
+    runs: usize,
+    /// Unmeasured creates before each series.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    concurrency: Vec<usize>,
+    /// Where the Markdown and JSON results go.
+    #[arg(long, default_value = "target/bench-agent")]
+    out_dir: PathBuf,
+}
+
+/// Changes one lever of an agent configuration.
+type Tune = Box<dyn Fn(&mut Config)>;
+
+#[derive(Serialize, Clone, Debug)]
+struct Series {
+    name: String,
+    concurrency: usize,
+    runs: usize,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+}
+
+fn series(name: &str, concurrency: usize, mut samples: Vec<Duration>) -> Series {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |p: f64| {
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        ms(samples[i.min(samples.len() - 1)])
+    };
+    Series {
+        name: name.to_string(),
+        concurrency,
+        runs: samples.len(),
+        p50_ms: pct(0.50),
+        p95_ms: pct(0.95),
+        p99_ms: pct(0.99),
+        mean_ms: samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64,
+    }
+}
+
+/// An in-process agent over real mutual-TLS HTTPS.
+struct BenchAgent {
+    client: AgentClient,
+    agent: Arc<Agent>,
+    shutdown: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_agent(
+    args: &Args,
+    name: &str,
+    tune: impl FnOnce(&mut Config),
+) -> anyhow::Result<BenchAgent> {
+    let dir = tempfile::tempdir()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let write = |n: &str, s: String| -> anyhow::Result<PathBuf> {
+        let p = dir.path().join(n);
+        std::fs::write(&p, s)?;
+        Ok(p)
+    };
+    let ca_path = write("ca.crt", ca.pem())?;
+    let leaf = |sans: Vec<String>, n: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(sans)?.signed_by(&key, &ca)?;
+        Ok((
+            write(&format!("{n}.crt"), cert.pem())?,
+            write(&format!("{n}.key"), key.serialize_pem())?,
+        ))
+    };
+    let (scert, skey) = leaf(vec!["fast-sandbox-agent".into()], "server")?;
+    let (ccert, ckey) = leaf(vec![], "client")?;
+    let registry = Registry::default();
+    let ops = Ops {
+        health: Default::default(),
+        registry: registry.clone(),
+    };
+    let metrics = Metrics::register(&registry);
+    let cd = Containerd::connect(
+        &args.socket,
+        &args.namespace,
+        "overlayfs",
+        "io.containerd.runc.v2",
+    )
+    .await?;
+    let mut cfg = Config {
+        pod_name: format!("bench-{name}"),
+        pod_uid: format!("bench-{name}-{}", std::process::id()),
+        node_name: "bench".into(),
+        slots: 64,
+        state_dir: dir.path().join("state"),
+        cgroup_parent: "/fast-sandbox-bench".into(),
+        shim_group: true,
+        warm_snapshots: 2,
+        warm_images: 4,
+        default_grace: Duration::ZERO,
+    };
+    tune(&mut cfg);
+    let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())?;
+    let (shutdown, rx) = watch::channel(false);
+    tokio::spawn(agent.clone().run_events(rx.clone()));
+    let tls = ServerTls {
+        cert: scert,
+        key: skey,
+        client_ca: Some(ca_path.clone()),
+    }
+    .build()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let mut done = rx.clone();
+    tokio::spawn(fast_sandbox_server::serve(
+        listener,
+        Some(tls),
+        ops.clone(),
+        Arc::new(Api::new(agent.clone(), metrics, true)),
+        async move {
+            let _ = done.wait_for(|s| *s).await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ops.health.is_ready() {
+        if Instant::now() > deadline {
+            bail!("agent not ready after 20s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = AgentClient::connect(
+        addr,
+        "fast-sandbox-agent",
+        client_config(&ca_path, Some((&ccert, &ckey)))?,
+    )
+    .await?;
+    Ok(BenchAgent {
+        client,
+        agent,
+        shutdown,
+        _dir: dir,
+    })
+}
+
+fn request(args: &Args, uid: &str) -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: "bench".into(),
+        pool: "bench".into(),
+        image: args.image.clone(),
+        command: vec!["sleep".into(), "300".into()],
+        ..Default::default()
+    }
+}
+
+async fn agent_series(
+    args: &Args,
+    a: &BenchAgent,
+    tag: &str,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    // A steady-state agent holds other sandboxes: one stays resident so a
+    // shared shim is not torn down between measured creates.
+    let resident = request(args, &format!("{tag}-c{concurrency}-resident"));
+    a.client
+        .create(&resident)
+        .await?
+        .1
+        .map_err(|e| anyhow::anyhow!("resident create failed: {e}"))?;
+    let per_worker = args.runs.div_ceil(concurrency);
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let client = a.client.clone();
+        let reqs: Vec<_> = (0..args.warmup + per_worker)
+            .map(|i| request(args, &format!("{tag}-c{concurrency}-w{w}-{i}")))
+            .collect();
+        let warmup = args.warmup;
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            for (i, req) in reqs.iter().enumerate() {
+                let t = Instant::now();
+                let (_, answer) = client.create(req).await?;
+                let elapsed = t.elapsed();
+                answer.map_err(|e| anyhow::anyhow!("create failed: {e}"))?;
+                if i >= warmup {
+                    samples.push(elapsed);
+                }
+                client
+                    .delete(&req.uid, 0)
+                    .await?
+                    .1
+                    .map_err(|e| anyhow::anyhow!("delete failed: {e}"))?;
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await??);
+    }
+    all.truncate(args.runs);
+    a.client
+        .delete(&resident.uid, 0)
+        .await?
+        .1
+        .map_err(|e| anyhow::anyhow!("resident delete failed: {e}"))?;
+    Ok(all)
+}
+
+fn ctr(socket: &Path, ns: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("ctr");
+    c.arg("-a").arg(socket).args(["-n", ns]).args(args);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+fn ctr_once(args: &Args, id: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = ctr(
+        &args.socket,
+        &args.namespace,
+        &["run", "-d", &args.image, id, "sleep", "300"],
+    )
+    .output()?;
+    let elapsed = t.elapsed();
+    if !out.status.success() {
+        bail!("ctr run -d {id}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    ctr(
+        &args.socket,
+        &args.namespace,
+        &["tasks", "kill", "-s", "SIGKILL", id],
+    )
+    .output()?;
+    // `tasks rm` waits for the exit after the kill.
+    for _ in 0..100 {
+        if ctr(&args.socket, &args.namespace, &["tasks", "rm", id])
+            .output()?
+            .status
+            .success()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = ctr(&args.socket, &args.namespace, &["containers", "rm", id]).output()?;
+    if !out.status.success() {
+        bail!(
+            "ctr containers rm {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(elapsed)
+}
+
+async fn ctr_series(args: &Args, concurrency: usize) -> anyhow::Result<Vec<Duration>> {
+    let per_worker = args.runs.div_ceil(concurrency);
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let args = args.clone();
+        workers.push(tokio::task::spawn_blocking(move || {
+            let mut samples = Vec::new();
+            for i in 0..args.warmup + per_worker {
+                let d = ctr_once(
+                    &args,
+                    &format!("bench-ctr-{}-c{concurrency}-w{w}-{i}", std::process::id()),
+                )?;
+                if i >= args.warmup {
+                    samples.push(d);
+                }
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await??);
+    }
+    all.truncate(args.runs);
+    Ok(all)
+}
+
+fn markdown(results: &[Series], floor: &[Series]) -> String {
+    let mut s = String::from(
+        "| configuration | concurrency | runs | p50 ms | p95 ms | p99 ms | mean ms | p50 / ctr p50 |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in results {
+        let base = floor
+            .iter()
+            .find(|f| f.concurrency == r.concurrency)
+            .map_or(f64::NAN, |f| f.p50_ms);
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+            r.name,
+            r.concurrency,
+            r.runs,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.mean_ms,
+            r.p50_ms / base
+        ));
+    }
+    s
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let variants: Vec<(&str, Tune)> = vec![
+        ("agent (all levers)", Box::new(|_: &mut Config| {})),
+        (
+            "agent, no shared shim",
+            Box::new(|c: &mut Config| c.shim_group = false),
+        ),
+        (
+            "agent, no warm snapshots",
+            Box::new(|c: &mut Config| c.warm_snapshots = 0),
+        ),
+    ];
+    let mut results = Vec::new();
+    let mut floor = Vec::new();
+    for &c in &args.concurrency {
+        let s = series(
+            "ctr run -d",
+            c,
+            ctr_series(&args, c).await.context("ctr series")?,
+        );
+        eprintln!("{s:?}");
+        floor.push(s.clone());
+        results.push(s);
+        for (i, (name, tune)) in variants.iter().enumerate() {
+            let a = start_agent(&args, &format!("v{i}"), |cfg| tune(cfg)).await?;
+            let s = series(name, c, agent_series(&args, &a, &format!("v{i}"), c).await?);
+            eprintln!("{s:?}");
+            results.push(s);
+            a.agent.release_warm().await;
+            a.shutdown.send_replace(true);
+        }
+    }
+    let md = markdown(&results, &floor);
+    println!("{md}");
+    std::fs::create_dir_all(&args.out_dir)?;
+    std::fs::write(args.out_dir.join("agent-create.md"), &md)?;
+    std::fs::write(
+        args.out_dir.join("agent-create.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Same as: cluster.sh up [args]
+exec "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/cluster.sh" up "$@"

@@ -1,0 +1,130 @@
+//! Helpers for the end-to-end suite: a client for the cluster the suite
+//! runs against, unique namespaces, and bounded waits on watched
+//! conditions (never sleeps).
+//!
+//! The suite runs only when `FAST_SANDBOX_E2E=1` (set by `hack/test.sh`
+//! after `test/cluster` is up and Fast Sandbox is deployed); otherwise each
+//! test prints why it skipped and passes.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde_json::json;
+
+/// Why an end-to-end step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eError {
+    /// The API answered with an error.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// A condition did not hold in time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    /// The watch ended.
+    #[error("watch failed: {0}")]
+    Watch(String),
+}
+
+/// A client when the suite is enabled, `None` (after saying why) otherwise.
+pub async fn client_or_skip(test: &str) -> Option<Client> {
+    if std::env::var("FAST_SANDBOX_E2E").as_deref() != Ok("1") {
+        eprintln!(
+            "skipping {test}: FAST_SANDBOX_E2E=1 is not set (hack/test.sh sets it once the local cluster is up)"
+        );
+        return None;
+    }
+    match Client::try_default().await {
+        Ok(c) => Some(c),
+        Err(e) => panic!("FAST_SANDBOX_E2E=1 but no cluster is reachable: {e}"),
+    }
+}
+
+/// Creates a namespace with a unique name for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> Result<String, E2eError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"generateName": format!("{prefix}-"), "labels": {"fast-sandbox-e2e": "true"}}
+    }))
+    .map_err(|e| E2eError::Watch(e.to_string()))?;
+    let created = api.create(&PostParams::default(), &ns).await?;
+    Ok(created.metadata.name.unwrap_or_default())
+}
+
+/// Deletes a test namespace (best effort: the suite's result must not hinge
+/// on cleanup).
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::background()).await;
+}
+
+/// Watches `api` until `pred` holds for the object named `name`, or fails
+/// after `timeout` naming `what`.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&K) -> bool,
+) -> Result<K, E2eError>
+where
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(api.clone(), cfg).default_backoff();
+    let fut = async {
+        let mut stream = std::pin::pin!(stream);
+        let mut last: Option<K> = None;
+        while let Some(ev) = stream
+            .try_next()
+            .await
+            .map_err(|e| E2eError::Watch(e.to_string()))?
+        {
+            let objs: Vec<K> = match ev {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => vec![o],
+                _ => vec![],
+            };
+            for o in objs {
+                if pred(&o) {
+                    return Ok(o);
+                }
+                last = Some(o);
+            }
+        }
+        Err(E2eError::Watch(format!("watch ended; last seen {last:?}")))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| E2eError::Timeout(timeout, format!("{what} ({name})")))?
+}
+
+/// Watches `api` until no object named `name` exists.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration) -> Result<(), E2eError>
+where
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let fut = async {
+        let mut present = true;
+        let mut stream = std::pin::pin!(watcher(api.clone(), cfg).default_backoff());
+        while let Some(ev) = stream.next().await {
+            match ev.map_err(|e| E2eError::Watch(e.to_string()))? {
+                watcher::Event::Delete(_) => return Ok(()),
+                watcher::Event::Init => present = false,
+                watcher::Event::InitApply(_) => present = true,
+                watcher::Event::InitDone if !present => return Ok(()),
+                _ => {}
+            }
+        }
+        Err(E2eError::Watch("watch ended".into()))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| E2eError::Timeout(timeout, format!("deletion of {name}")))?
+}

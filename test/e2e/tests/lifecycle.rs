@@ -1,0 +1,253 @@
+//! The original project's flow and the basic promises, on the real cluster
+//! with Fast Sandbox deployed as a user deploys it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use fast_sandbox_api::wellknown::condition;
+use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool};
+use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_gone};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const BUSYBOX: &str = "docker.io/fast-sandbox/busybox:dev";
+
+async fn pool(client: &Client, ns: &str, name: &str, slots: i32) -> Api<SandboxPool> {
+    let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
+    let p: SandboxPool = serde_json::from_value(json!({
+        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool",
+        "metadata": {"name": name},
+        "spec": {"capacity": {"poolMin": 1, "poolMax": 3}, "maxSandboxesPerAgent": slots,
+                 "warmImages": [BUSYBOX],
+                 "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": "fast-sandbox/agent:dev"}]}}}
+    }))
+    .unwrap();
+    pools.create(&PostParams::default(), &p).await.unwrap();
+    wait_for(
+        &pools,
+        name,
+        Duration::from_secs(180),
+        "a ready agent",
+        |p: &SandboxPool| p.status.as_ref().is_some_and(|s| s.ready_agents >= 1),
+    )
+    .await
+    .unwrap();
+    pools
+}
+
+fn sandbox(name: &str, pool: &str, command: &[&str]) -> Sandbox {
+    serde_json::from_value(json!({
+        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox",
+        "metadata": {"name": name},
+        "spec": {"image": BUSYBOX, "command": command, "poolRef": pool}
+    }))
+    .unwrap()
+}
+
+fn ready(s: &Sandbox) -> bool {
+    s.condition(condition::READY)
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Container ids in the node's containerd (k8s.io namespace).
+fn containerd_ids() -> Vec<String> {
+    let sock = std::env::var("FAST_SANDBOX_CONTAINERD_SOCK")
+        .unwrap_or_else(|_| "/var/lib/fast-sandbox-cluster/containerd/containerd.sock".into());
+    let out = Command::new("ctr")
+        .args(["-a", &sock, "-n", "k8s.io", "containers", "ls", "-q"])
+        .output()
+        .expect("ctr runs");
+    assert!(
+        out.status.success(),
+        "ctr failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn original_flow_pool_sandbox_running_then_deleted() {
+    let Some(client) = client_or_skip("original flow").await else {
+        return;
+    };
+    let ns = namespace(&client, "e2e-flow").await.unwrap();
+    pool(&client, &ns, "default-pool", 4).await;
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+
+    let created = sbx
+        .create(
+            &PostParams::default(),
+            &sandbox("my-sandbox", "default-pool", &["/bin/sleep", "100"]),
+        )
+        .await
+        .unwrap();
+    let agent = created
+        .spec
+        .agent_ref
+        .clone()
+        .expect("the webhook binds at admission");
+    assert!(
+        !agent.pod_name.is_empty() && !agent.node_name.is_empty(),
+        "{agent:?}"
+    );
+
+    let running = wait_for(
+        &sbx,
+        "my-sandbox",
+        Duration::from_secs(60),
+        "Running and Ready",
+        |s: &Sandbox| s.phase() == SandboxPhase::Running && ready(s),
+    )
+    .await
+    .unwrap();
+    let status = running.status.clone().unwrap();
+    let cid = status
+        .container_id
+        .clone()
+        .expect("containerID is reported");
+    assert_eq!(status.node_name.as_deref(), Some(agent.node_name.as_str()));
+    assert!(status.started_at.is_some());
+    assert!(
+        containerd_ids().contains(&cid),
+        "container {cid} must exist in containerd"
+    );
+
+    // `kubectl wait` works against the same condition.
+    let out = Command::new("kubectl")
+        .args([
+            "-n",
+            &ns,
+            "wait",
+            "--for=condition=Ready",
+            "sandbox/my-sandbox",
+            "--timeout=10s",
+        ])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    sbx.delete("my-sandbox", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&sbx, "my-sandbox", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        !containerd_ids().contains(&cid),
+        "container {cid} must be gone from containerd"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn exit_codes_become_phases() {
+    let Some(client) = client_or_skip("exit codes").await else {
+        return;
+    };
+    let ns = namespace(&client, "e2e-exit").await.unwrap();
+    pool(&client, &ns, "p", 4).await;
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    sbx.create(
+        &PostParams::default(),
+        &sandbox("ok", "p", &["/bin/sh", "-c", "exit 0"]),
+    )
+    .await
+    .unwrap();
+    sbx.create(
+        &PostParams::default(),
+        &sandbox("bad", "p", &["/bin/sh", "-c", "exit 3"]),
+    )
+    .await
+    .unwrap();
+    let ok = wait_for(
+        &sbx,
+        "ok",
+        Duration::from_secs(60),
+        "Succeeded",
+        |s: &Sandbox| s.phase() == SandboxPhase::Succeeded,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status.unwrap().exit_code, Some(0));
+    let bad = wait_for(
+        &sbx,
+        "bad",
+        Duration::from_secs(60),
+        "Failed",
+        |s: &Sandbox| s.phase() == SandboxPhase::Failed,
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status.unwrap().exit_code, Some(3));
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn admission_binds_dry_runs_reserve_nothing_and_refuses_bad_input() {
+    let Some(client) = client_or_skip("admission").await else {
+        return;
+    };
+    let ns = namespace(&client, "e2e-admission").await.unwrap();
+    let pools = pool(&client, &ns, "p", 1).await;
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+
+    // A dry run is bound in the answer but takes no slot: the one slot of
+    // the one agent is still free for a real sandbox afterwards.
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        let answer = sbx
+            .create(&dry, &sandbox("dry", "p", &["/bin/sleep", "30"]))
+            .await
+            .unwrap();
+        assert!(
+            answer.spec.agent_ref.is_some(),
+            "a dry run shows the binding"
+        );
+    }
+    let real = sbx
+        .create(
+            &PostParams::default(),
+            &sandbox("real", "p", &["/bin/sleep", "30"]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        real.spec.agent_ref.is_some(),
+        "the slot was not taken by the dry runs"
+    );
+    let _ = pools;
+
+    // Invalid input is refused with the field named.
+    let mut bad = sandbox("bad-env", "p", &["/bin/true"]);
+    bad.spec.env = vec![fast_sandbox_api::EnvVar {
+        name: "1BAD".into(),
+        value: "x".into(),
+    }];
+    let err = sbx
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.env[0].name"), "{err}");
+    let err = sbx
+        .create(
+            &PostParams::default(),
+            &sandbox("no-pool", "missing-pool", &["/bin/true"]),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.poolRef"), "{err}");
+    delete_namespace(&client, &ns).await;
+}

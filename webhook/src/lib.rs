@@ -1,0 +1,25 @@
+//! The admission webhook of Fast Sandbox: the scheduler of sandboxes.
+//!
+//! kube-apiserver calls it when a Sandbox is created; it validates what the
+//! CRD schema cannot and answers with a JSON patch that binds the sandbox to a
+//! warm agent, before the object is stored. The pieces:
+//!
+//! - [`placement`]: the in-memory index of agents, slots and image caches and
+//!   the placement decision. Pure, no I/O; the controller uses the same index
+//!   to re-place sandboxes.
+//! - [`watch`]: feeds the index from watches on agent pods, nodes, pools and
+//!   sandboxes.
+//! - [`binding`]: the JSON patch that binds a sandbox.
+//! - [`review`]: the AdmissionReview decision for CREATE and UPDATE, and the
+//!   wire format sent back to the apiserver.
+//! - [`server`]: the HTTPS handler for `/mutate-sandbox`.
+//! - [`metrics`]: admission latency and placement hit counters.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rust_2018_idioms)]
+
+pub mod binding;
+pub mod metrics;
+pub mod placement;
+pub mod review;
+pub mod server;
+pub mod watch;
