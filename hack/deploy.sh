@@ -33,6 +33,9 @@ step "kubectl apply -k deploy/"
 kubectl apply --server-side --force-conflicts -k deploy/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s \
   crd/sandboxes.sandbox.fast.io crd/sandboxpools.sandbox.fast.io >/dev/null
+# The local cluster's containerd listens on its own socket.
+kubectl -n fast-sandbox-system set env deployment/fast-sandbox-controller \
+  "FAST_SANDBOX_CONTAINERD_SOCKET=$FAST_SANDBOX_CONTAINERD_SOCK" >/dev/null
 # Pods of an earlier deployment still run the previous images.
 kubectl -n fast-sandbox-system rollout restart deployment >/dev/null
 step "waiting for certificates"

@@ -210,16 +210,20 @@ impl Reviewer {
             Ok(r) => r.request.ok_or(ReviewError::NoRequest)?,
             Err(typed) => {
                 // Mutating admission runs before schema validation, so the
-                // object may not fit our types; answer with the request's
-                // UID and say what is wrong.
+                // object may not fit our types. Admit it unchanged: the
+                // CRD schema, applied next, refuses it with the apiserver's
+                // own message naming the field (`spec.poolRef: Required
+                // value`). Nothing is reserved for it.
                 let dynamic: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
                 let req = dynamic.request.ok_or(ReviewError::NoRequest)?;
-                return Ok(denied(Response::deny(
-                    &req.uid,
-                    422,
-                    "Invalid",
-                    format!("object is not a valid Sandbox: {typed}"),
-                )));
+                let mut response = Response::allow(&req.uid);
+                response.warnings = vec![format!(
+                    "not bound: the object does not fit the Sandbox schema ({typed})"
+                )];
+                return Ok(Verdict {
+                    response,
+                    outcome: Outcome::Allowed,
+                });
             }
         };
         Ok(match req.operation {
@@ -570,6 +574,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn objects_that_do_not_fit_the_schema_pass_to_schema_validation_unbound() {
+        let r = Reviewer::new(index(), CONTROLLER);
+        for spec in [
+            json!({"image": "busybox"}),
+            json!({"image": 5, "poolRef": "default-pool"}),
+        ] {
+            let v = run(&r, create(spec.clone())).await;
+            assert!(
+                v.response.allowed,
+                "{spec} must reach the schema, which names the field"
+            );
+            assert_eq!(v.outcome, Outcome::Allowed);
+            assert!(v.response.patch.is_none(), "{spec} must not be bound");
+            assert!(v.response.warnings[0].contains("not bound"), "{spec}");
+        }
+    }
+
+    #[tokio::test]
     async fn every_validation_message_names_its_field() {
         let r = Reviewer::new(index(), CONTROLLER);
         let cases = [
@@ -636,10 +658,6 @@ mod tests {
             (
                 json!({"image": "busybox", "poolRef": "default-pool", "agentRef": {"podName": "x"}}),
                 "spec.agentRef: is written by the scheduler",
-            ),
-            (
-                json!({"image": 5, "poolRef": "default-pool"}),
-                "object is not a valid Sandbox: ",
             ),
         ];
         for (spec, want) in cases {
