@@ -3,6 +3,9 @@
 # the way a user would: images loaded into the node's containerd, then
 # `kubectl apply -k deploy/`, certificates made by the certs Job.
 #
+#   hack/deploy.sh           build, cluster up, load images, apply, wait
+#   hack/deploy.sh --images  stop after loading the images
+#
 # Environment: FAST_SANDBOX_PROFILE=release|debug (default release): which
 # cargo build the images are made from.
 set -euo pipefail
@@ -28,6 +31,7 @@ for c in webhook controller extender certs; do
   test/cluster/load-image.sh "fast-sandbox/$c:dev" "$bin/fast-sandbox-$c"
 done
 test/cluster/build-busybox-image.sh
+[[ "${1:-}" == "--images" ]] && exit 0
 
 step "kubectl apply -k deploy/"
 kubectl apply --server-side --force-conflicts -k deploy/ >/dev/null

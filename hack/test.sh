@@ -31,11 +31,18 @@ if [[ $with_cluster == 1 ]]; then
   if [[ $cluster_was_up == 0 ]]; then
     trap 'step "stopping the local cluster"; test/cluster/cluster.sh down || true' EXIT
   fi
-  step "deploying onto a local cluster"
-  FAST_SANDBOX_PROFILE=debug hack/deploy.sh
+  step "local cluster with the Fast Sandbox images"
+  FAST_SANDBOX_PROFILE=debug hack/deploy.sh --images
   eval "$(test/cluster/cluster.sh env)"
   step "cluster smoke test (plain Pod)"
   test/cluster/smoke.sh
+  # The controller's own cluster tests run their controller in-process, so
+  # they go before the deployed controller exists.
+  step "controller tests on the cluster"
+  FAST_SANDBOX_KUBECONFIG="$KUBECONFIG" FAST_SANDBOX_AGENT_IMAGE=docker.io/fast-sandbox/agent:dev \
+    cargo test -p fast-sandbox-controller --test cluster -- --test-threads=2
+  step "deploying Fast Sandbox with kubectl apply -k deploy/"
+  FAST_SANDBOX_PROFILE=debug hack/deploy.sh
   step "end-to-end suite"
   FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast -- --test-threads=2
 fi

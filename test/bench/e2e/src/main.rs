@@ -1,0 +1,294 @@
+//! End-to-end create→Running latency on a real cluster, as a user sees it:
+//! the time from the create call to the watch event that shows the object
+//! running. Three series in the same run, on the same node and containerd:
+//! Sandboxes through Fast Sandbox, plain Pods of the same image, and
+//! `ctr run -d` (the naive floor). Writes JSON, a Markdown table and an SVG
+//! plot of the distributions.
+//!
+//! Run against the local cluster with Fast Sandbox deployed:
+//! `eval "$(test/cluster/cluster.sh env)"; cargo run --release -p fast-sandbox-bench-e2e`
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool};
+use fast_sandbox_bench_report::{Series, ctr::Ctr, markdown, plot};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+/// Compares Sandbox, plain Pod and `ctr run -d` start latency.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+struct Args {
+    /// Sandboxes per concurrency level.
+    #[arg(long, default_value_t = 200)]
+    sandboxes: usize,
+    /// Plain Pods per concurrency level (each takes about a second).
+    #[arg(long, default_value_t = 40)]
+    pods: usize,
+    /// `ctr run -d` runs per concurrency level.
+    #[arg(long, default_value_t = 100)]
+    ctr_runs: usize,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    concurrency: Vec<usize>,
+    /// Image all three run (present on the node).
+    #[arg(long, default_value = "docker.io/fast-sandbox/busybox:dev")]
+    image: String,
+    /// Agent image of the benchmark's pool.
+    #[arg(long, default_value = "fast-sandbox/agent:dev")]
+    agent_image: String,
+    /// The node's containerd socket, for the `ctr run -d` baseline.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_CONTAINERD_SOCK",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    containerd_socket: PathBuf,
+    /// Where results go.
+    #[arg(long, default_value = "target/bench-e2e")]
+    out: PathBuf,
+}
+
+/// Waiters for the first Running event of each object, fed by one watch.
+#[derive(Clone, Default)]
+struct Arrivals {
+    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>,
+}
+
+impl Arrivals {
+    fn expect(&self, name: &str) -> oneshot::Receiver<Instant> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), tx);
+        rx
+    }
+
+    fn arrived(&self, name: &str) {
+        let now = Instant::now();
+        if let Some(tx) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+        {
+            let _ = tx.send(now);
+        }
+    }
+}
+
+/// Feeds `arrivals` from a watch on `api`, calling `running` on each object.
+fn follow<K>(
+    api: Api<K>,
+    arrivals: Arrivals,
+    running: fn(&K) -> bool,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev
+                && running(&o)
+            {
+                arrivals.arrived(&o.meta().name.clone().unwrap_or_default());
+            }
+        }
+    })
+}
+
+fn sandbox_running(s: &Sandbox) -> bool {
+    s.phase() == SandboxPhase::Running
+}
+
+fn pod_running(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// Creates `n` objects with `concurrency` in flight, timing each from the
+/// create call to its Running event; deletes each once timed.
+async fn run_series<K>(
+    api: &Api<K>,
+    arrivals: &Arrivals,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+    make: impl Fn(&str) -> K + Send + Sync + 'static,
+) -> anyhow::Result<Vec<Duration>>
+where
+    K: Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let make = Arc::new(make);
+    let results = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let arrivals = arrivals.clone();
+            let make = make.clone();
+            let name = format!("{prefix}-{i}");
+            async move {
+                let rx = arrivals.expect(&name);
+                let start = Instant::now();
+                api.create(&PostParams::default(), &make(&name))
+                    .await
+                    .with_context(|| format!("creating {name}"))?;
+                let at = tokio::time::timeout(Duration::from_secs(120), rx)
+                    .await
+                    .with_context(|| format!("{name} not running after 120 s"))??;
+                let grace = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                let _ = api.delete(&name, &grace).await;
+                anyhow::Ok(at - start)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(results)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let client = Client::try_default()
+        .await
+        .context("no cluster: set KUBECONFIG")?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns_obj: Namespace =
+        serde_json::from_value(json!({"metadata": {"generateName": "bench-e2e-"}}))?;
+    let ns = namespaces
+        .create(&PostParams::default(), &ns_obj)
+        .await?
+        .metadata
+        .name
+        .unwrap_or_default();
+    eprintln!("namespace {ns}");
+    let result = bench(&args, &client, &ns).await;
+    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+    result
+}
+
+async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
+    let max_c = args.concurrency.iter().copied().max().unwrap_or(1) as i32;
+    let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
+    let pool: SandboxPool = serde_json::from_value(json!({
+        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool", "metadata": {"name": "bench"},
+        "spec": {"capacity": {"poolMin": 2, "poolMax": 4}, "maxSandboxesPerAgent": max_c.max(8),
+                 "warmImages": [args.image],
+                 "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": args.agent_image}]}}}
+    }))?;
+    pools.create(&PostParams::default(), &pool).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let p = pools.get("bench").await?;
+        if p.status.as_ref().is_some_and(|s| s.ready_agents >= 2) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "pool bench has no two ready agents after 180 s: {:?}",
+                p.status
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let arrivals = Arrivals::default();
+    let watches = [
+        follow(sandboxes.clone(), arrivals.clone(), sandbox_running),
+        follow(pods.clone(), arrivals.clone(), pod_running),
+    ];
+    let ctr = Ctr {
+        socket: args.containerd_socket.clone(),
+        namespace: "k8s.io".into(),
+        image: args.image.clone(),
+    };
+    let mut results = Vec::new();
+    for &c in &args.concurrency {
+        let image = args.image.clone();
+        eprintln!("sandboxes: {} at concurrency {c}", args.sandboxes);
+        let s = run_series(&sandboxes, &arrivals, &format!("sbx-c{c}"), args.sandboxes, c, move |name| {
+            serde_json::from_value(json!({
+                "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox", "metadata": {"name": name},
+                "spec": {"image": image, "command": ["/bin/sleep", "3600"], "poolRef": "bench"}
+            }))
+            .unwrap_or_default()
+        })
+        .await?;
+        results.push(Series::new("sandbox", c, &s));
+
+        let image = args.image.clone();
+        eprintln!("plain pods: {} at concurrency {c}", args.pods);
+        let p = run_series(&pods, &arrivals, &format!("pod-c{c}"), args.pods, c, move |name| {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+                    "name": "main", "image": image, "imagePullPolicy": "Never", "command": ["/bin/sleep", "3600"]}]}
+            }))
+            .unwrap_or_default()
+        })
+        .await?;
+        results.push(Series::new("plain Pod", c, &p));
+
+        eprintln!("ctr run -d: {} at concurrency {c}", args.ctr_runs);
+        let ctr = ctr.clone();
+        let runs = args.ctr_runs;
+        let d = tokio::task::spawn_blocking(move || ctr.series(runs, 2, c)).await??;
+        results.push(Series::new("ctr run -d", c, &d));
+    }
+    for w in watches {
+        w.abort();
+    }
+
+    std::fs::create_dir_all(&args.out)?;
+    let mut table = markdown(&results, "ctr run -d");
+    table.push('\n');
+    for &c in &args.concurrency {
+        let get = |n: &str| {
+            results
+                .iter()
+                .find(|r| r.name == n && r.concurrency == c)
+                .map(|r| r.p50_ms)
+        };
+        if let (Some(s), Some(p)) = (get("sandbox"), get("plain Pod")) {
+            table.push_str(&format!("At concurrency {c}, a Sandbox reaches Running {:.1}x faster than a plain Pod at p50.\n", p / s));
+        }
+    }
+    std::fs::write(args.out.join("results.md"), &table)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(
+        args.out.join("latency.svg"),
+        plot::cdf_svg(
+            "Create → Running on one node: Sandbox vs plain Pod vs ctr run -d",
+            &results,
+        ),
+    )?;
+    println!("{table}");
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
