@@ -24,6 +24,11 @@ step "deploy/crds is generated from api/"
 cargo run -q -p fast-sandbox-api --bin crdgen -- --check
 step "unit and integration tests (agent tests against a private containerd)"
 agent/tests/containerd.sh run -- cargo test --workspace --no-fail-fast
+step "every binary answers --help"
+for b in agent webhook extender controller certs; do
+  cargo run -q -p "fast-sandbox-$b" -- --help >/dev/null
+done
+cargo run -q -p fast-sandbox-api --bin crdgen -- --help >/dev/null
 
 if [[ $with_cluster == 1 ]]; then
   cluster_was_up=0

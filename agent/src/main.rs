@@ -28,20 +28,8 @@ struct Args {
         default_value = "0.0.0.0:9443"
     )]
     listen: SocketAddr,
-    /// Serving certificate (PEM), re-read when it changes.
-    #[arg(
-        long,
-        env = "FAST_SANDBOX_TLS_CERT",
-        default_value = "/etc/fast-sandbox/tls/tls.crt"
-    )]
-    tls_cert: PathBuf,
-    /// Serving key (PEM).
-    #[arg(
-        long,
-        env = "FAST_SANDBOX_TLS_KEY",
-        default_value = "/etc/fast-sandbox/tls/tls.key"
-    )]
-    tls_key: PathBuf,
+    #[command(flatten)]
+    tls: fast_sandbox_server::tls::ServingArgs,
     /// CA that client certificates must chain to (the Fast Sandbox CA).
     #[arg(
         long,
@@ -113,13 +101,8 @@ struct Args {
 }
 
 async fn shutdown_signal(tx: watch::Sender<bool>) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down; sandboxes keep running");
+    fast_sandbox_server::shutdown::signal().await;
+    tracing::info!("sandboxes keep running");
     tx.send_replace(true);
 }
 
@@ -165,8 +148,8 @@ async fn main() -> anyhow::Result<()> {
     let agent =
         Agent::new(cfg, cd, metrics.clone(), ops.health.clone()).context("creating the agent")?;
     let tls = ServerTls {
-        cert: args.tls_cert,
-        key: args.tls_key,
+        cert: args.tls.tls_cert,
+        key: args.tls.tls_key,
         client_ca: Some(args.client_ca),
     }
     .build()

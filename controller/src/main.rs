@@ -108,22 +108,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("shutting down");
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -182,7 +166,8 @@ async fn main() -> anyhow::Result<()> {
         Timing::default(),
     );
     tracing::info!(%identity, namespace = %args.namespace, "starting controller");
-    fast_sandbox_controller::run(components, elector, shutdown_signal()).await;
+    fast_sandbox_controller::run(components, elector, fast_sandbox_server::shutdown::signal())
+        .await;
     Ok(())
 }
 

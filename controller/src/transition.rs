@@ -51,6 +51,40 @@ pub fn changed(old: Option<&SandboxStatus>, new: &SandboxStatus) -> bool {
     old != Some(new)
 }
 
+/// Moves `s` to `phase` for `why`; `message` replaces the old one.
+fn enter(
+    s: &mut SandboxStatus,
+    phase: SandboxPhase,
+    why: &str,
+    message: Option<&str>,
+    generation: Option<i64>,
+) {
+    s.phase = Some(phase);
+    s.reason = Some(why.to_string());
+    s.message = message.map(str::to_string);
+    s.observed_generation = generation;
+}
+
+/// Sets the Ready condition.
+fn ready(
+    s: &mut SandboxStatus,
+    ok: bool,
+    why: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    set_condition(
+        &mut s.conditions,
+        condition::READY,
+        ok,
+        why,
+        message,
+        generation,
+        now,
+    );
+}
+
 /// Status of a sandbox that waits without an agent.
 pub fn unbound(
     current: &SandboxStatus,
@@ -60,12 +94,15 @@ pub fn unbound(
     now: DateTime<Utc>,
 ) -> SandboxStatus {
     let mut s = current.clone();
-    s.phase = Some(SandboxPhase::Pending);
-    s.reason = Some(why.to_string());
-    s.message = Some(message.to_string());
+    enter(
+        &mut s,
+        SandboxPhase::Pending,
+        why,
+        Some(message),
+        generation,
+    );
     s.node_name = None;
     s.container_id = None;
-    s.observed_generation = generation;
     set_condition(
         &mut s.conditions,
         condition::SCHEDULED,
@@ -75,15 +112,7 @@ pub fn unbound(
         generation,
         now,
     );
-    set_condition(
-        &mut s.conditions,
-        condition::READY,
-        false,
-        why,
-        message,
-        generation,
-        now,
-    );
+    ready(&mut s, false, why, message, generation, now);
     s
 }
 
@@ -117,15 +146,7 @@ pub fn bound(
         now,
     );
     if s.phase == Some(SandboxPhase::Bound) {
-        set_condition(
-            &mut s.conditions,
-            condition::READY,
-            false,
-            reason::CREATING,
-            "",
-            generation,
-            now,
-        );
+        ready(&mut s, false, reason::CREATING, "", generation, now);
     }
     s
 }
@@ -144,63 +165,47 @@ pub fn from_info(
     s.observed_reset_revision = Some(info.reset_revision);
     match info.state {
         ContainerState::Created => {
-            s.phase = Some(SandboxPhase::Bound);
-            s.reason = Some(reason::CREATING.to_string());
+            enter(
+                &mut s,
+                SandboxPhase::Bound,
+                reason::CREATING,
+                None,
+                generation,
+            );
             s.exit_code = None;
             s.finished_at = None;
-            set_condition(
-                &mut s.conditions,
-                condition::READY,
-                false,
-                reason::CREATING,
-                "",
-                generation,
-                now,
-            );
+            ready(&mut s, false, reason::CREATING, "", generation, now);
         }
         ContainerState::Running => {
-            s.phase = Some(SandboxPhase::Running);
-            s.reason = Some(reason::STARTED.to_string());
-            s.message = None;
+            enter(
+                &mut s,
+                SandboxPhase::Running,
+                reason::STARTED,
+                None,
+                generation,
+            );
             s.started_at = Some(to_k8s(info.started_at.unwrap_or(now)));
             s.exit_code = None;
             s.finished_at = None;
-            set_condition(
-                &mut s.conditions,
-                condition::READY,
-                true,
-                reason::STARTED,
-                "",
-                generation,
-                now,
-            );
+            ready(&mut s, true, reason::STARTED, "", generation, now);
         }
         ContainerState::Exited => {
             let code = info.exit_code.unwrap_or(-1);
             let why = exit_reason(info);
             let ok = code == 0 && why == reason::COMPLETED;
-            s.phase = Some(if ok {
+            let phase = if ok {
                 SandboxPhase::Succeeded
             } else {
                 SandboxPhase::Failed
-            });
-            s.reason = Some(why.clone());
-            s.message = Some(format!("exited with code {code}"));
+            };
+            let msg = format!("exited with code {code}");
+            enter(&mut s, phase, &why, Some(&msg), generation);
             s.exit_code = Some(code);
             if let Some(t) = info.started_at {
                 s.started_at = Some(to_k8s(t));
             }
             s.finished_at = Some(to_k8s(info.finished_at.unwrap_or(now)));
-            let msg = format!("exited with code {code}");
-            set_condition(
-                &mut s.conditions,
-                condition::READY,
-                false,
-                &why,
-                &msg,
-                generation,
-                now,
-            );
+            ready(&mut s, false, &why, &msg, generation, now);
         }
         ContainerState::Unknown => {}
     }
@@ -227,22 +232,11 @@ pub fn failed(
     now: DateTime<Utc>,
 ) -> SandboxStatus {
     let mut s = current.clone();
-    s.phase = Some(SandboxPhase::Failed);
-    s.reason = Some(why.to_string());
-    s.message = Some(message.to_string());
-    s.observed_generation = generation;
+    enter(&mut s, SandboxPhase::Failed, why, Some(message), generation);
     if s.finished_at.is_none() {
         s.finished_at = Some(to_k8s(now));
     }
-    set_condition(
-        &mut s.conditions,
-        condition::READY,
-        false,
-        why,
-        message,
-        generation,
-        now,
-    );
+    ready(&mut s, false, why, message, generation, now);
     s
 }
 
@@ -254,19 +248,14 @@ pub fn lost(
     now: DateTime<Utc>,
 ) -> SandboxStatus {
     let mut s = current.clone();
-    s.phase = Some(SandboxPhase::Lost);
-    s.reason = Some(reason::AGENT_LOST.to_string());
-    s.message = Some(message.to_string());
-    s.observed_generation = generation;
-    set_condition(
-        &mut s.conditions,
-        condition::READY,
-        false,
+    enter(
+        &mut s,
+        SandboxPhase::Lost,
         reason::AGENT_LOST,
-        message,
+        Some(message),
         generation,
-        now,
     );
+    ready(&mut s, false, reason::AGENT_LOST, message, generation, now);
     s
 }
 
@@ -277,18 +266,15 @@ pub fn terminating(
     now: DateTime<Utc>,
 ) -> SandboxStatus {
     let mut s = current.clone();
-    s.phase = Some(SandboxPhase::Terminating);
-    s.reason = Some(reason::TERMINATING.to_string());
-    s.observed_generation = generation;
-    set_condition(
-        &mut s.conditions,
-        condition::READY,
-        false,
+    let message = s.message.take();
+    enter(
+        &mut s,
+        SandboxPhase::Terminating,
         reason::TERMINATING,
-        "",
+        message.as_deref(),
         generation,
-        now,
     );
+    ready(&mut s, false, reason::TERMINATING, "", generation, now);
     s
 }
 

@@ -102,27 +102,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, tls = tls.is_some(), ops = %args.ops.ops_listen, "serving");
 
     let watches = tokio::spawn(watch::run(client, index, ops.health.clone()));
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    let stop = async {
-        tokio::select! {
-            () = shutdown => {}
-            () = terminate => {}
-        }
-        tracing::info!("shutting down");
-    };
+    let stop = fast_sandbox_server::shutdown::signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod ops;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 

@@ -220,3 +220,24 @@ pub fn client_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Flags of a serving certificate, shared by the binaries that always
+/// serve TLS (flatten into the clap struct). Defaults match the Secret
+/// mount path the manifests use.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServingArgs {
+    /// PEM serving certificate (re-read when the file changes).
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_TLS_CERT",
+        default_value = "/etc/fast-sandbox/tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the serving certificate.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_TLS_KEY",
+        default_value = "/etc/fast-sandbox/tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+}

@@ -2,7 +2,6 @@
 //! new Sandbox to a warm agent.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -20,20 +19,8 @@ use tokio::net::TcpListener;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// PEM serving certificate (reloaded when the file changes).
-    #[arg(
-        long,
-        env = "FAST_SANDBOX_TLS_CERT",
-        default_value = "/etc/fast-sandbox/tls/tls.crt"
-    )]
-    tls_cert: PathBuf,
-    /// PEM private key of the serving certificate.
-    #[arg(
-        long,
-        env = "FAST_SANDBOX_TLS_KEY",
-        default_value = "/etc/fast-sandbox/tls/tls.key"
-    )]
-    tls_key: PathBuf,
+    #[command(flatten)]
+    tls: fast_sandbox_server::tls::ServingArgs,
     /// HTTPS address kube-apiserver calls (`/mutate-sandbox`).
     #[arg(long, env = "FAST_SANDBOX_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
@@ -67,8 +54,8 @@ async fn main() -> anyhow::Result<()> {
         .with_pool_lookup(Arc::new(ApiPools(client)))
         .with_metrics(metrics.clone());
     let tls = ServerTls {
-        cert: args.tls_cert,
-        key: args.tls_key,
+        cert: args.tls.tls_cert,
+        key: args.tls.tls_key,
         client_ca: None,
     }
     .build()
@@ -90,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(async move {
-        shutdown_signal().await;
+        fast_sandbox_server::shutdown::signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
@@ -104,17 +91,4 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
 }

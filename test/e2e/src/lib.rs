@@ -8,6 +8,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod containerd;
+pub mod history;
+pub mod scenario;
+
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -30,6 +34,9 @@ pub enum E2eError {
     /// The watch ended.
     #[error("watch failed: {0}")]
     Watch(String),
+    /// A command-line tool (`ctr`, `kubectl`, `kill`) failed.
+    #[error("{0}")]
+    Command(String),
 }
 
 /// A client when the suite is enabled, `None` (after saying why) otherwise.

@@ -13,7 +13,7 @@
 //! Prints a Markdown table and writes it with a JSON copy to `--out-dir`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +25,11 @@ use fast_sandbox_agent::metrics::Metrics;
 use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_agent::{Agent, Config};
 use fast_sandbox_api::agent::CreateSandboxRequest;
+use fast_sandbox_bench_report::ctr::Ctr;
+use fast_sandbox_bench_report::{Series, markdown};
 use fast_sandbox_server::tls::{ServerTls, client_config};
 use fast_sandbox_server::{Ops, Registry};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -69,35 +70,6 @@ struct Args {
 
 /// Changes one lever of an agent configuration.
 type Tune = Box<dyn Fn(&mut Config)>;
-
-#[derive(Serialize, Clone, Debug)]
-struct Series {
-    name: String,
-    concurrency: usize,
-    runs: usize,
-    p50_ms: f64,
-    p95_ms: f64,
-    p99_ms: f64,
-    mean_ms: f64,
-}
-
-fn series(name: &str, concurrency: usize, mut samples: Vec<Duration>) -> Series {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let pct = |p: f64| {
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        ms(samples[i.min(samples.len() - 1)])
-    };
-    Series {
-        name: name.to_string(),
-        concurrency,
-        runs: samples.len(),
-        p50_ms: pct(0.50),
-        p95_ms: pct(0.95),
-        p99_ms: pct(0.99),
-        mean_ms: samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64,
-    }
-}
 
 /// An in-process agent over real mutual-TLS HTTPS.
 struct BenchAgent {
@@ -266,104 +238,6 @@ async fn agent_series(
     Ok(all)
 }
 
-fn ctr(socket: &Path, ns: &str, args: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new("ctr");
-    c.arg("-a").arg(socket).args(["-n", ns]).args(args);
-    c.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    c
-}
-
-fn ctr_once(args: &Args, id: &str) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let out = ctr(
-        &args.socket,
-        &args.namespace,
-        &["run", "-d", &args.image, id, "sleep", "300"],
-    )
-    .output()?;
-    let elapsed = t.elapsed();
-    if !out.status.success() {
-        bail!("ctr run -d {id}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    ctr(
-        &args.socket,
-        &args.namespace,
-        &["tasks", "kill", "-s", "SIGKILL", id],
-    )
-    .output()?;
-    // `tasks rm` waits for the exit after the kill.
-    for _ in 0..100 {
-        if ctr(&args.socket, &args.namespace, &["tasks", "rm", id])
-            .output()?
-            .status
-            .success()
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = ctr(&args.socket, &args.namespace, &["containers", "rm", id]).output()?;
-    if !out.status.success() {
-        bail!(
-            "ctr containers rm {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(elapsed)
-}
-
-async fn ctr_series(args: &Args, concurrency: usize) -> anyhow::Result<Vec<Duration>> {
-    let per_worker = args.runs.div_ceil(concurrency);
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let args = args.clone();
-        workers.push(tokio::task::spawn_blocking(move || {
-            let mut samples = Vec::new();
-            for i in 0..args.warmup + per_worker {
-                let d = ctr_once(
-                    &args,
-                    &format!("bench-ctr-{}-c{concurrency}-w{w}-{i}", std::process::id()),
-                )?;
-                if i >= args.warmup {
-                    samples.push(d);
-                }
-            }
-            anyhow::Ok(samples)
-        }));
-    }
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await??);
-    }
-    all.truncate(args.runs);
-    Ok(all)
-}
-
-fn markdown(results: &[Series], floor: &[Series]) -> String {
-    let mut s = String::from(
-        "| configuration | concurrency | runs | p50 ms | p95 ms | p99 ms | mean ms | p50 / ctr p50 |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for r in results {
-        let base = floor
-            .iter()
-            .find(|f| f.concurrency == r.concurrency)
-            .map_or(f64::NAN, |f| f.p50_ms);
-        s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
-            r.name,
-            r.concurrency,
-            r.runs,
-            r.p50_ms,
-            r.p95_ms,
-            r.p99_ms,
-            r.mean_ms,
-            r.p50_ms / base
-        ));
-    }
-    s
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -379,26 +253,30 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
     let mut results = Vec::new();
-    let mut floor = Vec::new();
     for &c in &args.concurrency {
-        let s = series(
-            "ctr run -d",
-            c,
-            ctr_series(&args, c).await.context("ctr series")?,
-        );
-        eprintln!("{s:?}");
-        floor.push(s.clone());
+        let ctr = Ctr {
+            socket: args.socket.clone(),
+            namespace: args.namespace.clone(),
+            image: args.image.clone(),
+        };
+        let (runs, warmup) = (args.runs, args.warmup);
+        let samples = tokio::task::spawn_blocking(move || ctr.series(runs, warmup, c))
+            .await?
+            .context("ctr series")?;
+        let s = Series::new("ctr run -d", c, &samples);
+        eprintln!("ctr run -d c={c}: p50 {:.1} ms", s.p50_ms);
         results.push(s);
         for (i, (name, tune)) in variants.iter().enumerate() {
             let a = start_agent(&args, &format!("v{i}"), |cfg| tune(cfg)).await?;
-            let s = series(name, c, agent_series(&args, &a, &format!("v{i}"), c).await?);
-            eprintln!("{s:?}");
+            let samples = agent_series(&args, &a, &format!("v{i}"), c).await?;
+            let s = Series::new(name, c, &samples);
+            eprintln!("{name} c={c}: p50 {:.1} ms", s.p50_ms);
             results.push(s);
             a.agent.release_warm().await;
             a.shutdown.send_replace(true);
         }
     }
-    let md = markdown(&results, &floor);
+    let md = markdown(&results, "ctr run -d");
     println!("{md}");
     std::fs::create_dir_all(&args.out_dir)?;
     std::fs::write(args.out_dir.join("agent-create.md"), &md)?;

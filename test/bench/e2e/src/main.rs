@@ -118,7 +118,9 @@ fn pod_running(p: &Pod) -> bool {
 }
 
 /// Creates `n` objects with `concurrency` in flight, timing each from the
-/// create call to its Running event; deletes each once timed.
+/// create call to its Running event, then deletes them all. They stay until
+/// the series ends so that deletions (a sandbox's process gets its grace
+/// period) never compete with the creations being timed.
 async fn run_series<K>(
     api: &Api<K>,
     arrivals: &Arrivals,
@@ -167,6 +169,25 @@ where
     Ok(results)
 }
 
+/// Agents of the benchmark pool.
+const AGENTS: i32 = 4;
+
+/// Waits until the pool reports no slot in use (the previous series'
+/// sandboxes are gone).
+async fn wait_slots_free(pools: &Api<SandboxPool>, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let p = pools.get("bench").await?;
+        if p.status.as_ref().is_some_and(|s| s.slots_used == 0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("sandboxes of the previous series still hold slots after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -189,11 +210,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
-    let max_c = args.concurrency.iter().copied().max().unwrap_or(1) as i32;
+    // Enough slots for a whole series, so no creation waits for capacity.
+    let slots = args.sandboxes.div_ceil(AGENTS as usize).max(1) as i32;
     let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
     let pool: SandboxPool = serde_json::from_value(json!({
         "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool", "metadata": {"name": "bench"},
-        "spec": {"capacity": {"poolMin": 2, "poolMax": 4}, "maxSandboxesPerAgent": max_c.max(8),
+        "spec": {"capacity": {"poolMin": AGENTS, "poolMax": AGENTS}, "maxSandboxesPerAgent": slots,
                  "warmImages": [args.image],
                  "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": args.agent_image}]}}}
     }))?;
@@ -238,6 +260,7 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
         })
         .await?;
         results.push(Series::new("sandbox", c, &s));
+        wait_slots_free(&pools, Duration::from_secs(120)).await?;
 
         let image = args.image.clone();
         eprintln!("plain pods: {} at concurrency {c}", args.pods);

@@ -1,0 +1,184 @@
+//! The node's containerd as the suite sees it through `ctr`: which sandbox
+//! containers exist, and the host PID of a pod's container. The truth the
+//! fault tests check the API's account against.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fast_sandbox_api::wellknown::container_labels;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::E2eError;
+
+/// containerd namespace the kubelet and the agents use.
+pub const NAMESPACE: &str = "k8s.io";
+
+/// The node containerd's socket: `FAST_SANDBOX_CONTAINERD_SOCK` (set by
+/// `test/cluster/cluster.sh env`), else the local cluster's default.
+pub fn socket() -> String {
+    std::env::var("FAST_SANDBOX_CONTAINERD_SOCK")
+        .unwrap_or_else(|_| "/var/lib/fast-sandbox-cluster/containerd/containerd.sock".into())
+}
+
+/// Runs `ctr -a <socket> -n k8s.io <args>` and returns its stdout.
+pub async fn ctr(args: &[&str]) -> Result<String, E2eError> {
+    let sock = socket();
+    let out = Command::new("ctr")
+        .args(["-a", &sock, "-n", NAMESPACE])
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| E2eError::Command(format!("ctr {args:?} did not run: {e}")))?;
+    if !out.status.success() {
+        return Err(E2eError::Command(format!(
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Ids of the containers whose label `key` equals `value`.
+pub async fn containers_labelled(key: &str, value: &str) -> Result<Vec<String>, E2eError> {
+    let filter = format!("labels.\"{key}\"==\"{value}\"");
+    let out = ctr(&["containers", "ls", "-q", &filter]).await?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The labels of one container.
+pub async fn container_labels(id: &str) -> Result<BTreeMap<String, String>, E2eError> {
+    let out = ctr(&["containers", "info", id]).await?;
+    let info: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| E2eError::Command(format!("ctr containers info {id}: {e}")))?;
+    Ok(info
+        .get("Labels")
+        .and_then(|l| l.as_object())
+        .map(|l| {
+            l.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Every sandbox container of the Kubernetes namespace `namespace`, grouped
+/// by the sandbox UID on its label: `uid -> [container id]`. More than one id
+/// under a UID means the sandbox runs twice.
+pub async fn sandbox_containers(
+    namespace: &str,
+) -> Result<BTreeMap<String, Vec<String>>, E2eError> {
+    let mut by_uid: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for id in containers_labelled(container_labels::SANDBOX_NAMESPACE, namespace).await? {
+        let labels = match container_labels(&id).await {
+            Ok(l) => l,
+            // Deleted between the listing and the look-up.
+            Err(_) if !exists(&id).await? => continue,
+            Err(e) => return Err(e),
+        };
+        let uid = labels
+            .get(container_labels::SANDBOX_UID)
+            .cloned()
+            .unwrap_or_default();
+        by_uid.entry(uid).or_default().push(id);
+    }
+    Ok(by_uid)
+}
+
+/// Whether a container with this id exists.
+pub async fn exists(id: &str) -> Result<bool, E2eError> {
+    let out = ctr(&["containers", "ls", "-q"]).await?;
+    Ok(out.lines().any(|l| l.trim() == id))
+}
+
+/// Host PID of the running task of container `id`, if it has one.
+pub async fn task_pid(id: &str) -> Result<Option<u32>, E2eError> {
+    let out = ctr(&["tasks", "ls"]).await?;
+    Ok(out.lines().skip(1).find_map(|line| {
+        let mut cols = line.split_whitespace();
+        let (task, pid, status) = (cols.next()?, cols.next()?, cols.next()?);
+        (task == id && status == "RUNNING")
+            .then(|| pid.parse().ok())
+            .flatten()
+    }))
+}
+
+/// Task exits in the node's containerd, from `ctr events`, with the moment
+/// each was seen: tells a test when a process it killed really died.
+pub struct TaskExits {
+    exits: Arc<Mutex<BTreeMap<String, Instant>>>,
+    changed: watch::Receiver<u64>,
+    _child: Child,
+}
+
+impl TaskExits {
+    /// Starts following the event stream; exits from now on are recorded.
+    pub fn start() -> Result<Self, E2eError> {
+        let mut child = Command::new("ctr")
+            .args(["-a", &socket(), "events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| E2eError::Command(format!("ctr events did not run: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| E2eError::Command("ctr events has no stdout".into()))?;
+        let exits: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+        let (tx, changed) = watch::channel(0u64);
+        let e = exits.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                // `<time> <namespace> /tasks/exit {"container_id": ...}`
+                let Some((_, json)) = line.split_once(&format!(" {NAMESPACE} /tasks/exit ")) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                    continue;
+                };
+                if let Some(id) = v.get("container_id").and_then(|i| i.as_str()) {
+                    e.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(id.to_string())
+                        .or_insert_with(Instant::now);
+                    tx.send_modify(|n| *n += 1);
+                }
+            }
+        });
+        Ok(Self {
+            exits,
+            changed,
+            _child: child,
+        })
+    }
+
+    /// When the task of container `id` exited, waiting for it up to `timeout`.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Instant, E2eError> {
+        let mut changed = self.changed.clone();
+        let fut = async {
+            loop {
+                changed.borrow_and_update();
+                if let Some(at) = self.exits.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+                    return Ok(*at);
+                }
+                changed
+                    .changed()
+                    .await
+                    .map_err(|_| E2eError::Watch("ctr events ended".into()))?;
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| E2eError::Timeout(timeout, format!("the task of {id} to exit")))?
+    }
+}

@@ -1,0 +1,437 @@
+//! Faults on the real cluster: the controller leader, a webhook replica, an
+//! agent pod or the agent process SIGKILLed while sandboxes are created or
+//! running. After each, every sandbox ends as its failure policy says with
+//! exactly one container in containerd (nothing lost, nothing run twice),
+//! and deleting them leaves no container behind.
+//!
+//! Each test kills something the whole cluster shares (the controller, a
+//! webhook) or that its own pool owns, so run them one at a time:
+//! `--test-threads=1`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT};
+use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase};
+use fast_sandbox_e2e::containerd::{self, TaskExits};
+use fast_sandbox_e2e::history::{History, Tracks};
+use fast_sandbox_e2e::scenario::{
+    BurstShape, SYSTEM_NAMESPACE, all_running, container_of, create_all, delete_all,
+    deployment_settled, force_delete_pod, kill_container_process, latencies, latency_line,
+    lease_holder, lease_taken_over, pods, ready_pool, sleeper, violations_of_running_once,
+    wait_created,
+};
+use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client};
+use tokio::sync::Notify;
+
+const BURST: usize = 50;
+const CONTROLLER: &str = "fast-sandbox-controller";
+const WEBHOOK: &str = "fast-sandbox-webhook";
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// The components a test is about to hurt, all ready first.
+async fn settled(client: &Client) {
+    for d in [CONTROLLER, WEBHOOK] {
+        deployment_settled(client, d, SETTLE)
+            .await
+            .unwrap_or_else(|e| panic!("{d} did not settle: {e}"));
+    }
+}
+
+fn names(prefix: &str, n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
+}
+
+fn sleepers(names: &BTreeSet<String>, pool: &str, policy: FailurePolicy) -> Vec<Sandbox> {
+    names.iter().map(|n| sleeper(n, pool, policy)).collect()
+}
+
+type Progress = (Arc<AtomicUsize>, Arc<Notify>);
+
+fn progress() -> Progress {
+    (Arc::default(), Arc::default())
+}
+
+/// Every sandbox named is Running exactly once; then all are deleted and no
+/// container of theirs is left.
+async fn assert_once_then_clean(
+    ns: &str,
+    sbx: &Api<Sandbox>,
+    history: &History,
+    tracks: &Tracks,
+    names: &BTreeSet<String>,
+) {
+    let bad = violations_of_running_once(ns, tracks, names, true)
+        .await
+        .unwrap();
+    assert!(bad.is_empty(), "not exactly once:\n{}", bad.join("\n"));
+    let left = delete_all(sbx, history, ns, Duration::from_secs(90))
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "containers outlived their sandboxes: {left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_leader_killed_during_burst() {
+    let Some(client) = client_or_skip("controller leader kill").await else {
+        return;
+    };
+    settled(&client).await;
+    let ns = namespace(&client, "e2e-kill-leader").await.unwrap();
+    ready_pool(&client, &ns, "p", (2, 3), 32, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    let history = History::start(sbx.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let leader = lease_holder(&client, CONTROLLER)
+        .await
+        .unwrap()
+        .expect("a controller holds the lease");
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let (leader_container, _) =
+        container_of(&system_pods.get(&leader).await.unwrap(), "controller")
+            .expect("the leader's container");
+    let exits = TaskExits::start().unwrap();
+
+    let all = names("c", BURST);
+    let p = progress();
+    let creating = tokio::spawn({
+        let (sbx, p, batch) = (
+            sbx.clone(),
+            p.clone(),
+            sleepers(&all, "p", FailurePolicy::Manual),
+        );
+        let shape = BurstShape {
+            spread: Duration::from_secs(2),
+            ..BurstShape::default()
+        };
+        async move { create_all(&sbx, batch, shape, Some(p)).await }
+    });
+    wait_created(&p, 10).await;
+    let killed_at = Instant::now();
+    force_delete_pod(&client, SYSTEM_NAMESPACE, &leader)
+        .await
+        .unwrap();
+    let died = exits
+        .wait(&leader_container, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .saturating_duration_since(killed_at);
+    let created_when_died = p.0.load(Ordering::SeqCst);
+    let burst = creating.await.unwrap().unwrap();
+    let new_leader = lease_taken_over(&client, CONTROLLER, &leader, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let failover = killed_at.elapsed();
+
+    let tracks = history
+        .wait(Duration::from_secs(90), "all 50 Running", |t| {
+            all_running(t, &all)
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "leader {leader} killed: its process died {died:?} after the delete, {created_when_died}/50 created by then; {new_leader} leads after {failover:?}; {}",
+        latency_line("create->Running", &latencies(&burst, &tracks))
+    );
+    assert_once_then_clean(&ns, &sbx, &history, &tracks, &all).await;
+    delete_namespace(&client, &ns).await;
+    settled(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_replica_killed_during_burst() {
+    let Some(client) = client_or_skip("webhook kill").await else {
+        return;
+    };
+    settled(&client).await;
+    let ns = namespace(&client, "e2e-kill-webhook").await.unwrap();
+    ready_pool(&client, &ns, "p", (2, 3), 32, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    let history = History::start(sbx.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let victim_pod = pods(
+        &client,
+        SYSTEM_NAMESPACE,
+        "app.kubernetes.io/name=fast-sandbox-webhook",
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .next()
+    .expect("a webhook pod");
+    let victim = victim_pod.metadata.name.clone().unwrap_or_default();
+    let (victim_container, _) = container_of(&victim_pod, "webhook").expect("its container");
+    let exits = TaskExits::start().unwrap();
+
+    let all = names("w", BURST);
+    let p = progress();
+    let creating = tokio::spawn({
+        let (sbx, p, batch) = (
+            sbx.clone(),
+            p.clone(),
+            sleepers(&all, "p", FailurePolicy::Manual),
+        );
+        // Failed admissions are retried; any other error fails the burst.
+        let shape = BurstShape {
+            spread: Duration::from_secs(3),
+            retry_for: Some(Duration::from_secs(60)),
+        };
+        async move { create_all(&sbx, batch, shape, Some(p)).await }
+    });
+    wait_created(&p, 10).await;
+    let killed_at = Instant::now();
+    force_delete_pod(&client, SYSTEM_NAMESPACE, &victim)
+        .await
+        .unwrap();
+    let died = exits
+        .wait(&victim_container, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .saturating_duration_since(killed_at);
+    let created_when_died = p.0.load(Ordering::SeqCst);
+    let burst = creating.await.unwrap().unwrap();
+
+    let tracks = history
+        .wait(Duration::from_secs(90), "all 50 Running", |t| {
+            all_running(t, &all)
+        })
+        .await
+        .unwrap();
+    let errors: BTreeSet<&str> = burst.retried.iter().map(|(_, e)| e.as_str()).collect();
+    eprintln!(
+        "webhook {victim} killed: its process died {died:?} after the delete, {created_when_died}/50 created by then; {} creations retried, {} admitted unbound; {}; errors: {errors:#?}",
+        burst.retried.len(),
+        burst.unbound.len(),
+        latency_line("create->Running", &latencies(&burst, &tracks))
+    );
+    assert_once_then_clean(&ns, &sbx, &history, &tracks, &all).await;
+    delete_namespace(&client, &ns).await;
+    settled(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_pod_killed_recreates_or_loses_by_policy() {
+    let Some(client) = client_or_skip("agent pod kill").await else {
+        return;
+    };
+    settled(&client).await;
+    let ns = namespace(&client, "e2e-kill-agent").await.unwrap();
+    ready_pool(&client, &ns, "p", (2, 3), 8, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    let history = History::start(sbx.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let auto = names("auto", 3);
+    let manual = names("manual", 3);
+    let mut batch = sleepers(&auto, "p", FailurePolicy::AutoRecreate);
+    batch.extend(sleepers(&manual, "p", FailurePolicy::Manual));
+    let all: BTreeSet<String> = auto.union(&manual).cloned().collect();
+    create_all(&sbx, batch, BurstShape::default(), None)
+        .await
+        .unwrap();
+    let before = history
+        .wait(Duration::from_secs(60), "all 6 Running", |t| {
+            all_running(t, &all)
+        })
+        .await
+        .unwrap();
+    let bad = violations_of_running_once(&ns, &before, &all, true)
+        .await
+        .unwrap();
+    assert!(bad.is_empty(), "before the kill:\n{}", bad.join("\n"));
+
+    // The agent hosting sandboxes of both policies (placement packs the
+    // most recently used agent first, so one does).
+    let on = |set: &BTreeSet<String>, agent: &str| -> BTreeSet<String> {
+        set.iter()
+            .filter(|n| before[*n].agent() == Some(agent))
+            .cloned()
+            .collect()
+    };
+    let victim = before
+        .values()
+        .filter_map(|t| t.agent())
+        .find(|a| !on(&auto, a).is_empty() && !on(&manual, a).is_empty())
+        .expect("one agent hosts sandboxes of both policies")
+        .to_string();
+    let (auto_hit, manual_hit) = (on(&auto, &victim), on(&manual, &victim));
+    let spared: BTreeSet<String> = all
+        .iter()
+        .filter(|n| before[*n].agent() != Some(victim.as_str()))
+        .cloned()
+        .collect();
+
+    force_delete_pod(&client, &ns, &victim).await.unwrap();
+    let after = history
+        .wait(
+            Duration::from_secs(90),
+            "AutoRecreate sandboxes Running elsewhere, Manual ones Lost",
+            |t| {
+                auto_hit.iter().all(|n| {
+                    t[n].phase() == SandboxPhase::Running
+                        && t[n].agent().is_some_and(|a| a != victim)
+                }) && manual_hit
+                    .iter()
+                    .all(|n| t[n].phase() == SandboxPhase::Lost)
+            },
+        )
+        .await
+        .unwrap();
+
+    // Re-placed ones run once more, on another agent, with one container;
+    // the others never noticed.
+    let bad = violations_of_running_once(&ns, &after, &auto_hit, false)
+        .await
+        .unwrap();
+    assert!(bad.is_empty(), "re-placed sandboxes:\n{}", bad.join("\n"));
+    let bad = violations_of_running_once(&ns, &after, &spared, true)
+        .await
+        .unwrap();
+    assert!(
+        bad.is_empty(),
+        "sandboxes of other agents:\n{}",
+        bad.join("\n")
+    );
+    for n in &auto_hit {
+        assert_eq!(after[n].times_running, 2, "{n}: {:?}", after[n].phases);
+    }
+    let lost_containers = containerd::sandbox_containers(&ns).await.unwrap();
+    let left = delete_all(&sbx, &history, &ns, Duration::from_secs(60))
+        .await
+        .unwrap();
+    eprintln!(
+        "agent {victim} killed: re-placed {auto_hit:?}, lost {manual_hit:?}; containers of Lost sandboxes before deletion: {:?}",
+        manual_hit
+            .iter()
+            .map(|n| (n, lost_containers.get(&after[n].uid)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        left.is_empty(),
+        "containers of the killed agent {victim} outlived their (deleted) sandboxes; nothing collects containers of an agent that is gone: {left:?}"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
+    let Some(client) = client_or_skip("agent process kill").await else {
+        return;
+    };
+    settled(&client).await;
+    let ns = namespace(&client, "e2e-kill-agent-proc").await.unwrap();
+    // One agent, so the restart touches every sandbox.
+    ready_pool(&client, &ns, "p", (1, 1), 40, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    let history = History::start(sbx.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let early = names("early", 10);
+    create_all(
+        &sbx,
+        sleepers(&early, "p", FailurePolicy::Manual),
+        BurstShape::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let before = history
+        .wait(Duration::from_secs(60), "the first 10 Running", |t| {
+            all_running(t, &early)
+        })
+        .await
+        .unwrap();
+    let agent = pods(
+        &client,
+        &ns,
+        &format!("{LABEL_ROLE}={ROLE_AGENT},{LABEL_POOL}=p"),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .next()
+    .expect("the agent pod");
+    let agent_name = agent.metadata.name.clone().unwrap_or_default();
+    let agent_uid = agent.metadata.uid.clone();
+    let (_, restarts) = container_of(&agent, "agent").expect("the agent container");
+
+    let late = names("late", 20);
+    let p = progress();
+    let creating = tokio::spawn({
+        let (sbx, p, batch) = (
+            sbx.clone(),
+            p.clone(),
+            sleepers(&late, "p", FailurePolicy::Manual),
+        );
+        let shape = BurstShape {
+            spread: Duration::from_secs(2),
+            ..BurstShape::default()
+        };
+        async move { create_all(&sbx, batch, shape, Some(p)).await }
+    });
+    wait_created(&p, 5).await;
+    let pid = kill_container_process(&agent, "agent").await.unwrap();
+    let burst = creating.await.unwrap().unwrap();
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let restarted = wait_for(
+        &pods_api,
+        &agent_name,
+        Duration::from_secs(60),
+        "the agent container restarted and ready",
+        |p: &Pod| {
+            container_of(p, "agent").is_some_and(|(_, r)| r > restarts)
+                && p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(restarted.metadata.uid, agent_uid, "the same pod");
+
+    let all: BTreeSet<String> = early.union(&late).cloned().collect();
+    let tracks = history
+        .wait(Duration::from_secs(90), "all 30 Running", |t| {
+            all_running(t, &all)
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "agent {agent_name} (host pid {pid}) killed; {}",
+        latency_line(
+            "create->Running of the 20 created meanwhile",
+            &latencies(&burst, &tracks)
+        )
+    );
+    // The early ones kept their containers through the restart.
+    for n in &early {
+        assert_eq!(
+            tracks[n].container_ids, before[n].container_ids,
+            "{n} kept its container"
+        );
+    }
+    assert_once_then_clean(&ns, &sbx, &history, &tracks, &all).await;
+    delete_namespace(&client, &ns).await;
+}
