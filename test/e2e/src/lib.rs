@@ -135,3 +135,38 @@ where
         .await
         .map_err(|_| E2eError::Timeout(timeout, format!("deletion of {name}")))?
 }
+
+/// Watches the objects of `api` matching `labels` until `pred` holds for
+/// the whole set, or fails after `timeout` naming `what`.
+pub async fn wait_for_set<K>(
+    api: &Api<K>,
+    labels: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&[std::sync::Arc<K>]) -> bool,
+) -> Result<Vec<std::sync::Arc<K>>, E2eError>
+where
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = kube::runtime::reflector::store();
+    let cfg = watcher::Config::default().labels(labels);
+    let stream = kube::runtime::reflector(writer, watcher(api.clone(), cfg).default_backoff());
+    let fut = async {
+        let mut stream = std::pin::pin!(stream);
+        let mut synced = false;
+        while let Some(ev) = stream.next().await {
+            if let watcher::Event::InitDone = ev.map_err(|e| E2eError::Watch(e.to_string()))? {
+                synced = true;
+            }
+            let state = reader.state();
+            if synced && pred(&state) {
+                return Ok(state);
+            }
+        }
+        Err(E2eError::Watch("watch ended".into()))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| E2eError::Timeout(timeout, format!("{what} ({labels})")))?
+}
