@@ -17,7 +17,7 @@ step() { printf '[%s] == %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 hack/install-deps.sh
 step "building the Fast Sandbox binaries ($profile)"
 if [[ $profile == release ]]; then cargo build --release --workspace --bins; else cargo build --workspace --bins; fi
-bin="$root/target/$profile"
+bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 
 step "bringing the local cluster up"
 test/cluster/cluster.sh up

@@ -20,15 +20,20 @@ step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# One build of every binary, with the workspace's feature set: the tests,
+# the checks below and the cluster deployment all reuse it.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+bin="${CARGO_TARGET_DIR:-target}/debug"
 step "deploy/crds is generated from api/"
-cargo run -q -p fast-sandbox-api --bin crdgen -- --check
-step "unit and integration tests (agent tests against a private containerd)"
-agent/tests/containerd.sh run -- cargo test --workspace --no-fail-fast
+"$bin"/crdgen --check
 step "every binary answers --help"
 for b in agent webhook extender controller certs; do
-  cargo run -q -p "fast-sandbox-$b" -- --help >/dev/null
+  "$bin/fast-sandbox-$b" --help >/dev/null
 done
-cargo run -q -p fast-sandbox-api --bin crdgen -- --help >/dev/null
+"$bin"/crdgen --help >/dev/null
+step "unit and integration tests (agent tests against a private containerd)"
+agent/tests/containerd.sh run -- cargo test --workspace --no-fail-fast
 
 if [[ $with_cluster == 1 ]]; then
   cluster_was_up=0

@@ -2,7 +2,7 @@
 //! containerd, keeps its table true from containerd's task events, and
 //! rebuilds it from container labels after a restart.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use chrono::Utc;
 use containerd_client::events::{TaskExit, TaskOom};
 use fast_sandbox_api::agent::{
     AgentInfo, CachedImage, ContainerState, CreateSandboxRequest, EventKind, ImageCacheReport,
-    ListSandboxesResponse, SandboxInfo,
+    JanitorReport, JanitorRequest, ListSandboxesResponse, RemovedContainer, SandboxInfo,
 };
 use fast_sandbox_api::image::normalize;
 use fast_sandbox_api::validation::validate_create_request;
@@ -24,12 +24,18 @@ use crate::cgroup;
 use crate::error::{Error, Result};
 use crate::events::{EventBus, Subscription};
 use crate::image::ImageCache;
+use crate::janitor::{Fence, Owner, SNAPSHOT_PREFIX, snapshot_agent, state_dir_of};
 use crate::logs::{LogDir, LogStream};
 use crate::metrics::{Metrics, Stage};
 use crate::runtime::{ContainerRecord, Containerd, TaskState, timestamp};
 use crate::spec;
 use crate::state::{Change, Entry, Table};
 use crate::warm::{WarmPool, WarmSnapshot};
+
+/// Name of the lease holding agent `pod_uid`'s prepared snapshots.
+fn warm_lease_of(pod_uid: &str) -> String {
+    format!("fast-sandbox-warm-{pod_uid}")
+}
 
 /// Container label that makes containers share one runc shim process.
 pub const SHIM_GROUP_LABEL: &str = "io.containerd.runc.v2.group";
@@ -87,6 +93,7 @@ pub struct Agent {
     metrics: Metrics,
     health: Health,
     uid_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    sweeping: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -107,6 +114,7 @@ impl Agent {
             metrics,
             health,
             uid_locks: Mutex::new(HashMap::new()),
+            sweeping: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -149,7 +157,7 @@ impl Agent {
     }
 
     fn warm_lease(&self) -> String {
-        format!("fast-sandbox-warm-{}", self.cfg.pod_uid)
+        warm_lease_of(&self.cfg.pod_uid)
     }
 
     /// Identity and slot use.
@@ -375,9 +383,21 @@ impl Agent {
                 lease,
             )
             .await;
-        if result.is_err() {
-            self.cleanup(container_id, &snapshot_key).await;
-            self.table().remove(&req.uid);
+        match &result {
+            Ok(_) => {}
+            Err(Error::ContainerExists { .. }) => {
+                // The container is another agent's: only what this create
+                // made goes.
+                if let Err(e) = self.cd.remove_snapshot(&snapshot_key).await {
+                    tracing::warn!(key = %snapshot_key, error = %e, "cleanup failed");
+                }
+                self.logs.remove(container_id);
+                self.table().remove(&req.uid);
+            }
+            Err(_) => {
+                self.cleanup(container_id, &snapshot_key).await;
+                self.table().remove(&req.uid);
+            }
         }
         result
     }
@@ -413,7 +433,8 @@ impl Agent {
             );
         }
         let t = Instant::now();
-        self.cd
+        let created = self
+            .cd
             .create_container(
                 ContainerRecord {
                     id: container_id.to_string(),
@@ -424,7 +445,10 @@ impl Agent {
                 },
                 Some(lease),
             )
-            .await?;
+            .await;
+        if let Err(e) = created {
+            return Err(self.explain_existing(container_id, e).await);
+        }
         self.metrics.observe(Stage::Container, t.elapsed());
         let info = SandboxInfo {
             uid: req.uid.clone(),
@@ -456,6 +480,142 @@ impl Agent {
         let changes = self.table().started(&req.uid, pid, now);
         self.publish(changes);
         self.get(&req.uid)
+    }
+
+    /// Turns a failed container create into [`Error::ContainerExists`] when
+    /// the id is taken by another agent's container, so the create path
+    /// never cleans up (kills) what is not its own.
+    async fn explain_existing(&self, container_id: &str, e: Error) -> Error {
+        if !e.is_already_exists() {
+            return e;
+        }
+        let owner = match self.cd.container(container_id).await {
+            Ok(Some(c)) => c.labels.get(label::AGENT_UID).cloned().unwrap_or_default(),
+            // Gone again, or unreadable: nothing proves it is ours either.
+            Ok(None) | Err(_) => String::new(),
+        };
+        if owner == self.cfg.pod_uid {
+            return e;
+        }
+        tracing::warn!(container = %container_id, %owner, "container id taken by another agent's container");
+        Error::ContainerExists {
+            id: container_id.to_string(),
+            owner: if owner.is_empty() {
+                "(unknown)".to_string()
+            } else {
+                owner
+            },
+        }
+    }
+
+    /// The node janitor: removes every container in the namespace that
+    /// carries the managed label and was created by an agent pod that is
+    /// neither this one nor in `live_agent_uids` (task killed and deleted,
+    /// container record, rootfs snapshot, log files when agents share the
+    /// state dir layout), then the snapshots and warm lease such agents
+    /// left. Nothing else is touched (see [`crate::janitor`]).
+    ///
+    /// Idempotent. One sweep runs at a time; each container is removed
+    /// under its sandbox's lock and only after re-reading its labels, so a
+    /// create of the same sandbox on this agent never races the removal.
+    pub async fn janitor(&self, req: &JanitorRequest) -> Result<JanitorReport> {
+        let _sweep = self.sweeping.lock().await;
+        let fence = Fence::new(&self.cfg.pod_uid, req.live_agent_uids.iter().cloned());
+        let managed = vec![format!("labels.\"{}\"==true", label::MANAGED)];
+        let mut gone_agents = BTreeSet::new();
+        let mut removed = Vec::new();
+        for c in self.cd.list_containers(managed).await? {
+            let Some(owner) = fence.collectable(&c.labels) else {
+                continue;
+            };
+            gone_agents.insert(owner.agent_uid.clone());
+            let key = if owner.sandbox_uid.is_empty() {
+                format!("container:{}", c.id)
+            } else {
+                owner.sandbox_uid.clone()
+            };
+            let lock = self.uid_lock(&key);
+            let _held = lock.lock().await;
+            // Re-read: since the list, the id may have been collected and
+            // taken again by a sandbox of a live agent.
+            match self.cd.container(&c.id).await {
+                Ok(Some(now)) if fence.collectable(&now.labels).as_ref() == Some(&owner) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(container = %c.id, error = %e, "janitor cannot re-read the container; skipped");
+                    continue;
+                }
+            }
+            match self.collect(&c.id, &c.snapshot_key, &fence, &owner).await {
+                Ok(()) => {
+                    tracing::info!(container = %c.id, sandbox = %owner.sandbox_uid, agent = %owner.agent_uid, "janitor removed a container of a gone agent");
+                    removed.push(RemovedContainer {
+                        container_id: c.id,
+                        sandbox_uid: owner.sandbox_uid,
+                        agent_uid: owner.agent_uid,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.id, agent = %owner.agent_uid, error = %e, "janitor could not remove a container; the next sweep retries")
+                }
+            }
+        }
+        // Snapshots gone agents left without a container (warm ones, creates
+        // cut short), except any a container still uses.
+        let in_use: HashSet<String> = self
+            .cd
+            .list_containers(vec![])
+            .await?
+            .into_iter()
+            .map(|c| c.snapshot_key)
+            .collect();
+        for key in self.cd.snapshot_keys(SNAPSHOT_PREFIX).await? {
+            if !fence.snapshot_collectable(&key) || in_use.contains(&key) {
+                continue;
+            }
+            if let Some(uid) = snapshot_agent(&key) {
+                gone_agents.insert(uid.to_string());
+            }
+            tracing::info!(key = %key, "janitor removed a snapshot of a gone agent");
+            if let Err(e) = self.cd.remove_snapshot(&key).await {
+                tracing::warn!(key = %key, error = %e, "janitor could not remove a snapshot");
+            }
+        }
+        for uid in &gone_agents {
+            if let Err(e) = self.cd.delete_lease(&warm_lease_of(uid)).await {
+                tracing::warn!(agent = %uid, error = %e, "janitor could not delete a warm lease");
+            }
+            if let Some(dir) = state_dir_of(&self.cfg.state_dir, &self.cfg.pod_uid, uid) {
+                // Only empty directories go: files of containers that could
+                // not be removed stay for the next sweep.
+                let _ = std::fs::remove_dir(dir.join("logs"));
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        self.metrics.janitor_removed(removed.len());
+        removed.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        Ok(JanitorReport { removed })
+    }
+
+    /// Removes one container of a gone agent: SIGKILL, task, container,
+    /// its snapshot (when under that agent's key prefix) and log files.
+    async fn collect(
+        &self,
+        id: &str,
+        snapshot_key: &str,
+        fence: &Fence,
+        owner: &Owner,
+    ) -> Result<()> {
+        self.stop(id, Duration::ZERO).await?;
+        self.cd.delete_task(id).await?;
+        self.cd.delete_container(id).await?;
+        if fence.snapshot_collectable(snapshot_key) {
+            self.cd.remove_snapshot(snapshot_key).await?;
+        }
+        if let Some(dir) = state_dir_of(&self.cfg.state_dir, &self.cfg.pod_uid, &owner.agent_uid) {
+            LogDir::at(dir.join("logs")).remove(id);
+        }
+        Ok(())
     }
 
     /// Best-effort removal of everything a sandbox may have in containerd

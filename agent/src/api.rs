@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fast_sandbox_api::agent::{
-    ApiError, CreateSandboxRequest, ErrorCode, NDJSON, PATH_EVENTS, PATH_IMAGES, PATH_INFO,
-    PATH_SANDBOXES,
+    ApiError, CreateSandboxRequest, ErrorCode, JanitorRequest, NDJSON, PATH_EVENTS, PATH_IMAGES,
+    PATH_INFO, PATH_JANITOR, PATH_SANDBOXES,
 };
 use fast_sandbox_server::{Body, Handler, Peer, body};
 use futures::future::BoxFuture;
@@ -114,13 +114,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
     let rest = path.strip_prefix(PATH_SANDBOXES);
     match (&method, path.as_str(), rest) {
         (&Method::POST, PATH_SANDBOXES, _) => {
-            let bytes = Limited::new(req.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| invalid("body", format!("reading the body failed: {e}")))?
-                .to_bytes();
-            let create: CreateSandboxRequest = serde_json::from_slice(&bytes)
-                .map_err(|e| invalid("body", format!("not a CreateSandboxRequest: {e}")))?;
+            let create: CreateSandboxRequest = read_json(req, "CreateSandboxRequest").await?;
             let (info, created) = agent.create(create).await?;
             let status = if created {
                 StatusCode::CREATED
@@ -136,6 +130,10 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
         }
         (&Method::GET, PATH_IMAGES, _) => Ok(body::json(StatusCode::OK, &agent.images().await?)),
         (&Method::GET, PATH_INFO, _) => Ok(body::json(StatusCode::OK, &agent.info())),
+        (&Method::POST, PATH_JANITOR, _) => {
+            let sweep: JanitorRequest = read_json(req, "JanitorRequest").await?;
+            Ok(body::json(StatusCode::OK, &agent.janitor(&sweep).await?))
+        }
         (_, _, Some(rest)) if rest.starts_with('/') => {
             let rest = &rest[1..];
             let (uid, sub) = rest.split_once('/').unwrap_or((rest, ""));
@@ -169,6 +167,19 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
         }
         _ => Ok(not_found(&method, &path)),
     }
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    what: &str,
+) -> Result<T, Error> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| invalid("body", format!("reading the body failed: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| invalid("body", format!("not a {what}: {e}")))
 }
 
 fn invalid(field: &str, message: String) -> Error {

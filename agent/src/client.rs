@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fast_sandbox_api::agent::{
-    ApiError, CreateSandboxRequest, ListSandboxesResponse, PATH_SANDBOXES, SandboxInfo,
-    sandbox_path,
+    ApiError, CreateSandboxRequest, JanitorReport, JanitorRequest, ListSandboxesResponse,
+    PATH_JANITOR, PATH_SANDBOXES, SandboxInfo, sandbox_path,
 };
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -151,6 +151,18 @@ impl AgentClient {
     /// `GET /v1/sandboxes`.
     pub async fn list(&self) -> Result<Result<ListSandboxesResponse, ApiError>, ClientError> {
         Ok(self.call(Method::GET, PATH_SANDBOXES, None).await?.1)
+    }
+
+    /// `POST /v1/janitor`.
+    pub async fn janitor(
+        &self,
+        req: &JanitorRequest,
+    ) -> Result<Result<JanitorReport, ApiError>, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+            status: StatusCode::OK,
+            message: e.to_string(),
+        })?;
+        Ok(self.call(Method::POST, PATH_JANITOR, Some(body)).await?.1)
     }
 
     /// `DELETE /v1/sandboxes/{uid}?gracePeriodSeconds=N`.

@@ -27,6 +27,21 @@ pub enum Error {
     /// The UID exists with another spec.
     #[error("{0}")]
     Conflict(String),
+    /// The sandbox's container id is taken by a container another agent
+    /// pod created (a leftover of an agent that is gone, or a sandbox that
+    /// still runs on another agent of the node). The agent never touches it
+    /// on a create; the janitor collects it once its agent is gone.
+    #[error(
+        "container {id} already exists in containerd, created by agent pod {owner}; \
+         if that agent is gone, the node janitor (POST {janitor}) removes it",
+        janitor = fast_sandbox_api::agent::PATH_JANITOR
+    )]
+    ContainerExists {
+        /// Container id.
+        id: String,
+        /// Pod UID of the agent that created it.
+        owner: String,
+    },
     /// The agent has not rebuilt its state yet, or is shutting down.
     #[error("the agent is not ready: {0}")]
     Unavailable(&'static str),
@@ -83,7 +98,7 @@ impl Error {
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::ImageNotPresent { .. } => ErrorCode::ImageNotPresent,
             Error::CapacityExceeded(_) => ErrorCode::CapacityExceeded,
-            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::Conflict(_) | Error::ContainerExists { .. } => ErrorCode::Conflict,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Containerd { status, .. } if status.code() == tonic::Code::Unavailable => {
                 ErrorCode::Unavailable
@@ -98,6 +113,11 @@ impl Error {
     /// Whether a containerd call failed because the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Containerd { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+
+    /// Whether a containerd call failed because the object already exists.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::Containerd { status, .. } if status.code() == tonic::Code::AlreadyExists)
     }
 
     /// The wire form, naming the field for invalid requests.

@@ -10,6 +10,7 @@
 //! - [`events`]: the event stream clients follow.
 //! - [`logs`]: stdout/stderr files and following them.
 //! - [`warm`]: snapshots prepared ahead for hot images.
+//! - [`janitor`]: which leftovers of gone agents the node janitor collects.
 //! - [`agent`]: the agent itself; [`api`]: its HTTP API; [`client`]: a
 //!   client of that API (tests, benchmarks, tools).
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod client;
 pub mod error;
 pub mod events;
 pub mod image;
+pub mod janitor;
 pub mod logs;
 pub mod metrics;
 pub mod runtime;

@@ -56,6 +56,11 @@ impl LogDir {
         Ok(Self { root })
     }
 
+    /// The log files under `root`, which may not exist (nothing is created).
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
     /// The file of one output of a container.
     pub fn path(&self, container_id: &str, stream: LogStream) -> PathBuf {
         let ext = match stream {

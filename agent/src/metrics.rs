@@ -1,5 +1,6 @@
 //! The agent's Prometheus metrics: create latency by stage (so a regression
-//! points at its cause), sandboxes running, errors by code.
+//! points at its cause), sandboxes running, errors by code, containers the
+//! node janitor removed.
 
 use fast_sandbox_api::agent::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -54,6 +55,7 @@ pub struct Metrics {
     create_seconds: Family<StageLabel, Histogram>,
     running: Gauge,
     errors: Family<CodeLabel, Counter>,
+    janitor_removed: Counter,
 }
 
 impl Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
             }),
             running: Gauge::default(),
             errors: Family::default(),
+            janitor_removed: Counter::default(),
         };
         registry.with(|r| {
             r.register(
@@ -82,6 +85,11 @@ impl Metrics {
                 "Requests answered with an error, by error code",
                 m.errors.clone(),
             );
+            r.register(
+                "agent_janitor_removed",
+                "Containers of gone agents removed by the node janitor",
+                m.janitor_removed.clone(),
+            );
         });
         m
     }
@@ -98,6 +106,11 @@ impl Metrics {
     /// Sets the running gauge.
     pub fn set_running(&self, n: usize) {
         self.running.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts containers the janitor removed.
+    pub fn janitor_removed(&self, n: usize) {
+        self.janitor_removed.inc_by(n as u64);
     }
 
     /// Counts an error answer.

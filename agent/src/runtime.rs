@@ -15,8 +15,9 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetImageRequest, GetRequest, KillRequest, ListContainersRequest, ListImagesRequest,
-    PublishRequest, ReadContentRequest, StartRequest, SubscribeRequest, WaitRequest,
+    GetContainerRequest, GetImageRequest, GetRequest, KillRequest, ListContainersRequest,
+    ListImagesRequest, PublishRequest, ReadContentRequest, StartRequest, SubscribeRequest,
+    WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::types::{Envelope, Mount};
@@ -411,6 +412,20 @@ impl Containerd {
             .await
             .map_err(|s| Error::containerd("list containers", s))?;
         Ok(resp.into_inner().containers)
+    }
+
+    /// The container record `id`, or `None` when there is none.
+    pub async fn container(&self, id: &str) -> Result<Option<Container>> {
+        let resp = self
+            .client
+            .containers()
+            .get(self.request(GetContainerRequest { id: id.to_string() }))
+            .await;
+        match resp {
+            Ok(r) => Ok(r.into_inner().container),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(Error::containerd("get container", s)),
+        }
     }
 
     /// Deletes a container record (already gone is fine).

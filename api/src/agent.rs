@@ -14,6 +14,7 @@
 //! | GET | `/v1/events` | | stream of [`SandboxEvent`], one JSON per line |
 //! | GET | `/v1/images` | | [`ImageCacheReport`] |
 //! | GET | `/v1/info` | | [`AgentInfo`] |
+//! | POST | `/v1/janitor` | [`JanitorRequest`] | 200 [`JanitorReport`] |
 //!
 //! Errors are [`ApiError`] with a machine-readable [`ErrorCode`].
 
@@ -32,6 +33,8 @@ pub const PATH_EVENTS: &str = "/v1/events";
 pub const PATH_IMAGES: &str = "/v1/images";
 /// Agent identity and capacity.
 pub const PATH_INFO: &str = "/v1/info";
+/// Node janitor: collects containers of agent pods that no longer exist.
+pub const PATH_JANITOR: &str = "/v1/janitor";
 /// Port the agent serves its API on.
 pub const DEFAULT_PORT: u16 = 9443;
 /// Content type of the event stream.
@@ -253,6 +256,48 @@ pub struct CachedImage {
     pub last_used: Option<DateTime<Utc>>,
 }
 
+/// Ask an agent to collect the containers that agents which no longer exist
+/// left in the node's containerd (an agent pod that is deleted takes nothing
+/// with it: its sandboxes' containers outlive it).
+///
+/// The agent removes a container only if it carries the
+/// [`MANAGED`](crate::wellknown::container_labels::MANAGED) label and its
+/// [`AGENT_UID`](crate::wellknown::container_labels::AGENT_UID) label is
+/// neither the agent's own pod UID nor one of `live_agent_uids`. Containers
+/// of live agents are theirs to manage, even when their sandbox is gone.
+///
+/// The caller must send the UID of **every** agent pod that exists on the
+/// node, from a complete view: an agent missing from the list loses its
+/// containers. Sending the same request twice is harmless.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JanitorRequest {
+    /// UIDs of every agent pod that exists on the node.
+    pub live_agent_uids: Vec<String>,
+}
+
+/// What the janitor removed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JanitorReport {
+    /// The containers removed (task, container record, rootfs snapshot and
+    /// log files), in container id order.
+    pub removed: Vec<RemovedContainer>,
+}
+
+/// One container the janitor removed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedContainer {
+    /// containerd container id.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// UID of the sandbox it ran (its label; empty if it had none).
+    pub sandbox_uid: String,
+    /// UID of the agent pod that created it, which no longer exists.
+    pub agent_uid: String,
+}
+
 /// Machine-readable error code; clients branch on it, never on the message.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -264,7 +309,9 @@ pub enum ErrorCode {
     ImageNotPresent,
     /// All slots are taken.
     CapacityExceeded,
-    /// A sandbox with that UID exists with a different spec.
+    /// A sandbox with that UID exists with a different spec, or its
+    /// container id is taken by a container another agent pod created (gone
+    /// agents' containers are collected by `POST /v1/janitor`).
     Conflict,
     /// The agent is not ready (still rebuilding its state) or shutting down.
     Unavailable,

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fast_sandbox_api::agent::{
-    ApiError, CreateSandboxRequest, ErrorCode, ListSandboxesResponse, PATH_EVENTS, PATH_SANDBOXES,
-    SandboxEvent, SandboxInfo, sandbox_path,
+    ApiError, CreateSandboxRequest, ErrorCode, JanitorReport, JanitorRequest,
+    ListSandboxesResponse, PATH_EVENTS, PATH_JANITOR, PATH_SANDBOXES, SandboxEvent, SandboxInfo,
+    sandbox_path,
 };
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -248,6 +249,13 @@ impl AgentClient {
             Err(ClientError::Api { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Asks the agent to collect the containers of agent pods not in
+    /// `req` (see [`crate::janitor`] for the fencing rule on the list).
+    pub async fn janitor(&self, req: &JanitorRequest) -> Result<JanitorReport, ClientError> {
+        let body = serde_json::to_vec(req)?;
+        Ok(self.call(Method::POST, PATH_JANITOR, Some(body)).await?.1)
     }
 
     /// Every sandbox the agent holds.

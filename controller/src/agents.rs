@@ -27,6 +27,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
 use crate::agent_client::{AgentClient, ClientTls};
+use crate::janitor::Trigger;
 use crate::transition::info_after_event;
 
 /// Deleted agent pod names remembered (pod names are generated, so a name
@@ -130,6 +131,7 @@ pub struct Agents {
     index: Arc<Index>,
     sandbox_tx: UnboundedSender<ObjectRef<Sandbox>>,
     pool_tx: UnboundedSender<ObjectRef<SandboxPool>>,
+    janitor_tx: UnboundedSender<Trigger>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -197,7 +199,8 @@ pub fn holds_slot(sb: &Sandbox) -> bool {
 
 impl Agents {
     /// An empty directory; `sandbox_tx` and `pool_tx` receive the objects to
-    /// reconcile when something about their agents changes.
+    /// reconcile when something about their agents changes, `janitor_tx`
+    /// the nodes whose leftovers may need collecting.
     pub fn new(
         tls: ClientTls,
         port: u16,
@@ -205,6 +208,7 @@ impl Agents {
         index: Arc<Index>,
         sandbox_tx: UnboundedSender<ObjectRef<Sandbox>>,
         pool_tx: UnboundedSender<ObjectRef<SandboxPool>>,
+        janitor_tx: UnboundedSender<Trigger>,
     ) -> Arc<Self> {
         Arc::new(Self {
             tls,
@@ -215,6 +219,7 @@ impl Agents {
             index,
             sandbox_tx,
             pool_tx,
+            janitor_tx,
         })
     }
 
@@ -233,6 +238,21 @@ impl Agents {
     /// The live agent `namespace/name`, if any.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Agent>> {
         self.entries().get(&key(namespace, name)).cloned()
+    }
+
+    /// The live agents on `node`.
+    pub fn on_node(&self, node: &str) -> Vec<Arc<Agent>> {
+        self.entries()
+            .values()
+            .filter(|a| a.node == node)
+            .cloned()
+            .collect()
+    }
+
+    fn agent_gone_from(&self, node: &str) {
+        if !node.is_empty() {
+            let _ = self.janitor_tx.send(Trigger::AgentGone(node.to_string()));
+        }
     }
 
     /// The placement index fed by this directory.
@@ -366,6 +386,7 @@ impl Agents {
             old.stop();
         }
         self.trigger_pod(&ns, &name, pod.labels().get(LABEL_POOL), false);
+        self.agent_gone_from(&agent_state(pod).node_name);
     }
 
     /// After a re-list of agent pods: forgets the ones not in `alive`
@@ -385,6 +406,7 @@ impl Agents {
             a.stop();
             self.remember_deleted(&a.namespace, &a.name);
             self.trigger_pod(&a.namespace, &a.name, Some(&a.pool), false);
+            self.agent_gone_from(&a.node);
         }
     }
 
@@ -460,7 +482,7 @@ impl Agents {
     /// exist or are now bound elsewhere (re-placed while this agent was
     /// unreachable), so no sandbox runs twice and none is left behind.
     async fn collect_orphans(self: Arc<Self>, agent: Arc<Agent>, listed: Vec<SandboxInfo>) {
-        if self.sandboxes.wait_until_ready().await.is_err() {
+        if !crate::context::store_ready(&self.sandboxes).await {
             return;
         }
         for info in listed {
@@ -512,6 +534,9 @@ impl Agents {
                     }
                     self.trigger_pod(&a.namespace, &a.name, Some(&a.pool), false);
                     tokio::spawn(Arc::clone(&self).collect_orphans(Arc::clone(&a), list.sandboxes));
+                    if !a.node.is_empty() {
+                        let _ = self.janitor_tx.send(Trigger::AgentListed(a.node.clone()));
+                    }
                     match a.client.events(list.last_event_seq).await {
                         Ok(mut stream) => {
                             // Hold only a weak reference while waiting on the

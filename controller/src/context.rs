@@ -8,13 +8,37 @@ use std::time::{Duration, Instant};
 use fast_sandbox_api::{Sandbox, SandboxPool, SandboxStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Event, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{Lookup, ObjectRef, Store};
 use kube::{Client, Resource};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::agent_pod::AgentPodSettings;
 use crate::agents::Agents;
+use crate::janitor::Janitor;
 use crate::metrics::Metrics;
+
+/// How often a wait for a store's first full list is polled again.
+pub const STORE_REPOLL: Duration = Duration::from_millis(100);
+
+/// Waits until `store` holds a full list; false if its writer is gone.
+///
+/// `Store::wait_until_ready` (kube-runtime 5.0) wakes only the latest of
+/// several concurrent waiters: they all poll one shared oneshot receiver,
+/// which keeps a single waker, so the others would sleep forever (every
+/// reconcile started before the caches synced, after a failover). The wait
+/// is polled again every [`STORE_REPOLL`] so a lost wake-up costs at most
+/// that; once the store is ready it returns at once.
+pub async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: 'static + Clone + Lookup,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(r) = tokio::time::timeout(STORE_REPOLL, store.wait_until_ready()).await {
+            return r.is_ok();
+        }
+    }
+}
 
 /// Field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "fast-sandbox-controller";
@@ -44,6 +68,8 @@ pub struct Context {
     pub pools: Store<SandboxPool>,
     /// Live agents and their views.
     pub agents: Arc<Agents>,
+    /// Collects what gone agents left on their nodes.
+    pub janitor: Arc<Janitor>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes Events.
@@ -85,9 +111,9 @@ impl Context {
     /// Waits until the pod, sandbox and pool caches hold a full list, so
     /// no decision is made on a partial view.
     pub async fn wait_synced(&self) {
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.sandboxes.wait_until_ready().await;
-        let _ = self.pools.wait_until_ready().await;
+        store_ready(&self.pods).await;
+        store_ready(&self.sandboxes).await;
+        store_ready(&self.pools).await;
     }
 
     /// Backoff after the n-th consecutive failure of `key`.
@@ -212,6 +238,26 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_concurrent_waiter_sees_the_store_ready() {
+        let (reader, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let r = reader.clone();
+                tokio::spawn(async move { store_ready(&r).await })
+            })
+            .collect();
+        // Let every waiter register before the store fills.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(STORE_REPOLL / 2).await;
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        for w in waiters {
+            let woke = tokio::time::timeout(STORE_REPOLL * 5, w).await;
+            assert!(matches!(woke, Ok(Ok(true))), "a waiter missed the wake-up");
+        }
+    }
 
     #[test]
     fn created_pod_is_expected_until_seen() {

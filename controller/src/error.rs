@@ -17,6 +17,15 @@ pub enum Error {
         #[source]
         source: ClientError,
     },
+    /// The node janitor could not sweep a node a create needed swept.
+    #[error("node janitor on {node}: {source}")]
+    Janitor {
+        /// The node.
+        node: String,
+        /// What went wrong.
+        #[source]
+        source: crate::janitor::SweepError,
+    },
     /// A JSON body could not be built.
     #[error("serialisation: {0}")]
     Json(#[from] serde_json::Error),
@@ -31,6 +40,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Agent { .. } => "agent",
+            Error::Janitor { .. } => "janitor",
             Error::Json(_) => "json",
             Error::MissingField(_) => "missing_field",
         }

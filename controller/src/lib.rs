@@ -11,6 +11,8 @@
 //!   deletes expired sandboxes at their instant ([`expiry`]) and re-places
 //!   sandboxes whose agent refused or died with the webhook's placement
 //!   index.
+//! - The node janitor ([`janitor`]) has an agent collect the containers
+//!   that deleted agent pods left in their node's containerd.
 //! - Only the holder of a Lease reconciles ([`leader`]); each leadership
 //!   term rebuilds everything from the API and the agents ([`term`]).
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod agents;
 pub mod context;
 pub mod error;
 pub mod expiry;
+pub mod janitor;
 pub mod leader;
 pub mod metrics;
 pub mod pool_controller;

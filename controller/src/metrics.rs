@@ -36,6 +36,8 @@ pub struct Metrics {
     pub replacements: Family<Labels, Counter>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Containers of gone agents the node janitors removed.
+    pub janitor_removed: Counter,
 }
 
 impl Metrics {
@@ -52,6 +54,7 @@ impl Metrics {
             pool_slots: Family::default(),
             replacements: Family::default(),
             leader: Gauge::default(),
+            janitor_removed: Counter::default(),
         };
         registry.with(|r| {
             r.register(
@@ -103,6 +106,11 @@ impl Metrics {
                 "controller_leader",
                 "1 while this replica leads",
                 m.leader.clone(),
+            );
+            r.register(
+                "controller_janitor_removed",
+                "Containers of gone agent pods removed by node janitors",
+                m.janitor_removed.clone(),
             );
         });
         Arc::new(m)

@@ -480,10 +480,28 @@ async fn create(
         ctx.metrics.watch_delay.observe(secs.max(0.0));
     }
     let started = std::time::Instant::now();
-    let result = agent.client.create(&req).await;
+    let mut result = agent.client.create(&req).await;
     ctx.metrics
         .agent_create
         .observe(started.elapsed().as_secs_f64());
+    if result.as_ref().err().and_then(|e| e.code()) == Some(ErrorCode::Conflict) {
+        // The container id may be held by a container a gone agent of the
+        // node left behind: have the node swept, then try once more. What
+        // still conflicts afterwards is a real conflict.
+        match ctx.janitor.sweep(&agent.node).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %pod, removed = n, "create conflicted; node swept, retrying");
+                result = agent.client.create(&req).await;
+            }
+            Err(e) => {
+                return Err(Error::Janitor {
+                    node: agent.node.clone(),
+                    source: e,
+                });
+            }
+        }
+    }
     match result {
         Ok(info) => {
             agent.record_created(info.clone());

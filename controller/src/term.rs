@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::agent_client::ClientTls;
 use crate::agents::Agents;
-use crate::context::{Context, Expectations, FIELD_MANAGER, Settings, StatusCache};
+use crate::context::{Context, Expectations, FIELD_MANAGER, Settings, StatusCache, store_ready};
+use crate::janitor::Janitor;
 use crate::metrics::Metrics;
 use crate::{pool_controller, sandbox_controller};
 
@@ -89,6 +90,7 @@ where
     let index = Arc::new(Index::new());
     let (sandbox_tx, sandbox_rx) = mpsc::unbounded_channel::<ObjectRef<Sandbox>>();
     let (pool_tx, pool_rx) = mpsc::unbounded_channel::<ObjectRef<SandboxPool>>();
+    let (janitor_tx, janitor_rx) = mpsc::unbounded_channel();
 
     // Sandboxes: one watch feeds the store, the placement index and the
     // sandbox controller.
@@ -101,6 +103,7 @@ where
         index.clone(),
         sandbox_tx.clone(),
         pool_tx.clone(),
+        janitor_tx,
     );
     let sb_events = {
         let agents = agents.clone();
@@ -167,6 +170,17 @@ where
             })
     };
 
+    let janitor = Janitor::new(
+        pod_store.clone(),
+        agents.clone(),
+        c.metrics.clone(),
+        c.watch_namespace.clone(),
+    );
+    if let Some(ns) = &c.watch_namespace {
+        tracing::warn!(namespace = %ns, "watching one namespace: the node janitor is off (it needs every agent pod of a node)");
+    }
+    let janitor_run = janitor.clone().run(janitor_rx);
+
     let pool_ctl = Controller::new(
         scoped::<SandboxPool>(&client, scope),
         watcher::Config::default(),
@@ -187,6 +201,7 @@ where
         sandboxes: sb_store.clone(),
         pools: pool_store.clone(),
         agents: agents.clone(),
+        janitor,
         metrics: c.metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         settings: c.settings.clone(),
@@ -207,9 +222,7 @@ where
         let stop = stop.clone();
         async move {
             let synced = async {
-                pods.wait_until_ready().await.is_ok()
-                    && sbs.wait_until_ready().await.is_ok()
-                    && pools.wait_until_ready().await.is_ok()
+                store_ready(&pods).await && store_ready(&sbs).await && store_ready(&pools).await
             };
             tokio::select! {
                 ok = synced => if ok {
@@ -237,14 +250,23 @@ where
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let pods_run = async move {
+    let pods_run = {
+        let stop = stop.clone();
+        async move {
+            futures::select! {
+                _ = pod_events.fuse() => {},
+                _ = stop.fuse() => {},
+            }
+        }
+    };
+    let janitor_run = async move {
         futures::select! {
-            _ = pod_events.fuse() => {},
-            _ = stop.clone().fuse() => {},
+            _ = janitor_run.fuse() => {},
+            _ = stop.fuse() => {},
         }
     };
 
-    tokio::join!(readiness, pools_run, sandboxes_run, pods_run);
+    tokio::join!(readiness, pools_run, sandboxes_run, pods_run, janitor_run);
     agents.shutdown();
     drop(sandbox_tx);
     tracing::info!("leadership term ended");
