@@ -1,5 +1,10 @@
-//! Where a sandbox's cgroup goes: nested under the agent pod's own cgroup,
-//! so the kubelet's accounting and eviction see what sandboxes use.
+//! Where a sandbox's cgroup goes: nested under the agent pod's cgroup, so
+//! the kubelet's accounting and eviction see what sandboxes use.
+//!
+//! The pod's cgroup, not the agent container's: when the agent container
+//! restarts (a crash, an OOM kill), its own cgroup is destroyed and every
+//! process in it killed, while the pod's cgroup lives as long as the pod.
+//! Sandboxes must survive an agent restart.
 
 /// Controller whose path names the agent's cgroup on cgroup v1; memory is
 /// the one kubelet accounting and OOM decisions hinge on.
@@ -35,6 +40,22 @@ pub fn own_cgroup(proc_self_cgroup: &str) -> Option<String> {
     first_v1.or(unified)
 }
 
+/// The pod-level cgroup that holds the container cgroup `own`: its parent
+/// when that parent is a kubelet pod cgroup (`pod<uid>` with the cgroupfs
+/// driver, `…-pod<uid>.slice` with systemd); `own` itself otherwise (an
+/// agent run outside Kubernetes).
+pub fn pod_cgroup(own: &str) -> String {
+    let trimmed = own.trim_end_matches('/');
+    if let Some((parent, _container)) = trimmed.rsplit_once('/') {
+        let base = parent.rsplit('/').next().unwrap_or_default();
+        let is_pod = base.starts_with("pod") || (base.contains("-pod") && base.ends_with(".slice"));
+        if is_pod && !parent.is_empty() {
+            return parent.to_string();
+        }
+    }
+    own.to_string()
+}
+
 /// The cgroup path of one sandbox under `parent`.
 pub fn sandbox_cgroup(parent: &str, uid: &str) -> String {
     let parent = parent.trim_end_matches('/');
@@ -67,6 +88,26 @@ mod tests {
             Some("/kubepods.slice/x.scope")
         );
         assert_eq!(own_cgroup("garbage"), None);
+    }
+
+    #[test]
+    fn sandboxes_nest_under_the_pod_not_the_container() {
+        assert_eq!(
+            pod_cgroup("/kubepods/besteffort/podabc/c1"),
+            "/kubepods/besteffort/podabc"
+        );
+        assert_eq!(pod_cgroup("/kubepods/podabc/c1/"), "/kubepods/podabc");
+        assert_eq!(
+            pod_cgroup(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podabc.slice/cri-containerd-c1.scope"
+            ),
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podabc.slice"
+        );
+        assert_eq!(
+            pod_cgroup("/user.slice/session-1.scope"),
+            "/user.slice/session-1.scope"
+        );
+        assert_eq!(pod_cgroup("/"), "/");
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl Error {
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::ImageNotPresent { .. } => ErrorCode::ImageNotPresent,
             Error::CapacityExceeded(_) => ErrorCode::CapacityExceeded,
-            Error::Conflict(_) | Error::ContainerExists { .. } => ErrorCode::Conflict,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::ContainerExists { .. } => ErrorCode::ContainerExists,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Containerd { status, .. } if status.code() == tonic::Code::Unavailable => {
                 ErrorCode::Unavailable

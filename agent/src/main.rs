@@ -81,7 +81,8 @@ struct Args {
         default_value = "/var/lib/fast-sandbox/agents"
     )]
     state_dir: PathBuf,
-    /// cgroup path sandboxes nest under; default: the agent's own cgroup.
+    /// cgroup path sandboxes nest under; default: the agent pod's cgroup
+    /// (so sandboxes survive a restart of the agent container).
     #[arg(long, env = "FAST_SANDBOX_CGROUP_PARENT")]
     cgroup_parent: Option<String>,
     /// Run all sandboxes of this agent in one runc shim process.
@@ -115,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let text = std::fs::read_to_string("/proc/self/cgroup")
                 .context("reading /proc/self/cgroup")?;
-            cgroup::own_cgroup(&text).context("no cgroup in /proc/self/cgroup")?
+            let own = cgroup::own_cgroup(&text).context("no cgroup in /proc/self/cgroup")?;
+            cgroup::pod_cgroup(&own)
         }
     };
     let registry = Registry::default();

@@ -121,8 +121,8 @@ async fn containers_of_a_gone_agent_are_collected_and_nothing_else() {
     drop(a);
     let a_dir = root.path().join(&uid_a);
     assert!(a_dir.join("logs/sandbox-janitor-s1.stdout").exists());
-    // Re-placed on B, s1 finds A's container in the way: a conflict, and
-    // A's container is left alone.
+    // Re-placed on B, s1 finds A's container in the way: refused, and A's
+    // container is left alone.
     let (status, answer) = b
         .client
         .create(&request(&env, "janitor-s1", &["sleep", "300"]))
@@ -130,7 +130,7 @@ async fn containers_of_a_gone_agent_are_collected_and_nothing_else() {
         .unwrap();
     assert_eq!(status, StatusCode::CONFLICT, "{answer:?}");
     let err = answer.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Conflict);
+    assert_eq!(err.code, ErrorCode::ContainerExists);
     assert!(err.message.contains(&uid_a), "{}", err.message);
     let task = b.cd.task("sandbox-janitor-s1").await.unwrap();
     assert!(

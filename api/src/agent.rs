@@ -309,10 +309,13 @@ pub enum ErrorCode {
     ImageNotPresent,
     /// All slots are taken.
     CapacityExceeded,
-    /// A sandbox with that UID exists with a different spec, or its
-    /// container id is taken by a container another agent pod created (gone
-    /// agents' containers are collected by `POST /v1/janitor`).
+    /// A sandbox with that UID exists with a different spec.
     Conflict,
+    /// The sandbox's container id is taken by a container another agent
+    /// pod of the node created (the sandbox ran there before being
+    /// re-placed). Retrying succeeds once that agent deleted it or, if the
+    /// agent is gone, once the node janitor (`POST /v1/janitor`) collected it.
+    ContainerExists,
     /// The agent is not ready (still rebuilding its state) or shutting down.
     Unavailable,
     /// The client certificate is missing or not from the Fast Sandbox CA.
@@ -328,7 +331,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::NotFound => 404,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::ContainerExists => 409,
             ErrorCode::ImageNotPresent => 422,
             ErrorCode::CapacityExceeded => 429,
             ErrorCode::Internal => 500,
@@ -338,7 +341,10 @@ impl ErrorCode {
 
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::ContainerExists
+        )
     }
 }
 
@@ -390,6 +396,30 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<ApiError>(&j).unwrap(), e);
         assert_eq!(ErrorCode::CapacityExceeded.http_status(), 429);
+    }
+
+    #[test]
+    fn janitor_wire_names_match_the_other_types() {
+        let req = JanitorRequest {
+            live_agent_uids: vec!["a".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"liveAgentUids":["a"]}"#
+        );
+        let report = JanitorReport {
+            removed: vec![RemovedContainer {
+                container_id: "sandbox-s".into(),
+                sandbox_uid: "s".into(),
+                agent_uid: "a".into(),
+            }],
+        };
+        let j = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            j,
+            r#"{"removed":[{"containerID":"sandbox-s","sandboxUid":"s","agentUid":"a"}]}"#
+        );
+        assert_eq!(serde_json::from_str::<JanitorReport>(&j).unwrap(), report);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::agents::{Agent, pod_gone};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::Error;
 use crate::expiry;
+use crate::janitor::{Refusal, SweepError};
 use crate::transition;
 
 /// Reconciles one sandbox.
@@ -262,7 +263,24 @@ async fn bound(
     let want_rev = t.sb.spec.reset_revision.unwrap_or(0);
     let phase = t.phase();
     if phase == SandboxPhase::Lost && t.sb.spec.failure_policy == FailurePolicy::AutoRecreate {
-        replace(t, ctx, pod, reason::AGENT_LOST).await?;
+        let bound_agent_lives = ctx
+            .pods
+            .get(&ObjectRef::new(pod).within(&t.ns))
+            .is_some_and(|p| !pod_gone(&p));
+        if !bound_agent_lives {
+            replace(t, ctx, pod, reason::AGENT_LOST).await?;
+            return Ok(None);
+        }
+        // Re-placed onto a live agent: start over from Bound; the status
+        // change comes back on the watch and the container is created then.
+        // (Re-placing again here would move the sandbox between agents
+        // forever.)
+        write_status(
+            t,
+            ctx,
+            &transition::bound(&status, pod, node, t.generation(), t.now),
+        )
+        .await?;
         return Ok(None);
     }
     // A Lost sandbox under the Manual policy is never started again, but
@@ -484,12 +502,14 @@ async fn create(
     ctx.metrics
         .agent_create
         .observe(started.elapsed().as_secs_f64());
-    if result.as_ref().err().and_then(|e| e.code()) == Some(ErrorCode::Conflict) {
-        // The container id may be held by a container a gone agent of the
-        // node left behind: have the node swept, then try once more. What
-        // still conflicts afterwards is a real conflict.
+    if result.as_ref().err().and_then(|e| e.code()) == Some(ErrorCode::ContainerExists) {
+        // The container id is held by a container another agent of the node
+        // created: if that agent is gone, the janitor collects it and the
+        // create is tried once more. Otherwise (its agent lives and still
+        // holds it, or no janitor runs here) the create is retried with
+        // backoff until the id is free.
         match ctx.janitor.sweep(&agent.node).await {
-            Ok(0) => {}
+            Ok(0) | Err(SweepError::Refused(Refusal::Scoped(_))) => {}
             Ok(n) => {
                 tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %pod, removed = n, "create conflicted; node swept, retrying");
                 result = agent.client.create(&req).await;

@@ -223,7 +223,6 @@ async fn webhook_replica_killed_during_burst() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "controller bug: a re-placed AutoRecreate sandbox keeps phase Lost, so bound() (sandbox_controller.rs, the `phase == Lost && AutoRecreate` check) re-places it again on every reconcile: it flaps between agents forever and never runs"]
 async fn agent_pod_killed_recreates_or_loses_by_policy() {
     let Some(client) = client_or_skip("agent pod kill").await else {
         return;
@@ -331,7 +330,6 @@ async fn agent_pod_killed_recreates_or_loses_by_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "agent bug: sandboxes' cgroups nest under the agent container's own cgroup, so SIGKILL of the agent process kills every running sandbox (exit 137, phase Failed) when the kubelet restarts the container"]
 async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
     let Some(client) = client_or_skip("agent process kill").await else {
         return;
