@@ -61,6 +61,32 @@ pub async fn ready_pool(
     Ok(pools)
 }
 
+/// What every burst or fault test starts from: its own namespace, a ready
+/// pool `p`, and a history of every sandbox's transitions.
+pub struct Stage {
+    /// The test's namespace.
+    pub ns: String,
+    /// Sandboxes of that namespace.
+    pub sbx: Api<Sandbox>,
+    /// Transitions of every sandbox there since the stage was set.
+    pub history: History,
+}
+
+/// Sets a [`Stage`]: namespace `prefix-…`, pool `p` of `bounds` agents with
+/// `slots` each (waits for the minimum to be ready), history started.
+pub async fn stage(
+    client: &Client,
+    prefix: &str,
+    bounds: (i32, i32),
+    slots: i32,
+) -> Result<Stage, E2eError> {
+    let ns = crate::namespace(client, prefix).await?;
+    ready_pool(client, &ns, "p", bounds, slots, Duration::from_secs(120)).await?;
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    let history = History::start(sbx.clone(), Duration::from_secs(10)).await?;
+    Ok(Stage { ns, sbx, history })
+}
+
 /// A sandbox of `pool` that sleeps long enough to outlive the test.
 pub fn sleeper(name: &str, pool: &str, policy: FailurePolicy) -> Sandbox {
     let mut sb: Sandbox = serde_json::from_value(json!({

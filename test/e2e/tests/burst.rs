@@ -5,14 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fast_sandbox_api::{FailurePolicy, Sandbox};
-use fast_sandbox_e2e::history::History;
+use fast_sandbox_api::FailurePolicy;
 use fast_sandbox_e2e::scenario::{
-    BurstShape, all_running, create_all, delete_all, latencies, latency_line, ready_pool, sleeper,
-    violations_of_running_once,
+    BurstShape, Stage, all_running, create_all, delete_all, latencies, latency_line, sleeper,
+    stage, violations_of_running_once,
 };
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace};
-use kube::Api;
+use fast_sandbox_e2e::{client_or_skip, delete_namespace};
 
 const BURST: usize = 50;
 
@@ -21,14 +19,7 @@ async fn fifty_at_once_all_run_exactly_once() {
     let Some(client) = client_or_skip("burst").await else {
         return;
     };
-    let ns = namespace(&client, "e2e-burst").await.unwrap();
-    ready_pool(&client, &ns, "p", (2, 3), 32, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
-    let history = History::start(sbx.clone(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let Stage { ns, sbx, history } = stage(&client, "e2e-burst", (2, 3), 32).await.unwrap();
 
     let names: BTreeSet<String> = (0..BURST).map(|i| format!("b-{i:02}")).collect();
     let burst = create_all(

@@ -18,12 +18,11 @@ use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase};
 use fast_sandbox_e2e::containerd::{self, TaskExits};
 use fast_sandbox_e2e::history::{History, Tracks};
 use fast_sandbox_e2e::scenario::{
-    BurstShape, SYSTEM_NAMESPACE, all_running, container_of, create_all, delete_all,
+    BurstShape, SYSTEM_NAMESPACE, Stage, all_running, container_of, create_all, delete_all,
     deployment_settled, force_delete_pod, kill_container_process, latencies, latency_line,
-    lease_holder, lease_taken_over, pods, ready_pool, sleeper, violations_of_running_once,
-    wait_created,
+    lease_holder, lease_taken_over, pods, sleeper, stage, violations_of_running_once, wait_created,
 };
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for};
+use fast_sandbox_e2e::{client_or_skip, delete_namespace, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use tokio::sync::Notify;
@@ -84,14 +83,7 @@ async fn controller_leader_killed_during_burst() {
         return;
     };
     settled(&client).await;
-    let ns = namespace(&client, "e2e-kill-leader").await.unwrap();
-    ready_pool(&client, &ns, "p", (2, 3), 32, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
-    let history = History::start(sbx.clone(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let Stage { ns, sbx, history } = stage(&client, "e2e-kill-leader", (2, 3), 32).await.unwrap();
     let leader = lease_holder(&client, CONTROLLER)
         .await
         .unwrap()
@@ -154,12 +146,7 @@ async fn webhook_replica_killed_during_burst() {
         return;
     };
     settled(&client).await;
-    let ns = namespace(&client, "e2e-kill-webhook").await.unwrap();
-    ready_pool(&client, &ns, "p", (2, 3), 32, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
-    let history = History::start(sbx.clone(), Duration::from_secs(10))
+    let Stage { ns, sbx, history } = stage(&client, "e2e-kill-webhook", (2, 3), 32)
         .await
         .unwrap();
     let victim_pod = pods(
@@ -228,14 +215,7 @@ async fn agent_pod_killed_recreates_or_loses_by_policy() {
         return;
     };
     settled(&client).await;
-    let ns = namespace(&client, "e2e-kill-agent").await.unwrap();
-    ready_pool(&client, &ns, "p", (2, 3), 8, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
-    let history = History::start(sbx.clone(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let Stage { ns, sbx, history } = stage(&client, "e2e-kill-agent", (2, 3), 8).await.unwrap();
 
     let auto = names("auto", 3);
     let manual = names("manual", 3);
@@ -335,13 +315,8 @@ async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
         return;
     };
     settled(&client).await;
-    let ns = namespace(&client, "e2e-kill-agent-proc").await.unwrap();
     // One agent, so the restart touches every sandbox.
-    ready_pool(&client, &ns, "p", (1, 1), 40, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
-    let history = History::start(sbx.clone(), Duration::from_secs(10))
+    let Stage { ns, sbx, history } = stage(&client, "e2e-kill-agent-proc", (1, 1), 40)
         .await
         .unwrap();
 
