@@ -520,7 +520,8 @@ impl Agent {
     /// create of the same sandbox on this agent never races the removal.
     pub async fn janitor(&self, req: &JanitorRequest) -> Result<JanitorReport> {
         let _sweep = self.sweeping.lock().await;
-        let fence = Fence::new(&self.cfg.pod_uid, req.live_agent_uids.iter().cloned());
+        let fence = Fence::new(&self.cfg.pod_uid, req.live_agent_uids.iter().cloned())
+            .scoped(req.namespace.clone());
         let managed = vec![format!("labels.\"{}\"==true", label::MANAGED)];
         let mut gone_agents = BTreeSet::new();
         let mut removed = Vec::new();
@@ -569,7 +570,12 @@ impl Agent {
             .into_iter()
             .map(|c| c.snapshot_key)
             .collect();
-        for key in self.cd.snapshot_keys(SNAPSHOT_PREFIX).await? {
+        let orphan_snapshots = if fence.sweeps_orphan_snapshots() {
+            self.cd.snapshot_keys(SNAPSHOT_PREFIX).await?
+        } else {
+            Vec::new()
+        };
+        for key in orphan_snapshots {
             if !fence.snapshot_collectable(&key) || in_use.contains(&key) {
                 continue;
             }

@@ -31,6 +31,7 @@ pub struct Owner {
 pub struct Fence {
     own: String,
     live: HashSet<String>,
+    namespace: Option<String>,
 }
 
 impl Fence {
@@ -39,7 +40,21 @@ impl Fence {
         Self {
             own: own.to_string(),
             live: live.into_iter().collect(),
+            namespace: None,
         }
+    }
+
+    /// Limits the sweep to containers of sandboxes in `namespace` (when
+    /// set): the live list then speaks for that namespace only.
+    pub fn scoped(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// Whether snapshots without a container may be collected: only by an
+    /// unscoped sweep, since a snapshot key names an agent, not a namespace.
+    pub fn sweeps_orphan_snapshots(&self) -> bool {
+        self.namespace.is_none()
     }
 
     /// Whether agent `uid` is gone: neither the caller nor live. An empty
@@ -52,6 +67,11 @@ impl Fence {
     /// collected: it is managed by Fast Sandbox and its agent is gone.
     pub fn collectable(&self, labels: &HashMap<String, String>) -> Option<Owner> {
         if labels.get(label::MANAGED).map(String::as_str) != Some("true") {
+            return None;
+        }
+        if let Some(ns) = &self.namespace
+            && labels.get(label::SANDBOX_NAMESPACE) != Some(ns)
+        {
             return None;
         }
         let agent_uid = labels.get(label::AGENT_UID)?;

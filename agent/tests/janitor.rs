@@ -72,6 +72,7 @@ impl Drop for Foreign<'_> {
 fn live(uids: &[&str]) -> JanitorRequest {
     JanitorRequest {
         live_agent_uids: uids.iter().map(|s| s.to_string()).collect(),
+        namespace: None,
     }
 }
 
@@ -137,6 +138,14 @@ async fn containers_of_a_gone_agent_are_collected_and_nothing_else() {
         task.is_some_and(|t| t.pid > 0),
         "a refused create must not touch the other agent's task"
     );
+
+    // A sweep scoped to another namespace judges none of A's containers.
+    let elsewhere = JanitorRequest {
+        namespace: Some("another-namespace".into()),
+        ..live(&[&uid_b])
+    };
+    let report = b.client.janitor(&elsewhere).await.unwrap().unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
 
     let report = b.client.janitor(&live(&[&uid_b])).await.unwrap().unwrap();
     let removed: Vec<(&str, &str, &str)> = report

@@ -272,8 +272,14 @@ pub struct CachedImage {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct JanitorRequest {
-    /// UIDs of every agent pod that exists on the node.
+    /// UIDs of every agent pod that exists on the node (within
+    /// `namespace` when that is set).
     pub live_agent_uids: Vec<String>,
+    /// When set, only containers of sandboxes in this namespace are
+    /// considered: a controller watching one namespace knows the live agents
+    /// of that namespace only (agents run sandboxes of their own namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// What the janitor removed.
@@ -402,10 +408,19 @@ mod tests {
     fn janitor_wire_names_match_the_other_types() {
         let req = JanitorRequest {
             live_agent_uids: vec!["a".into()],
+            namespace: None,
         };
         assert_eq!(
             serde_json::to_string(&req).unwrap(),
             r#"{"liveAgentUids":["a"]}"#
+        );
+        let scoped = JanitorRequest {
+            namespace: Some("team".into()),
+            ..req
+        };
+        assert_eq!(
+            serde_json::to_string(&scoped).unwrap(),
+            r#"{"liveAgentUids":["a"],"namespace":"team"}"#
         );
         let report = JanitorReport {
             removed: vec![RemovedContainer {

@@ -48,10 +48,6 @@ pub enum Refusal {
     /// be missing from it.
     #[error("the agent pod cache is not synced")]
     NotSynced,
-    /// The controller watches one namespace: agents of other namespaces on
-    /// the node would look gone.
-    #[error("the agent pod cache covers namespace {0} only")]
-    Scoped(String),
     /// No reachable agent runs on the node to do the work.
     #[error("no reachable agent on node {0}")]
     NoAgent(String),
@@ -102,14 +98,15 @@ pub fn request_for(
     pods: &[Arc<Pod>],
     node: &str,
 ) -> Result<JanitorRequest, Refusal> {
-    if let Some(ns) = scope {
-        return Err(Refusal::Scoped(ns.to_string()));
-    }
     if !synced {
         return Err(Refusal::NotSynced);
     }
+    // A controller watching one namespace knows only that namespace's
+    // agents, so the sweep is scoped to it; agents of other namespaces on
+    // the node are never judged from a list that cannot contain them.
     Ok(JanitorRequest {
         live_agent_uids: live_agent_uids(pods, node),
+        namespace: scope.map(str::to_string),
     })
 }
 
@@ -272,12 +269,16 @@ mod tests {
         );
         assert_eq!(
             request_for(true, Some("ns-a"), &pods, "n1"),
-            Err(Refusal::Scoped("ns-a".into()))
+            Ok(JanitorRequest {
+                live_agent_uids: vec!["u1".into()],
+                namespace: Some("ns-a".into()),
+            })
         );
         assert_eq!(
             request_for(true, None, &pods, "n1"),
             Ok(JanitorRequest {
-                live_agent_uids: vec!["u1".into()]
+                live_agent_uids: vec!["u1".into()],
+                namespace: None,
             })
         );
     }

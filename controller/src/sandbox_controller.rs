@@ -30,7 +30,6 @@ use crate::agents::{Agent, pod_gone};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::Error;
 use crate::expiry;
-use crate::janitor::{Refusal, SweepError};
 use crate::transition;
 
 /// Reconciles one sandbox.
@@ -509,7 +508,7 @@ async fn create(
         // holds it, or no janitor runs here) the create is retried with
         // backoff until the id is free.
         match ctx.janitor.sweep(&agent.node).await {
-            Ok(0) | Err(SweepError::Refused(Refusal::Scoped(_))) => {}
+            Ok(0) => {}
             Ok(n) => {
                 tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %pod, removed = n, "create conflicted; node swept, retrying");
                 result = agent.client.create(&req).await;
