@@ -23,8 +23,9 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if command -v rustup >/dev/null; then
-  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
-  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+  installed="$(rustup component list --installed 2>/dev/null)"
+  grep -q '^rustfmt' <<<"$installed" || rustup component add rustfmt
+  grep -q '^clippy' <<<"$installed" || rustup component add clippy
 fi
 command -v cargo >/dev/null || { echo "cargo is required (install Rust with rustup)" >&2; exit 1; }
 command -v go >/dev/null || { echo "go is required to build the pinned Kubernetes binaries" >&2; exit 1; }

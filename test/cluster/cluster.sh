@@ -464,7 +464,9 @@ ensure_cgroup_root() {
   done
 }
 
-image_present() { ctrx -n k8s.io images ls -q 2>/dev/null | grep -qxF "$1"; }
+# The list is captured before grep reads it: `ctrx ... | grep -q` under
+# pipefail fails when grep exits before ctr finished writing.
+image_present() { local images; images="$(ctrx -n k8s.io images ls -q 2>/dev/null)"; grep -qxF "$1" <<<"$images"; }
 
 ensure_images() {
   if ! image_present "$PAUSE_IMAGE"; then

@@ -119,5 +119,8 @@ fi
 [[ -n "$keep_archive" ]] && { mkdir -p "$(dirname "$keep_archive")"; cp "$archive" "$keep_archive"; }
 [[ -S "$address" ]] || die "containerd socket $address not found (is the cluster up?)"
 ctr -a "$address" -n "$ns" images import --base-name "$repo" "$archive" >/dev/null
-ctr -a "$address" -n "$ns" images ls -q | grep -qxF "$ref" || die "import of $ref failed"
+# Capture the list first: with pipefail, `ctr ... | grep -q` fails whenever
+# grep finds the line before ctr finished writing (ctr dies of SIGPIPE).
+images="$(ctr -a "$address" -n "$ns" images ls -q)"
+grep -qxF "$ref" <<<"$images" || die "import of $ref failed"
 log "imported $ref ($size) into containerd $address namespace $ns"

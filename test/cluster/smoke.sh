@@ -24,7 +24,8 @@ done
 fail() { log "FAIL: $*"; exit 1; }
 
 kc get node "$NODE_NAME" >/dev/null || fail "cannot reach the cluster"
-if ! ctrx -n k8s.io images ls -q | grep -qxF "$BUSYBOX_IMAGE"; then
+images="$(ctrx -n k8s.io images ls -q)"
+if ! grep -qxF "$BUSYBOX_IMAGE" <<<"$images"; then
   "$CLUSTER_DIR/build-busybox-image.sh"
 fi
 poll "service account $ns/default" 60 kc -n "$ns" get serviceaccount default || fail "no default service account in $ns"
