@@ -18,11 +18,11 @@ use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase};
 use fast_sandbox_e2e::containerd::{self, TaskExits};
 use fast_sandbox_e2e::history::{History, Tracks};
 use fast_sandbox_e2e::scenario::{
-    BurstShape, SYSTEM_NAMESPACE, Stage, all_running, container_of, create_all, delete_all,
+    Burst, BurstShape, SYSTEM_NAMESPACE, Stage, all_running, container_of, create_all, delete_all,
     deployment_settled, force_delete_pod, kill_container_process, latencies, latency_line,
     lease_holder, lease_taken_over, pods, sleeper, stage, violations_of_running_once, wait_created,
 };
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, wait_for};
+use fast_sandbox_e2e::{E2eError, client_or_skip, delete_namespace, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use tokio::sync::Notify;
@@ -53,6 +53,21 @@ type Progress = (Arc<AtomicUsize>, Arc<Notify>);
 
 fn progress() -> Progress {
     (Arc::default(), Arc::default())
+}
+
+/// Starts creating a `Manual` sleeper per name in pool `p`, spread over
+/// `shape`, in the background; the progress counts creations so a fault can
+/// land mid-burst.
+fn spawn_burst(
+    sbx: &Api<Sandbox>,
+    names: &BTreeSet<String>,
+    shape: BurstShape,
+) -> (tokio::task::JoinHandle<Result<Burst, E2eError>>, Progress) {
+    let p = progress();
+    let batch = sleepers(names, "p", FailurePolicy::Manual);
+    let (sbx, counter) = (sbx.clone(), p.clone());
+    let handle = tokio::spawn(async move { create_all(&sbx, batch, shape, Some(counter)).await });
+    (handle, p)
 }
 
 /// Every sandbox named is Running exactly once; then all are deleted and no
@@ -95,19 +110,11 @@ async fn controller_leader_killed_during_burst() {
     let exits = TaskExits::start().unwrap();
 
     let all = names("c", BURST);
-    let p = progress();
-    let creating = tokio::spawn({
-        let (sbx, p, batch) = (
-            sbx.clone(),
-            p.clone(),
-            sleepers(&all, "p", FailurePolicy::Manual),
-        );
-        let shape = BurstShape {
-            spread: Duration::from_secs(2),
-            ..BurstShape::default()
-        };
-        async move { create_all(&sbx, batch, shape, Some(p)).await }
-    });
+    let shape = BurstShape {
+        spread: Duration::from_secs(2),
+        ..BurstShape::default()
+    };
+    let (creating, p) = spawn_burst(&sbx, &all, shape);
     wait_created(&p, 10).await;
     let killed_at = Instant::now();
     force_delete_pod(&client, SYSTEM_NAMESPACE, &leader)
@@ -164,20 +171,12 @@ async fn webhook_replica_killed_during_burst() {
     let exits = TaskExits::start().unwrap();
 
     let all = names("w", BURST);
-    let p = progress();
-    let creating = tokio::spawn({
-        let (sbx, p, batch) = (
-            sbx.clone(),
-            p.clone(),
-            sleepers(&all, "p", FailurePolicy::Manual),
-        );
-        // Failed admissions are retried; any other error fails the burst.
-        let shape = BurstShape {
-            spread: Duration::from_secs(3),
-            retry_for: Some(Duration::from_secs(60)),
-        };
-        async move { create_all(&sbx, batch, shape, Some(p)).await }
-    });
+    // Failed admissions are retried; any other error fails the burst.
+    let shape = BurstShape {
+        spread: Duration::from_secs(3),
+        retry_for: Some(Duration::from_secs(60)),
+    };
+    let (creating, p) = spawn_burst(&sbx, &all, shape);
     wait_created(&p, 10).await;
     let killed_at = Instant::now();
     force_delete_pod(&client, SYSTEM_NAMESPACE, &victim)
@@ -350,19 +349,11 @@ async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
     let (_, restarts) = container_of(&agent, "agent").expect("the agent container");
 
     let late = names("late", 20);
-    let p = progress();
-    let creating = tokio::spawn({
-        let (sbx, p, batch) = (
-            sbx.clone(),
-            p.clone(),
-            sleepers(&late, "p", FailurePolicy::Manual),
-        );
-        let shape = BurstShape {
-            spread: Duration::from_secs(2),
-            ..BurstShape::default()
-        };
-        async move { create_all(&sbx, batch, shape, Some(p)).await }
-    });
+    let shape = BurstShape {
+        spread: Duration::from_secs(2),
+        ..BurstShape::default()
+    };
+    let (creating, p) = spawn_burst(&sbx, &late, shape);
     wait_created(&p, 5).await;
     let pid = kill_container_process(&agent, "agent").await.unwrap();
     let burst = creating.await.unwrap().unwrap();
