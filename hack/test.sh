@@ -31,7 +31,7 @@ step "every binary answers --help"
 for b in agent webhook extender controller certs; do
   "$bin/fast-sandbox-$b" --help >/dev/null
 done
-"$bin"/crdgen --help >/dev/null
+for b in crdgen kubectl-sandbox; do "$bin/$b" --help >/dev/null; done
 step "unit and integration tests (agent tests against a private containerd)"
 agent/tests/containerd.sh run -- cargo test --workspace --no-fail-fast
 
@@ -62,7 +62,7 @@ if [[ $with_cluster == 1 ]]; then
   FAST_SANDBOX_PROFILE=debug hack/deploy.sh
   step "end-to-end suite"
   FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast \
-    --test lifecycle --test validation --test scheduling -- --test-threads=2
+    --test lifecycle --test validation --test scheduling --test fleet -- --test-threads=2
   # The fault tests kill components, so they run one at a time.
   step "end-to-end fault tests"
   FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast \

@@ -93,16 +93,25 @@ impl Handler for Api {
                     ),
                 );
             }
-            match route(agent, req).await {
-                Ok(r) => r,
-                Err(e) => {
-                    if e.code() == ErrorCode::Internal {
-                        tracing::warn!(error = %e, "request failed");
-                    }
-                    error_response(&metrics, &e.to_api())
-                }
-            }
+            respond(&metrics, route(agent, req).await)
         })
+    }
+}
+
+/// The response of a routed request: an error becomes its JSON body (and
+/// is counted; an internal one is logged).
+pub(crate) fn respond(
+    metrics: &crate::metrics::Metrics,
+    result: Result<Response<Body>, Error>,
+) -> Response<Body> {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.code() == ErrorCode::Internal {
+                tracing::warn!(error = %e, "request failed");
+            }
+            error_response(metrics, &e.to_api())
+        }
     }
 }
 
@@ -151,22 +160,27 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
                     };
                     Ok(body::json(StatusCode::OK, &agent.delete(uid, grace).await?))
                 }
-                (&Method::GET, "logs") => {
-                    let stream = match query_param(query, "stream") {
-                        None => LogStream::Stdout,
-                        Some(s) => LogStream::parse(s).ok_or_else(|| {
-                            invalid("stream", format!("{s:?} is neither stdout nor stderr"))
-                        })?,
-                    };
-                    let follow = is_true(query_param(query, "follow"));
-                    let rx = agent.logs(uid, stream, follow)?;
-                    Ok(stream_response("text/plain; charset=utf-8", rx))
-                }
+                (&Method::GET, "logs") => logs(&agent, uid, query),
                 _ => Ok(not_found(&method, &path)),
             }
         }
         _ => Ok(not_found(&method, &path)),
     }
+}
+
+/// `GET /v1/sandboxes/{uid}/logs?stream=stdout|stderr&follow=true`: one
+/// output of a sandbox as `text/plain`; with `follow`, the body stays open
+/// until the process exits. Served by this API and by the read-only
+/// [`crate::logs_api::LogsApi`].
+pub(crate) fn logs(agent: &Agent, uid: &str, query: Option<&str>) -> Result<Response<Body>, Error> {
+    let stream = match query_param(query, "stream") {
+        None => LogStream::Stdout,
+        Some(s) => LogStream::parse(s)
+            .ok_or_else(|| invalid("stream", format!("{s:?} is neither stdout nor stderr")))?,
+    };
+    let follow = is_true(query_param(query, "follow"));
+    let rx = agent.logs(uid, stream, follow)?;
+    Ok(stream_response("text/plain; charset=utf-8", rx))
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes.
@@ -191,7 +205,7 @@ fn invalid(field: &str, message: String) -> Error {
     ]))
 }
 
-fn not_found(method: &Method, path: &str) -> Response<Body> {
+pub(crate) fn not_found(method: &Method, path: &str) -> Response<Body> {
     body::json(
         StatusCode::NOT_FOUND,
         &ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}")),

@@ -12,7 +12,8 @@
 //! - [`warm`]: snapshots prepared ahead for hot images.
 //! - [`janitor`]: which leftovers of gone agents the node janitor collects.
 //! - [`agent`]: the agent itself; [`api`]: its HTTP API; [`client`]: a
-//!   client of that API (tests, benchmarks, tools).
+//!   client of that API (tests, benchmarks, tools); [`logs_api`]: the
+//!   read-only logs API on the pod's loopback (`kubectl sandbox logs`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rust_2018_idioms)]
 
@@ -25,6 +26,7 @@ pub mod events;
 pub mod image;
 pub mod janitor;
 pub mod logs;
+pub mod logs_api;
 pub mod metrics;
 pub mod runtime;
 pub mod seccomp;

@@ -13,7 +13,7 @@ use fast_sandbox_api::agent::{
 use fast_sandbox_api::sandbox::EnvVar;
 use fast_sandbox_api::wellknown::reason;
 use http::{Method, StatusCode};
-use support::{TestAgent, body_text, env, read_events, request, wait_for};
+use support::{TestAgent, body_text, env, plain_request, read_events, request, wait_for};
 
 async fn wait_exited(a: &TestAgent, uid: &str) -> fast_sandbox_api::agent::SandboxInfo {
     let mut last = None;
@@ -34,6 +34,14 @@ async fn logs(a: &TestAgent, uid: &str, query: &str) -> String {
         .send(Method::GET, &format!("{}?{query}", logs_path(uid)), None)
         .await
         .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    body_text(resp).await
+}
+
+/// The same logs through the read-only plain-HTTP logs API.
+async fn plain_logs(a: &TestAgent, uid: &str, query: &str) -> String {
+    let path = format!("{}?{query}", logs_path(uid));
+    let resp = plain_request(a.logs_addr, Method::GET, &path).await;
     assert_eq!(resp.status(), StatusCode::OK);
     body_text(resp).await
 }
@@ -78,6 +86,8 @@ async fn runs_reports_exit_code_logs_and_events_then_deletes_everything() {
     assert_eq!(info.exit_code, Some(3));
     assert_eq!(logs(&a, "run-1", "").await, "hello world\n");
     assert_eq!(logs(&a, "run-1", "stream=stderr").await, "oops\n");
+    assert_eq!(plain_logs(&a, "run-1", "").await, "hello world\n");
+    assert_eq!(plain_logs(&a, "run-1", "stream=stderr").await, "oops\n");
 
     let (status, deleted) = a.client.delete("run-1", 0).await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -102,8 +112,12 @@ async fn follows_logs_until_the_process_exits() {
         ],
     );
     a.client.create(&req).await.unwrap().1.unwrap();
-    let text = logs(&a, "follow-1", "follow=true").await;
+    let (text, plain) = tokio::join!(
+        logs(&a, "follow-1", "follow=true"),
+        plain_logs(&a, "follow-1", "follow=true"),
+    );
     assert_eq!(text, "line1\nline2\nline3\n");
+    assert_eq!(plain, text);
     a.client.delete("follow-1", 0).await.unwrap().1.unwrap();
     a.assert_nothing_left().await;
 }
@@ -180,14 +194,16 @@ fn host_ip() -> Option<std::net::IpAddr> {
 async fn sandbox_has_only_loopback_and_cannot_reach_the_agent() {
     let Some(env) = env() else { return };
     let a = TestAgent::start(&env, "isolation", 2).await;
-    let port = a.addr.port();
+    // The mTLS API and the read-only logs API (on the agent's loopback).
+    let ports = [a.addr.port(), a.logs_addr.port()];
     let mut targets = vec!["127.0.0.1".to_string()];
     if let Some(ip) = host_ip() {
         targets.push(ip.to_string());
     }
     let script = format!(
-        "grep -c : /proc/net/dev; for t in {}; do if nc -w 2 $t {port} </dev/null; then echo reached $t; else echo blocked $t; fi; done",
-        targets.join(" ")
+        "grep -c : /proc/net/dev; for t in {}; do for p in {}; do if nc -w 2 $t $p </dev/null; then echo reached $t:$p; else echo blocked $t:$p; fi; done; done",
+        targets.join(" "),
+        ports.map(|p| p.to_string()).join(" ")
     );
     let req = request(&env, "iso-1", &["sh", "-c", &script]);
     a.client.create(&req).await.unwrap().1.unwrap();
@@ -200,10 +216,12 @@ async fn sandbox_has_only_loopback_and_cannot_reach_the_agent() {
         "more than loopback in the sandbox: {out}"
     );
     for t in &targets {
-        assert!(
-            out.contains(&format!("blocked {t}")),
-            "sandbox reached {t}:{port}: {out}"
-        );
+        for p in ports {
+            assert!(
+                out.contains(&format!("blocked {t}:{p}")),
+                "sandbox reached {t}:{p}: {out}"
+            );
+        }
     }
     a.client.delete("iso-1", 0).await.unwrap().1.unwrap();
     a.assert_nothing_left().await;

@@ -37,6 +37,10 @@ pub const PATH_INFO: &str = "/v1/info";
 pub const PATH_JANITOR: &str = "/v1/janitor";
 /// Port the agent serves its API on.
 pub const DEFAULT_PORT: u16 = 9443;
+/// Port of the agent's read-only logs API: plain HTTP on the agent pod's
+/// loopback, serving only `GET /v1/sandboxes/{uid}/logs`, reached through
+/// `kubectl port-forward` (`kubectl sandbox logs`).
+pub const LOGS_PORT: u16 = 9444;
 /// Content type of the event stream.
 pub const NDJSON: &str = "application/x-ndjson";
 

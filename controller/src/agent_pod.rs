@@ -3,6 +3,7 @@
 //! what every agent needs to work.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use fast_sandbox_api::SandboxPool;
 use fast_sandbox_api::agent::DEFAULT_PORT;
@@ -21,8 +22,11 @@ use kube::Resource;
 pub const AGENT_TLS_SECRET: &str = "fast-sandbox-agent-tls";
 /// Where the agent's certificate is mounted.
 pub const AGENT_TLS_DIR: &str = "/etc/fast-sandbox/tls";
-/// Where the host's containerd socket is mounted in the agent.
-pub const CONTAINERD_SOCKET_IN_POD: &str = "/run/containerd/containerd.sock";
+/// Where the directory of the host's containerd socket is mounted in the
+/// agent. The directory, not the socket file: containerd recreates its
+/// socket when it restarts, and a bind mount of the old file would keep
+/// refusing connections for the life of the pod.
+pub const CONTAINERD_SOCKET_DIR_IN_POD: &str = "/run/fast-sandbox/containerd";
 /// Where the host's agent state directory is mounted in the agent.
 pub const STATE_DIR_IN_POD: &str = "/var/lib/fast-sandbox/agents";
 /// Plain-HTTP port of the agent's `/healthz`, `/readyz` and `/metrics`.
@@ -46,6 +50,24 @@ pub struct AgentPodSettings {
     pub state_dir: String,
     /// containerd namespace sandboxes run in.
     pub containerd_namespace: String,
+}
+
+impl AgentPodSettings {
+    /// Host directory holding containerd's socket.
+    fn socket_dir(&self) -> String {
+        match Path::new(&self.containerd_socket).parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_string_lossy().into_owned(),
+            _ => "/".to_string(),
+        }
+    }
+
+    /// File name of containerd's socket in that directory.
+    fn socket_file(&self) -> String {
+        Path::new(&self.containerd_socket)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "containerd.sock".to_string())
+    }
 }
 
 /// The labels that select a pool's agent pods.
@@ -108,8 +130,8 @@ pub fn build(pool: &SandboxPool, settings: &AgentPodSettings) -> Pod {
     volumes.push(Volume {
         name: VOLUME_SOCKET.to_string(),
         host_path: Some(HostPathVolumeSource {
-            path: settings.containerd_socket.clone(),
-            type_: Some("Socket".to_string()),
+            path: settings.socket_dir(),
+            type_: Some("Directory".to_string()),
         }),
         ..Default::default()
     });
@@ -162,7 +184,7 @@ fn equip_agent_container(c: &mut Container, pool: &SandboxPool, settings: &Agent
     mounts.retain(|m| m.name != VOLUME_SOCKET && m.name != VOLUME_STATE && m.name != VOLUME_TLS);
     mounts.push(VolumeMount {
         name: VOLUME_SOCKET.to_string(),
-        mount_path: CONTAINERD_SOCKET_IN_POD.to_string(),
+        mount_path: CONTAINERD_SOCKET_DIR_IN_POD.to_string(),
         ..Default::default()
     });
     mounts.push(VolumeMount {
@@ -197,7 +219,10 @@ fn equip_agent_container(c: &mut Container, pool: &SandboxPool, settings: &Agent
         ),
         (
             "CONTAINERD_SOCKET",
-            Some(CONTAINERD_SOCKET_IN_POD.to_string()),
+            Some(format!(
+                "{CONTAINERD_SOCKET_DIR_IN_POD}/{}",
+                settings.socket_file()
+            )),
             None,
         ),
         (
@@ -330,14 +355,17 @@ mod tests {
             .iter()
             .map(|m| (m.name.as_str(), m.mount_path.as_str()))
             .collect();
-        assert!(mounts.contains(&(VOLUME_SOCKET, CONTAINERD_SOCKET_IN_POD)));
+        assert!(mounts.contains(&(VOLUME_SOCKET, CONTAINERD_SOCKET_DIR_IN_POD)));
         assert!(mounts.contains(&(VOLUME_STATE, STATE_DIR_IN_POD)));
         assert!(mounts.contains(&(VOLUME_TLS, AGENT_TLS_DIR)));
         let vols = spec.volumes.as_ref().unwrap();
         let socket = vols.iter().find(|v| v.name == VOLUME_SOCKET).unwrap();
+        assert_eq!(socket.host_path.as_ref().unwrap().path, "/var/lib/c");
+        let env = c.env.as_ref().unwrap();
+        let sock = env.iter().find(|e| e.name == "CONTAINERD_SOCKET").unwrap();
         assert_eq!(
-            socket.host_path.as_ref().unwrap().path,
-            "/var/lib/c/containerd.sock"
+            sock.value.as_deref(),
+            Some("/run/fast-sandbox/containerd/containerd.sock")
         );
         let tls = vols.iter().find(|v| v.name == VOLUME_TLS).unwrap();
         assert_eq!(

@@ -8,6 +8,8 @@
 #                             host; --purge also deletes the state dir
 #   cluster.sh status         recorded processes, node and pods
 #   cluster.sh env            export lines: eval "$(cluster.sh env)"
+#   cluster.sh kill NAME...   SIGKILL components (fault tests); `up` restarts
+#                             them, the way a supervisor would
 #
 # Environment: FAST_SANDBOX_STATE (default /var/lib/fast-sandbox-cluster),
 # FAST_SANDBOX_CACHE (default /var/cache/fast-sandbox), FAST_SANDBOX_NODE_IP,
@@ -845,6 +847,25 @@ cmd_status() {
   return $rc
 }
 
+# kill NAME...: SIGKILL to the recorded process of each named component (a
+# crash, for the fault tests), then wait until each is gone. Only PIDs this
+# script started are touched; `up` starts them again.
+cmd_kill() {
+  local name pid pids=() i
+  [[ $# -gt 0 ]] || die "kill: name at least one of: ${COMPONENTS[*]}"
+  for name in "$@"; do
+    [[ " ${COMPONENTS[*]} " == *" $name "* ]] || die "kill: $name is not one of: ${COMPONENTS[*]}"
+    pid="$(pid_of "$name")" || die "kill: $name is not running"
+    pids+=("$pid")
+  done
+  kill -KILL "${pids[@]}"
+  for pid in "${pids[@]}"; do
+    for ((i = 0; i < 100; i++)); do [[ -d /proc/$pid ]] || break; sleep 0.05; done
+    [[ -d /proc/$pid ]] && die "kill: pid $pid still exists 5 s after SIGKILL"
+  done
+  log "killed $* (pids ${pids[*]})"
+}
+
 cmd_env() {
   echo "export KUBECONFIG=$ADMIN_KUBECONFIG"
   echo "export PATH=$K8S_BIN:\$PATH"
@@ -856,5 +877,6 @@ case "${1:-}" in
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
   env) shift; cmd_env "$@" ;;
+  kill) shift; cmd_kill "$@" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -54,12 +54,17 @@ pub async fn containers_labelled(key: &str, value: &str) -> Result<Vec<String>, 
         .collect())
 }
 
+/// What `ctr containers info` says of one container.
+async fn container_info(id: &str) -> Result<serde_json::Value, E2eError> {
+    let out = ctr(&["containers", "info", id]).await?;
+    serde_json::from_str(&out)
+        .map_err(|e| E2eError::Command(format!("ctr containers info {id}: {e}")))
+}
+
 /// The labels of one container.
 pub async fn container_labels(id: &str) -> Result<BTreeMap<String, String>, E2eError> {
-    let out = ctr(&["containers", "info", id]).await?;
-    let info: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| E2eError::Command(format!("ctr containers info {id}: {e}")))?;
-    Ok(info
+    Ok(container_info(id)
+        .await?
         .get("Labels")
         .and_then(|l| l.as_object())
         .map(|l| {
@@ -68,6 +73,16 @@ pub async fn container_labels(id: &str) -> Result<BTreeMap<String, String>, E2eE
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// The image a container was created from, as containerd names it.
+pub async fn container_image(id: &str) -> Result<String, E2eError> {
+    Ok(container_info(id)
+        .await?
+        .get("Image")
+        .and_then(|i| i.as_str())
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Every sandbox container of the Kubernetes namespace `namespace`, grouped

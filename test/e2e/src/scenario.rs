@@ -36,8 +36,21 @@ pub async fn ready_pool(
     client: &Client,
     ns: &str,
     name: &str,
+    bounds: (i32, i32),
+    slots: i32,
+    timeout: Duration,
+) -> Result<Api<SandboxPool>, E2eError> {
+    ready_pool_of(client, ns, name, bounds, slots, BUSYBOX, timeout).await
+}
+
+/// [`ready_pool`] whose warm image is `image`.
+pub async fn ready_pool_of(
+    client: &Client,
+    ns: &str,
+    name: &str,
     (min, max): (i32, i32),
     slots: i32,
+    image: &str,
     timeout: Duration,
 ) -> Result<Api<SandboxPool>, E2eError> {
     let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
@@ -45,7 +58,7 @@ pub async fn ready_pool(
         "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool",
         "metadata": {"name": name},
         "spec": {"capacity": {"poolMin": min, "poolMax": max}, "maxSandboxesPerAgent": slots,
-                 "warmImages": [BUSYBOX],
+                 "warmImages": [image],
                  "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": AGENT_IMAGE}]}}}
     }))
     .map_err(|e| E2eError::Command(e.to_string()))?;

@@ -1,6 +1,6 @@
 //! Faults on the real cluster: the controller leader, a webhook replica, an
-//! agent pod or the agent process SIGKILLed while sandboxes are created or
-//! running. After each, every sandbox ends as its failure policy says with
+//! agent pod, the agent process, the node's containerd or the whole control
+//! plane SIGKILLed while sandboxes are created or running. After each, every sandbox ends as its failure policy says with
 //! exactly one container in containerd (nothing lost, nothing run twice),
 //! and deleting them leaves no container behind.
 //!
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT};
 use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase};
+use fast_sandbox_e2e::cluster;
 use fast_sandbox_e2e::containerd::{self, TaskExits};
 use fast_sandbox_e2e::history::{History, Tracks};
 use fast_sandbox_e2e::scenario::{
@@ -398,6 +399,186 @@ async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
             "{n} kept its container"
         );
     }
+    assert_once_then_clean(&ns, &sbx, &history, &tracks, &all).await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// Creates `names` as `Manual` sleepers of pool `p` and waits until all run.
+async fn running_sleepers(
+    sbx: &Api<Sandbox>,
+    history: &History,
+    names: &BTreeSet<String>,
+) -> Tracks {
+    create_all(
+        sbx,
+        sleepers(names, "p", FailurePolicy::Manual),
+        BurstShape::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    history
+        .wait(
+            Duration::from_secs(90),
+            &format!("{} sandboxes Running", names.len()),
+            |t| all_running(t, names),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_killed_during_burst() {
+    let Some(client) = client_or_skip("containerd kill").await else {
+        return;
+    };
+    settled(&client).await;
+    let Stage { ns, sbx, history } = stage(&client, "e2e-kill-containerd", (2, 3), 40)
+        .await
+        .unwrap();
+    let early = names("early", 10);
+    let before = running_sleepers(&sbx, &history, &early).await;
+
+    let late = names("k", BURST);
+    let shape = BurstShape {
+        spread: Duration::from_secs(4),
+        ..BurstShape::default()
+    };
+    let (creating, p) = spawn_burst(&sbx, &late, shape);
+    wait_created(&p, 10).await;
+    let killed_at = Instant::now();
+    let created_when_killed = p.0.load(Ordering::SeqCst);
+    cluster::kill(&["containerd"]).await.unwrap();
+    // A supervisor starts it again.
+    cluster::up().await.unwrap();
+    let down_for = killed_at.elapsed();
+    let burst = creating.await.unwrap().unwrap();
+
+    let all: BTreeSet<String> = early.union(&late).cloned().collect();
+    let tracks = history
+        .wait(Duration::from_secs(120), "all 60 Running", |t| {
+            all_running(t, &all)
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "containerd SIGKILLed with {created_when_killed}/{BURST} created, back (node Ready) after {down_for:?}; {}",
+        latency_line("create->Running", &latencies(&burst, &tracks))
+    );
+    for n in &early {
+        assert_eq!(
+            tracks[n].container_ids, before[n].container_ids,
+            "{n} kept its container through the containerd restart"
+        );
+    }
+    assert_once_then_clean(&ns, &sbx, &history, &tracks, &all).await;
+    delete_namespace(&client, &ns).await;
+    settled(&client).await;
+}
+
+/// The Kubernetes control plane (etcd, kube-apiserver, controller-manager,
+/// scheduler) and Fast Sandbox's own (controller, webhooks, extender) all
+/// SIGKILLed at once while sandboxes run: they keep running through the
+/// outage, one that exits meanwhile is reported with its exit code after
+/// the restart, and new sandboxes start as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_control_plane_restarted_under_running_sandboxes() {
+    let Some(client) = client_or_skip("control plane restart").await else {
+        return;
+    };
+    settled(&client).await;
+    let Stage { ns, sbx, history } = stage(&client, "e2e-restart-cp", (2, 3), 32).await.unwrap();
+    let early = names("r", 20);
+    let before = running_sleepers(&sbx, &history, &early).await;
+    // Exits with 3 while the control plane is down.
+    let mut short = sleeper("short", "p", FailurePolicy::Manual);
+    short.spec.command = vec!["/bin/sh".into(), "-c".into(), "sleep 4; exit 3".into()];
+    let shorts = BTreeSet::from(["short".to_string()]);
+    create_all(&sbx, vec![short], BurstShape::default(), None)
+        .await
+        .unwrap();
+    let short_container = history
+        .wait(Duration::from_secs(60), "short Running", |t| {
+            all_running(t, &shorts)
+        })
+        .await
+        .unwrap()["short"]
+        .container_ids[0]
+        .clone();
+
+    let mut ours = Vec::new();
+    for app in [CONTROLLER, WEBHOOK, "fast-sandbox-extender"] {
+        let selector = format!("app.kubernetes.io/name={app}");
+        ours.extend(pods(&client, SYSTEM_NAMESPACE, &selector).await.unwrap());
+    }
+    assert!(ours.len() >= 3, "controller, webhook and extender pods");
+    let exits = TaskExits::start().unwrap();
+    let killed_at = Instant::now();
+    cluster::kill(&[
+        "kube-apiserver",
+        "etcd",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ])
+    .await
+    .unwrap();
+    for pod in &ours {
+        let container = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers[0].name.clone())
+            .unwrap_or_default();
+        kill_container_process(pod, &container).await.unwrap();
+    }
+    // The sandbox ends while nothing but the agents and containerd runs.
+    exits
+        .wait(&short_container, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let running = containerd::sandbox_containers(&ns).await.unwrap();
+    for n in &early {
+        let ids = running.get(&before[n].uid).cloned().unwrap_or_default();
+        assert_eq!(ids, before[n].container_ids, "{n} runs through the outage");
+        assert!(
+            containerd::task_pid(&ids[0]).await.unwrap().is_some(),
+            "{n}'s task runs through the outage"
+        );
+    }
+    cluster::up().await.unwrap();
+    settled(&client).await;
+    let back = killed_at.elapsed();
+
+    let after = history
+        .wait(
+            Duration::from_secs(120),
+            "short Failed with exit code 3, the 20 still Running",
+            |t| {
+                all_running(t, &early)
+                    && t.get("short").is_some_and(|s| {
+                        s.phase() == SandboxPhase::Failed
+                            && s.sandbox.status.as_ref().and_then(|st| st.exit_code) == Some(3)
+                    })
+            },
+        )
+        .await
+        .unwrap();
+    for n in &early {
+        assert_eq!(
+            after[n].container_ids, before[n].container_ids,
+            "{n} kept its container"
+        );
+    }
+    let late = names("new", 20);
+    let tracks = running_sleepers(&sbx, &history, &late).await;
+    eprintln!(
+        "control plane SIGKILLed; back and settled after {back:?}; short ended {:?}",
+        tracks["short"]
+            .sandbox
+            .status
+            .as_ref()
+            .map(|s| (&s.reason, s.exit_code))
+    );
+    let all: BTreeSet<String> = early.union(&late).cloned().collect();
     assert_once_then_clean(&ns, &sbx, &history, &tracks, &all).await;
     delete_namespace(&client, &ns).await;
 }

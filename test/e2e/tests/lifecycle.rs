@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use fast_sandbox_api::wellknown::condition;
 use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool};
+use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_gone};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -249,5 +251,155 @@ async fn admission_binds_dry_runs_reserve_nothing_and_refuses_bad_input() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("spec.poolRef"), "{err}");
+    delete_namespace(&client, &ns).await;
+}
+
+/// A client of the suite's cluster acting as `user` (impersonation).
+async fn impersonating(user: &str) -> Client {
+    let mut cfg = kube::Config::infer().await.unwrap();
+    cfg.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(cfg).unwrap()
+}
+
+/// `kubectl sandbox logs` (the plugin built from `cli/`) for a sandbox on a
+/// real agent: stdout and stderr apart, after the end and followed live
+/// until the process exits.
+#[tokio::test]
+async fn logs_through_kubectl_sandbox() {
+    let Some(client) = client_or_skip("logs").await else {
+        return;
+    };
+    let ns = namespace(&client, "e2e-logs").await.unwrap();
+    pool(&client, &ns, "p", 4).await;
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    sbx.create(
+        &PostParams::default(),
+        &sandbox(
+            "done",
+            "p",
+            &["/bin/sh", "-c", "echo hello; echo oops >&2; echo bye"],
+        ),
+    )
+    .await
+    .unwrap();
+    // Prints, pauses, prints again: a follower sees both and then the end.
+    sbx.create(
+        &PostParams::default(),
+        &sandbox(
+            "live",
+            "p",
+            &["/bin/sh", "-c", "echo first; sleep 2; echo second"],
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &sbx,
+        "live",
+        Duration::from_secs(60),
+        "live Running",
+        |s: &Sandbox| s.phase() == SandboxPhase::Running,
+    )
+    .await
+    .unwrap();
+    let mut followed = Vec::new();
+    let follow = LogOptions {
+        follow: true,
+        ..LogOptions::default()
+    };
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        logs(client.clone(), &ns, "live", follow, &mut followed),
+    )
+    .await
+    .expect("following ends when the process exits")
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&followed), "first\nsecond\n");
+
+    wait_for(
+        &sbx,
+        "done",
+        Duration::from_secs(60),
+        "done Succeeded",
+        |s: &Sandbox| s.phase() == SandboxPhase::Succeeded,
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    logs(client.clone(), &ns, "done", LogOptions::default(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "hello\nbye\n");
+
+    // As a user who may only `edit` the namespace (the built-in role our
+    // ClusterRoles aggregate into), and as one who may do nothing there.
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "e2e-editor"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "e2e-editor"}]
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let mut as_editor = Vec::new();
+    logs(
+        impersonating("e2e-editor").await,
+        &ns,
+        "done",
+        LogOptions::default(),
+        &mut as_editor,
+    )
+    .await
+    .expect("an editor of the namespace reads its sandboxes' logs");
+    assert_eq!(String::from_utf8_lossy(&as_editor), "hello\nbye\n");
+    let refused = logs(
+        impersonating("e2e-stranger").await,
+        &ns,
+        "done",
+        LogOptions::default(),
+        &mut Vec::new(),
+    )
+    .await;
+    assert!(refused.is_err(), "a user without a role reads nothing");
+
+    // Through kubectl itself, which finds the plugin on PATH.
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.parent()?.to_path_buf()))
+        .expect("the test binary's directory");
+    assert!(
+        bin_dir.join("kubectl-sandbox").exists(),
+        "no kubectl-sandbox in {}: build it with `cargo build -p fast-sandbox-cli`",
+        bin_dir.display()
+    );
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("kubectl")
+        .args(["sandbox", "logs", "done", "-n", &ns, "--stderr"])
+        .env("PATH", &path)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl sandbox logs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "oops\n");
+    let missing = Command::new("kubectl")
+        .args(["sandbox", "logs", "nope", "-n", &ns])
+        .env("PATH", &path)
+        .output()
+        .expect("kubectl runs");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && err.contains("nope") && err.contains("not found"),
+        "a missing sandbox is named: {err}"
+    );
     delete_namespace(&client, &ns).await;
 }

@@ -1,7 +1,8 @@
 //! The scheduler extender on the real kube-scheduler: agent pods of a pool
 //! with warm images are bound to the nodes that hold those images, spread
-//! across them; other pods schedule as before; with the extender gone,
-//! scheduling still works (the extender is ignorable).
+//! across them; admission then binds each sandbox to an agent on a node
+//! holding its image; other pods schedule as before; with the extender
+//! gone, scheduling still works (the extender is ignorable).
 //!
 //! Three extra Node objects without a kubelet carry chosen
 //! `status.images`; a taint keeps every other test's pods off them.
@@ -9,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fast_sandbox_api::SandboxPool;
 use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT};
+use fast_sandbox_api::{Sandbox, SandboxPool};
 use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_for_set};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -22,6 +23,9 @@ use serde_json::{Value, json};
 const TAINT: &str = "fast-sandbox-e2e/fake-node";
 const WARM: &str = "registry.example/fast-sandbox-e2e/warm:1";
 const AGENT_IMAGE: &str = "docker.io/fast-sandbox/agent:dev";
+/// Held by one fake node each: sandbox placement must follow them.
+const ONLY_A: &str = "registry.example/fast-sandbox-e2e/only-a:1";
+const ONLY_B: &str = "registry.example/fast-sandbox-e2e/only-b:1";
 
 fn toleration() -> Value {
     json!([{"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}])
@@ -76,8 +80,18 @@ async fn agent_pods_land_where_the_warm_images_are() {
     );
     // A small image (1 MiB) on two of three nodes: the built-in
     // ImageLocality plugin scores it zero; the extender must not.
-    fake_node(&nodes, &a, &[(WARM, 1 << 20), (AGENT_IMAGE, 50 << 20)]).await;
-    fake_node(&nodes, &b, &[(WARM, 1 << 20), (AGENT_IMAGE, 50 << 20)]).await;
+    fake_node(
+        &nodes,
+        &a,
+        &[(WARM, 1 << 20), (ONLY_A, 1 << 20), (AGENT_IMAGE, 50 << 20)],
+    )
+    .await;
+    fake_node(
+        &nodes,
+        &b,
+        &[(WARM, 1 << 20), (ONLY_B, 1 << 20), (AGENT_IMAGE, 50 << 20)],
+    )
+    .await;
     fake_node(&nodes, &c, &[(AGENT_IMAGE, 50 << 20)]).await;
 
     let ns = namespace(&client, "e2e-sched").await.unwrap();
@@ -144,6 +158,8 @@ async fn scenario(client: &Client, ns: &str, [a, b, c]: [&String; 3]) {
         "agents must spread over the nodes holding the image: {placed:?}"
     );
 
+    sandboxes_follow_their_images(client, ns, &agents, a, b).await;
+
     // A plain pod is scheduled as before, and still is with the extender
     // gone (ignorable: true).
     let plain = |name: &str| -> Pod {
@@ -205,4 +221,64 @@ async fn scenario(client: &Client, ns: &str, [a, b, c]: [&String; 3]) {
         .await
         .unwrap();
     scheduled.expect("with the extender stopped, pods must still be scheduled");
+}
+
+/// With the agents on the fake nodes marked ready (no kubelet does it
+/// there), admission binds a sandbox of an image only node `a` holds to an
+/// agent on `a`, and one of an image only `b` holds to `b`. Dry runs: the
+/// placement is visible in the answer, nothing is reserved and nothing is
+/// started on the kubelet-less nodes.
+async fn sandboxes_follow_their_images(
+    client: &Client,
+    ns: &str,
+    agents: &[std::sync::Arc<Pod>],
+    a: &str,
+    b: &str,
+) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let ready = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+    for p in agents {
+        pods.patch_status(
+            p.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Strategic(&ready),
+        )
+        .await
+        .unwrap();
+    }
+    let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let node_for = |image: &'static str| {
+        let (sandboxes, dry) = (sandboxes.clone(), dry.clone());
+        async move {
+            let sb: Sandbox = serde_json::from_value(json!({
+                "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox",
+                "metadata": {"name": "placed"},
+                "spec": {"image": image, "command": ["/bin/true"], "poolRef": "warm"}
+            }))
+            .unwrap();
+            let made = sandboxes.create(&dry, &sb).await.unwrap();
+            made.spec.agent_ref.map(|r| r.node_name)
+        }
+    };
+    // The webhook learns of the readiness on its own watch; nothing to
+    // await from outside but its answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node_for(ONLY_A).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the webhook bound nothing 30 s after four agents of pool warm were marked ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (image, node) in [(ONLY_A, a), (ONLY_B, b), (ONLY_A, a), (ONLY_B, b)] {
+        assert_eq!(
+            node_for(image).await.as_deref(),
+            Some(node),
+            "a sandbox of {image} must be bound to an agent on {node}, the node holding it"
+        );
+    }
 }

@@ -1,0 +1,13 @@
+//! `kubectl-sandbox`, the kubectl plugin of Fast Sandbox, as a library, so
+//! tests and tools run the same code as `kubectl sandbox`.
+//!
+//! - [`cluster`]: the Kubernetes client and namespace from a kubeconfig.
+//! - [`logs`](mod@logs): a sandbox's stdout or stderr, read from its agent's
+//!   read-only logs API through a port-forward to the agent pod.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rust_2018_idioms)]
+
+pub mod cluster;
+pub mod logs;
+
+pub use logs::{LogOptions, LogStream, LogsError, logs};
