@@ -37,6 +37,15 @@ struct Tenant {
     history: History,
 }
 
+impl Tenant {
+    /// Creates `batch` at once in this namespace.
+    async fn create(&self, batch: Vec<Sandbox>) {
+        create_all(&self.sbx, batch, BurstShape::default(), None)
+            .await
+            .unwrap();
+    }
+}
+
 async fn tenant(client: &Client) -> Tenant {
     let ns = namespace(client, "e2e-fleet").await.unwrap();
     let (small, other) = tokio::join!(
@@ -199,14 +208,7 @@ async fn namespaces_and_pools_grow_place_and_expire() {
     // runs as soon as a slot frees.
     let t = &tenants[0];
     let extra = names("x", 3);
-    create_all(
-        &t.sbx,
-        of_pool(&extra, "small", BUSYBOX),
-        BurstShape::default(),
-        None,
-    )
-    .await
-    .unwrap();
+    t.create(of_pool(&extra, "small", BUSYBOX)).await;
     let tracks = t
         .history
         .wait(
@@ -247,14 +249,7 @@ async fn namespaces_and_pools_grow_place_and_expire() {
     finished.spec.image = OTHER_IMAGE.to_string();
     finished.spec.command = vec!["/bin/sh".into(), "-c".into(), "exit 0".into()];
     finished.spec.ttl_seconds_after_finished = Some(2);
-    create_all(
-        &t.sbx,
-        vec![expiring, finished],
-        BurstShape::default(),
-        None,
-    )
-    .await
-    .unwrap();
+    t.create(vec![expiring, finished]).await;
     let tracks = t
         .history
         .wait(

@@ -155,17 +155,27 @@ where
                 let at = tokio::time::timeout(Duration::from_secs(120), rx)
                     .await
                     .with_context(|| format!("{name} not running after 120 s"))??;
-                let grace = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                };
-                let _ = api.delete(&name, &grace).await;
                 anyhow::Ok(at - start)
             }
         })
         .buffer_unordered(concurrency.max(1))
         .try_collect::<Vec<_>>()
         .await?;
+    let grace = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let deletes = (0..n).map(|i| {
+        let api = api.clone();
+        let grace = grace.clone();
+        async move {
+            let _ = api.delete(&format!("{prefix}-{i}"), &grace).await;
+        }
+    });
+    futures::stream::iter(deletes)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
     Ok(results)
 }
 
