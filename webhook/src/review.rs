@@ -35,8 +35,14 @@ pub const DEFAULT_CONTROLLER_USERNAME: &str =
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 
 /// Spec fields a user may change after binding (`agentRef` is checked on
-/// its own).
-const MUTABLE_WHEN_BOUND: &[&str] = &["agentRef", "resetRevision"];
+/// its own): recreating the container, and when the sandbox is deleted
+/// (a session kept alive moves its `expireTime` on).
+const MUTABLE_WHEN_BOUND: &[&str] = &[
+    "agentRef",
+    "expireTime",
+    "resetRevision",
+    "ttlSecondsAfterFinished",
+];
 
 /// A request body that is not an AdmissionReview we can answer; the server
 /// answers 400.
@@ -369,7 +375,7 @@ impl Reviewer {
                 403,
                 "Forbidden",
                 format!(
-                    "spec.{field}: cannot change once the sandbox is bound to an agent; only spec.resetRevision may change (bump it to recreate the container)"
+                    "spec.{field}: cannot change once the sandbox is bound to an agent; only spec.resetRevision (bump it to recreate the container), spec.expireTime and spec.ttlSecondsAfterFinished may change"
                 ),
             ));
         }
@@ -752,6 +758,15 @@ mod tests {
                 .unwrap()
                 .starts_with("spec.image: cannot change once the sandbox is bound")
         );
+
+        let mut later = old.clone();
+        later["spec"]["expireTime"] = json!("2099-01-01T00:00:00Z");
+        let v = run(
+            &r,
+            review_body("UPDATE", "alice", later, old.clone(), false),
+        )
+        .await;
+        assert!(v.response.allowed, "expireTime may move: {:?}", v.response);
 
         let mut reset = old.clone();
         reset["spec"]["resetRevision"] = json!(1);

@@ -4,7 +4,8 @@
 //! of its own pool and namespace from the image it named; past `poolMax`
 //! a sandbox waits `Scheduled=False/NoCapacity` and runs as soon as a slot
 //! frees; `expireTime` and `ttlSecondsAfterFinished` delete sandboxes on
-//! time and leave no container behind.
+//! time and leave no container behind, and an `expireTime` moved on after
+//! binding keeps its sandbox.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -20,8 +21,9 @@ use fast_sandbox_e2e::{client_or_skip, containerd, delete_namespace, namespace, 
 use futures::future::join_all;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
+use serde_json::json;
 
 /// A second image on the node: the agent image carries busybox too.
 const OTHER_IMAGE: &str = "docker.io/fast-sandbox/agent:dev";
@@ -249,7 +251,18 @@ async fn namespaces_and_pools_grow_place_and_expire() {
     finished.spec.image = OTHER_IMAGE.to_string();
     finished.spec.command = vec!["/bin/sh".into(), "-c".into(), "exit 0".into()];
     finished.spec.ttl_seconds_after_finished = Some(2);
-    t.create(vec![expiring, finished]).await;
+    let mut extended = sleeper("extended", "small", FailurePolicy::Manual);
+    // Due 2 s before `expiring`, so by the time that one is gone, this
+    // one's first deadline is well past.
+    extended.spec.expire_time = Some(Time(Timestamp::now() + SignedDuration::from_secs(3)));
+    t.create(vec![expiring, finished, extended]).await;
+    // Kept alive: its deadline moves an hour on before the first passes.
+    let later =
+        json!({"spec": {"expireTime": Time(Timestamp::now() + SignedDuration::from_secs(3600))}});
+    t.sbx
+        .patch("extended", &PatchParams::default(), &Patch::Merge(&later))
+        .await
+        .unwrap();
     let tracks = t
         .history
         .wait(
@@ -267,6 +280,13 @@ async fn namespaces_and_pools_grow_place_and_expire() {
         tracks["expiring"].phases.contains(&SandboxPhase::Running),
         "expiring ran before it expired: {:?}",
         tracks["expiring"].phases
+    );
+    assert!(
+        tracks
+            .get("extended")
+            .is_some_and(|e| !e.deleted && e.phase() == SandboxPhase::Running),
+        "extended outlived its first expireTime: {:?}",
+        tracks.get("extended").map(|e| (&e.phases, e.deleted))
     );
     assert!(
         tracks["finished"].phases.contains(&SandboxPhase::Succeeded),
