@@ -343,9 +343,9 @@ async fn write_status(
 }
 
 /// Copies the agent TLS secret from the controller's namespace into the
-/// pool's namespace, so agent pods can mount it. Done once per namespace and
-/// leadership term (a rotated certificate reaches pool namespaces when the
-/// controller restarts or leadership moves).
+/// pool's namespace, so agent pods can mount it. Done once per namespace
+/// until the source changes (a renewed certificate): the controller watches
+/// the source and then copies it again everywhere.
 async fn ensure_tls_secret(ctx: &Context, ns: &str) -> Result<(), Error> {
     if ns == ctx.settings.namespace || tls_copied(ctx, ns) {
         return Ok(());

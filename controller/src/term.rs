@@ -13,7 +13,7 @@ use fast_sandbox_api::{Sandbox, SandboxPool};
 use fast_sandbox_server::Health;
 use fast_sandbox_webhook::placement::Index;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -22,6 +22,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::agent_client::ClientTls;
+use crate::agent_pod::AGENT_TLS_SECRET;
 use crate::agents::Agents;
 use crate::context::{Context, Expectations, FIELD_MANAGER, Settings, StatusCache, store_ready};
 use crate::janitor::Janitor;
@@ -212,6 +213,44 @@ where
         written,
     });
 
+    // A rotated agent certificate (the certs CronJob renews it) reaches every
+    // pool namespace: each change of the source makes every copy stale and
+    // every pool reconcile, which copies it again.
+    let tls_source = {
+        let ctx = ctx.clone();
+        let pools = pool_store.clone();
+        let api: Api<Secret> = Api::namespaced(client.clone(), &c.settings.namespace);
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={AGENT_TLS_SECRET}"));
+        let mut seen: Option<String> = None;
+        watcher(api, cfg)
+            .default_backoff()
+            .applied_objects()
+            .for_each(move |secret| {
+                if let Ok(secret) = secret
+                    && secret.resource_version() != seen
+                {
+                    seen = secret.resource_version();
+                    ctx.tls_copied
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                    for p in pools.state() {
+                        let _ = ctx.pool_tx.send(ObjectRef::from_obj(&*p));
+                    }
+                }
+                futures::future::ready(())
+            })
+    };
+    let tls_run = {
+        let stop = stop.clone();
+        async move {
+            futures::select! {
+                _ = tls_source.fuse() => {},
+                _ = stop.fuse() => {},
+            }
+        }
+    };
+
     let readiness = {
         let (pods, sbs, pools, health) = (
             pod_store.clone(),
@@ -266,7 +305,14 @@ where
         }
     };
 
-    tokio::join!(readiness, pools_run, sandboxes_run, pods_run, janitor_run);
+    tokio::join!(
+        readiness,
+        pools_run,
+        sandboxes_run,
+        pods_run,
+        janitor_run,
+        tls_run
+    );
     agents.shutdown();
     drop(sandbox_tx);
     tracing::info!("leadership term ended");

@@ -1,8 +1,9 @@
 //! Faults on the real cluster: the controller leader, a webhook replica, an
 //! agent pod, the agent process, the node's containerd or the whole control
-//! plane SIGKILLed while sandboxes are created or running. After each, every sandbox ends as its failure policy says with
-//! exactly one container in containerd (nothing lost, nothing run twice),
-//! and deleting them leaves no container behind.
+//! plane SIGKILLed while sandboxes are created or running, and every
+//! certificate renewed at once. After each, every sandbox ends as its
+//! failure policy says with exactly one container in containerd (nothing
+//! lost, nothing run twice), and deleting them leaves no container behind.
 //!
 //! Each test kills something the whole cluster shares (the controller, a
 //! webhook) or that its own pool owns, so run them one at a time:
@@ -24,7 +25,10 @@ use fast_sandbox_e2e::scenario::{
     lease_holder, lease_taken_over, pods, sleeper, stage, violations_of_running_once, wait_created,
 };
 use fast_sandbox_e2e::{E2eError, client_or_skip, delete_namespace, wait_for};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
@@ -32,6 +36,8 @@ const BURST: usize = 50;
 const CONTROLLER: &str = "fast-sandbox-controller";
 const WEBHOOK: &str = "fast-sandbox-webhook";
 const SETTLE: Duration = Duration::from_secs(120);
+/// The agent TLS secret, copied into every pool namespace.
+const AGENT_TLS: &str = "fast-sandbox-agent-tls";
 
 /// The components a test is about to hurt, all ready first.
 async fn settled(client: &Client) {
@@ -580,5 +586,80 @@ async fn whole_control_plane_restarted_under_running_sandboxes() {
     );
     let all: BTreeSet<String> = early.union(&late).cloned().collect();
     assert_once_then_clean(&ns, &sbx, &history, &tracks, &all).await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// Every leaf certificate renewed at once by the renewal CronJob's own
+/// program (asked to renew anything valid for less than 400 days, which is
+/// every leaf): the renewed agent certificate reaches the pool's namespace
+/// without a restart, and sandboxes keep starting over mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renewed_reach_pool_namespaces() {
+    let Some(client) = client_or_skip("certificate renewal").await else {
+        return;
+    };
+    settled(&client).await;
+    let Stage { ns, sbx, history } = stage(&client, "e2e-renew", (1, 1), 16).await.unwrap();
+    let copies: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let sources: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let cert_of = |s: &Secret| s.data.as_ref().and_then(|d| d.get("tls.crt")).cloned();
+    let before = cert_of(&copies.get(AGENT_TLS).await.unwrap()).expect("a copied certificate");
+    running_sleepers(&sbx, &history, &names("before", 5)).await;
+
+    let cron: Api<CronJob> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let template = cron
+        .get("fast-sandbox-certs-renew")
+        .await
+        .unwrap()
+        .spec
+        .expect("a CronJob spec")
+        .job_template;
+    let mut job = Job {
+        metadata: ObjectMeta {
+            generate_name: Some("e2e-renew-".into()),
+            ..Default::default()
+        },
+        spec: template.spec,
+        ..Default::default()
+    };
+    if let Some(c) = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|s| s.containers.first_mut())
+    {
+        let args = c.args.get_or_insert_with(Vec::new);
+        args.retain(|a| !a.starts_with("--renew-within-days"));
+        args.push("--renew-within-days=400".into());
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let job = jobs.create(&PostParams::default(), &job).await.unwrap();
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    wait_for(
+        &jobs,
+        &job_name,
+        Duration::from_secs(120),
+        "the renewal Job to succeed",
+        |j: &Job| j.status.as_ref().and_then(|s| s.succeeded) >= Some(1),
+    )
+    .await
+    .unwrap();
+    let renewed = cert_of(&sources.get(AGENT_TLS).await.unwrap()).expect("a source certificate");
+    assert_ne!(renewed, before, "the agent certificate was renewed");
+    wait_for(
+        &copies,
+        AGENT_TLS,
+        Duration::from_secs(60),
+        "the renewed agent certificate copied into the pool's namespace",
+        |s: &Secret| cert_of(s).as_ref() == Some(&renewed),
+    )
+    .await
+    .unwrap();
+
+    let after = names("after", 5);
+    running_sleepers(&sbx, &history, &after).await;
+    let _ = jobs
+        .delete(&job_name, &kube::api::DeleteParams::background())
+        .await;
     delete_namespace(&client, &ns).await;
 }
