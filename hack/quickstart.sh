@@ -18,5 +18,6 @@ cat <<MSG
 Fast Sandbox is running. Use the cluster with:
   $(test/cluster/cluster.sh env | tr '\n' ';' | sed 's/;$//')
   kubectl get fast-sandbox
+  PATH=${CARGO_TARGET_DIR:-$root/target}/release:\$PATH kubectl sandbox logs my-sandbox   # the kubectl plugin
 Stop everything with: test/cluster/cluster.sh down
 MSG

@@ -470,10 +470,15 @@ impl Agent {
         let t = Instant::now();
         self.cd
             .create_task(container_id, mounts, &stdout, &stderr)
-            .await?;
+            .await
+            .map_err(Error::start_failure)?;
         self.metrics.observe(Stage::TaskCreate, t.elapsed());
         let t = Instant::now();
-        let pid = self.cd.start_task(container_id).await?;
+        let pid = self
+            .cd
+            .start_task(container_id)
+            .await
+            .map_err(Error::start_failure)?;
         self.metrics.observe(Stage::TaskStart, t.elapsed());
         let now = Utc::now();
         self.images.mark_used(image_name, now);

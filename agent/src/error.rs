@@ -21,6 +21,10 @@ pub enum Error {
         /// What is missing (the image, or its unpacked layers).
         why: String,
     },
+    /// The OCI runtime made the container but could not start its process
+    /// (missing or non-executable command, missing working directory).
+    #[error("the sandbox's process could not be started: {0}")]
+    StartFailed(String),
     /// All slots are taken.
     #[error("all {0} slots of this agent are taken")]
     CapacityExceeded(u32),
@@ -97,6 +101,7 @@ impl Error {
             Error::Invalid(_) => ErrorCode::InvalidArgument,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::ImageNotPresent { .. } => ErrorCode::ImageNotPresent,
+            Error::StartFailed(_) => ErrorCode::StartFailed,
             Error::CapacityExceeded(_) => ErrorCode::CapacityExceeded,
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::ContainerExists { .. } => ErrorCode::ContainerExists,
@@ -108,6 +113,23 @@ impl Error {
             | Error::ImageContent { .. }
             | Error::Spec(_)
             | Error::Io { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// Turns a failed task create or start whose cause is the sandbox's own
+    /// command or working directory (runc: "unable to start container
+    /// process") into [`Error::StartFailed`]; anything else is kept.
+    pub fn start_failure(self) -> Self {
+        const MARK: &str = "unable to start container process: ";
+        match &self {
+            Error::Containerd { status, .. } => match status.message().split_once(MARK) {
+                Some((_, why)) => {
+                    let why = why.trim_end_matches(": unknown").trim();
+                    Error::StartFailed(why.to_string())
+                }
+                None => self,
+            },
+            _ => self,
         }
     }
 
@@ -170,5 +192,18 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::Internal);
         let e = Error::containerd("get task", tonic::Status::unavailable("down"));
         assert_eq!(e.code(), ErrorCode::Unavailable);
+    }
+
+    #[test]
+    fn runc_exec_failures_are_start_failures() {
+        let msg = "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"/nope\": stat /nope: no such file or directory: unknown";
+        let e = Error::containerd("create task", tonic::Status::unknown(msg)).start_failure();
+        assert_eq!(e.code(), ErrorCode::StartFailed);
+        assert_eq!(
+            e.to_string(),
+            "the sandbox's process could not be started: exec: \"/nope\": stat /nope: no such file or directory"
+        );
+        let other = Error::containerd("create task", tonic::Status::unknown("shim died"));
+        assert_eq!(other.start_failure().code(), ErrorCode::Internal);
     }
 }

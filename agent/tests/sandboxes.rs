@@ -370,6 +370,17 @@ async fn bad_input_is_refused_with_the_field_named() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(answer.unwrap_err().code, ErrorCode::ImageNotPresent);
 
+    // A command that is not there: refused for good, and nothing is kept.
+    let (status, answer) = a
+        .client
+        .create(&request(&env, "bad-9", &["/no/such/binary"]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let e = answer.unwrap_err();
+    assert_eq!(e.code, ErrorCode::StartFailed, "{e:?}");
+    assert!(e.message.contains("/no/such/binary"), "{e:?}");
+
     // Nothing crashed and no slot leaked: a valid create still works.
     let list = a.client.list().await.unwrap().unwrap();
     assert_eq!(list.agent.slots_used, 0);

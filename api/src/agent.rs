@@ -317,6 +317,10 @@ pub enum ErrorCode {
     NotFound,
     /// The image is not on the node; the agent never pulls.
     ImageNotPresent,
+    /// The container was made but its process could not be started (no
+    /// such executable, not executable, a working directory that is not
+    /// there): the same request fails the same way, so it is not retried.
+    StartFailed,
     /// All slots are taken.
     CapacityExceeded,
     /// A sandbox with that UID exists with a different spec.
@@ -342,7 +346,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 401,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict | ErrorCode::ContainerExists => 409,
-            ErrorCode::ImageNotPresent => 422,
+            ErrorCode::ImageNotPresent | ErrorCode::StartFailed => 422,
             ErrorCode::CapacityExceeded => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,

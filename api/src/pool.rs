@@ -60,7 +60,9 @@ pub struct SandboxPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
-    /// Template of the agent pods.
+    /// Template of the agent pods. The controller adds what an agent needs
+    /// (privilege, the containerd socket and state directory, the agent
+    /// certificate, labels, the owner reference) and turns hostNetwork off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::pod_template")]
     pub agent_template: Option<PodTemplateSpec>,

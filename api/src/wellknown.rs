@@ -88,6 +88,9 @@ pub mod reason {
     pub const OOM_KILLED: &str = "OOMKilled";
     /// The image is not present on the node; zero-pull is the contract.
     pub const IMAGE_NOT_PRESENT: &str = "ImageNotPresent";
+    /// The process could not be started (missing or non-executable
+    /// command, missing working directory).
+    pub const START_ERROR: &str = "StartError";
     /// The agent refused the sandbox for lack of slots; it will be re-placed.
     pub const CAPACITY_EXCEEDED: &str = "CapacityExceeded";
     /// The agent pod is gone or unreachable past the grace period.

@@ -111,6 +111,12 @@ pub fn build(pool: &SandboxPool, settings: &AgentPodSettings) -> Pod {
         block_owner_deletion: Some(true),
     };
 
+    // Agents need a network namespace of their own: their logs API listens
+    // on the pod's loopback, which on the host network any host-network pod
+    // of the node could reach, and two agents of a node would fight over
+    // the same ports.
+    spec.host_network = Some(false);
+
     if spec.containers.is_empty() {
         spec.containers.push(Container {
             name: AGENT_CONTAINER.to_string(),
@@ -422,6 +428,16 @@ mod tests {
         let c = &pod.spec.as_ref().unwrap().containers[0];
         assert_eq!(c.name, AGENT_CONTAINER);
         assert_eq!(c.image.as_deref(), Some(DEFAULT_AGENT_IMAGE));
+    }
+
+    #[test]
+    fn host_network_in_the_template_is_turned_off() {
+        let mut p = pool();
+        if let Some(spec) = p.spec.agent_template.as_mut().and_then(|t| t.spec.as_mut()) {
+            spec.host_network = Some(true);
+        }
+        let pod = build(&p, &settings());
+        assert_eq!(pod.spec.unwrap().host_network, Some(false));
     }
 
     #[test]

@@ -535,13 +535,14 @@ async fn create(
             }
             Some(
                 code @ (ErrorCode::ImageNotPresent
+                | ErrorCode::StartFailed
                 | ErrorCode::InvalidArgument
                 | ErrorCode::Conflict),
             ) => {
-                let why = if code == ErrorCode::ImageNotPresent {
-                    reason::IMAGE_NOT_PRESENT
-                } else {
-                    reason::INVALID_SPEC
+                let why = match code {
+                    ErrorCode::ImageNotPresent => reason::IMAGE_NOT_PRESENT,
+                    ErrorCode::StartFailed => reason::START_ERROR,
+                    _ => reason::INVALID_SPEC,
                 };
                 let st =
                     transition::failed(&t.status(), why, &e.to_string(), t.generation(), t.now);

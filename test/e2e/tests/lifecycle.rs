@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use fast_sandbox_api::wellknown::condition;
+use fast_sandbox_api::wellknown::{condition, reason};
 use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_gone};
@@ -189,6 +189,33 @@ async fn exit_codes_become_phases() {
     .await
     .unwrap();
     assert_eq!(bad.status.unwrap().exit_code, Some(3));
+    // A command that is not in the image fails for good, as a Pod's would,
+    // instead of being retried.
+    sbx.create(
+        &PostParams::default(),
+        &sandbox("missing", "p", &["/no/such/binary"]),
+    )
+    .await
+    .unwrap();
+    let missing = wait_for(
+        &sbx,
+        "missing",
+        Duration::from_secs(60),
+        "Failed",
+        |s: &Sandbox| s.phase() == SandboxPhase::Failed,
+    )
+    .await
+    .unwrap()
+    .status
+    .unwrap();
+    assert_eq!(missing.reason.as_deref(), Some(reason::START_ERROR));
+    assert!(
+        missing
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("/no/such/binary")),
+        "{missing:?}"
+    );
     delete_namespace(&client, &ns).await;
 }
 
