@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use containerd_client::events::{TaskExit, TaskOom};
+use fast_sandbox_api::ExposedPort;
 use fast_sandbox_api::agent::{
     AgentInfo, CachedImage, ContainerState, CreateSandboxRequest, EventKind, ImageCacheReport,
     JanitorReport, JanitorRequest, ListSandboxesResponse, RemovedContainer, SandboxInfo,
@@ -27,6 +28,7 @@ use crate::image::ImageCache;
 use crate::janitor::{Fence, Owner, SNAPSHOT_PREFIX, snapshot_agent, state_dir_of};
 use crate::logs::{LogDir, LogStream};
 use crate::metrics::{Metrics, Stage};
+use crate::ports::Ports;
 use crate::runtime::{ContainerRecord, Containerd, TaskState, timestamp};
 use crate::spec;
 use crate::state::{Change, Entry, Table};
@@ -78,6 +80,12 @@ pub struct Config {
     pub warm_images: usize,
     /// Grace period between SIGTERM and SIGKILL when a delete names none.
     pub default_grace: Duration,
+    /// The host's `/proc` as the agent sees it: sandboxes' network
+    /// namespaces are found there to forward exposed ports.
+    pub proc_root: PathBuf,
+    /// Address endpoints of exposed ports are advertised (and listened) on:
+    /// the agent pod's IP; loopback when unset.
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 /// The agent.
@@ -85,6 +93,7 @@ pub struct Agent {
     cfg: Config,
     cd: Containerd,
     table: Mutex<Table>,
+    ports: Ports,
     events: EventBus,
     images: ImageCache,
     unpacked: Mutex<HashSet<String>>,
@@ -104,6 +113,7 @@ impl Agent {
         health.set_ready(false);
         Ok(Arc::new(Self {
             table: Mutex::new(Table::new(cfg.slots)),
+            ports: Ports::new(cfg.proc_root.clone(), cfg.advertise),
             warm: Arc::new(WarmPool::new(cfg.warm_snapshots, cfg.warm_images)),
             cfg,
             cd,
@@ -129,6 +139,12 @@ impl Agent {
 
     fn publish(&self, changes: impl IntoIterator<Item = Change>) {
         for (kind, info) in changes {
+            if matches!(
+                kind,
+                EventKind::Exited | EventKind::OomKilled | EventKind::Deleted
+            ) {
+                self.ports.close(&info.uid);
+            }
             tracing::info!(uid = %info.uid, container = %info.container_id, ?kind, exit_code = ?info.exit_code, "sandbox event");
             self.events.emit(kind, info);
         }
@@ -426,6 +442,12 @@ impl Agent {
             ),
             (label::MANAGED.to_string(), "true".to_string()),
         ]);
+        if !req.exposed_ports.is_empty() {
+            labels.insert(
+                label::EXPOSED_PORTS.to_string(),
+                serde_json::to_string(&req.exposed_ports).unwrap_or_default(),
+            );
+        }
         if self.cfg.shim_group {
             labels.insert(
                 SHIM_GROUP_LABEL.to_string(),
@@ -480,9 +502,14 @@ impl Agent {
             .await
             .map_err(Error::start_failure)?;
         self.metrics.observe(Stage::TaskStart, t.elapsed());
+        let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
         let now = Utc::now();
         self.images.mark_used(image_name, now);
-        let changes = self.table().started(&req.uid, pid, now);
+        let changes = {
+            let mut table = self.table();
+            table.set_endpoints(&req.uid, endpoints);
+            table.started(&req.uid, pid, now)
+        };
         self.publish(changes);
         self.get(&req.uid)
     }
@@ -762,6 +789,8 @@ impl Agent {
         let mut keep_snapshots = HashSet::new();
         let mut keep_logs = HashSet::new();
         let mut changes = Vec::new();
+        // Running sandboxes whose exposed ports a previous agent forwarded.
+        let mut forwarded = Vec::new();
         for c in containers {
             let labels = &c.labels;
             let Some(uid) = labels.get(label::SANDBOX_UID).cloned() else {
@@ -813,6 +842,13 @@ impl Agent {
                     ..Default::default()
                 };
                 table.insert(Entry::new(info, c.snapshot_key.clone()));
+                let ports: Vec<ExposedPort> = labels
+                    .get(label::EXPOSED_PORTS)
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or_default();
+                if task.state == TaskState::Running && !ports.is_empty() {
+                    forwarded.push((uid.clone(), task.pid, ports));
+                }
             }
             if task.state == TaskState::Stopped {
                 changes.extend(table.exited(&c.id, task.exit_status, task.exited_at));
@@ -832,6 +868,23 @@ impl Agent {
             }
         }
         self.publish(changes);
+        for (uid, pid, ports) in forwarded {
+            match self.ports.expose(&uid, pid, &ports).await {
+                Ok(endpoints) => {
+                    let info = {
+                        let mut table = self.table();
+                        table.set_endpoints(&uid, endpoints);
+                        table.get(&uid).map(|e| e.info.clone())
+                    };
+                    if let Some(info) = info {
+                        self.publish([(EventKind::Started, info)]);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%uid, error = %e, "exposed ports not forwarded again");
+                }
+            }
+        }
         // Leftovers of creates that never finished.
         let warm: HashSet<String> = self.warm.keys().into_iter().collect();
         for key in self.cd.snapshot_keys(&self.snapshot_prefix()).await? {

@@ -28,6 +28,7 @@ pub mod janitor;
 pub mod logs;
 pub mod logs_api;
 pub mod metrics;
+pub mod ports;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;

@@ -106,6 +106,14 @@ struct Args {
     /// Images that get prepared snapshots (most recently used first).
     #[arg(long, env = "FAST_SANDBOX_WARM_IMAGES", default_value_t = 4)]
     warm_images: usize,
+    /// The host's /proc as mounted in the agent pod: sandboxes' network
+    /// namespaces are reached through it to forward exposed ports.
+    #[arg(long, env = "FAST_SANDBOX_HOST_PROC", default_value = "/proc")]
+    host_proc: PathBuf,
+    /// Address of the agent pod (downward API `status.podIP`): exposed ports
+    /// are forwarded from ephemeral ports on it; loopback when unset.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
     /// Seconds between SIGTERM and SIGKILL when a delete names no grace period.
     #[arg(long, env = "FAST_SANDBOX_GRACE_SECONDS", default_value_t = 10)]
     grace_seconds: u64,
@@ -168,6 +176,8 @@ async fn main() -> anyhow::Result<()> {
         warm_snapshots: args.warm_snapshots,
         warm_images: args.warm_images,
         default_grace: Duration::from_secs(args.grace_seconds),
+        proc_root: args.host_proc,
+        advertise: args.pod_ip,
     };
     tracing::info!(?cfg, "starting agent");
     let agent =

@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use fast_sandbox_api::SandboxEndpoint;
 use fast_sandbox_api::agent::{ContainerState, EventKind, SandboxInfo};
 use fast_sandbox_api::wellknown::reason;
 use tokio::sync::watch;
@@ -158,6 +159,13 @@ impl Table {
         self.entries.keys().cloned().collect()
     }
 
+    /// Where the exposed ports of `uid` are reachable.
+    pub fn set_endpoints(&mut self, uid: &str, endpoints: Vec<SandboxEndpoint>) {
+        if let Some(e) = self.entries.get_mut(uid) {
+            e.info.endpoints = endpoints;
+        }
+    }
+
     /// Marks the create of `uid` as starting its task.
     pub fn set_starting(&mut self, uid: &str, starting: bool) {
         if let Some(e) = self.entries.get_mut(uid) {
@@ -188,6 +196,7 @@ impl Table {
         }
         e.info.state = ContainerState::Exited;
         e.info.pid = None;
+        e.info.endpoints.clear();
         e.info.exit_code = Some(i32::try_from(code).unwrap_or(i32::MAX));
         e.info.finished_at = Some(at.unwrap_or_else(Utc::now));
         e.info.reason = Some(exit_reason(code, e.oom).to_string());

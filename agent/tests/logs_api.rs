@@ -57,6 +57,8 @@ impl LogsOnly {
             warm_snapshots: 0,
             warm_images: 0,
             default_grace: Duration::from_secs(1),
+            proc_root: "/proc".into(),
+            advertise: None,
         };
         let agent: Arc<Agent> = Agent::new(cfg, cd, metrics.clone(), ops.health.clone()).unwrap();
         let (shutdown, rx) = watch::channel(false);

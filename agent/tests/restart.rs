@@ -1,6 +1,7 @@
 //! The built agent binary is killed while sandboxes run and started again:
 //! it rebuilds its state from containerd alone, the sandboxes are still
-//! listed and deletable, and nothing is left behind.
+//! listed and deletable, an exposed port is forwarded again, and nothing is
+//! left behind.
 
 mod support;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_agent::runtime::Containerd;
+use fast_sandbox_api::ExposedPort;
 use fast_sandbox_api::agent::ContainerState;
 use support::{CGROUP_PARENT, Env, Pki, SERVER_NAME, env, request};
 
@@ -112,12 +114,21 @@ async fn killed_agent_rebuilds_its_state_from_containerd() {
     let client = AgentClient::connect(addr, SERVER_NAME, tls.clone())
         .await
         .unwrap();
-    let keep = client
-        .create(&request(&env, "keep", &["sleep", "300"]))
-        .await
-        .unwrap()
-        .1
-        .unwrap();
+    let mut web = request(
+        &env,
+        "keep",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/w && echo kept > /tmp/w/i && exec httpd -f -p 127.0.0.1:8080 -h /tmp/w",
+        ],
+    );
+    web.exposed_ports = vec![ExposedPort {
+        port: 8080,
+        ..Default::default()
+    }];
+    let keep = client.create(&web).await.unwrap().1.unwrap();
+    assert_eq!(keep.endpoints.len(), 1, "{keep:?}");
     client
         .create(&request(&env, "done", &["sh", "-c", "exit 7"]))
         .await
@@ -151,6 +162,14 @@ async fn killed_agent_rebuilds_its_state_from_containerd() {
     assert_eq!(kept.pid, keep.pid);
     assert_eq!(kept.name, "sbx-keep");
     assert_eq!(kept.pool, "test-pool");
+    // Its exposed port is forwarded again, from a new endpoint.
+    assert_eq!(kept.endpoints.len(), 1, "{kept:?}");
+    let endpoint: SocketAddr = kept.endpoints[0].address.parse().unwrap();
+    let answer = support::http_get(endpoint, "/i").await;
+    assert!(
+        answer.as_deref().is_some_and(|a| a.ends_with("kept\n")),
+        "GET {endpoint}/i after the restart: {answer:?}"
+    );
     let done = by_uid("done");
     assert_eq!(done.state, ContainerState::Exited);
     assert_eq!(done.exit_code, Some(7));

@@ -10,7 +10,7 @@ use fast_sandbox_api::agent::{
     ContainerState, ErrorCode, EventKind, ImageCacheReport, PATH_EVENTS, PATH_IMAGES,
     ResourceLimits, logs_path,
 };
-use fast_sandbox_api::sandbox::EnvVar;
+use fast_sandbox_api::sandbox::{EnvVar, ExposedPort};
 use fast_sandbox_api::wellknown::reason;
 use http::{Method, StatusCode};
 use support::{TestAgent, body_text, env, plain_request, read_events, request, wait_for};
@@ -487,4 +487,54 @@ async fn warm_snapshots_are_used_and_cleaned_up() {
     a.assert_nothing_left().await;
     a.agent.release_warm().await;
     assert!(a.cd.snapshot_keys(&prefix).await.unwrap().is_empty());
+}
+
+/// An exposed port is reachable at the endpoint the agent reports, the
+/// sandbox keeps its loopback-only namespace, and the forwarding ends with
+/// the sandbox.
+#[tokio::test]
+async fn exposed_port_is_forwarded_from_the_reported_endpoint() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "ports", 2).await;
+    let mut req = request(
+        &env,
+        "web-1",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/w && echo hello > /tmp/w/i && exec httpd -f -p 127.0.0.1:8080 -h /tmp/w",
+        ],
+    );
+    req.exposed_ports = vec![ExposedPort {
+        name: Some("http".into()),
+        port: 8080,
+        ..Default::default()
+    }];
+    let info = a.client.create(&req).await.unwrap().1.unwrap();
+    assert_eq!(info.endpoints.len(), 1, "{info:?}");
+    assert_eq!(info.endpoints[0].name.as_deref(), Some("http"));
+    let addr: std::net::SocketAddr = info.endpoints[0].address.parse().unwrap();
+
+    // httpd binds a moment after the process starts: nothing to watch for
+    // but the answer itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        if let Some(a) = support::http_get(addr, "/i").await {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing answered at {addr} for 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(answer.starts_with("HTTP/1."), "{answer}");
+    assert!(answer.ends_with("hello\n"), "{answer}");
+
+    a.client.delete("web-1", 0).await.unwrap().1.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "{addr} still accepts after the sandbox was deleted"
+    );
+    a.assert_nothing_left().await;
 }

@@ -163,6 +163,10 @@ pub struct SandboxInfo {
     /// Reset revision the container was created for.
     #[serde(default)]
     pub reset_revision: i64,
+    /// Where its exposed ports are reachable while it runs: the agent pod's
+    /// address and a port the agent forwards into the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<crate::sandbox::SandboxEndpoint>,
 }
 
 /// Identity and capacity of an agent.

@@ -63,7 +63,8 @@ pub struct SandboxSpec {
     /// pod's cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<SandboxResources>,
-    /// Ports the sandbox listens on, reported in `status.endpoints`.
+    /// Ports the sandbox listens on (on its loopback or any address); each is
+    /// forwarded by its agent and reported in `status.endpoints`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub exposed_ports: Vec<ExposedPort>,
@@ -132,7 +133,7 @@ pub struct ExposedPort {
     /// Port number, 1..65535.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// TCP (default) or UDP.
+    /// TCP (default); UDP is refused for now.
     #[serde(default)]
     pub protocol: PortProtocol,
 }
@@ -222,7 +223,8 @@ pub struct SandboxEndpoint {
     /// The port's name, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `address:port` reachable from the agent's node.
+    /// `address:port` to connect to: the agent pod's IP and a port the agent
+    /// forwards to the sandbox's port, reachable wherever pod IPs are.
     pub address: String,
     /// TCP or UDP.
     #[serde(default)]

@@ -9,7 +9,7 @@ use crate::agent::{CreateSandboxRequest, ResourceLimits};
 use crate::image::ImageRef;
 use crate::pool::SandboxPoolSpec;
 use crate::quantity;
-use crate::sandbox::{EnvVar, ExposedPort, SandboxSpec};
+use crate::sandbox::{EnvVar, ExposedPort, PortProtocol, SandboxSpec};
 
 /// Most bytes of command, args and env together (what `execve` accepts on
 /// Linux is larger, but a sandbox spec is not the place for a payload).
@@ -174,6 +174,12 @@ fn check_ports(errs: &mut FieldErrors, prefix: &str, ports: &[ExposedPort]) {
             errs.push(
                 format!("{prefix}exposedPorts[{i}].port"),
                 format!("must be between 1 and 65535, got {}", p.port),
+            );
+        }
+        if p.protocol == PortProtocol::UDP {
+            errs.push(
+                format!("{prefix}exposedPorts[{i}].protocol"),
+                "UDP is not supported yet: only TCP ports are forwarded".to_string(),
             );
         }
         if !seen.insert((p.port, p.protocol)) {

@@ -56,6 +56,9 @@ pub mod container_labels {
     pub const RESET_REVISION: &str = "sandbox.fast.io/reset-revision";
     /// Marks a container as managed by Fast Sandbox.
     pub const MANAGED: &str = "sandbox.fast.io/managed";
+    /// The sandbox's exposed ports (JSON), so a restarted agent forwards
+    /// them again.
+    pub const EXPOSED_PORTS: &str = "sandbox.fast.io/exposed-ports";
 }
 
 /// Condition types on Sandbox and SandboxPool status.

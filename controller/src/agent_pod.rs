@@ -39,6 +39,12 @@ pub const DEFAULT_AGENT_IMAGE: &str = "fast-sandbox/agent:dev";
 const VOLUME_SOCKET: &str = "containerd-socket";
 const VOLUME_STATE: &str = "agent-state";
 const VOLUME_TLS: &str = "agent-tls";
+const VOLUME_PROC: &str = "host-proc";
+/// Where the host's `/proc` is mounted in the agent: exposed ports are
+/// forwarded into sandboxes' network namespaces found there.
+pub const HOST_PROC_IN_POD: &str = "/host/proc";
+/// Volumes the controller owns in an agent pod.
+const OUR_VOLUMES: [&str; 4] = [VOLUME_SOCKET, VOLUME_STATE, VOLUME_TLS, VOLUME_PROC];
 
 /// Node-level settings every agent pod of this controller shares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,11 +138,19 @@ pub fn build(pool: &SandboxPool, settings: &AgentPodSettings) -> Pod {
     equip_agent_container(&mut spec.containers[idx], pool, settings);
 
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    volumes.retain(|v| v.name != VOLUME_SOCKET && v.name != VOLUME_STATE && v.name != VOLUME_TLS);
+    volumes.retain(|v| !OUR_VOLUMES.contains(&v.name.as_str()));
     volumes.push(Volume {
         name: VOLUME_SOCKET.to_string(),
         host_path: Some(HostPathVolumeSource {
             path: settings.socket_dir(),
+            type_: Some("Directory".to_string()),
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: VOLUME_PROC.to_string(),
+        host_path: Some(HostPathVolumeSource {
+            path: "/proc".to_string(),
             type_: Some("Directory".to_string()),
         }),
         ..Default::default()
@@ -187,7 +201,7 @@ fn equip_agent_container(c: &mut Container, pool: &SandboxPool, settings: &Agent
     sc.privileged = Some(true);
 
     let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-    mounts.retain(|m| m.name != VOLUME_SOCKET && m.name != VOLUME_STATE && m.name != VOLUME_TLS);
+    mounts.retain(|m| !OUR_VOLUMES.contains(&m.name.as_str()));
     mounts.push(VolumeMount {
         name: VOLUME_SOCKET.to_string(),
         mount_path: CONTAINERD_SOCKET_DIR_IN_POD.to_string(),
@@ -196,6 +210,12 @@ fn equip_agent_container(c: &mut Container, pool: &SandboxPool, settings: &Agent
     mounts.push(VolumeMount {
         name: VOLUME_STATE.to_string(),
         mount_path: STATE_DIR_IN_POD.to_string(),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: VOLUME_PROC.to_string(),
+        mount_path: HOST_PROC_IN_POD.to_string(),
+        read_only: Some(true),
         ..Default::default()
     });
     mounts.push(VolumeMount {
@@ -217,6 +237,12 @@ fn equip_agent_container(c: &mut Container, pool: &SandboxPool, settings: &Agent
         ("POD_NAMESPACE", None, Some(field("metadata.namespace"))),
         ("POD_UID", None, Some(field("metadata.uid"))),
         ("NODE_NAME", None, Some(field("spec.nodeName"))),
+        ("POD_IP", None, Some(field("status.podIP"))),
+        (
+            "FAST_SANDBOX_HOST_PROC",
+            Some(HOST_PROC_IN_POD.to_string()),
+            None,
+        ),
         ("SLOTS", Some(pool.spec.slots_per_agent().to_string()), None),
         (
             "FAST_SANDBOX_CONTAINERD_NAMESPACE",

@@ -163,6 +163,7 @@ pub fn from_info(
     let mut s = bound(current, pod, node, generation, now);
     s.container_id = (!info.container_id.is_empty()).then(|| info.container_id.clone());
     s.observed_reset_revision = Some(info.reset_revision);
+    s.endpoints = info.endpoints.clone();
     match info.state {
         ContainerState::Created => {
             enter(

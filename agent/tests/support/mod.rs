@@ -176,6 +176,8 @@ impl TestAgent {
             warm_snapshots: 0,
             warm_images: 2,
             default_grace: Duration::from_secs(1),
+            proc_root: "/proc".into(),
+            advertise: None,
         };
         tune(&mut cfg);
         let agent = Agent::new(cfg, cd.clone(), metrics.clone(), ops.health.clone()).unwrap();
@@ -377,4 +379,19 @@ pub async fn read_events(
         }
     }
     events
+}
+
+/// One HTTP/1.0 GET; `None` when the connection fails or closes empty.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    (!out.is_empty()).then_some(out)
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fast_sandbox_api::wellknown::{condition, reason};
-use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool};
+use fast_sandbox_api::{ExposedPort, Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_gone};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -428,5 +428,72 @@ async fn logs_through_kubectl_sandbox() {
         !missing.status.success() && err.contains("nope") && err.contains("not found"),
         "a missing sandbox is named: {err}"
     );
+    delete_namespace(&client, &ns).await;
+}
+
+/// An exposed port is reachable at `status.endpoints` (the agent pod's IP
+/// and a port it forwards into the sandbox); the endpoint goes with the
+/// sandbox.
+#[tokio::test]
+async fn exposed_port_is_reachable_at_the_status_endpoint() {
+    let Some(client) = client_or_skip("exposed ports").await else {
+        return;
+    };
+    let ns = namespace(&client, "e2e-ports").await.unwrap();
+    pool(&client, &ns, "p", 4).await;
+    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    let mut web = sandbox(
+        "web",
+        "p",
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /tmp/w && echo hello > /tmp/w/i && exec httpd -f -p 8080 -h /tmp/w",
+        ],
+    );
+    web.spec.exposed_ports = vec![ExposedPort {
+        name: Some("http".into()),
+        port: 8080,
+        ..Default::default()
+    }];
+    sbx.create(&PostParams::default(), &web).await.unwrap();
+    let running = wait_for(
+        &sbx,
+        "web",
+        Duration::from_secs(60),
+        "web Running with an endpoint",
+        |s: &Sandbox| {
+            s.phase() == SandboxPhase::Running
+                && s.status.as_ref().is_some_and(|st| !st.endpoints.is_empty())
+        },
+    )
+    .await
+    .unwrap();
+    let endpoint = running.status.unwrap().endpoints[0].clone();
+    assert_eq!(endpoint.name.as_deref(), Some("http"));
+    let url = format!("http://{}/i", endpoint.address);
+    // httpd binds a moment after it starts; nothing to watch but its answer.
+    let mut answer = String::new();
+    for _ in 0..100 {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "2", &url])
+            .output()
+            .expect("curl runs");
+        if out.status.success() {
+            answer = String::from_utf8_lossy(&out.stdout).into_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer, "hello\n", "GET {url}");
+    sbx.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_gone(&sbx, "web", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let after = Command::new("curl")
+        .args(["-sf", "--max-time", "2", &url])
+        .output()
+        .expect("curl runs");
+    assert!(!after.status.success(), "{url} still answers after delete");
     delete_namespace(&client, &ns).await;
 }

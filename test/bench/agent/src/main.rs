@@ -128,6 +128,8 @@ async fn start_agent(
         warm_snapshots: 2,
         warm_images: 4,
         default_grace: Duration::ZERO,
+        proc_root: "/proc".into(),
+        advertise: None,
     };
     tune(&mut cfg);
     let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())?;
