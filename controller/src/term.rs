@@ -241,15 +241,7 @@ where
                 futures::future::ready(())
             })
     };
-    let tls_run = {
-        let stop = stop.clone();
-        async move {
-            futures::select! {
-                _ = tls_source.fuse() => {},
-                _ = stop.fuse() => {},
-            }
-        }
-    };
+    let tls_run = until(tls_source, stop.clone());
 
     let readiness = {
         let (pods, sbs, pools, health) = (
@@ -289,21 +281,8 @@ where
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let pods_run = {
-        let stop = stop.clone();
-        async move {
-            futures::select! {
-                _ = pod_events.fuse() => {},
-                _ = stop.fuse() => {},
-            }
-        }
-    };
-    let janitor_run = async move {
-        futures::select! {
-            _ = janitor_run.fuse() => {},
-            _ = stop.fuse() => {},
-        }
-    };
+    let pods_run = until(pod_events, stop.clone());
+    let janitor_run = until(janitor_run, stop);
 
     tokio::join!(
         readiness,
@@ -316,4 +295,12 @@ where
     agents.shutdown();
     drop(sandbox_tx);
     tracing::info!("leadership term ended");
+}
+
+/// Runs `work` until it ends or `stop` fires, whichever comes first.
+async fn until(work: impl Future<Output = ()>, stop: impl Future<Output = ()>) {
+    futures::select! {
+        _ = work.fuse() => {},
+        _ = stop.fuse() => {},
+    }
 }

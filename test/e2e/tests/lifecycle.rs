@@ -38,6 +38,16 @@ async fn pool(client: &Client, ns: &str, name: &str, slots: i32) -> Api<SandboxP
     pools
 }
 
+/// The suite's client, a namespace of its own with a ready pool `p` (4
+/// slots per agent), and the sandboxes there; `None` when the suite is off.
+async fn setup(test: &str, prefix: &str) -> Option<(Client, String, Api<Sandbox>)> {
+    let client = client_or_skip(test).await?;
+    let ns = namespace(&client, prefix).await.unwrap();
+    pool(&client, &ns, "p", 4).await;
+    let sbx = Api::namespaced(client.clone(), &ns);
+    Some((client, ns, sbx))
+}
+
 fn sandbox(name: &str, pool: &str, command: &[&str]) -> Sandbox {
     serde_json::from_value(json!({
         "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox",
@@ -151,12 +161,9 @@ async fn original_flow_pool_sandbox_running_then_deleted() {
 
 #[tokio::test]
 async fn exit_codes_become_phases() {
-    let Some(client) = client_or_skip("exit codes").await else {
+    let Some((client, ns, sbx)) = setup("exit codes", "e2e-exit").await else {
         return;
     };
-    let ns = namespace(&client, "e2e-exit").await.unwrap();
-    pool(&client, &ns, "p", 4).await;
-    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
     sbx.create(
         &PostParams::default(),
         &sandbox("ok", "p", &["/bin/sh", "-c", "exit 0"]),
@@ -293,12 +300,9 @@ async fn impersonating(user: &str) -> Client {
 /// until the process exits.
 #[tokio::test]
 async fn logs_through_kubectl_sandbox() {
-    let Some(client) = client_or_skip("logs").await else {
+    let Some((client, ns, sbx)) = setup("logs", "e2e-logs").await else {
         return;
     };
-    let ns = namespace(&client, "e2e-logs").await.unwrap();
-    pool(&client, &ns, "p", 4).await;
-    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
     sbx.create(
         &PostParams::default(),
         &sandbox(
@@ -436,12 +440,9 @@ async fn logs_through_kubectl_sandbox() {
 /// sandbox.
 #[tokio::test]
 async fn exposed_port_is_reachable_at_the_status_endpoint() {
-    let Some(client) = client_or_skip("exposed ports").await else {
+    let Some((client, ns, sbx)) = setup("exposed ports", "e2e-ports").await else {
         return;
     };
-    let ns = namespace(&client, "e2e-ports").await.unwrap();
-    pool(&client, &ns, "p", 4).await;
-    let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
     let mut web = sandbox(
         "web",
         "p",
