@@ -178,6 +178,8 @@ fn bench(c: &mut Criterion) {
             pool: PoolKey::new("team-a", "pool"),
             images: vec!["docker.io/fast-sandbox/agent:dev".into()],
             never_pulled: Vec::new(),
+            // Named, so each call also records the assumed placement.
+            name: "agent-1".into(),
         };
         let names: Vec<String> = (0..n).map(|i| format!("node-{i:05}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();

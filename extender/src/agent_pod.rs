@@ -40,6 +40,9 @@ pub struct AgentPod {
     /// The subset of `images` with `imagePullPolicy: Never`: a node without
     /// them cannot start the pod at all.
     pub never_pulled: Vec<String>,
+    /// The pod's name (empty when the scheduler sent none): the node it
+    /// scores best is assumed for it until the pod watch says where it went.
+    pub name: String,
 }
 
 impl AgentPod {
@@ -74,6 +77,7 @@ impl AgentPod {
             pool: PoolKey::new(namespace, pool.as_str()),
             images,
             never_pulled,
+            name: pod.metadata.name.clone(),
         })
     }
 }

@@ -93,8 +93,18 @@ struct AgentPlacement {
     node: String,
 }
 
+/// How long a placement assumed at prioritize time counts without the pod
+/// watch confirming it (the scheduler may have chosen another node, or
+/// failed to bind).
+const ASSUMED_FOR: chrono::Duration = chrono::Duration::seconds(30);
+
 #[derive(Debug, Default)]
 struct State {
+    /// Agent pods counted on the node they scored best on, by (namespace,
+    /// name), with when: the scheduler binds agents of a pool one after
+    /// another faster than the pod watch reports each binding, and spread
+    /// must see the ones just placed.
+    assumed: HashMap<(String, String), DateTime<Utc>>,
     images: ImageTable,
     nodes: HashMap<String, NodeRecord>,
     pools: HashMap<PoolKey, PoolRecord>,
@@ -242,14 +252,17 @@ impl Index {
 
     /// Forgets an agent pod.
     pub fn delete_agent_pod(&self, namespace: &str, name: &str) {
-        self.write()
-            .uncount_agent(&(namespace.to_string(), name.to_string()));
+        let key = (namespace.to_string(), name.to_string());
+        let mut s = self.write();
+        s.assumed.remove(&key);
+        s.uncount_agent(&key);
     }
 
     /// Replaces every agent pod with `pods` (after a re-list).
     pub fn replace_agent_pods<'p>(&self, pods: impl IntoIterator<Item = &'p Pod>) {
         let mut s = self.write();
         s.agents.clear();
+        s.assumed.clear();
         for p in s.pools.values_mut() {
             p.agents_per_node.clear();
         }
@@ -324,9 +337,40 @@ impl Index {
     /// Scores (0..=10) of `nodes` for `agent`, in order: image locality of
     /// the pool's image set mixed with the spread of the pool's agents.
     pub fn prioritize(&self, agent: &AgentPod, nodes: &[&str], now: DateTime<Utc>) -> Vec<i64> {
+        let mut scores = self.score(agent, nodes, now);
+        let best = scores
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, s)| (*s, std::cmp::Reverse(i)))
+            .map(|(i, s)| (i, *s));
+        if let Some((chosen, top)) = best
+            && !agent.name.is_empty()
+        {
+            // The assumption must be where the scheduler binds: among nodes
+            // tied at the top, the extender picks one and ranks the rest a
+            // point lower, instead of leaving the tie to the scheduler.
+            if top > 0 {
+                for (i, s) in scores.iter_mut().enumerate() {
+                    if i != chosen && *s == top {
+                        *s -= 1;
+                    }
+                }
+            }
+            self.write().assume(agent, nodes[chosen], now);
+        }
+        scores
+    }
+
+    fn score(&self, agent: &AgentPod, nodes: &[&str], now: DateTime<Utc>) -> Vec<i64> {
         let s = self.read();
         let set = s.image_set(agent, now, &self.config);
         let pool = s.pools.get(&agent.pool);
+        // A pod scored again (the scheduler retries) does not count itself.
+        let own = s
+            .agents
+            .get(&(agent.pool.namespace.clone(), agent.name.clone()))
+            .filter(|p| p.pool == agent.pool)
+            .map(|p| p.node.as_str());
         nodes
             .iter()
             .map(|name| {
@@ -338,7 +382,8 @@ impl Index {
                 let agents = pool
                     .and_then(|p| p.agents_per_node.get(*name))
                     .copied()
-                    .unwrap_or(0);
+                    .unwrap_or(0)
+                    .saturating_sub(u32::from(own == Some(*name)));
                 node_score(locality, agents, self.config.spread_weight)
             })
             .collect()
@@ -421,13 +466,17 @@ impl State {
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         );
+        let live = !finished && pod.metadata.deletion_timestamp.is_none();
+        if node.is_none() && live && self.assumed.contains_key(&key) {
+            // Not bound yet as far as the watch knows: keep the assumption.
+            return;
+        }
+        self.assumed.remove(&key);
         let placement = match (pool, node) {
-            (Some(pool), Some(node)) if !finished && pod.metadata.deletion_timestamp.is_none() => {
-                Some(AgentPlacement {
-                    pool: PoolKey::new(ns.as_str(), pool.as_str()),
-                    node: node.clone(),
-                })
-            }
+            (Some(pool), Some(node)) if live => Some(AgentPlacement {
+                pool: PoolKey::new(ns.as_str(), pool.as_str()),
+                node: node.clone(),
+            }),
             _ => None,
         };
         if self.agents.get(&key) == placement.as_ref() {
@@ -444,6 +493,42 @@ impl State {
                 .or_default() += 1;
             self.agents.insert(key, p);
         }
+    }
+
+    /// Counts `agent` on `node` until its pod is seen bound (or gone), or
+    /// [`ASSUMED_FOR`] passed; drops assumptions that outlived it.
+    fn assume(&mut self, agent: &AgentPod, node: &str, now: DateTime<Utc>) {
+        let stale: Vec<(String, String)> = self
+            .assumed
+            .iter()
+            .filter(|(_, at)| now - **at > ASSUMED_FOR)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.assumed.remove(&k);
+            self.uncount_agent(&k);
+        }
+        let key = (agent.pool.namespace.clone(), agent.name.clone());
+        if self.agents.contains_key(&key) && !self.assumed.contains_key(&key) {
+            // The watch already saw it bound.
+            return;
+        }
+        self.uncount_agent(&key);
+        *self
+            .pools
+            .entry(agent.pool.clone())
+            .or_default()
+            .agents_per_node
+            .entry(node.to_string())
+            .or_default() += 1;
+        self.agents.insert(
+            key.clone(),
+            AgentPlacement {
+                pool: agent.pool.clone(),
+                node: node.to_string(),
+            },
+        );
+        self.assumed.insert(key, now);
     }
 
     fn uncount_agent(&mut self, key: &(String, String)) {
@@ -595,7 +680,42 @@ mod tests {
             pool: PoolKey::new("ns", pool),
             images: images.iter().map(|i| normalize(i)).collect(),
             never_pulled: Vec::new(),
+            name: String::new(),
         }
+    }
+
+    #[test]
+    fn agents_scored_back_to_back_spread_before_the_watch_catches_up() {
+        let idx = Index::new(ScoringConfig::default());
+        idx.replace_nodes(&[node("a", &[]), node("b", &[])]);
+        let named = |n: &str| AgentPod {
+            name: n.to_string(),
+            ..agent("p", &[])
+        };
+        let now = Utc::now();
+        // The first goes to a (the extender breaks the tie itself); the
+        // second, scored before any binding is watched, prefers b.
+        let s1 = idx.prioritize(&named("p-1"), &["a", "b"], now);
+        assert_eq!(s1[0], s1[1] + 1);
+        let s2 = idx.prioritize(&named("p-2"), &["a", "b"], now);
+        assert!(s2[1] > s2[0], "{s2:?}");
+        // Scored again, p-1 does not count itself: a (where only it is)
+        // still beats b (where p-2 is).
+        let again = idx.prioritize(&named("p-1"), &["a", "b"], now);
+        assert!(again[0] > again[1], "{again:?}");
+        // The watch confirms p-1 on a and p-2 on b: each counted once.
+        idx.apply_agent_pod(&agent_pod("p-1", "p", Some("a")));
+        idx.apply_agent_pod(&agent_pod("p-2", "p", Some("b")));
+        let s = idx.prioritize(&agent("p", &[]), &["a", "b"], now);
+        assert_eq!(s[0], s[1], "{s:?}");
+        assert_eq!(idx.stats().agents, 2);
+        // An assumption never confirmed stops counting after a while.
+        idx.prioritize(&named("p-3"), &["a", "b"], now);
+        let later = now + ASSUMED_FOR + chrono::Duration::seconds(1);
+        idx.prioritize(&named("p-4"), &["a", "b"], later);
+        idx.delete_agent_pod("ns", "p-4");
+        let s = idx.prioritize(&agent("p", &[]), &["a", "b"], later);
+        assert_eq!(s[0], s[1], "p-3 no longer counts: {s:?}");
     }
 
     #[test]

@@ -117,7 +117,7 @@ async fn scenario(client: &Client, ns: &str, [a, b, c]: [&String; 3]) {
     let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
     let pool: SandboxPool = serde_json::from_value(json!({
         "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool", "metadata": {"name": "warm"},
-        "spec": {"capacity": {"poolMin": 4, "poolMax": 4}, "warmImages": [WARM],
+        "spec": {"capacity": {"poolMin": 0, "poolMax": 4}, "warmImages": [WARM],
                  "agentTemplate": {"spec": {
                      "nodeSelector": {"fast-sandbox-e2e": "fake"},
                      "tolerations": toleration(),
@@ -125,6 +125,17 @@ async fn scenario(client: &Client, ns: &str, [a, b, c]: [&String; 3]) {
     }))
     .unwrap();
     pools.create(&PostParams::default(), &pool).await.unwrap();
+    // The extender learns nodes and pools from its own watches: the agents
+    // are asked for once it ranks the warm nodes first, as it will for them.
+    extender_prefers(ns, [a.as_str(), b.as_str()], c).await;
+    pools
+        .patch(
+            "warm",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"capacity": {"poolMin": 4}}})),
+        )
+        .await
+        .unwrap();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = format!("{LABEL_ROLE}={ROLE_AGENT},{LABEL_POOL}=warm");
@@ -280,5 +291,51 @@ async fn sandboxes_follow_their_images(
             Some(node),
             "a sandbox of {image} must be bound to an agent on {node}, the node holding it"
         );
+    }
+}
+
+/// The cluster's CA, which signed the extender's certificate.
+fn cluster_ca() -> String {
+    let state = std::env::var("FAST_SANDBOX_STATE")
+        .unwrap_or_else(|_| "/var/lib/fast-sandbox-cluster".to_string());
+    format!("{state}/fast-sandbox-ca.crt")
+}
+
+/// Waits until the extender (asked the way kube-scheduler asks it, at the
+/// address the scheduler is configured with) scores both `warm` nodes above
+/// `cold` for an agent of pool `warm` in `ns`.
+async fn extender_prefers(ns: &str, warm: [&str; 2], cold: &str) {
+    let args = json!({
+        "Pod": {"metadata": {"namespace": ns, "labels": {LABEL_ROLE: ROLE_AGENT, LABEL_POOL: "warm"}},
+                "spec": {"containers": [{"name": "agent", "image": AGENT_IMAGE}]}},
+        "NodeNames": [warm[0], warm[1], cold]
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sf", "--max-time", "2", "--cacert", &cluster_ca()])
+            .args(["-X", "POST", "https://10.96.0.50:443/prioritize", "-d"])
+            .arg(args.to_string())
+            .output()
+            .await
+            .expect("curl runs");
+        let last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let scores: BTreeMap<String, i64> = serde_json::from_str::<Vec<Value>>(&last)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| Some((h["Host"].as_str()?.to_string(), h["Score"].as_i64()?)))
+            .collect();
+        if let (Some(a), Some(b), Some(c)) =
+            (scores.get(warm[0]), scores.get(warm[1]), scores.get(cold))
+            && a > c
+            && b > c
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the extender does not rank {warm:?} above {cold} after 30 s: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
