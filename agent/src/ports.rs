@@ -46,17 +46,18 @@ impl Ports {
 
     /// Starts forwarding `ports` of sandbox `uid`, whose init process has
     /// host PID `pid`; returns where each is reachable. TCP only (admission
-    /// refuses UDP). Replaces any forwarding `uid` had.
+    /// refuses UDP). Replaces any forwarding `uid` had; no ports, no work
+    /// (the create path of most sandboxes).
     pub async fn expose(
         &self,
         uid: &str,
         pid: u32,
         ports: &[ExposedPort],
     ) -> Result<Vec<SandboxEndpoint>> {
-        self.close(uid);
         if ports.is_empty() {
             return Ok(Vec::new());
         }
+        self.close(uid);
         let netns = self.proc_root.join(pid.to_string()).join("ns/net");
         let mut tasks = Vec::new();
         let mut endpoints = Vec::new();

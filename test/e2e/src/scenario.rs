@@ -100,6 +100,11 @@ pub async fn stage(
     Ok(Stage { ns, sbx, history })
 }
 
+/// `n` sandbox names `prefix-00`, `prefix-01`, ...
+pub fn names(prefix: &str, n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
+}
+
 /// A sandbox of `pool` that sleeps long enough to outlive the test.
 pub fn sleeper(name: &str, pool: &str, policy: FailurePolicy) -> Sandbox {
     let mut sb: Sandbox = serde_json::from_value(json!({

@@ -22,7 +22,8 @@ use fast_sandbox_e2e::history::{History, Tracks};
 use fast_sandbox_e2e::scenario::{
     Burst, BurstShape, SYSTEM_NAMESPACE, Stage, all_running, container_of, create_all, delete_all,
     deployment_settled, force_delete_pod, kill_container_process, latencies, latency_line,
-    lease_holder, lease_taken_over, pods, sleeper, stage, violations_of_running_once, wait_created,
+    lease_holder, lease_taken_over, names, pods, sleeper, stage, violations_of_running_once,
+    wait_created,
 };
 use fast_sandbox_e2e::{E2eError, client_or_skip, delete_namespace, wait_for};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -46,10 +47,6 @@ async fn settled(client: &Client) {
             .await
             .unwrap_or_else(|e| panic!("{d} did not settle: {e}"));
     }
-}
-
-fn names(prefix: &str, n: usize) -> BTreeSet<String> {
-    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
 
 fn sleepers(names: &BTreeSet<String>, pool: &str, policy: FailurePolicy) -> Vec<Sandbox> {

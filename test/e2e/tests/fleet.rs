@@ -14,8 +14,8 @@ use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT, condition,
 use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_e2e::history::{History, Tracks};
 use fast_sandbox_e2e::scenario::{
-    BUSYBOX, BurstShape, all_running, create_all, delete_all, pods, ready_pool, ready_pool_of,
-    sleeper, violations_of_running_once,
+    BUSYBOX, BurstShape, all_running, create_all, delete_all, names, pods, ready_pool,
+    ready_pool_of, sleeper, violations_of_running_once,
 };
 use fast_sandbox_e2e::{client_or_skip, containerd, delete_namespace, namespace, wait_for};
 use futures::future::join_all;
@@ -76,10 +76,6 @@ async fn tenant(client: &Client) -> Tenant {
         .await
         .unwrap();
     Tenant { ns, sbx, history }
-}
-
-fn names(prefix: &str, n: usize) -> BTreeSet<String> {
-    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
 
 fn of_pool(names: &BTreeSet<String>, pool: &str, image: &str) -> Vec<Sandbox> {

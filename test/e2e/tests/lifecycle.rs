@@ -7,35 +7,18 @@ use std::time::Duration;
 use fast_sandbox_api::wellknown::{condition, reason};
 use fast_sandbox_api::{ExposedPort, Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
+use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool};
 use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_gone};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-const BUSYBOX: &str = "docker.io/fast-sandbox/busybox:dev";
-
+/// A pool of 1..=3 agents with `slots` each, once one agent is ready.
 async fn pool(client: &Client, ns: &str, name: &str, slots: i32) -> Api<SandboxPool> {
-    let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
-    let p: SandboxPool = serde_json::from_value(json!({
-        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool",
-        "metadata": {"name": name},
-        "spec": {"capacity": {"poolMin": 1, "poolMax": 3}, "maxSandboxesPerAgent": slots,
-                 "warmImages": [BUSYBOX],
-                 "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": "fast-sandbox/agent:dev"}]}}}
-    }))
-    .unwrap();
-    pools.create(&PostParams::default(), &p).await.unwrap();
-    wait_for(
-        &pools,
-        name,
-        Duration::from_secs(180),
-        "a ready agent",
-        |p: &SandboxPool| p.status.as_ref().is_some_and(|s| s.ready_agents >= 1),
-    )
-    .await
-    .unwrap();
-    pools
+    ready_pool(client, ns, name, (1, 3), slots, Duration::from_secs(180))
+        .await
+        .unwrap()
 }
 
 /// The suite's client, a namespace of its own with a ready pool `p` (4
