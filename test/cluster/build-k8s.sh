@@ -32,7 +32,7 @@ if [[ ! -f go.mod ]]; then
   cat > go.mod <<MOD
 module fastsandbox.local/k8sbuild
 
-go 1.24.0
+go 1.25.0
 
 require k8s.io/kubernetes $version
 MOD

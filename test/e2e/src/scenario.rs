@@ -342,7 +342,7 @@ pub async fn deployment_settled(
         timeout,
         "all replicas ready",
         |d: &Deployment| {
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let want = d.spec.replicas.unwrap_or(1);
             d.status.as_ref().is_some_and(|s| {
                 s.observed_generation == d.metadata.generation
                     && s.replicas == Some(want)

@@ -609,7 +609,6 @@ async fn certificates_renewed_reach_pool_namespaces() {
         .await
         .unwrap()
         .spec
-        .expect("a CronJob spec")
         .job_template;
     let mut job = Job {
         metadata: ObjectMeta {
