@@ -32,8 +32,13 @@ for b in agent webhook extender controller certs; do
   "$bin/fast-sandbox-$b" --help >/dev/null
 done
 for b in crdgen kubectl-sandbox; do "$bin/$b" --help >/dev/null; done
-step "unit and integration tests (agent tests against a private containerd)"
-agent/tests/containerd.sh run -- cargo test --workspace --no-fail-fast
+# The agent's containerd tests run on both supported containerd lines: the
+# whole workspace with containerd 2 (what the local cluster runs), the agent
+# again with Debian's containerd 1.6.
+step "unit and integration tests (agent tests against a private containerd 2)"
+agent/tests/containerd.sh --containerd 2 run -- cargo test --workspace --no-fail-fast
+step "agent integration tests against a private containerd 1.6 (Debian's)"
+agent/tests/containerd.sh --containerd 1.6 run -- cargo test -p fast-sandbox-agent --no-fail-fast
 
 if [[ $with_cluster == 1 ]]; then
   cluster_was_up=0

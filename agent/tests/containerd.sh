@@ -4,12 +4,30 @@
 # image imported, for the agent's integration tests and benchmark. Stops only
 # the process it started.
 #
-#   agent/tests/containerd.sh run -- cargo test -p fast-sandbox-agent
+#   agent/tests/containerd.sh [--containerd 2|1.6] run -- cargo test -p fast-sandbox-agent
 #       start, export FAST_SANDBOX_CONTAINERD_SOCK (and friends), run the
 #       command, stop, exit with the command's status.
-#   agent/tests/containerd.sh start DIR   start in DIR and print the exports
+#   agent/tests/containerd.sh [--containerd 2|1.6] start DIR
+#       start in DIR and print the exports
 #   agent/tests/containerd.sh stop DIR    stop what `start DIR` started
+#
+# --containerd (or FAST_SANDBOX_TEST_CONTAINERD): 2 (default) is the pinned
+# containerd 2 the local cluster runs (test/cluster/build-containerd.sh
+# builds it into the cache on first use), with a `version = 3` config; 1.6 is
+# Debian's containerd package, with a `version = 2` config. Both use the
+# host's runc. `ctr` and the shim on the command's PATH are the chosen
+# containerd's.
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+flavour="${FAST_SANDBOX_TEST_CONTAINERD:-2}"
+# containerd 2 warns every ctr call that cgroup v1 is deprecated; these
+# machines run cgroup v1 on purpose (its log still says so once).
+export CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1
+if [ "${1:-}" = "--containerd" ]; then flavour="${2:?--containerd needs 2 or 1.6}"; shift 2; fi
+case "$flavour" in
+  2|1.6) ;;
+  *) echo "containerd.sh: --containerd must be 2 or 1.6, not $flavour" >&2; exit 2 ;;
+esac
 
 NAMESPACE="${FAST_SANDBOX_TEST_NAMESPACE:-fast-sandbox-test}"
 IMAGE="docker.io/fast-sandbox/busybox:dev"
@@ -23,8 +41,22 @@ need() {
   done
 }
 
+# bin_dir: where the chosen containerd, its shim and ctr are.
+bin_dir() {
+  if [ "$flavour" = 2 ]; then
+    "$here/../../test/cluster/build-containerd.sh"
+  else
+    local c
+    c=$(command -v /usr/bin/containerd || true)
+    [ -n "$c" ] || { log "Debian's containerd (/usr/bin/containerd) is missing: apt-get install -y containerd"; return 1; }
+    "$c" --version | grep -q ' 1\.6\.' || { log "/usr/bin/containerd is not 1.6: $("$c" --version)"; return 1; }
+    echo /usr/bin
+  fi
+}
+
 write_config() {
   local dir=$1
+  if [ "$flavour" = 2 ]; then write_config_v3 "$dir"; return; fi
   cat >"$dir/config.toml" <<TOML
 version = 2
 root = "$dir/root"
@@ -54,6 +86,45 @@ disabled_plugins = [
 TOML
 }
 
+# containerd 2: the same, in its own configuration format.
+write_config_v3() {
+  local dir=$1
+  cat >"$dir/config.toml" <<TOML
+version = 3
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime",
+  "io.containerd.podsandbox.controller.v1.podsandbox",
+  "io.containerd.nri.v1.nri",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "$dir/containerd.sock"
+
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "$dir/opt"
+TOML
+}
+
 build_image() {
   local dir=$1 out=$2
   local layout="$dir/image/layout" bundle="$dir/image/bundle"
@@ -75,10 +146,15 @@ build_image() {
 }
 
 start() {
-  local dir=$1
-  mkdir -p "$dir"
+  local dir=$1 bin
+  mkdir -p "$dir/bin"
+  bin=$(bin_dir)
+  # The chosen containerd's ctr and shim come first on every PATH here.
+  ln -sf "$bin/ctr" "$dir/bin/ctr"
+  ln -sf "$bin/containerd-shim-runc-v2" "$dir/bin/containerd-shim-runc-v2"
+  PATH="$dir/bin:$PATH"
   write_config "$dir"
-  containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+  "$bin/containerd" --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
   echo $! >"$dir/containerd.pid"
   local i
   for i in $(seq 1 100); do
@@ -90,9 +166,11 @@ start() {
   done
   ctr -a "$dir/containerd.sock" version >/dev/null || { log "containerd did not answer in 10s"; return 1; }
   build_image "$dir" "$dir/busybox.tar"
+  # --base-name + the layout's tag (dev) names the image; containerd 2's
+  # ctr would otherwise add an import-<date> name as well.
   ctr -a "$dir/containerd.sock" -n "$NAMESPACE" images import \
-    --index-name "$IMAGE" "$dir/busybox.tar" >/dev/null
-  log "containerd $(cat "$dir/containerd.pid") on $dir/containerd.sock, image $IMAGE in namespace $NAMESPACE"
+    --base-name "${IMAGE%:*}" "$dir/busybox.tar" >/dev/null
+  log "containerd $("$bin/containerd" --version | awk '{print $3}') (pid $(cat "$dir/containerd.pid")) on $dir/containerd.sock, image $IMAGE in namespace $NAMESPACE"
 }
 
 stop() {
@@ -103,6 +181,7 @@ stop() {
   # Tasks left behind by a failed test: kill them so their shims exit.
   if kill -0 "$pid" 2>/dev/null; then
     local ns c
+    [ -x "$dir/bin/ctr" ] && PATH="$dir/bin:$PATH"
     for ns in $(ctr -a "$dir/containerd.sock" namespaces ls -q 2>/dev/null); do
       for c in $(ctr -a "$dir/containerd.sock" -n "$ns" tasks ls -q 2>/dev/null); do
         ctr -a "$dir/containerd.sock" -n "$ns" tasks kill -a -s SIGKILL "$c" >/dev/null 2>&1 || true
@@ -129,6 +208,10 @@ exports() {
   echo "export FAST_SANDBOX_TEST_NAMESPACE=$NAMESPACE"
   echo "export FAST_SANDBOX_TEST_IMAGE=$IMAGE"
   echo "export FAST_SANDBOX_TEST_DIR=$dir"
+  echo "export FAST_SANDBOX_TEST_CONTAINERD=$flavour"
+  echo "export PATH=$dir/bin:\$PATH"
+  echo "export CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1"
+  echo "export CONTAINERD_ADDRESS=$dir/containerd.sock"
 }
 
 cmd=${1:-}
@@ -136,7 +219,7 @@ shift || true
 case "$cmd" in
   start)
     dir=${1:?usage: containerd.sh start DIR}
-    need containerd ctr runc umoci tar
+    need runc umoci tar
     start "$dir"
     exports "$dir"
     ;;
@@ -146,7 +229,7 @@ case "$cmd" in
   run)
     [ "${1:-}" = "--" ] && shift
     [ $# -gt 0 ] || { echo "usage: containerd.sh run -- COMMAND..." >&2; exit 2; }
-    if [ "$(id -u)" != 0 ] || ! need containerd ctr runc umoci tar; then
+    if [ "$(id -u)" != 0 ] || ! need runc umoci tar; then
       log "not root or tools missing: running without containerd (tests skip)"
       exec "$@"
     fi
@@ -161,7 +244,7 @@ case "$cmd" in
     exit $rc
     ;;
   *)
-    echo "usage: containerd.sh {run -- COMMAND...|start DIR|stop DIR}" >&2
+    echo "usage: containerd.sh [--containerd 2|1.6] {run -- COMMAND...|start DIR|stop DIR}" >&2
     exit 2
     ;;
 esac
