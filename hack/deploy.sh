@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings the local cluster up (test/cluster) and deploys Fast Sandbox into it
-# the way a user would: images loaded into the node's containerd, then
-# `kubectl apply -k deploy/`, certificates made by the certs Job.
+# the way a user would: images loaded into every node's containerd, then
+# `kubectl apply -k deploy/` as it is (each node's containerd listens at the
+# standard socket path), certificates made by the certs Job.
 #
 #   hack/deploy.sh           build, cluster up, load images, apply, wait
 #   hack/deploy.sh --images  stop after loading the images
@@ -23,7 +24,7 @@ step "bringing the local cluster up"
 test/cluster/cluster.sh up
 eval "$(test/cluster/cluster.sh env)"
 
-step "loading images into the node's containerd"
+step "loading images into every node's containerd"
 # The agent image carries busybox too: the original README's sandbox runs
 # /bin/sleep from it.
 test/cluster/load-image.sh --busybox fast-sandbox/agent:dev "$bin/fast-sandbox-agent"
@@ -37,9 +38,6 @@ step "kubectl apply -k deploy/"
 kubectl apply --server-side --force-conflicts -k deploy/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s \
   crd/sandboxes.sandbox.fast.io crd/sandboxpools.sandbox.fast.io >/dev/null
-# The local cluster's containerd listens on its own socket.
-kubectl -n fast-sandbox-system set env deployment/fast-sandbox-controller \
-  "FAST_SANDBOX_CONTAINERD_SOCKET=$FAST_SANDBOX_CONTAINERD_SOCK" >/dev/null
 # Pods of an earlier deployment still run the previous images.
 kubectl -n fast-sandbox-system rollout restart deployment >/dev/null
 step "waiting for certificates"

@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
-# A real single-node Kubernetes cluster on this machine: etcd, a dedicated
-# containerd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubelet and kube-proxy, all upstream, all started by this script.
+# A real two-node Kubernetes cluster on this machine: etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler on the host, and per node its own
+# containerd 2, kubelet and kube-proxy, all upstream, all started by this
+# script. Node 1 is the host; node 2 lives in network and mount namespaces of
+# its own (see lib.sh).
 #
 #   cluster.sh up             bring the cluster up (idempotent)
 #   cluster.sh down [--purge] stop everything we started, unmount, clean the
 #                             host; --purge also deletes the state dir
-#   cluster.sh status         recorded processes, node and pods
+#   cluster.sh status         recorded processes, nodes and pods
 #   cluster.sh env            export lines: eval "$(cluster.sh env)"
+#   cluster.sh nodes          one line per node: name, IP, containerd socket
+#                             (as seen from the host), kubelet process name
+#   cluster.sh socket NODE    the containerd socket of NODE (name or number)
 #   cluster.sh kill NAME...   SIGKILL components (fault tests); `up` restarts
 #                             them, the way a supervisor would
+#   cluster.sh stop NAME...   SIGTERM components and wait (a clean stop,
+#                             e.g. `stop kubelet-2`); `up` starts them again
+#
+# Component names: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler; per node containerd, kubelet, kube-proxy (node 1) and
+# containerd-N, kubelet-N, kube-proxy-N (node N).
 #
 # Environment: FAST_SANDBOX_STATE (default /var/lib/fast-sandbox-cluster),
-# FAST_SANDBOX_CACHE (default /var/cache/fast-sandbox), FAST_SANDBOX_NODE_IP,
-# FAST_SANDBOX_NODE_NAME, FAST_SANDBOX_POD_CIDR (default 10.88.0.0/16),
-# FAST_SANDBOX_ETCD_PORT (default 12379).
+# FAST_SANDBOX_CACHE (default /var/cache/fast-sandbox), FAST_SANDBOX_NODES
+# (default 2), FAST_SANDBOX_NODE_IP, FAST_SANDBOX_NODE_NAME (node 1; node N
+# is <name>-N), FAST_SANDBOX_ETCD_PORT (default 12379).
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 APT_PACKAGES=(containerd runc containernetworking-plugins etcd-server etcd-client
   protobuf-compiler umoci busybox-static iptables conntrack socat ebtables ethtool
-  openssl curl gcc libc6-dev iproute2 util-linux procps)
+  openssl curl jq gcc libc6-dev iproute2 util-linux procps)
 
 # Host settings the kubelet, kube-proxy or the bridge CNI plugin may change;
 # recorded at the first `up`, restored by `down`.
@@ -29,14 +40,24 @@ HOST_SYSCTLS=(net.ipv4.ip_forward net.ipv6.conf.all.forwarding
   net.ipv4.conf.all.route_localnet vm.overcommit_memory vm.panic_on_oom
   kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
   kernel.keys.root_maxbytes net.netfilter.nf_conntrack_max)
-# Host paths containerd / the kubelet / CNI hard-code; removed by `down` when
-# they did not exist before the first `up`.
+# Host paths containerd / the kubelet / CNI / agent pods hard-code (and the
+# mount points of node 2's private copies); removed by `down` when they did
+# not exist before the first `up`.
 HOST_PATHS=(/run/containerd /var/lib/cni /var/log/containers /var/log/pods
   /var/lib/kubelet /etc/cni /run/netns /etc/kubernetes
-  /usr/libexec/kubernetes /run/mount)
+  /usr/libexec/kubernetes /run/mount /var/lib/fast-sandbox)
+# Links the cluster creates on the host.
+HOST_LINKS=("$CNI_BRIDGE" "$NODES_BRIDGE")
 
-# Stop order of `down` (reverse start order). Fake-node heartbeats first.
-COMPONENTS=(kubelet kube-proxy kube-scheduler kube-controller-manager containerd kube-apiserver etcd)
+CONTROL_PLANE=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+# node_components N: names of node N's processes.
+node_components() { node_set "$1"; echo "containerd$N_SUFFIX kubelet$N_SUFFIX kube-proxy$N_SUFFIX"; }
+all_components() {
+  local i out="${CONTROL_PLANE[*]}"
+  for ((i = 1; i <= NODE_COUNT; i++)); do out+=" $(node_components "$i")"; done
+  echo "$out"
+}
+read -ra COMPONENTS <<<"$(all_components)"
 
 # ---------------------------------------------------------------- helpers --
 
@@ -46,22 +67,39 @@ require_port_free() {
   [[ -z "$owner" ]] || die "port $1 is already in use by another process ($owner); cannot start $2"
 }
 
-start_proc() { # NAME BINARY ARGS...
+# start_proc NAME [--ns DIR] BINARY ARGS...: start a component unless it
+# runs with the same command line and configuration; --ns DIR runs it in the
+# mount and network namespaces of a node (DIR/mnt, DIR/net).
+start_proc() {
   local name="$1"; shift
-  local pid exe
+  local pid exe wrap=() cmdline
+  if [[ "$1" == --ns ]]; then wrap=(nsenter "--mount=$2/mnt" "--net=$2/net" --); shift 2; fi
+  cmdline="$*"
   if pid="$(pid_of "$name")"; then
-    if ! config_changed "$name"; then log "$name already running (pid $pid)"; return 0; fi
-    log "$name: configuration changed; restarting"
+    if config_changed "$name"; then
+      log "$name: configuration changed; restarting"
+    elif [[ "$(cat "$PIDS/$name.cmd" 2>/dev/null)" != "$cmdline" ]]; then
+      log "$name: command line changed; restarting"
+    else
+      log "$name already running (pid $pid)"; return 0
+    fi
     stop_procs 10 "$name"
   fi
-  exe="$(readlink -f "$(command -v "$1")")"
+  # The executable the PID will run: the BINARY, or what `env VAR=...` runs.
+  local a target="$1"
+  if [[ "$(basename "$1")" == env ]]; then
+    for a in "${@:2}"; do [[ "$a" == *=* ]] || { target="$a"; break; }; done
+  fi
+  exe="$(readlink -f "$(command -v "$target")")"
   printf '==== %s starting %s: %s\n' "$(date -Is)" "$name" "$*" >> "$LOGS/$name.log"
   # setsid: own session, so the caller's terminal or job control never
-  # signals it; the PID recorded is the PID of the component itself.
-  setsid "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null 9>&- &
+  # signals it; the PID recorded is the PID of the component itself
+  # (nsenter execs it).
+  setsid "${wrap[@]}" "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null 9>&- &
   pid=$!
   echo "$pid" > "$PIDS/$name.pid"
   echo "$exe" > "$PIDS/$name.exe"
+  echo "$cmdline" > "$PIDS/$name.cmd"
   log "started $name (pid $pid, log $LOGS/$name.log)"
 }
 
@@ -91,7 +129,7 @@ stop_procs() {
       kill -TERM "$pid" 2>/dev/null || true
       names+=("$name"); pids+=("$pid")
     fi
-    rm -f "$PIDS/$name.pid" "$PIDS/$name.exe"
+    rm -f "$PIDS/$name.pid" "$PIDS/$name.exe" "$PIDS/$name.cmd"
   done
   for ((i = 0; i < timeout * 10; i++)); do
     local alive=0
@@ -124,12 +162,11 @@ put_file() {
 }
 CHANGED=()
 
-# Files whose change makes `up` restart a running component.
+# Files whose change makes `up` restart a running component (node files are
+# added by write_node_configs).
 declare -A CONFIG_OF=(
-  [containerd]="$CONF/containerd.toml $STATE/cni/net.d/10-$CNI_NETWORK.conflist"
+  [kube-apiserver]="$CONF/admission.yaml $CONF/webhook-client.kubeconfig $PKI/apiserver.crt"
   [kube-scheduler]="$CONF/scheduler.yaml"
-  [kubelet]="$CONF/kubelet.yaml $CONF/resolv.conf"
-  [kube-proxy]="$CONF/kube-proxy.yaml"
 )
 config_changed() { # NAME
   local f c
@@ -139,15 +176,15 @@ config_changed() { # NAME
   return 1
 }
 
-write_kubeconfig() { # FILE USER CERT_BASENAME
-  local file="$1" user="$2" cert="$3"
+write_kubeconfig() { # FILE USER CERT_BASENAME [SERVER]
+  local file="$1" user="$2" cert="$3" server="${4:-https://127.0.0.1:$APISERVER_PORT}"
   put_file "$file" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: fast-sandbox
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: $server
     certificate-authority-data: $(b64 "$PKI/ca.crt")
 users:
 - name: $user
@@ -179,7 +216,7 @@ record_host() {
   [[ -f "$HOSTREC/recorded" ]] && return 0
   log "recording host settings to restore on down"
   mkdir -p "$HOSTREC"
-  local k v p fam
+  local k v p fam l
   : > "$HOSTREC/sysctl"
   for k in "${HOST_SYSCTLS[@]}"; do
     v="$(sysctl -n "$k" 2>/dev/null)" && printf '%s=%s\n' "$k" "$v" >> "$HOSTREC/sysctl"
@@ -188,16 +225,34 @@ record_host() {
   for p in "${HOST_PATHS[@]}"; do
     if [[ -e "$p" || -L "$p" ]]; then echo "$p 1"; else echo "$p 0"; fi >> "$HOSTREC/paths"
   done
+  : > "$HOSTREC/links"
+  for l in "${HOST_LINKS[@]}"; do
+    if ip link show "$l" >/dev/null 2>&1; then echo "$l 1"; else echo "$l 0"; fi >> "$HOSTREC/links"
+  done
   for fam in iptables ip6tables; do
     "$fam-save" 2>/dev/null | awk '/^\*/ {t=substr($1,2)} /^:/ {print t, substr($1,2)}' > "$HOSTREC/$fam.chains" || true
   done
   touch "$HOSTREC/recorded"
 }
+# link_was_there NAME: the link existed before the first up (not ours).
+link_was_there() { grep -qx "$1 1" "$HOSTREC/links" 2>/dev/null; }
 
 gen_key() { [[ -s "$1" ]] || { openssl genrsa -out "$1.tmp" 2048 2>/dev/null && mv "$1.tmp" "$1"; }; }
 
-gen_cert() { # NAME CN ORG(or "") server|client|both SANS(or "")
-  local name="$1" cn="$2" org="$3" kind="$4" sans="${5:-}"
+gen_ca() { # NAME CN
+  [[ -s "$PKI/$1.crt" ]] && return 0
+  log "generating CA $1 ($2)"
+  gen_key "$PKI/$1.key"
+  openssl req -x509 -new -key "$PKI/$1.key" -subj "/CN=$2" -days 3650 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/$1.crt.tmp" 2>/dev/null
+  mv "$PKI/$1.crt.tmp" "$PKI/$1.crt"
+}
+
+# gen_cert NAME CN ORG(or "") server|client|both [SANS(or "") [CA]]: a leaf
+# signed by CA (default ca, the cluster CA).
+gen_cert() {
+  local name="$1" cn="$2" org="$3" kind="$4" sans="${5:-}" ca="${6:-ca}"
   [[ -s "$PKI/$name.crt" ]] && return 0
   gen_key "$PKI/$name.key"
   local subj="/CN=$cn" eku ext="$PKI/$name.ext"
@@ -212,36 +267,48 @@ gen_cert() { # NAME CN ORG(or "") server|client|both SANS(or "")
     [[ -n "$sans" ]] && echo "subjectAltName=$sans"
   } > "$ext"
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
     -set_serial "0x$(openssl rand -hex 16)" -days 3650 -extfile "$ext" -out "$PKI/$name.crt.tmp" 2>/dev/null
   mv "$PKI/$name.crt.tmp" "$PKI/$name.crt"
   rm -f "$PKI/$name.csr" "$ext"
+  CHANGED+=("$PKI/$name.crt")
 }
 
+# kubelet certificate basenames of node N (node 1 keeps the unnumbered ones).
+kubelet_cert() { if [[ "$1" == 1 ]]; then echo "kubelet-$2"; else echo "kubelet$1-$2"; fi; }
+
 ensure_pki() {
-  local ip="$1"
+  local ip="$1" i
   mkdir -p "$PKI"; chmod 700 "$PKI"
-  if [[ ! -s "$PKI/ca.crt" ]]; then
-    log "generating CA"
-    gen_key "$PKI/ca.key"
-    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=fast-sandbox-ca" -days 3650 \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-      -out "$PKI/ca.crt" 2>/dev/null
+  gen_ca ca fast-sandbox-ca
+  # Serving certificates name the node IPs: regenerate them if any changed.
+  local names="$ip|$NODE_NAME|$NODE_COUNT|$NODES_HOST_IP"
+  if [[ "$(cat "$PKI/node-ip" 2>/dev/null)" != "$names" ]]; then
+    rm -f "$PKI/apiserver.crt" "$PKI"/kubelet-serving.crt "$PKI"/kubelet[0-9]-serving.crt
+    echo "$names" > "$PKI/node-ip"
   fi
-  # Serving certificates name the node IP: regenerate them if it changed.
-  if [[ "$(cat "$PKI/node-ip" 2>/dev/null)" != "$ip|$NODE_NAME" ]]; then
-    rm -f "$PKI/apiserver.crt" "$PKI/kubelet-serving.crt"
-    echo "$ip|$NODE_NAME" > "$PKI/node-ip"
-  fi
+  # Nodes >= 2 reach the apiserver at the host's address on the node bridge.
   gen_cert apiserver kube-apiserver "" server \
-    "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,DNS:$NODE_NAME,IP:127.0.0.1,IP:$SERVICE_APISERVER_IP,IP:$ip"
+    "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,DNS:$NODE_NAME,IP:127.0.0.1,IP:$SERVICE_APISERVER_IP,IP:$ip,IP:$NODES_HOST_IP"
   gen_cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters client
+  # Client certificate the apiserver shows to admission webhooks of our
+  # namespace (admission.yaml): signed by the cluster CA, whose bundle is
+  # client-ca-file in kube-system/extension-apiserver-authentication.
+  gen_cert apiserver-webhook-client kube-apiserver-webhook-client "" client
+  # Aggregation layer: the front-proxy CA and the client certificate the
+  # apiserver proxies to aggregated API servers with (as kubeadm makes them).
+  gen_ca front-proxy-ca front-proxy-ca
+  gen_cert front-proxy-client front-proxy-client "" client "" front-proxy-ca
   gen_cert admin fast-sandbox-admin system:masters client
   gen_cert controller-manager system:kube-controller-manager "" client
+  # Also the scheduler's client certificate to the extender (tlsConfig).
   gen_cert scheduler system:kube-scheduler "" client
   gen_cert kube-proxy system:kube-proxy "" client
-  gen_cert kubelet-client "system:node:$NODE_NAME" system:nodes client
-  gen_cert kubelet-serving "$NODE_NAME" "" server "DNS:$NODE_NAME,DNS:localhost,IP:$ip,IP:127.0.0.1"
+  for ((i = 1; i <= NODE_COUNT; i++)); do
+    node_set "$i"
+    gen_cert "$(kubelet_cert "$i" client)" "system:node:$N_NAME" system:nodes client
+    gen_cert "$(kubelet_cert "$i" serving)" "$N_NAME" "" server "DNS:$N_NAME,DNS:localhost,IP:$N_IP,IP:127.0.0.1"
+  done
   if [[ ! -s "$PKI/sa.key" ]]; then
     gen_key "$PKI/sa.key"
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -249,16 +316,13 @@ ensure_pki() {
   chmod 600 "$PKI"/*.key
 }
 
+# Configuration shared by the control plane.
 write_configs() {
-  local ip="$1"
-  mkdir -p "$CONF" "$STATE/cni/net.d" "$STATE/cni/networks" "$CONTAINERD_DIR"/{root,state,opt,runc} \
-    "$KUBELET_DIR" "$STATE/pod-logs" "$STATE/etcd"
+  mkdir -p "$CONF" "$STATE/etcd"
   chmod 700 "$STATE/etcd"
   write_kubeconfig "$ADMIN_KUBECONFIG" fast-sandbox-admin admin
   write_kubeconfig "$CONF/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
   write_kubeconfig "$CONF/scheduler.kubeconfig" system:kube-scheduler scheduler
-  write_kubeconfig "$CONF/kube-proxy.kubeconfig" system:kube-proxy kube-proxy
-  write_kubeconfig "$CONF/kubelet.kubeconfig" "system:node:$NODE_NAME" kubelet-client
 
   # Pods resolve with the host's non-loopback nameservers (there is no cluster
   # DNS); none at all if the host only has a local resolver.
@@ -269,7 +333,50 @@ write_configs() {
     grep -E '^nameserver' /etc/resolv.conf 2>/dev/null | grep -vE 'nameserver[[:space:]]+(127\.|::1)' || true
   })
 
-  put_file "$STATE/cni/net.d/10-$CNI_NETWORK.conflist" <<EOF
+  # Webhook calls to a Service of our namespace carry the apiserver's webhook
+  # client certificate. The apiserver looks a Service webhook up as
+  # "<svc>.<ns>.svc:<port>", then "*.<ns>.svc:<port>"; for port 443 also
+  # without the port: "*.<ns>.svc" matches every Service of the namespace on
+  # port 443. A webhook on another port needs a "*.<ns>.svc:<port>" entry.
+  put_file "$CONF/webhook-client.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: '*.$SYSTEM_NAMESPACE.svc'
+  user:
+    client-certificate: $PKI/apiserver-webhook-client.crt
+    client-key: $PKI/apiserver-webhook-client.key
+EOF
+  put_file "$CONF/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $CONF/webhook-client.kubeconfig
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $CONF/webhook-client.kubeconfig
+EOF
+}
+
+# Configuration of node N (node_set N first): kubeconfigs, CNI, containerd,
+# kubelet, kube-proxy.
+write_node_configs() {
+  local i="$N_INDEX"
+  mkdir -p "$N_CONF" "$N_CNI_DIR/net.d" "$N_CNI_DIR/networks" "$N_CONTAINERD_DIR"/{root,state,opt,runc} \
+    "$N_KUBELET_DIR" "$N_POD_LOGS"
+  CONFIG_OF[containerd$N_SUFFIX]="$N_CONF/containerd.toml $N_CNI_DIR/net.d/10-$CNI_NETWORK.conflist"
+  CONFIG_OF[kubelet$N_SUFFIX]="$N_CONF/kubelet.yaml $CONF/resolv.conf $N_CONF/kubelet.kubeconfig $PKI/$(kubelet_cert "$i" serving).crt"
+  CONFIG_OF[kube-proxy$N_SUFFIX]="$N_CONF/kube-proxy.yaml $N_CONF/kube-proxy.kubeconfig"
+  write_kubeconfig "$N_CONF/kube-proxy.kubeconfig" system:kube-proxy kube-proxy "$N_APISERVER"
+  write_kubeconfig "$N_CONF/kubelet.kubeconfig" "system:node:$N_NAME" "$(kubelet_cert "$i" client)" "$N_APISERVER"
+
+  put_file "$N_CNI_DIR/net.d/10-$CNI_NETWORK.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "$CNI_NETWORK",
@@ -282,8 +389,8 @@ write_configs() {
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
-        "dataDir": "$STATE/cni/networks",
-        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]],
+        "dataDir": "$N_CNI_DIR/networks",
+        "ranges": [[{"subnet": "$N_POD_CIDR", "gateway": "$N_POD_GATEWAY"}]],
         "routes": [{"dst": "0.0.0.0/0"}]
       }
     },
@@ -292,21 +399,25 @@ write_configs() {
 }
 EOF
 
-  put_file "$CONF/containerd.toml" <<EOF
-# Dedicated containerd of the local test cluster; nothing shared with a
-# system containerd except the host's shim socket directory.
-version = 2
-root = "$CONTAINERD_DIR/root"
-state = "$CONTAINERD_DIR/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
+  # containerd 2 in its version 3 format. The socket is the standard path
+  # in the node's own mount namespace (for node 1, the host's).
+  put_file "$N_CONF/containerd.toml" <<EOF
+# containerd of node $N_NAME in the local test cluster; nothing shared with a
+# system containerd (none may run: the socket path is the standard one).
+version = 3
+root = "$N_CONTAINERD_DIR/root"
+state = "$N_CONTAINERD_DIR/state"
+# NRI would listen at a fixed host path (/var/run/nri/nri.sock).
+disabled_plugins = ["io.containerd.nri.v1.nri",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
   "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 
 [grpc]
-  address = "$CONTAINERD_SOCK"
+  address = "$NODE_CONTAINERD_SOCK"
 
 [ttrpc]
-  address = "$CONTAINERD_SOCK.ttrpc"
+  address = "$NODE_CONTAINERD_SOCK.ttrpc"
 
 [debug]
   address = ""
@@ -316,10 +427,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   address = ""
 
 [plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "$CONTAINERD_DIR/opt"
-  [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = "$PAUSE_IMAGE"
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "$N_CONTAINERD_DIR/opt"
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "overlayfs"
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "$PAUSE_IMAGE"
+  [plugins.'io.containerd.cri.v1.runtime']
     netns_mounts_under_state_dir = true
     # This machine withholds CAP_SYS_RESOURCE even from root, so no process
     # may lower its oom_score_adj (the pause container asks for -998): clamp
@@ -327,74 +444,69 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     restrict_oom_score_adj = true
     enable_selinux = false
     disable_apparmor = true
-    stream_server_address = "127.0.0.1"
-    stream_server_port = "0"
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "overlayfs"
+    # No CDI devices here; the defaults watch /etc/cdi and /var/run/cdi.
+    cdi_spec_dirs = []
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = "runc"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
           SystemdCgroup = false
-          Root = "$CONTAINERD_DIR/runc"
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "$CNI_BIN_DIR"
-      conf_dir = "$STATE/cni/net.d"
+          Root = "$N_CONTAINERD_DIR/runc"
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["$CNI_BIN_DIR"]
+      conf_dir = "$N_CNI_DIR/net.d"
       max_conf_num = 1
 EOF
 
-  put_file "$CONF/kubelet.yaml" <<EOF
+  # Upstream defaults except where this machine or the test cluster needs
+  # otherwise (each such line says why).
+  put_file "$N_CONF/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# This machine runs cgroup v1 (hybrid); kubelet >= 1.31 refuses it unless told.
+# This machine runs cgroup v1 (hybrid); kubelet >= 1.35 refuses to start on
+# it unless told (KEP-5573).
 failCgroupV1: false
 cgroupDriver: cgroupfs
-cgroupsPerQOS: true
-cgroupRoot: $CGROUP_ROOT
-containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
-failSwapOn: false
-protectKernelDefaults: false
-address: 0.0.0.0
-port: 10250
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: 10248
+# Every pod cgroup of this node is below it (one root per node).
+cgroupRoot: $N_CGROUP_ROOT
+containerRuntimeEndpoint: unix://$NODE_CONTAINERD_SOCK
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: true}
   x509: {clientCAFile: $PKI/ca.crt}
 authorization:
   mode: Webhook
-tlsCertFile: $PKI/kubelet-serving.crt
-tlsPrivateKeyFile: $PKI/kubelet-serving.key
-rotateCertificates: false
-serverTLSBootstrap: false
+tlsCertFile: $PKI/$(kubelet_cert "$i" serving).crt
+tlsPrivateKeyFile: $PKI/$(kubelet_cert "$i" serving).key
+# The host's non-loopback nameservers; there is no cluster DNS.
 resolvConf: $CONF/resolv.conf
 clusterDomain: cluster.local
-podLogsDir: $STATE/pod-logs
-volumePluginDir: $KUBELET_DIR/volume-plugins
-registerNode: true
-serializeImagePulls: false
-localStorageCapacityIsolation: true
+# Under the state dir instead of the host's /var/log/pods and
+# /usr/libexec/kubernetes.
+podLogsDir: $N_POD_LOGS
+volumePluginDir: $N_KUBELET_DIR/volume-plugins
 # Locally imported images cannot be pulled again: never garbage-collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# These machines keep most of the root filesystem's blocks reserved (df
+# shows about a tenth of it available), which the default thresholds
+# (imagefs 15 %, nodefs 10 %) read as disk pressure on an idle node.
 evictionHard:
   memory.available: "100Mi"
   nodefs.available: "2%"
   imagefs.available: "2%"
   nodefs.inodesFree: "2%"
-maxPods: 110
 EOF
 
-  put_file "$CONF/kube-proxy.yaml" <<EOF
+  put_file "$N_CONF/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
-  kubeconfig: $CONF/kube-proxy.kubeconfig
+  kubeconfig: $N_CONF/kube-proxy.kubeconfig
 mode: iptables
-clusterCIDR: $POD_CIDR
-hostnameOverride: $NODE_NAME
+clusterCIDR: $CLUSTER_CIDR
+hostnameOverride: $N_NAME
 bindAddress: 0.0.0.0
 nodePortAddresses: ["primary"]
 healthzBindAddress: 127.0.0.1:10256
@@ -411,19 +523,76 @@ iptables:
   minSyncPeriod: 0s
   syncPeriod: 30s
 EOF
+}
 
+# ------------------------------------------------------------ node >= 2 ----
+
+ns_bound() { [[ "$(findmnt -n -o FSTYPE --mountpoint "$1" 2>/dev/null)" == nsfs ]]; }
+# ns_inode FILE: inode of the namespace bound at FILE (as /proc/PID/ns/* name it).
+ns_inode() { stat -L -c %i "$1" 2>/dev/null; }
+
+# ensure_node_ns: the network and mount namespaces of node N (node_set N
+# first), bound at $N_NS/net and $N_NS/mnt so they outlive their processes.
+# In the mount namespace, each of NODE_PRIVATE_PATHS is a bind of the node's
+# own directory under $N_DIR/host; the copies of the host's mounts below
+# $STATE are dropped. The network namespace has lo, and eth0 ($N_IP) whose
+# peer is attached to the host bridge $NODES_BRIDGE.
+ensure_node_ns() {
+  local p
+  if ! ip link show "$NODES_BRIDGE" >/dev/null 2>&1; then
+    link_was_there "$NODES_BRIDGE" && die "host bridge $NODES_BRIDGE vanished"
+    ip link add "$NODES_BRIDGE" type bridge
+  fi
+  ip addr replace "$NODES_HOST_IP/24" dev "$NODES_BRIDGE"
+  ip link set "$NODES_BRIDGE" up
+  if ! ns_bound "$N_NS/mnt" || ! ns_bound "$N_NS/net"; then
+    log "creating the network and mount namespaces of node $N_NAME"
+    umount "$N_NS/mnt" 2>/dev/null || true
+    umount "$N_NS/net" 2>/dev/null || true
+    mkdir -p "$N_NS"
+    # The namespace files must sit on a private mount (no propagation loop).
+    if [[ "$(findmnt -n -o TARGET --mountpoint "$N_NS" 2>/dev/null)" != "$N_NS" ]]; then
+      mount --bind "$N_NS" "$N_NS"
+    fi
+    mount --make-private "$N_NS"
+    touch "$N_NS/mnt" "$N_NS/net"
+    for p in "${NODE_PRIVATE_PATHS[@]}"; do mkdir -p "$N_DIR/host$p" "$p"; done
+    unshare --mount="$N_NS/mnt" --net="$N_NS/net" --propagation private -- bash -c '
+      set -e
+      state="$1"; own="$2"; shift 2
+      awk -v d="$state" '\''{gsub(/\\040/, " ", $5); if ($5 == d || index($5, d "/") == 1) print length($5), $5}'\'' /proc/self/mountinfo |
+        sort -rn | cut -d" " -f2- | while read -r mp; do umount -l "$mp" 2>/dev/null || true; done
+      for p in "$@"; do mount --bind "$own$p" "$p"; done
+      ip link set lo up' ns-init "$STATE" "$N_DIR/host" "${NODE_PRIVATE_PATHS[@]}"
+  fi
+  local veth="fsb-n$N_INDEX"
+  if ! ip link show "$veth" >/dev/null 2>&1; then
+    ip link add "$veth" type veth peer name eth0 netns "$N_NS/net"
+  fi
+  ip link set "$veth" master "$NODES_BRIDGE" up
+  nsenter --net="$N_NS/net" sh -c "
+    ip addr replace $N_IP/24 dev eth0 && ip link set eth0 up &&
+    ip route replace default via $NODES_HOST_IP dev eth0 &&
+    sysctl -qw net.ipv4.ip_forward=1 &&
+    { [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || sysctl -qw net.bridge.bridge-nf-call-iptables=1; }"
+  # The host routes the node's pod CIDR to it; the node routes the rest back.
+  ip route replace "$N_POD_CIDR" via "$N_IP" dev "$NODES_BRIDGE"
 }
 
 # The scheduler reads the repository's configuration when there is one
 # (deploy/), else the default here. Its clientConnection.kubeconfig is
-# rewritten to this cluster's scheduler credentials. A CA file its extenders
-# name under $STATE is filled from the extender's TLS Secret once that
-# exists; until then the scheduler runs with the default configuration (no
-# extender), and the next `up` switches over.
+# rewritten to this cluster's scheduler credentials, and an extender's
+# tlsConfig certFile / keyFile to the scheduler's own client certificate
+# ($PKI/scheduler.crt, CN system:kube-scheduler), which the extender checks.
+# Paths under the default state dir are moved to $STATE. A CA file its
+# extenders name under $STATE is filled from the extender's TLS Secret once
+# that exists; until then the scheduler runs with the default configuration
+# (no extender), and the next `up` switches over.
 render_scheduler_config() {
-  local src="$REPO_ROOT/deploy/scheduler/kube-scheduler-config.yaml" ca missing=""
+  local src="$REPO_ROOT/deploy/scheduler/kube-scheduler-config.yaml" ca missing="" default_state=/var/lib/fast-sandbox-cluster
   [[ -f "$src" ]] || src="$CLUSTER_DIR/scheduler-config.yaml"
   for ca in $(awk -v q="'" '/^[[:space:]]*caFile:/ {gsub(/"/, "", $2); gsub(q, "", $2); print $2}' "$src"); do
+    [[ "$ca" == "$default_state"/* ]] && ca="$STATE/${ca#"$default_state"/}"
     CONFIG_OF[kube-scheduler]+=" $ca"
     if [[ "$ca" == "$STATE"/* ]]; then
       local data
@@ -438,10 +607,15 @@ render_scheduler_config() {
     src="$CLUSTER_DIR/scheduler-config.yaml"
   fi
   echo "$src" > "$CONF/scheduler.source"
-  put_file "$CONF/scheduler.yaml" < <(awk -v kc="$CONF/scheduler.kubeconfig" '
+  put_file "$CONF/scheduler.yaml" < <(awk -v kc="$CONF/scheduler.kubeconfig" -v crt="$PKI/scheduler.crt" \
+      -v key="$PKI/scheduler.key" -v from="$default_state/" -v to="$STATE/" '
+    function indent(l) { match(l, /^[[:space:]]+/); return substr(l, 1, RLENGTH) }
     /^clientConnection:[[:space:]]*$/ { print; incc = 1; next }
     incc && /^[^[:space:]#]/ { if (!done) { print "  kubeconfig: " kc; done = 1 } incc = 0 }
-    incc && /^[[:space:]]+kubeconfig:/ { match($0, /^[[:space:]]+/); print substr($0, 1, RLENGTH) "kubeconfig: " kc; done = 1; next }
+    incc && /^[[:space:]]+kubeconfig:/ { print indent($0) "kubeconfig: " kc; done = 1; next }
+    /^[[:space:]]+certFile:/ { print indent($0) "certFile: " crt; next }
+    /^[[:space:]]+keyFile:/ { print indent($0) "keyFile: " key; next }
+    /^[[:space:]]+caFile:/ { l = $0; i = index(l, from); if (i) l = substr(l, 1, i - 1) to substr(l, i + length(from)); print l; next }
     { print }
     END {
       if (incc && !done) { print "  kubeconfig: " kc; done = 1 }
@@ -449,38 +623,41 @@ render_scheduler_config() {
     }' "$src")
 }
 
-ensure_cgroup_root() {
+ensure_cgroup_root() { # ROOT
   # The kubelet requires its cgroupRoot to exist in every v1 hierarchy.
   local h
   for h in /sys/fs/cgroup/*/; do
     h="${h%/}"
     [[ -f "$h/cgroup.procs" ]] || continue
     [[ "$(stat -fc %T "$h")" == cgroup2fs ]] && continue
-    if [[ ! -d "$h$CGROUP_ROOT" ]]; then
-      mkdir "$h$CGROUP_ROOT"
+    if [[ ! -d "$h$1" ]]; then
+      mkdir "$h$1"
       if [[ -f "$h/cpuset.cpus" ]]; then
-        cat "$h/cpuset.cpus" > "$h$CGROUP_ROOT/cpuset.cpus"
-        cat "$h/cpuset.mems" > "$h$CGROUP_ROOT/cpuset.mems"
+        cat "$h/cpuset.cpus" > "$h$1/cpuset.cpus"
+        cat "$h/cpuset.mems" > "$h$1/cpuset.mems"
       fi
     fi
   done
 }
 
-# The list is captured before grep reads it: `ctrx ... | grep -q` under
+# The list is captured before grep reads it: `ctr ... | grep -q` under
 # pipefail fails when grep exits before ctr finished writing.
-image_present() { local images; images="$(ctrx -n k8s.io images ls -q 2>/dev/null)"; grep -qxF "$1" <<<"$images"; }
+image_present() { # SOCK IMAGE
+  local images; images="$("$(ctr_bin)" -a "$1" -n k8s.io images ls -q 2>/dev/null)"; grep -qxF "$2" <<<"$images"
+}
 
+# ensure_images: the pause and busybox images on node N (node_set N first).
 ensure_images() {
-  if ! image_present "$PAUSE_IMAGE"; then
-    log "building the pause image"
+  if ! image_present "$N_SOCK" "$PAUSE_IMAGE"; then
+    log "building the pause image for $N_NAME"
     mkdir -p "$STATE/build"
-    gcc -static -Os -s -o "$STATE/build/pause" "$CLUSTER_DIR/pause/pause.c"
-    "$CLUSTER_DIR/load-image.sh" --address "$CONTAINERD_SOCK" --entrypoint /pause \
+    [[ -x "$STATE/build/pause" ]] || gcc -static -Os -s -o "$STATE/build/pause" "$CLUSTER_DIR/pause/pause.c"
+    "$CLUSTER_DIR/load-image.sh" --address "$N_SOCK" --entrypoint /pause \
       fast-sandbox/pause:dev "$STATE/build/pause=/pause"
   fi
-  if ! image_present "$BUSYBOX_IMAGE"; then
-    log "building the busybox test image"
-    "$CLUSTER_DIR/build-busybox-image.sh" --address "$CONTAINERD_SOCK"
+  if ! image_present "$N_SOCK" "$BUSYBOX_IMAGE"; then
+    log "building the busybox test image for $N_NAME"
+    "$CLUSTER_DIR/build-busybox-image.sh" --address "$N_SOCK"
   fi
 }
 
@@ -489,18 +666,49 @@ apiserver_ready() {
     "https://127.0.0.1:$APISERVER_PORT/readyz" | grep -qx ok
 }
 
-node_ready_since() { # EPOCH: node Ready with a heartbeat at or after EPOCH
+node_ready_since() { # NODE EPOCH: node Ready with a heartbeat at or after EPOCH
   local out status hb
-  out="$(kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')" || return 1
+  out="$(kc get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')" || return 1
   read -r status hb <<<"$out"
   [[ "$status" == True ]] || return 1
-  [[ "$1" == 0 ]] && return 0
-  (( $(date -u -d "$hb" +%s) >= $1 ))
+  [[ "$2" == 0 ]] && return 0
+  (( $(date -u -d "$hb" +%s) >= $2 ))
 }
 
 lock_state() { # one up/down at a time
   exec 9> "$STATE/.cluster.lock"
   flock -n 9 || { log "waiting for another cluster.sh up/down to finish"; flock -w 600 9; } || die "another cluster.sh up/down holds $STATE/.cluster.lock"
+}
+
+# start_node_runtime: node N's namespaces (N >= 2), containerd and images.
+start_node_runtime() {
+  local ns=()
+  if [[ -n "$N_NS" ]]; then ensure_node_ns; ns=(--ns "$N_NS"); fi
+  if [[ "$N_INDEX" == 1 ]] && ! pid_of containerd >/dev/null && unix_socket_bound "$N_SOCK"; then
+    die "another process listens at $N_SOCK (a system containerd?); the local cluster's node $N_NAME needs that path"
+  fi
+  # A fixed PATH, so containerd finds the shim of its own version first (it
+  # looks the shim up on PATH before its own directory) and the command line
+  # does not depend on the caller's.
+  start_proc "containerd$N_SUFFIX" "${ns[@]}" env "PATH=$CONTAINERD_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    "$CONTAINERD_BIN/containerd" --config "$N_CONF/containerd.toml"
+  poll "containerd of $N_NAME" 30 "$(ctr_bin)" -a "$N_SOCK" version ||
+    die "containerd of $N_NAME did not start; see $LOGS/containerd$N_SUFFIX.log"
+  log "containerd of $N_NAME ready ($N_SOCK)"
+  ensure_images
+}
+
+# start_node_agents: node N's kubelet and kube-proxy. Sets KUBELET_SINCE.
+start_node_agents() {
+  local ns=()
+  [[ -n "$N_NS" ]] && ns=(--ns "$N_NS")
+  ensure_cgroup_root "$N_CGROUP_ROOT"
+  KUBELET_SINCE=0
+  pid_of "kubelet$N_SUFFIX" >/dev/null || KUBELET_SINCE="$(date -u +%s)"
+  start_proc "kubelet$N_SUFFIX" "${ns[@]}" "$K8S_BIN/kubelet" --config "$N_CONF/kubelet.yaml" \
+    --kubeconfig "$N_CONF/kubelet.kubeconfig" --root-dir "$N_KUBELET_DIR" --cert-dir "$N_KUBELET_DIR/pki" \
+    --hostname-override "$N_NAME" --node-ip "$N_IP" --v=1
+  start_proc "kube-proxy$N_SUFFIX" "${ns[@]}" "$K8S_BIN/kube-proxy" --config "$N_CONF/kube-proxy.yaml" --v=1
 }
 
 cmd_up() {
@@ -513,11 +721,16 @@ cmd_up() {
   local bin; bin="$("$CLUSTER_DIR/build-k8s.sh")"
   [[ "$bin" == "$K8S_BIN" ]] || die "build-k8s.sh printed $bin, expected $K8S_BIN"
   [[ -x "$K8S_BIN/kube-proxy" ]] || die "kube-proxy missing in $K8S_BIN"
+  log "building / fetching containerd $CONTAINERD_VERSION binaries"
+  bin="$("$CLUSTER_DIR/build-containerd.sh")"
+  [[ "$bin" == "$CONTAINERD_BIN" ]] || die "build-containerd.sh printed $bin, expected $CONTAINERD_BIN"
   local ip; ip="$(node_ip)"
-  log "node $NODE_NAME, IP $ip, state $STATE"
+  log "nodes: $NODE_COUNT ($NODE_NAME at $ip, the host), state $STATE"
   record_host
   ensure_pki "$ip"
-  write_configs "$ip"
+  write_configs
+  local i
+  for ((i = 1; i <= NODE_COUNT; i++)); do node_set "$i"; write_node_configs; done
 
   # Host networking the pod network needs (restored by down).
   sysctl -qw net.ipv4.ip_forward=1
@@ -538,13 +751,12 @@ cmd_up() {
     die "etcd did not become healthy; see $LOGS/etcd.log"
   log "etcd healthy"
 
-  # containerd
-  start_proc containerd containerd --config "$CONF/containerd.toml"
-  poll "containerd socket" 30 ctr -a "$CONTAINERD_SOCK" version || die "containerd did not start; see $LOGS/containerd.log"
-  log "containerd ready ($CONTAINERD_SOCK)"
-  ensure_images
+  for ((i = 1; i <= NODE_COUNT; i++)); do node_set "$i"; start_node_runtime; done
 
-  # kube-apiserver
+  # kube-apiserver. The aggregation layer as kubeadm sets it up (front-proxy
+  # CA and client certificate, request headers); aggregated APIs and
+  # webhooks are reached at their Service's ClusterIP through the host's
+  # kube-proxy, so --enable-aggregator-routing is not needed.
   if ! pid_of kube-apiserver >/dev/null; then require_port_free "$APISERVER_PORT" kube-apiserver; fi
   start_proc kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
@@ -553,12 +765,19 @@ cmd_up() {
     --client-ca-file "$PKI/ca.crt" \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP,Hostname \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --api-audiences https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC \
     --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota,NodeRestriction,Priority \
+    --admission-control-config-file "$CONF/admission.yaml" \
     --allow-privileged=true --profiling=false --v=1
   poll "kube-apiserver /readyz" 90 apiserver_ready || die "kube-apiserver not ready; see $LOGS/kube-apiserver.log"
   log "kube-apiserver ready (https://127.0.0.1:$APISERVER_PORT)"
@@ -572,7 +791,7 @@ cmd_up() {
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --use-service-account-credentials=true \
     --flex-volume-plugin-dir "$KUBELET_DIR/volume-plugins" \
-    --service-cluster-ip-range "$SERVICE_CIDR" --cluster-cidr "$POD_CIDR" --allocate-node-cidrs=false \
+    --service-cluster-ip-range "$SERVICE_CIDR" --cluster-cidr "$CLUSTER_CIDR" --allocate-node-cidrs=false \
     --v=1
   render_scheduler_config
   log "kube-scheduler config: $(cat "$CONF/scheduler.source")"
@@ -581,32 +800,30 @@ cmd_up() {
     --authorization-kubeconfig "$CONF/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --leader-elect=false --v=1
 
-  ensure_cgroup_root
-  local kubelet_since=0
-  pid_of kubelet >/dev/null || kubelet_since="$(date -u +%s)"
-  start_proc kubelet "$K8S_BIN/kubelet" --config "$CONF/kubelet.yaml" \
-    --kubeconfig "$CONF/kubelet.kubeconfig" --root-dir "$KUBELET_DIR" --cert-dir "$KUBELET_DIR/pki" \
-    --hostname-override "$NODE_NAME" --node-ip "$ip" --v=1
-  start_proc kube-proxy "$K8S_BIN/kube-proxy" --config "$CONF/kube-proxy.yaml" --v=1
+  local since=()
+  for ((i = 1; i <= NODE_COUNT; i++)); do node_set "$i"; start_node_agents; since+=("$KUBELET_SINCE"); done
 
   poll "kube-controller-manager /healthz" 30 sh -c "curl -sk --max-time 1 https://127.0.0.1:10257/healthz | grep -qx ok" ||
     { tail -5 "$LOGS/kube-controller-manager.log" >&2; die "kube-controller-manager not healthy; see $LOGS/kube-controller-manager.log"; }
   poll "kube-scheduler /healthz" 30 sh -c "curl -sk --max-time 1 https://127.0.0.1:10259/healthz | grep -qx ok" ||
     { tail -5 "$LOGS/kube-scheduler.log" >&2; die "kube-scheduler not healthy; see $LOGS/kube-scheduler.log"; }
-  poll "node $NODE_NAME to register" 60 kc get node "$NODE_NAME" ||
-    die "node $NODE_NAME did not register; see $LOGS/kubelet.log"
-  # Ready, and reported by the kubelet running now (after a restart the Node
-  # object still carries the previous kubelet's Ready condition for a while).
-  poll "node $NODE_NAME Ready" 120 node_ready_since "$kubelet_since" ||
-    die "node $NODE_NAME not Ready after 120 s; see $LOGS/kubelet.log and $LOGS/containerd.log"
-  log "node $NODE_NAME Ready"
+  for ((i = 1; i <= NODE_COUNT; i++)); do
+    node_set "$i"
+    poll "node $N_NAME to register" 60 kc get node "$N_NAME" ||
+      die "node $N_NAME did not register; see $LOGS/kubelet$N_SUFFIX.log"
+    # Ready, and reported by the kubelet running now (after a restart the Node
+    # object still carries the previous kubelet's Ready condition for a while).
+    poll "node $N_NAME Ready" 120 node_ready_since "$N_NAME" "${since[$((i - 1))]}" ||
+      die "node $N_NAME not Ready after 120 s; see $LOGS/kubelet$N_SUFFIX.log and $LOGS/containerd$N_SUFFIX.log"
+    log "node $N_NAME Ready"
+  done
   poll "service account default/default" 60 kc -n default get serviceaccount default ||
     die "no default service account; see $LOGS/kube-controller-manager.log"
   poll "kube-proxy rules for the kubernetes Service" 60 sh -c "iptables-save -t nat | grep -q 'default/kubernetes:https'" ||
     log "WARNING: kube-proxy has not programmed the kubernetes Service yet; see $LOGS/kube-proxy.log"
 
   local name dead=""
-  for name in etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+  for name in "${COMPONENTS[@]}"; do
     pid_of "$name" >/dev/null || dead+=" $name"
   done
   if [[ -n "$dead" ]]; then
@@ -614,54 +831,70 @@ cmd_up() {
     die "not running:$dead"
   fi
   log "cluster up in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
+  echo
+  echo "Cluster is up."
+  cmd_nodes | sed 's/^/  /'
   cat <<EOF
-
-Cluster is up. Node: $NODE_NAME ($ip)
   kubeconfig: $ADMIN_KUBECONFIG
-  export KUBECONFIG=$ADMIN_KUBECONFIG
-  export PATH=$K8S_BIN:\$PATH
-  containerd: $CONTAINERD_SOCK  (ctr -a $CONTAINERD_SOCK -n k8s.io images ls)
   logs: $LOGS
-or: eval "\$($CLUSTER_DIR/cluster.sh env)"
+  eval "\$($CLUSTER_DIR/cluster.sh env)"    # KUBECONFIG, PATH (kubectl, ctr)
 EOF
 }
 
 # ----------------------------------------------------------------- down ----
 
-# Processes (shims, containers) that belong to our containerd: shims name our
-# socket on their command line; containers live under our cgroup root.
+# Processes (shims, containers) that belong to node N's containerd (node_set N
+# first): shims name the node's socket on their command line and run in the
+# node's mount namespace; containers live under the node's cgroup root.
 our_shims() {
-  local d pid
+  local d pid want
+  if [[ -n "$N_NS" ]]; then want="mnt:[$(ns_inode "$N_NS/mnt")]"; else want="$(readlink /proc/self/ns/mnt)"; fi
+  [[ "$want" != "mnt:[]" ]] || return 0
   for d in /proc/[0-9]*; do
     pid="${d#/proc/}"
     [[ "$(readlink "$d/exe" 2>/dev/null)" == */containerd-shim* ]] || continue
-    tr '\0' ' ' < "$d/cmdline" 2>/dev/null | grep -qF -- "-address $CONTAINERD_SOCK " && echo "$pid"
+    [[ "$(readlink "$d/ns/mnt" 2>/dev/null)" == "$want" ]] || continue
+    tr '\0' ' ' < "$d/cmdline" 2>/dev/null | grep -qF -- "-address $NODE_CONTAINERD_SOCK " && echo "$pid"
   done
   return 0
 }
-our_cgroup_pids() {
+our_cgroup_pids() { # ROOT
   local h
   for h in /sys/fs/cgroup/*/; do
-    [[ -d "$h${CGROUP_ROOT#/}" ]] || continue
-    find "$h${CGROUP_ROOT#/}" -name cgroup.procs -exec cat {} + 2>/dev/null
+    [[ -d "$h${1#/}" ]] || continue
+    find "$h${1#/}" -name cgroup.procs -exec cat {} + 2>/dev/null
   done | sort -u
 }
+# ns_pids: every process in node N's network or mount namespace (only our
+# scripts put processes there).
+ns_pids() {
+  [[ -n "$N_NS" ]] || return 0
+  local net mnt d
+  net="$(ns_inode "$N_NS/net")"; mnt="$(ns_inode "$N_NS/mnt")"
+  [[ -n "$net$mnt" ]] || return 0
+  for d in /proc/[0-9]*; do
+    case "$(readlink "$d/ns/net" 2>/dev/null) $(readlink "$d/ns/mnt" 2>/dev/null)" in
+      "net:[$net] "*|*" mnt:[$mnt]") echo "${d#/proc/}" ;;
+    esac
+  done
+}
 
-kill_containers() {
-  if [[ -S "$CONTAINERD_SOCK" ]] && ctr --connect-timeout 1s -a "$CONTAINERD_SOCK" version >/dev/null 2>&1; then
+kill_containers() { # node N (node_set N first)
+  local c; c="$(ctr_bin)"
+  if [[ -S "$N_SOCK" ]] && "$c" --connect-timeout 1s -a "$N_SOCK" version >/dev/null 2>&1; then
     local ns t
-    for ns in $(ctrx namespaces ls -q 2>/dev/null); do
-      for t in $(ctrx -n "$ns" tasks ls -q 2>/dev/null); do
-        ctrx -n "$ns" tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1 || true
+    for ns in $("$c" -a "$N_SOCK" namespaces ls -q 2>/dev/null); do
+      for t in $("$c" -a "$N_SOCK" -n "$ns" tasks ls -q 2>/dev/null); do
+        "$c" -a "$N_SOCK" -n "$ns" tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1 || true
       done
-      for t in $(ctrx -n "$ns" tasks ls -q 2>/dev/null); do
-        timeout 10 ctr -a "$CONTAINERD_SOCK" -n "$ns" tasks delete -f "$t" >/dev/null 2>&1 || true
+      for t in $("$c" -a "$N_SOCK" -n "$ns" tasks ls -q 2>/dev/null); do
+        timeout 10 "$c" -a "$N_SOCK" -n "$ns" tasks delete -f "$t" >/dev/null 2>&1 || true
       done
     done
   fi
-  local pids; pids="$(our_cgroup_pids)"
+  local pids; pids="$(our_cgroup_pids "$N_CGROUP_ROOT")"
   if [[ -n "$pids" ]]; then
-    log "killing $(wc -w <<<"$pids") leftover container processes in $CGROUP_ROOT"
+    log "killing $(wc -w <<<"$pids") leftover container processes in $N_CGROUP_ROOT"
     kill -KILL $pids 2>/dev/null || true
   fi
 }
@@ -717,16 +950,16 @@ cleanup_iptables() {
   done
 }
 
-remove_cgroups() {
+remove_cgroups() { # ROOT
   local h i
   for h in /sys/fs/cgroup/*/; do
-    [[ -d "$h${CGROUP_ROOT#/}" ]] || continue
+    [[ -d "$h${1#/}" ]] || continue
     for ((i = 0; i < 20; i++)); do
-      find "$h${CGROUP_ROOT#/}" -depth -type d -exec rmdir {} + 2>/dev/null || true
-      [[ -d "$h${CGROUP_ROOT#/}" ]] || break
+      find "$h${1#/}" -depth -type d -exec rmdir {} + 2>/dev/null || true
+      [[ -d "$h${1#/}" ]] || break
       sleep 0.2
     done
-    [[ -d "$h${CGROUP_ROOT#/}" ]] && log "WARNING: cannot remove cgroup $h${CGROUP_ROOT#/}"
+    [[ -d "$h${1#/}" ]] && log "WARNING: cannot remove cgroup $h${1#/}"
   done
   return 0
 }
@@ -740,8 +973,14 @@ unix_socket_bound() { awk -v p="$1" '$NF == p {found = 1} END {exit !found}' /pr
 clean_host_paths() {
   [[ -f "$HOSTREC/paths" ]] || return 0
   local p existed f
-  for f in /run/containerd/s/* /var/lib/kubelet/device-plugins/kubelet.sock; do
+  for f in /run/containerd/s/* "$NODE_CONTAINERD_SOCK" "$NODE_CONTAINERD_SOCK.ttrpc" \
+      /var/lib/kubelet/device-plugins/kubelet.sock; do
     [[ -S "$f" ]] && ! unix_socket_bound "$f" && rm -f "$f"   # stale sockets
+  done
+  # State of node 1's agent pods (hostPath /var/lib/fast-sandbox/agents/<pod uid>).
+  for f in /var/lib/fast-sandbox/agents/*/; do
+    f="${f%/}"
+    [[ -d "$KUBELET_DIR/pods/${f##*/}" ]] && rm -rf --one-file-system "$f"
   done
   rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
   for f in /var/lib/cni/results/cni-loopback-*-lo; do   # loopback results of our sandboxes
@@ -768,41 +1007,59 @@ cmd_down() {
   if [[ ! -d "$STATE" ]]; then log "no state dir $STATE: nothing to do"; return 0; fi
   lock_state
   mkdir -p "$LOGS" "$PIDS"
-  local f name helpers=()
+  local f name i helpers=() agents=() runtimes=()
   # Fake-node heartbeats and any other helper recorded by our scripts.
   for f in "$PIDS"/*.pid; do
     [[ -e "$f" ]] || continue
     name="$(basename "$f" .pid)"
     [[ " ${COMPONENTS[*]} " == *" $name "* ]] || helpers+=("$name")
   done
-  stop_procs 10 "${helpers[@]}" kubelet kube-proxy kube-scheduler kube-controller-manager
-  log "killing containers of our containerd"
-  kill_containers
-  stop_procs 10 containerd
-  local shims; shims="$(our_shims)"
-  for f in $shims; do stop_pid containerd-shim "$f"; done
-  kill_containers   # anything the shims left behind
+  for ((i = 1; i <= NODE_COUNT; i++)); do
+    node_set "$i"; agents+=("kubelet$N_SUFFIX" "kube-proxy$N_SUFFIX"); runtimes+=("containerd$N_SUFFIX")
+  done
+  stop_procs 10 "${helpers[@]}" "${agents[@]}" kube-scheduler kube-controller-manager
+  log "killing the containers of every node"
+  for ((i = 1; i <= NODE_COUNT; i++)); do node_set "$i"; kill_containers; done
+  stop_procs 10 "${runtimes[@]}"
+  for ((i = 1; i <= NODE_COUNT; i++)); do
+    node_set "$i"
+    for f in $(our_shims); do stop_pid "containerd-shim of $N_NAME" "$f"; done
+    kill_containers   # anything the shims left behind
+    f="$(ns_pids)"
+    if [[ -n "$f" ]]; then
+      log "killing $(wc -w <<<"$f") processes left in the namespaces of $N_NAME"
+      kill -KILL $f 2>/dev/null || true
+    fi
+  done
   # The apiserver drains watches for a long time on SIGTERM; nothing to save.
   stop_procs 3 kube-apiserver
   stop_procs 10 etcd
 
+  # Node N's namespaces go with their last mount (under $STATE/nodeN/ns) and
+  # take its mounts, eth0, pod bridge, iptables rules and sysctls along.
   log "unmounting everything under $STATE"
   unmount_under "$STATE"
   if [[ -x "$K8S_BIN/kube-proxy" ]]; then
     log "kube-proxy --cleanup"
     "$K8S_BIN/kube-proxy" --cleanup --v=0 >> "$LOGS/kube-proxy-cleanup.log" 2>&1 || true
   fi
-  log "removing iptables chains, the $CNI_BRIDGE bridge and cgroups we created"
+  log "removing iptables chains, links and cgroups we created"
   cleanup_iptables
-  if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
-    local l   # veths still attached to our bridge (normally gone with their netns)
-    for l in $(ip -o link show master "$CNI_BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+  local l bridge
+  for bridge in "$CNI_BRIDGE" "$NODES_BRIDGE"; do
+    ip link show "$bridge" >/dev/null 2>&1 || continue
+    link_was_there "$bridge" && { log "leaving $bridge: it existed before the first up"; continue; }
+    # veths still attached (normally gone with their netns)
+    for l in $(ip -o link show master "$bridge" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
       ip link del "$l" 2>/dev/null || true
     done
-    ip link del "$CNI_BRIDGE"
-  fi
-  remove_cgroups
-  rm -rf "$STATE/cni/networks"   # IPAM leases of the pods just killed
+    ip link del "$bridge"
+  done
+  for ((i = 1; i <= NODE_COUNT; i++)); do
+    node_set "$i"
+    remove_cgroups "$N_CGROUP_ROOT"
+    rm -rf "$N_CNI_DIR/networks"   # IPAM leases of the pods just killed
+  done
 
   if [[ -f "$HOSTREC/sysctl" ]]; then
     log "restoring host sysctls"
@@ -826,7 +1083,7 @@ cmd_down() {
 cmd_status() {
   local name pid rc=0
   echo "state: $STATE"
-  for name in etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+  for name in "${COMPONENTS[@]}"; do
     if pid="$(pid_of "$name")"; then printf '  %-24s running (pid %s)\n' "$name" "$pid"
     else printf '  %-24s not running\n' "$name"; rc=1; fi
   done
@@ -847,29 +1104,62 @@ cmd_status() {
   return $rc
 }
 
+component_pids() { # VERB NAME...: PIDs of running components, or die
+  local verb="$1" name pid; shift
+  [[ $# -gt 0 ]] || die "$verb: name at least one of: ${COMPONENTS[*]}"
+  for name in "$@"; do
+    [[ " ${COMPONENTS[*]} " == *" $name "* ]] || die "$verb: $name is not one of: ${COMPONENTS[*]}"
+    pid="$(pid_of "$name")" || die "$verb: $name is not running"
+    echo "$pid"
+  done
+}
+
 # kill NAME...: SIGKILL to the recorded process of each named component (a
 # crash, for the fault tests), then wait until each is gone. Only PIDs this
 # script started are touched; `up` starts them again.
 cmd_kill() {
-  local name pid pids=() i
-  [[ $# -gt 0 ]] || die "kill: name at least one of: ${COMPONENTS[*]}"
-  for name in "$@"; do
-    [[ " ${COMPONENTS[*]} " == *" $name "* ]] || die "kill: $name is not one of: ${COMPONENTS[*]}"
-    pid="$(pid_of "$name")" || die "kill: $name is not running"
-    pids+=("$pid")
-  done
-  kill -KILL "${pids[@]}"
-  for pid in "${pids[@]}"; do
+  local pids pid i
+  pids="$(component_pids kill "$@")" || exit 1
+  kill -KILL $pids
+  for pid in $pids; do
     for ((i = 0; i < 100; i++)); do [[ -d /proc/$pid ]] || break; sleep 0.05; done
     [[ -d /proc/$pid ]] && die "kill: pid $pid still exists 5 s after SIGKILL"
   done
-  log "killed $* (pids ${pids[*]})"
+  log "killed $* (pids $(echo $pids))"
+}
+
+# stop NAME...: SIGTERM (SIGKILL after 10 s) and wait; `up` starts them again.
+cmd_stop() {
+  component_pids stop "$@" >/dev/null || exit 1
+  lock_state
+  stop_procs 10 "$@"
+}
+
+cmd_nodes() {
+  local i
+  for ((i = 1; i <= NODE_COUNT; i++)); do
+    node_set "$i"
+    printf '%s %s %s %s\n' "$N_NAME" "$N_IP" "$N_SOCK" "kubelet$N_SUFFIX"
+  done
+}
+
+cmd_socket() {
+  [[ $# == 1 ]] || die "usage: cluster.sh socket NODE (a name from 'cluster.sh nodes', or its number)"
+  node_socket "$1"
 }
 
 cmd_env() {
+  local i pairs=""
+  for ((i = 1; i <= NODE_COUNT; i++)); do
+    node_set "$i"; pairs+="${pairs:+,}$N_NAME=$N_SOCK"
+  done
   echo "export KUBECONFIG=$ADMIN_KUBECONFIG"
-  echo "export PATH=$K8S_BIN:\$PATH"
+  echo "export PATH=$K8S_BIN:$CONTAINERD_BIN:\$PATH"
+  # Node 1's containerd; every node's as NAME=SOCKET pairs.
   echo "export FAST_SANDBOX_CONTAINERD_SOCK=$CONTAINERD_SOCK"
+  echo "export FAST_SANDBOX_NODE_CONTAINERD=$pairs"
+  # containerd 2's ctr warns on every call that cgroup v1 is deprecated.
+  echo "export CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1"
 }
 
 case "${1:-}" in
@@ -878,5 +1168,8 @@ case "${1:-}" in
   status) shift; cmd_status "$@" ;;
   env) shift; cmd_env "$@" ;;
   kill) shift; cmd_kill "$@" ;;
+  stop) shift; cmd_stop "$@" ;;
+  nodes) shift; cmd_nodes "$@" ;;
+  socket) shift; cmd_socket "$@" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

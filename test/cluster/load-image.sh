@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a single-layer OCI image without Docker (umoci) and imports it into
-# the local cluster's containerd (namespace k8s.io), or only writes the OCI
-# archive.
+# the containerd of every node of the local cluster (namespace k8s.io), of
+# the nodes named, or only writes the OCI archive.
 #
 #   load-image.sh [options] NAME:TAG [BINARY [EXTRA...]]
 #
@@ -20,13 +20,15 @@
 #                      BINARY is given
 #   --entrypoint PATH  entrypoint inside the image (default: the BINARY)
 #   --cmd ARG          default arguments (repeatable)
-#   --address SOCK     containerd socket (default: the local cluster's)
+#   --node NODE        import into this node only (name from `cluster.sh
+#                      nodes`, or its number; repeatable); default: every node
+#   --address SOCK     import into the containerd at SOCK instead (repeatable)
 #   --namespace NS     containerd namespace (default: k8s.io)
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
-archive_only="" keep_archive="" with_busybox=0 entrypoint="" address="$CONTAINERD_SOCK" ns="k8s.io"
-cmd_args=()
+archive_only="" keep_archive="" with_busybox=0 entrypoint="" ns="k8s.io"
+cmd_args=() addresses=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --archive-only) archive_only="$2"; shift 2 ;;
@@ -34,7 +36,8 @@ while [[ $# -gt 0 ]]; do
     --busybox) with_busybox=1; shift ;;
     --entrypoint) entrypoint="$2"; shift 2 ;;
     --cmd) cmd_args+=("$2"); shift 2 ;;
-    --address) address="$2"; shift 2 ;;
+    --address) addresses+=("$2"); shift 2 ;;
+    --node) addresses+=("$(node_socket "$2")") || die "no node $2 (see cluster.sh nodes)"; shift 2 ;;
     --namespace) ns="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --) shift; break ;;
@@ -117,10 +120,16 @@ if [[ -n "$archive_only" ]]; then
   exit 0
 fi
 [[ -n "$keep_archive" ]] && { mkdir -p "$(dirname "$keep_archive")"; cp "$archive" "$keep_archive"; }
-[[ -S "$address" ]] || die "containerd socket $address not found (is the cluster up?)"
-ctr -a "$address" -n "$ns" images import --base-name "$repo" "$archive" >/dev/null
-# Capture the list first: with pipefail, `ctr ... | grep -q` fails whenever
-# grep finds the line before ctr finished writing (ctr dies of SIGPIPE).
-images="$(ctr -a "$address" -n "$ns" images ls -q)"
-grep -qxF "$ref" <<<"$images" || die "import of $ref failed"
-log "imported $ref ($size) into containerd $address namespace $ns"
+if [[ ${#addresses[@]} -eq 0 ]]; then
+  for ((i = 1; i <= NODE_COUNT; i++)); do addresses+=("$(node_socket "$i")"); done
+fi
+ctr="$(ctr_bin)"
+for address in "${addresses[@]}"; do
+  [[ -S "$address" ]] || die "containerd socket $address not found (is the cluster up?)"
+  "$ctr" -a "$address" -n "$ns" images import --base-name "$repo" "$archive" >/dev/null
+  # Capture the list first: with pipefail, `ctr ... | grep -q` fails whenever
+  # grep finds the line before ctr finished writing (ctr dies of SIGPIPE).
+  images="$("$ctr" -a "$address" -n "$ns" images ls -q)"
+  grep -qxF "$ref" <<<"$images" || die "import of $ref into $address failed"
+  log "imported $ref ($size) into containerd $address namespace $ns"
+done
