@@ -1,6 +1,7 @@
-//! The node's containerd as the suite sees it through `ctr`: which sandbox
+//! Every node's containerd as the suite sees it through `ctr`: which sandbox
 //! containers exist, and the host PID of a pod's container. The truth the
-//! fault tests check the API's account against.
+//! fault tests check the API's account against. The local cluster has
+//! several real nodes; each call looks at all of them.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -17,46 +18,91 @@ use crate::E2eError;
 /// containerd namespace the kubelet and the agents use.
 pub const NAMESPACE: &str = "k8s.io";
 
-/// The node containerd's socket: `FAST_SANDBOX_CONTAINERD_SOCK` (set by
-/// `test/cluster/cluster.sh env`), else the local cluster's default.
-pub fn socket() -> String {
-    std::env::var("FAST_SANDBOX_CONTAINERD_SOCK")
-        .unwrap_or_else(|_| "/var/lib/fast-sandbox-cluster/containerd/containerd.sock".into())
+/// The standard containerd socket, where the local cluster's first node
+/// listens.
+pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
+
+/// Every node's containerd socket as seen from the host, by node name:
+/// `FAST_SANDBOX_NODE_CONTAINERD` (`name=socket,...`, set by
+/// `test/cluster/cluster.sh env`), else `FAST_SANDBOX_CONTAINERD_SOCK` (one
+/// node), else the standard socket.
+pub fn sockets() -> Vec<(String, String)> {
+    if let Ok(pairs) = std::env::var("FAST_SANDBOX_NODE_CONTAINERD") {
+        let parsed: Vec<(String, String)> = pairs
+            .split(',')
+            .filter_map(|p| p.split_once('='))
+            .map(|(n, s)| (n.trim().to_string(), s.trim().to_string()))
+            .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+            .collect();
+        if !parsed.is_empty() {
+            return parsed;
+        }
+    }
+    let single =
+        std::env::var("FAST_SANDBOX_CONTAINERD_SOCK").unwrap_or_else(|_| DEFAULT_SOCKET.into());
+    vec![(String::new(), single)]
 }
 
 /// Runs `ctr -a <socket> -n k8s.io <args>` and returns its stdout.
-pub async fn ctr(args: &[&str]) -> Result<String, E2eError> {
-    let sock = socket();
+pub async fn ctr_on(socket: &str, args: &[&str]) -> Result<String, E2eError> {
     let out = Command::new("ctr")
-        .args(["-a", &sock, "-n", NAMESPACE])
+        .args(["-a", socket, "-n", NAMESPACE])
         .args(args)
         .output()
         .await
         .map_err(|e| E2eError::Command(format!("ctr {args:?} did not run: {e}")))?;
     if !out.status.success() {
         return Err(E2eError::Command(format!(
-            "ctr {args:?}: {}",
+            "ctr -a {socket} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Ids of the containers whose label `key` equals `value`.
-pub async fn containers_labelled(key: &str, value: &str) -> Result<Vec<String>, E2eError> {
-    let filter = format!("labels.\"{key}\"==\"{value}\"");
-    let out = ctr(&["containers", "ls", "-q", &filter]).await?;
-    Ok(out
-        .lines()
+/// Runs `ctr <args>` against every node and returns each node's stdout.
+async fn ctr_all(args: &[&str]) -> Result<Vec<(String, String)>, E2eError> {
+    let mut outs = Vec::new();
+    for (_, socket) in sockets() {
+        let out = ctr_on(&socket, args).await?;
+        outs.push((socket, out));
+    }
+    Ok(outs)
+}
+
+fn ids(out: &str) -> impl Iterator<Item = String> + '_ {
+    out.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(str::to_string)
-        .collect())
+}
+
+/// Ids of the containers whose label `key` equals `value`, on every node.
+pub async fn containers_labelled(key: &str, value: &str) -> Result<Vec<String>, E2eError> {
+    let filter = format!("labels.\"{key}\"==\"{value}\"");
+    let mut found = Vec::new();
+    for (_, out) in ctr_all(&["containers", "ls", "-q", &filter]).await? {
+        found.extend(ids(&out));
+    }
+    Ok(found)
+}
+
+/// The socket of the node whose containerd holds container `id`.
+async fn socket_of(id: &str) -> Result<Option<String>, E2eError> {
+    for (socket, out) in ctr_all(&["containers", "ls", "-q"]).await? {
+        if ids(&out).any(|c| c == id) {
+            return Ok(Some(socket));
+        }
+    }
+    Ok(None)
 }
 
 /// What `ctr containers info` says of one container.
 async fn container_info(id: &str) -> Result<serde_json::Value, E2eError> {
-    let out = ctr(&["containers", "info", id]).await?;
+    let socket = socket_of(id)
+        .await?
+        .ok_or_else(|| E2eError::Command(format!("no node's containerd has container {id}")))?;
+    let out = ctr_on(&socket, &["containers", "info", id]).await?;
     serde_json::from_str(&out)
         .map_err(|e| E2eError::Command(format!("ctr containers info {id}: {e}")))
 }
@@ -108,72 +154,83 @@ pub async fn sandbox_containers(
     Ok(by_uid)
 }
 
-/// Whether a container with this id exists.
+/// Whether a container with this id exists on any node.
 pub async fn exists(id: &str) -> Result<bool, E2eError> {
-    let out = ctr(&["containers", "ls", "-q"]).await?;
-    Ok(out.lines().any(|l| l.trim() == id))
+    Ok(socket_of(id).await?.is_some())
 }
 
-/// Host PID of the running task of container `id`, if it has one.
+/// Host PID of the running task of container `id`, if it has one (every
+/// node shares the host's PID namespace).
 pub async fn task_pid(id: &str) -> Result<Option<u32>, E2eError> {
-    let out = ctr(&["tasks", "ls"]).await?;
-    Ok(out.lines().skip(1).find_map(|line| {
-        let mut cols = line.split_whitespace();
-        let (task, pid, status) = (cols.next()?, cols.next()?, cols.next()?);
-        (task == id && status == "RUNNING")
-            .then(|| pid.parse().ok())
-            .flatten()
-    }))
+    for (_, out) in ctr_all(&["tasks", "ls"]).await? {
+        let pid = out.lines().skip(1).find_map(|line| {
+            let mut cols = line.split_whitespace();
+            let (task, pid, status) = (cols.next()?, cols.next()?, cols.next()?);
+            (task == id && status == "RUNNING")
+                .then(|| pid.parse().ok())
+                .flatten()
+        });
+        if pid.is_some() {
+            return Ok(pid);
+        }
+    }
+    Ok(None)
 }
 
-/// Task exits in the node's containerd, from `ctr events`, with the moment
-/// each was seen: tells a test when a process it killed really died.
+/// Task exits in every node's containerd, from `ctr events`, with the
+/// moment each was seen: tells a test when a process it killed really died.
 pub struct TaskExits {
     exits: Arc<Mutex<BTreeMap<String, Instant>>>,
     changed: watch::Receiver<u64>,
-    _child: Child,
+    _children: Vec<Child>,
 }
 
 impl TaskExits {
-    /// Starts following the event stream; exits from now on are recorded.
+    /// Starts following the event streams; exits from now on are recorded.
     pub fn start() -> Result<Self, E2eError> {
-        let mut child = Command::new("ctr")
-            .args(["-a", &socket(), "events"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| E2eError::Command(format!("ctr events did not run: {e}")))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| E2eError::Command("ctr events has no stdout".into()))?;
         let exits: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
         let (tx, changed) = watch::channel(0u64);
-        let e = exits.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                // `<time> <namespace> /tasks/exit {"container_id": ...}`
-                let Some((_, json)) = line.split_once(&format!(" {NAMESPACE} /tasks/exit ")) else {
-                    continue;
-                };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
-                    continue;
-                };
-                if let Some(id) = v.get("container_id").and_then(|i| i.as_str()) {
-                    e.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(id.to_string())
-                        .or_insert_with(Instant::now);
-                    tx.send_modify(|n| *n += 1);
+        let tx = Arc::new(tx);
+        let mut children = Vec::new();
+        for (_, socket) in sockets() {
+            let mut child = Command::new("ctr")
+                .args(["-a", &socket, "events"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| E2eError::Command(format!("ctr events did not run: {e}")))?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| E2eError::Command("ctr events has no stdout".into()))?;
+            let (e, tx) = (exits.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    // `<time> <namespace> /tasks/exit {"container_id": ...}`
+                    let Some((_, json)) = line.split_once(&format!(" {NAMESPACE} /tasks/exit "))
+                    else {
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                        continue;
+                    };
+                    if let Some(id) = v.get("container_id").and_then(|i| i.as_str()) {
+                        e.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(id.to_string())
+                            .or_insert_with(Instant::now);
+                        tx.send_modify(|n| *n += 1);
+                    }
                 }
-            }
-        });
+            });
+            children.push(child);
+        }
         Ok(Self {
             exits,
             changed,
-            _child: child,
+            _children: children,
         })
     }
 

@@ -45,23 +45,26 @@ fn ready(s: &Sandbox) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// Container ids in the node's containerd (k8s.io namespace).
+/// Container ids in every node's containerd (k8s.io namespace).
 fn containerd_ids() -> Vec<String> {
-    let sock = std::env::var("FAST_SANDBOX_CONTAINERD_SOCK")
-        .unwrap_or_else(|_| "/var/lib/fast-sandbox-cluster/containerd/containerd.sock".into());
-    let out = Command::new("ctr")
-        .args(["-a", &sock, "-n", "k8s.io", "containers", "ls", "-q"])
-        .output()
-        .expect("ctr runs");
-    assert!(
-        out.status.success(),
-        "ctr failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    let mut ids = Vec::new();
+    for (_, sock) in fast_sandbox_e2e::containerd::sockets() {
+        let out = Command::new("ctr")
+            .args(["-a", &sock, "-n", "k8s.io", "containers", "ls", "-q"])
+            .output()
+            .expect("ctr runs");
+        assert!(
+            out.status.success(),
+            "ctr -a {sock} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    ids
 }
 
 #[tokio::test]
