@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod crd;
 pub mod image;
+pub mod policy;
 pub mod pool;
 pub mod quantity;
 pub mod sandbox;

@@ -15,8 +15,8 @@ use fast_sandbox_api::wellknown::{
     ANNOTATION_BOUND_AT, ANNOTATION_RESERVATION, FINALIZER, LABEL_AGENT, condition, reason,
 };
 use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase, SandboxStatus};
+use fast_sandbox_placement::{Choice, pool_key};
 use fast_sandbox_webhook::binding::{self, Binding};
-use fast_sandbox_webhook::placement::{self, Choice};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{PatchOperation, RemoveOperation, ReplaceOperation, TestOperation};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -191,29 +191,33 @@ async fn unbound(t: &Target<'_>, ctx: &Context) -> Result<Option<DateTime<Utc>>,
         write_status(t, ctx, &st).await?;
         return Ok(None);
     }
-    let pool_key = placement::pool_key(&t.ns, pool);
-    match ctx
-        .agents
-        .index()
-        .reserve(&pool_key, &t.sb.spec.image, &t.uid)
-    {
+    let pool_key = pool_key(&t.ns, pool);
+    match ctx.index.reserve(&pool_key, &t.sb.spec.image, &t.uid) {
         Ok(choice) => {
             bind(t, ctx, &choice).await?;
             Ok(None)
         }
         Err(_) => {
-            let st = transition::unbound(
-                &t.status(),
-                reason::NO_CAPACITY,
-                &format!("no ready agent of pool {pool} has a free slot; the pool grows"),
-                t.generation(),
-                t.now,
-            );
-            write_status(t, ctx, &st).await?;
-            let _ = ctx.pool_tx.send(ObjectRef::new(pool).within(&t.ns));
+            wait_for_capacity(t, ctx).await?;
             Ok(None)
         }
     }
+}
+
+/// No slot anywhere: the sandbox waits, visibly (Pending, Scheduled=False,
+/// NoCapacity), and the pool grows. It is placed as soon as a slot frees.
+async fn wait_for_capacity(t: &Target<'_>, ctx: &Context) -> Result<(), Error> {
+    let pool = &t.sb.spec.pool_ref;
+    let st = transition::unbound(
+        &t.status(),
+        reason::NO_CAPACITY,
+        &format!("no ready agent of pool {pool} has a free slot; waiting while the pool grows"),
+        t.generation(),
+        t.now,
+    );
+    write_status(t, ctx, &st).await?;
+    let _ = ctx.pool_tx.send(ObjectRef::new(pool).within(&t.ns));
+    Ok(())
 }
 
 /// Binds the sandbox to `choice` with the same patch admission uses.
@@ -230,7 +234,7 @@ async fn bind(t: &Target<'_>, ctx: &Context, choice: &Choice) -> Result<(), Erro
         .patch(&t.name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
     {
-        ctx.agents.index().release(&t.uid);
+        ctx.index.release(&t.uid);
         return Err(e.into());
     }
     tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %choice.pod_name, "sandbox placed by the controller");
@@ -261,10 +265,11 @@ async fn bound(
     let status = t.status();
     let want_rev = t.sb.spec.reset_revision.unwrap_or(0);
     let phase = t.phase();
+    let agent_ns = &ctx.settings.agent_pod.namespace;
     if phase == SandboxPhase::Lost && t.sb.spec.failure_policy == FailurePolicy::AutoRecreate {
         let bound_agent_lives = ctx
             .pods
-            .get(&ObjectRef::new(pod).within(&t.ns))
+            .get(&ObjectRef::new(pod).within(agent_ns))
             .is_some_and(|p| !pod_gone(&p));
         if !bound_agent_lives {
             replace(t, ctx, pod, reason::AGENT_LOST).await?;
@@ -292,13 +297,22 @@ async fn bound(
     }
 
     let grace = chrono::Duration::from_std(ctx.settings.agent_lost_grace).unwrap_or_default();
-    let pod_obj = ctx.pods.get(&ObjectRef::new(pod).within(&t.ns));
-    let agent = ctx.agents.get(&t.ns, pod);
+    let pod_obj = ctx.pods.get(&ObjectRef::new(pod).within(agent_ns));
+    if let Some(p) = &pod_obj
+        && crate::agents::pool_of(p) != Some((t.ns.clone(), t.sb.spec.pool_ref.clone()))
+    {
+        // A sandbox of pool ns/p runs only on agents of ns/p, whatever its
+        // binding says.
+        tracing::warn!(sandbox = %t.name, namespace = %t.ns, agent = %pod, "bound to an agent of another pool; re-placing");
+        replace(t, ctx, pod, reason::AGENT_OF_ANOTHER_POOL).await?;
+        return Ok(None);
+    }
+    let agent = ctx.agents.get(pod);
     let agent = match (pod_obj, agent) {
         (Some(p), _) if pod_gone(&p) => {
             return lost(t, ctx, pod, &format!("agent pod {pod} is terminating")).await;
         }
-        (None, _) if ctx.agents.was_deleted(&t.ns, pod) => {
+        (None, _) if ctx.agents.was_deleted(pod) => {
             return lost(t, ctx, pod, &format!("agent pod {pod} was deleted")).await;
         }
         (None, _) => {
@@ -523,13 +537,15 @@ async fn create(
     }
     match result {
         Ok(info) => {
+            ctx.index.record_acceptance(pod);
             agent.record_created(info.clone());
             observe(t, ctx, agent, &info).await?;
             Ok(None)
         }
         Err(e) => match e.code() {
             Some(ErrorCode::CapacityExceeded) => {
-                tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %pod, "agent full; re-placing");
+                let until = ctx.index.record_refusal(pod, std::time::Instant::now());
+                tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %pod, skipped_for = ?until.map(|u| u.saturating_duration_since(std::time::Instant::now())), "agent full; re-placing");
                 replace(t, ctx, pod, reason::CAPACITY_EXCEEDED).await?;
                 Ok(None)
             }
@@ -575,7 +591,7 @@ async fn create(
                     }
                 }
                 Err(Error::Agent {
-                    agent: format!("{}/{pod}", t.ns),
+                    agent: pod.to_string(),
                     source: e,
                 })
             }
@@ -660,10 +676,9 @@ async fn replace(
             format!("unbound from agent {old_pod} to re-place"),
         ),
     );
-    let pool_key = placement::pool_key(&t.ns, &t.sb.spec.pool_ref);
+    let pool_key = pool_key(&t.ns, &t.sb.spec.pool_ref);
     match ctx
-        .agents
-        .index()
+        .index
         .reserve_avoiding(&pool_key, &t.sb.spec.image, &t.uid, old_pod)
     {
         Ok(choice) => {
@@ -679,10 +694,16 @@ async fn replace(
             bind(&t2, ctx, &choice).await
         }
         Err(_) => {
-            let _ = ctx
-                .pool_tx
-                .send(ObjectRef::new(&t.sb.spec.pool_ref).within(&t.ns));
-            Ok(())
+            let t2 = Target {
+                sb: &cleared,
+                api: t.api.clone(),
+                ns: t.ns.clone(),
+                name: t.name.clone(),
+                uid: t.uid.clone(),
+                now: Utc::now(),
+                written: t.written.clone(),
+            };
+            wait_for_capacity(&t2, ctx).await
         }
     }
 }
@@ -706,7 +727,7 @@ async fn delete_on_agent(t: &Target<'_>, agent: &Agent) -> Result<(), Error> {
             Ok(())
         }
         Err(e) => Err(Error::Agent {
-            agent: format!("{}/{}", agent.namespace, agent.name),
+            agent: agent.name.clone(),
             source: e,
         }),
     }
@@ -721,7 +742,7 @@ async fn finalize(t: &Target<'_>, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     if let Some(r) = &t.sb.spec.agent_ref
-        && let Some(agent) = ctx.agents.get(&t.ns, &r.pod_name)
+        && let Some(agent) = ctx.agents.get(&r.pod_name)
     {
         if t.phase() != SandboxPhase::Terminating {
             write_status(
@@ -762,6 +783,6 @@ async fn finalize(t: &Target<'_>, ctx: &Context) -> Result<Action, Error> {
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => return Err(e.into()),
     }
-    ctx.agents.index().release(&t.uid);
+    ctx.index.release(&t.uid);
     Ok(Action::await_change())
 }

@@ -1,4 +1,6 @@
-//! The client side of the agent's HTTPS API (see `fast_sandbox_api::agent`).
+//! The client side of the agent's HTTPS API (see `fast_sandbox_api::agent`),
+//! for the controller and the access server: each presents its own client
+//! certificate, which agents check by name.
 //!
 //! One long-lived HTTP/2 connection per agent, over mutual TLS, carries
 //! every request and the event stream: no TLS handshake per sandbox. The
@@ -89,7 +91,7 @@ impl ClientError {
     }
 }
 
-/// Where the controller's client certificate and the agents' CA are; read
+/// Where the caller's client certificate and the agents' CA are; read
 /// again for each new connection so rotated files take effect.
 #[derive(Clone, Debug)]
 pub struct ClientTls {
@@ -252,7 +254,7 @@ impl AgentClient {
     }
 
     /// Asks the agent to collect the containers of agent pods not in
-    /// `req` (see [`crate::janitor`] for the fencing rule on the list).
+    /// `req` (the controller's janitor states the fencing rule).
     pub async fn janitor(&self, req: &JanitorRequest) -> Result<JanitorReport, ClientError> {
         let body = serde_json::to_vec(req)?;
         Ok(self.call(Method::POST, PATH_JANITOR, Some(body)).await?.1)
@@ -263,21 +265,42 @@ impl AgentClient {
         Ok(self.call(Method::GET, PATH_SANDBOXES, None).await?.1)
     }
 
-    /// Opens the event stream, starting after event `since`.
-    pub async fn events(&self, since: u64) -> Result<EventStream, ClientError> {
-        let path = format!("{PATH_EVENTS}?since={since}");
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, &path, None))
+    /// One output of sandbox `uid` (`stdout` or `stderr`) as it is so far;
+    /// with `follow`, the body stays open until the process exits. The
+    /// body is passed on as it arrives, never held whole.
+    pub async fn logs(&self, uid: &str, stream: &str, follow: bool) -> Result<Incoming, ClientError> {
+        let path = format!(
+            "{}?stream={stream}&follow={follow}",
+            fast_sandbox_api::agent::logs_path(uid)
+        );
+        self.open(&path).await
+    }
+
+    /// A GET whose answer is a stream: the headers within the request
+    /// deadline, the body for as long as it lasts.
+    async fn open(&self, path: &str) -> Result<Incoming, ClientError> {
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, None))
             .await
             .map_err(|_| ClientError::Timeout)??;
         let status = resp.status();
         if !status.is_success() {
             let bytes = resp.into_body().collect().await?.to_bytes();
-            let error = serde_json::from_slice::<ApiError>(&bytes)
-                .unwrap_or_else(|_| ApiError::new(code_of_status(status), "event stream refused"));
+            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+                ApiError::new(
+                    code_of_status(status),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
+            });
             return Err(ClientError::Api { status, error });
         }
+        Ok(resp.into_body())
+    }
+
+    /// Opens the event stream, starting after event `since`.
+    pub async fn events(&self, since: u64) -> Result<EventStream, ClientError> {
+        let body = self.open(&format!("{PATH_EVENTS}?since={since}")).await?;
         Ok(EventStream {
-            body: resp.into_body(),
+            body,
             buf: BytesMut::new(),
         })
     }
