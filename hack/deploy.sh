@@ -27,7 +27,7 @@ step "loading images into the node's containerd"
 # The agent image carries busybox too: the original README's sandbox runs
 # /bin/sleep from it.
 test/cluster/load-image.sh --busybox fast-sandbox/agent:dev "$bin/fast-sandbox-agent"
-for c in webhook controller extender certs; do
+for c in webhook controller extender gateway certs; do
   test/cluster/load-image.sh "fast-sandbox/$c:dev" "$bin/fast-sandbox-$c"
 done
 test/cluster/build-busybox-image.sh
@@ -48,7 +48,9 @@ kubectl -n fast-sandbox-system wait --for=condition=complete --timeout=180s job/
 # deploy/scheduler/kube-scheduler-config.yaml.
 test/cluster/cluster.sh up
 step "waiting for the components to roll out"
-for d in fast-sandbox-webhook fast-sandbox-controller fast-sandbox-extender; do
+for d in fast-sandbox-webhook fast-sandbox-controller fast-sandbox-extender fast-sandbox-gateway; do
   kubectl -n fast-sandbox-system rollout status "deployment/$d" --timeout=240s
 done
+# The access API answers once the aggregator reaches a ready gateway.
+kubectl wait --for=condition=Available --timeout=120s apiservice/v1alpha1.subresources.sandbox.fast.io >/dev/null
 step "Fast Sandbox is deployed"

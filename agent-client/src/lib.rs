@@ -268,7 +268,12 @@ impl AgentClient {
     /// One output of sandbox `uid` (`stdout` or `stderr`) as it is so far;
     /// with `follow`, the body stays open until the process exits. The
     /// body is passed on as it arrives, never held whole.
-    pub async fn logs(&self, uid: &str, stream: &str, follow: bool) -> Result<Incoming, ClientError> {
+    pub async fn logs(
+        &self,
+        uid: &str,
+        stream: &str,
+        follow: bool,
+    ) -> Result<Incoming, ClientError> {
         let path = format!(
             "{}?stream={stream}&follow={follow}",
             fast_sandbox_api::agent::logs_path(uid)

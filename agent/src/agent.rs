@@ -191,17 +191,26 @@ impl Agent {
     }
 
     /// Every sandbox, with the sequence number to follow events from.
-    pub fn list(&self) -> ListSandboxesResponse {
+    /// Refused until the table is rebuilt from containerd: an empty list
+    /// from a freshly restarted agent would read as "every sandbox gone".
+    pub fn list(&self) -> Result<ListSandboxesResponse> {
+        if !self.health.is_ready() {
+            return Err(Error::Unavailable("rebuilding state from containerd"));
+        }
         let last_event_seq = self.events.last_seq();
-        ListSandboxesResponse {
+        Ok(ListSandboxesResponse {
             agent: self.info(),
             sandboxes: self.table().list(),
             last_event_seq,
-        }
+        })
     }
 
-    /// One sandbox.
+    /// One sandbox; refused, like [`Agent::list`], until the table is
+    /// rebuilt.
     pub fn get(&self, uid: &str) -> Result<SandboxInfo> {
+        if !self.health.is_ready() {
+            return Err(Error::Unavailable("rebuilding state from containerd"));
+        }
         self.table()
             .get(uid)
             .map(|e| e.info.clone())

@@ -11,9 +11,9 @@
 //! - [`logs`]: stdout/stderr files and following them.
 //! - [`warm`]: snapshots prepared ahead for hot images.
 //! - [`janitor`]: which leftovers of gone agents the node janitor collects.
-//! - [`agent`]: the agent itself; [`api`]: its HTTP API; [`client`]: a
-//!   client of that API (tests, benchmarks, tools); [`logs_api`]: the
-//!   read-only logs API on the pod's loopback (`kubectl sandbox logs`).
+//! - [`agent`]: the agent itself; [`api`]: its HTTP API, served only to the
+//!   controller and the access server; [`client`]: a client of that API
+//!   (tests, benchmarks, tools).
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rust_2018_idioms)]
 
@@ -26,7 +26,6 @@ pub mod events;
 pub mod image;
 pub mod janitor;
 pub mod logs;
-pub mod logs_api;
 pub mod metrics;
 pub mod ports;
 pub mod runtime;

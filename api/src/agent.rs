@@ -1,6 +1,7 @@
 //! Wire types of the agent's HTTPS API, version `v1`.
 //!
-//! The controller is the only client. Every request and response body is
+//! Its clients are the controller and the access server, each with a
+//! client certificate the agent checks by name. Every request and response body is
 //! JSON; the event stream is newline-delimited JSON. Every sandbox is named
 //! by the UID of its Sandbox object, the idempotency key at every hop.
 //!
@@ -37,10 +38,6 @@ pub const PATH_INFO: &str = "/v1/info";
 pub const PATH_JANITOR: &str = "/v1/janitor";
 /// Port the agent serves its API on.
 pub const DEFAULT_PORT: u16 = 9443;
-/// Port of the agent's read-only logs API: plain HTTP on the agent pod's
-/// loopback, serving only `GET /v1/sandboxes/{uid}/logs`, reached through
-/// `kubectl port-forward` (`kubectl sandbox logs`).
-pub const LOGS_PORT: u16 = 9444;
 /// Content type of the event stream.
 pub const NDJSON: &str = "application/x-ndjson";
 

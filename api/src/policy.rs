@@ -41,7 +41,8 @@ pub const DEFAULT_MAX_SLOTS: u32 = 1000;
 /// Label and annotation domains a pool may not set on agent pods: ours,
 /// Kubernetes' own (a tenant label `app.kubernetes.io/name` could make an
 /// agent an endpoint of an operator Service) and CNI attachment.
-pub const RESERVED_DOMAINS: &[&str] = &["sandbox.fast.io", "kubernetes.io", "k8s.io", "cni.cncf.io"];
+pub const RESERVED_DOMAINS: &[&str] =
+    &["sandbox.fast.io", "kubernetes.io", "k8s.io", "cni.cncf.io"];
 
 /// Fields of `agentTemplate.spec` a pool may set.
 pub const ALLOWED_POD_FIELDS: &[&str] = &[
@@ -155,7 +156,9 @@ impl Policy {
         if self.agent_images.is_empty() {
             return want == image::normalize(DEFAULT_AGENT_IMAGE);
         }
-        self.agent_images.iter().any(|i| image::normalize(i) == want)
+        self.agent_images
+            .iter()
+            .any(|i| image::normalize(i) == want)
     }
 
     /// Whether agent pods may use PriorityClass `name`.
@@ -219,7 +222,13 @@ pub fn check_agent_template(template: &Value, policy: &Policy) -> Result<(), Fie
         });
         return Err(errs);
     }
-    refuse_other_fields(&mut errs, at, template, &["metadata", "spec"], NOT_CHOSEN_BY_POOLS);
+    refuse_other_fields(
+        &mut errs,
+        at,
+        template,
+        &["metadata", "spec"],
+        NOT_CHOSEN_BY_POOLS,
+    );
     let meta = &template["metadata"];
     refuse_other_fields(
         &mut errs,
@@ -245,7 +254,13 @@ pub fn check_agent_template(template: &Value, policy: &Policy) -> Result<(), Fie
     }
     let spec = &template["spec"];
     let sat = format!("{at}.spec");
-    refuse_other_fields(&mut errs, &sat, spec, ALLOWED_POD_FIELDS, NOT_CHOSEN_BY_POOLS);
+    refuse_other_fields(
+        &mut errs,
+        &sat,
+        spec,
+        ALLOWED_POD_FIELDS,
+        NOT_CHOSEN_BY_POOLS,
+    );
     if let Some(pc) = spec["priorityClassName"].as_str()
         && !pc.is_empty()
         && !policy.allows_priority_class(pc)
@@ -267,7 +282,13 @@ pub fn check_agent_template(template: &Value, policy: &Policy) -> Result<(), Fie
                 });
                 continue;
             }
-            refuse_other_fields(&mut errs, &cat, c, ALLOWED_CONTAINER_FIELDS, NOT_CHOSEN_BY_POOLS);
+            refuse_other_fields(
+                &mut errs,
+                &cat,
+                c,
+                ALLOWED_CONTAINER_FIELDS,
+                NOT_CHOSEN_BY_POOLS,
+            );
             if let Some(name) = c["name"].as_str()
                 && !name.is_empty()
                 && name != AGENT_CONTAINER
@@ -464,10 +485,15 @@ mod tests {
 
     #[test]
     fn the_original_manifest_is_allowed() {
-        let t = json!({"spec": {"containers": [{"name": "agent", "image": "fast-sandbox/agent:dev"}]}});
+        let t =
+            json!({"spec": {"containers": [{"name": "agent", "image": "fast-sandbox/agent:dev"}]}});
         assert_eq!(check_agent_template(&t, &policy()), Ok(()));
         let t = json!({"spec": {"containers": [{"name": "agent", "image": "docker.io/fast-sandbox/agent:dev"}]}});
-        assert_eq!(check_agent_template(&t, &policy()), Ok(()), "spellings of one image");
+        assert_eq!(
+            check_agent_template(&t, &policy()),
+            Ok(()),
+            "spellings of one image"
+        );
         assert_eq!(check_agent_template(&Value::Null, &policy()), Ok(()));
     }
 
@@ -524,7 +550,10 @@ mod tests {
             "spec.agentTemplate.spec.containers[0].env",
             "spec.agentTemplate.spec.containers[1]",
         ] {
-            assert!(got.iter().any(|g| g == want), "{want} not refused; got {got:?}");
+            assert!(
+                got.iter().any(|g| g == want),
+                "{want} not refused; got {got:?}"
+            );
         }
     }
 
@@ -545,8 +574,20 @@ mod tests {
     #[test]
     fn caps_default_and_override_per_namespace() {
         let p = policy();
-        assert_eq!(p.caps("team"), Caps { max_agents: 5, max_slots: 40 });
-        assert_eq!(p.caps("big"), Caps { max_agents: 100, max_slots: 40 });
+        assert_eq!(
+            p.caps("team"),
+            Caps {
+                max_agents: 5,
+                max_slots: 40
+            }
+        );
+        assert_eq!(
+            p.caps("big"),
+            Caps {
+                max_agents: 100,
+                max_slots: 40
+            }
+        );
         assert_eq!(
             Policy::default().caps("x"),
             Caps {
@@ -565,18 +606,31 @@ mod tests {
         spec.capacity.pool_min = Some(1000);
         spec.capacity.pool_max = Some(1000);
         let got = fields(check_caps(&spec, &[], caps, "team"));
-        assert!(got.contains(&"spec.capacity.poolMin".to_string()), "{got:?}");
-        assert!(got.contains(&"spec.capacity.poolMax".to_string()), "{got:?}");
-        let mut ok = SandboxPoolSpec::default();
+        assert!(
+            got.contains(&"spec.capacity.poolMin".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&"spec.capacity.poolMax".to_string()),
+            "{got:?}"
+        );
+        let mut ok = SandboxPoolSpec {
+            max_sandboxes_per_agent: Some(8),
+            ..Default::default()
+        };
         ok.capacity.pool_min = Some(2);
-        ok.max_sandboxes_per_agent = Some(8);
         assert_eq!(check_caps(&ok, &[], caps, "team"), Ok(()));
         // Two such pools keep 4 agents of 8 slots: 32 of 40 slots.
         assert_eq!(check_caps(&ok, &[&ok], caps, "team"), Ok(()));
         let got = fields(check_caps(&ok, &[&ok, &ok], caps, "team"));
         assert_eq!(got, ["spec.capacity.poolMin"]);
-        let mut wide = SandboxPoolSpec::default();
-        wide.max_sandboxes_per_agent = Some(64);
-        assert_eq!(fields(check_caps(&wide, &[], caps, "team")), ["spec.maxSandboxesPerAgent"]);
+        let wide = SandboxPoolSpec {
+            max_sandboxes_per_agent: Some(64),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(check_caps(&wide, &[], caps, "team")),
+            ["spec.maxSandboxesPerAgent"]
+        );
     }
 }

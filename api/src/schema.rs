@@ -17,12 +17,12 @@ pub fn quantity(_: &mut SchemaGenerator) -> Schema {
 }
 
 /// An embedded PodTemplateSpec kept as-is: the full pod schema is hundreds
-/// of kilobytes, and the controller validates the template when it builds
-/// agent pods (the apiserver validates the pod itself).
+/// of kilobytes; the webhook holds it to the operator's policy field by
+/// field, and the controller copies only what the policy allows.
 pub fn pod_template(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
-        "description": "Pod template for agent pods. The controller adds what an agent needs: privilege, the containerd socket and state directory, the agent certificate, labels and the owner reference."
+        "description": "What the pool asks of its agent pods, which run in the operator's namespace and are built from the operator's template: scheduling (nodeSelector, affinity, tolerations, topologySpreadConstraints, priorityClassName), the agent container's resources, an agent image the operator allows, and labels and annotations. Any other field is refused at admission."
     })
 }

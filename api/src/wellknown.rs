@@ -5,6 +5,9 @@
 pub const GROUP: &str = "sandbox.fast.io";
 /// API version of the custom resources.
 pub const VERSION: &str = "v1alpha1";
+/// API group of the access API (an aggregated API server): sandboxes'
+/// `log`, `exec` and `files`, which a CRD cannot serve.
+pub const SUBRESOURCE_GROUP: &str = "subresources.sandbox.fast.io";
 /// Category that makes `kubectl get fast-sandbox` list pools and sandboxes.
 pub const CATEGORY: &str = "fast-sandbox";
 

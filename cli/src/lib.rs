@@ -2,8 +2,8 @@
 //! tests and tools run the same code as `kubectl sandbox`.
 //!
 //! - [`cluster`]: the Kubernetes client and namespace from a kubeconfig.
-//! - [`logs`](mod@logs): a sandbox's stdout or stderr, read from its agent's
-//!   read-only logs API through a port-forward to the agent pod.
+//! - [`logs`](mod@logs): a sandbox's stdout or stderr through the access
+//!   API (`subresources.sandbox.fast.io`), under the caller's RBAC.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rust_2018_idioms)]
 

@@ -17,8 +17,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the stdout (or stderr) of a sandbox, read from its agent
-    /// through a port-forward to the agent pod.
+    /// Print the stdout (or stderr) of a sandbox, through the Kubernetes
+    /// API (needs `get` on `sandboxes/log` in group
+    /// subresources.sandbox.fast.io).
     Logs(LogsArgs),
 }
 

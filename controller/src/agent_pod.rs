@@ -175,7 +175,11 @@ fn volumes(settings: &AgentPodSettings) -> Vec<Volume> {
     vec![
         host(VOLUME_SOCKET, settings.socket_dir(), "Directory"),
         host(VOLUME_PROC, "/proc".to_string(), "Directory"),
-        host(VOLUME_STATE, settings.state_dir.clone(), "DirectoryOrCreate"),
+        host(
+            VOLUME_STATE,
+            settings.state_dir.clone(),
+            "DirectoryOrCreate",
+        ),
         Volume {
             name: VOLUME_TLS.to_string(),
             secret: Some(SecretVolumeSource {
@@ -187,7 +191,11 @@ fn volumes(settings: &AgentPodSettings) -> Vec<Volume> {
     ]
 }
 
-fn agent_container(pool: &SandboxPool, req: &AgentRequest, settings: &AgentPodSettings) -> Container {
+fn agent_container(
+    pool: &SandboxPool,
+    req: &AgentRequest,
+    settings: &AgentPodSettings,
+) -> Container {
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
         name: name.to_string(),
         mount_path: path.to_string(),
@@ -384,7 +392,10 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(probe.path.as_deref(), Some("/readyz"));
-        assert_eq!(spec.service_account_name.as_deref(), Some("fast-sandbox-agent"));
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("fast-sandbox-agent")
+        );
         assert_eq!(spec.automount_service_account_token, Some(false));
     }
 
@@ -413,15 +424,41 @@ mod tests {
         assert_eq!(spec.host_pid, None);
         assert_eq!(spec.node_name, None);
         assert!(spec.init_containers.is_none());
-        assert_eq!(spec.service_account_name.as_deref(), Some("fast-sandbox-agent"));
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("fast-sandbox-agent")
+        );
         assert_eq!(spec.containers.len(), 1);
         let c = &spec.containers[0];
         assert_eq!(c.image.as_deref(), Some("fast-sandbox/agent:dev"));
         assert!(c.command.is_none());
-        assert!(c.env.as_ref().unwrap().iter().all(|e| e.name != "FAST_SANDBOX_ALLOWED_CLIENTS"));
-        assert!(c.volume_mounts.as_ref().unwrap().iter().all(|m| m.name != "root"));
-        assert!(spec.volumes.as_ref().unwrap().iter().all(|v| v.name != "root"));
-        assert!(!pod.metadata.labels.unwrap().contains_key("app.kubernetes.io/name"));
+        assert!(
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|e| e.name != "FAST_SANDBOX_ALLOWED_CLIENTS")
+        );
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|m| m.name != "root")
+        );
+        assert!(
+            spec.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "root")
+        );
+        assert!(
+            !pod.metadata
+                .labels
+                .unwrap()
+                .contains_key("app.kubernetes.io/name")
+        );
         // What a pool may choose is kept.
         assert_eq!(spec.node_selector.as_ref().unwrap()["disk"], "ssd");
         assert!(c.resources.is_some());

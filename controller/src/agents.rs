@@ -23,9 +23,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
-use fast_sandbox_agent_client::{AgentClient, ClientTls};
 use crate::janitor::Trigger;
 use crate::transition::info_after_event;
+use fast_sandbox_agent_client::{AgentClient, ClientTls};
 
 /// Deleted agent pod names remembered (pod names are generated, so a name
 /// is never reused in practice); the set is cleared when full.
@@ -162,7 +162,10 @@ pub fn pod_draining(pod: &Pod) -> bool {
 /// The pool an agent pod belongs to: its namespace and name, from labels.
 pub fn pool_of(pod: &Pod) -> Option<(String, String)> {
     let l = pod.labels();
-    Some((l.get(LABEL_POOL_NAMESPACE)?.clone(), l.get(LABEL_POOL)?.clone()))
+    Some((
+        l.get(LABEL_POOL_NAMESPACE)?.clone(),
+        l.get(LABEL_POOL)?.clone(),
+    ))
 }
 
 /// The node of a pod, empty while unscheduled.

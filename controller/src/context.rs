@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fast_sandbox_api::policy::Policy;
-use fast_sandbox_k8s::policy::SharedPolicy;
 use fast_sandbox_api::{Sandbox, SandboxPool, SandboxStatus};
+use fast_sandbox_k8s::policy::SharedPolicy;
 use fast_sandbox_placement::{Feed, Index};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Event, Recorder};

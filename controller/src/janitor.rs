@@ -27,9 +27,9 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use fast_sandbox_agent_client::ClientError;
 use crate::agents::Agents;
 use crate::metrics::Metrics;
+use fast_sandbox_agent_client::ClientError;
 
 /// Why the janitor should look at a node.
 #[derive(Clone, Debug, PartialEq, Eq)]

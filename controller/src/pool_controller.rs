@@ -439,7 +439,11 @@ async fn add_finalizer(pool: &SandboxPool, ctx: &Context, ns: &str) -> Result<()
     let patch: json_patch::Patch = serde_json::from_value(patch)?;
     let api: Api<SandboxPool> = Api::namespaced(ctx.client.clone(), ns);
     match api
-        .patch(&pool.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+        .patch(
+            &pool.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -465,7 +469,8 @@ async fn remove_agent(ctx: &Context, pod: &Pod) -> Result<(), Error> {
     delete_pod(&pods, &name, pod.uid()).await
 }
 
-/// A pool being deleted: its agents go, then its finalizer.
+/// A pool being deleted: its agents' sandboxes and then the agents go, then
+/// its finalizer.
 async fn teardown(
     pool: &SandboxPool,
     ctx: &Context,
@@ -483,7 +488,11 @@ async fn teardown(
         .collect();
     let none = HashSet::new();
     let (expected_new, _) = ctx.expectations.pending(pool_key, &none, &none);
-    if pods.is_empty() && expected_new.is_empty() {
+    // Once every agent's deletion is under way the pool may go: Kubernetes
+    // finishes the pods' deletion (on a node that died, the pod garbage
+    // collector does), and none of them can be adopted by a new pool of
+    // the same name, which has another UID.
+    if pods.iter().all(|p| p.metadata.deletion_timestamp.is_some()) && expected_new.is_empty() {
         let finalizers = pool.finalizers().to_vec();
         let kept: Vec<&String> = finalizers.iter().filter(|f| *f != POOL_FINALIZER).collect();
         let patch = json_patch::Patch(vec![
@@ -498,7 +507,11 @@ async fn teardown(
         ]);
         let api: Api<SandboxPool> = Api::namespaced(ctx.client.clone(), ns);
         match api
-            .patch(&pool.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+            .patch(
+                &pool.name_any(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
             .await
         {
             Ok(_) => {}
@@ -508,7 +521,10 @@ async fn teardown(
         tracing::info!(pool = %pool.name_any(), namespace = %ns, "pool deleted; its agents are gone");
         return Ok(Action::await_change());
     }
-    for p in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+    for p in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
         remove_agent(ctx, p).await?;
         ctx.expectations.deleted(pool_key, &p.name_any());
         tracing::info!(pool = %pool.name_any(), namespace = %ns, agent = %p.name_any(), "deleted agent pod of a deleted pool");
@@ -560,7 +576,10 @@ mod tests {
         pod.metadata.labels = Some(BTreeMap::from([(LABEL_POOL_UID.to_string(), "u1".into())]));
         assert!(owned_by(&pod, &pool));
         pool.metadata.uid = Some("u2".into());
-        assert!(!owned_by(&pod, &pool), "a pool created again is another pool");
+        assert!(
+            !owned_by(&pod, &pool),
+            "a pool created again is another pool"
+        );
         pool.metadata.uid = None;
         assert!(!owned_by(&pod, &pool));
     }

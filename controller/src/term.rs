@@ -9,9 +9,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fast_sandbox_agent_client::ClientTls;
 use fast_sandbox_api::wellknown::{LABEL_ROLE, ROLE_AGENT};
 use fast_sandbox_api::{Sandbox, SandboxPool};
-use fast_sandbox_agent_client::ClientTls;
 use fast_sandbox_k8s::decode::{self, Undecodable};
 use fast_sandbox_k8s::policy::SharedPolicy;
 use fast_sandbox_placement::{Change, Feed, Index};

@@ -18,14 +18,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fast_sandbox_agent_client::ClientTls;
 use fast_sandbox_api::policy::Policy;
-use fast_sandbox_api::wellknown::{
-    FINALIZER, LABEL_POOL_UID, POOL_FINALIZER, condition, reason,
-};
+use fast_sandbox_api::wellknown::{FINALIZER, LABEL_POOL_UID, POOL_FINALIZER, condition, reason};
 use fast_sandbox_api::{
     PoolCapacity, Sandbox, SandboxPhase, SandboxPool, SandboxPoolSpec, SandboxSpec,
 };
-use fast_sandbox_agent_client::ClientTls;
 use fast_sandbox_controller::agent_pod::{AGENT_TLS_SECRET, AgentPodSettings};
 use fast_sandbox_controller::context::Settings;
 use fast_sandbox_controller::leader::{Elector, Timing};
@@ -299,8 +297,15 @@ async fn pool_scales_agent_pods_and_reports_status() {
     let listed = pods.list(&lp).await.unwrap().items;
     assert_eq!(listed.len(), 2);
     let pod = &listed[0];
-    assert!(pod.name_any().starts_with(&format!("p-{ns}-")), "{}", pod.name_any());
-    assert!(pod.owner_references().is_empty(), "no owner across namespaces");
+    assert!(
+        pod.name_any().starts_with(&format!("p-{ns}-")),
+        "{}",
+        pod.name_any()
+    );
+    assert!(
+        pod.owner_references().is_empty(),
+        "no owner across namespaces"
+    );
     assert!(
         Api::<Pod>::namespaced(client.clone(), &ns)
             .list(&ListParams::default())

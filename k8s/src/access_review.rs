@@ -81,7 +81,12 @@ impl Authorizer {
     /// Whether `user` may do what `q` asks.
     pub async fn review(&self, user: &UserInfo, q: &Question) -> Result<Decision, ReviewError> {
         let key = (user.clone(), q.clone());
-        if let Some((d, at)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some((d, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             let ttl = if d.allowed { ALLOW_TTL } else { DENY_TTL };
             if at.elapsed() < ttl {
                 return Ok(d.clone());

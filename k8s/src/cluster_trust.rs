@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use fast_sandbox_server::client_auth::{AllowedNames, ClientCa, PeerError, common_name};
 use fast_sandbox_server::Peer;
+use fast_sandbox_server::client_auth::{AllowedNames, ClientCa, PeerError, common_name};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::WatchStreamExt;
@@ -185,7 +185,8 @@ pub fn user_from_headers(
                 .map(str::to_string)
         })
     };
-    let username = first(&cfg.username).ok_or_else(|| FrontProxyError::NoUser(cfg.username.clone()))?;
+    let username =
+        first(&cfg.username).ok_or_else(|| FrontProxyError::NoUser(cfg.username.clone()))?;
     let uid = first(&cfg.uid);
     let mut groups = Vec::new();
     for n in &cfg.group {
@@ -305,7 +306,11 @@ impl ClientAuthArgs {
     /// current (the server should turn ready only once
     /// [`ClusterTrust::loaded`]). `default_names` apply when no
     /// `--allowed-clients` is given.
-    pub fn setup(&self, client: &Client, default_names: &[&str]) -> Result<ClientAuth, ClientAuthError> {
+    pub fn setup(
+        &self,
+        client: &Client,
+        default_names: &[&str],
+    ) -> Result<ClientAuth, ClientAuthError> {
         let names = if self.allowed_clients.is_empty() {
             AllowedNames::new(default_names.iter().copied())
         } else {
@@ -356,11 +361,17 @@ impl ClientAuth {
 pub async fn run(client: Client, trust: Arc<ClusterTrust>) {
     let api: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={CONFIG_MAP}"));
-    let mut stream = std::pin::pin!(watcher::watcher(api, cfg).default_backoff().applied_objects());
+    let mut stream = std::pin::pin!(
+        watcher::watcher(api, cfg)
+            .default_backoff()
+            .applied_objects()
+    );
     while let Some(cm) = stream.next().await {
         match cm {
             Ok(cm) => trust.apply(&cm.data.unwrap_or_default()),
-            Err(e) => tracing::warn!(error = %e, "watching {NAMESPACE}/{CONFIG_MAP} failed; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching {NAMESPACE}/{CONFIG_MAP} failed; retrying")
+            }
         }
     }
 }
@@ -385,7 +396,10 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-remote-user", HeaderValue::from_static("alice"));
         h.append("x-remote-group", HeaderValue::from_static("devs"));
-        h.append("x-remote-group", HeaderValue::from_static("system:authenticated"));
+        h.append(
+            "x-remote-group",
+            HeaderValue::from_static("system:authenticated"),
+        );
         h.insert("x-remote-extra-scopes%2fx", HeaderValue::from_static("a"));
         let u = user_from_headers(&cfg(), &h).unwrap();
         assert_eq!(u.username, "alice");

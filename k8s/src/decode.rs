@@ -34,21 +34,32 @@ pub struct DecodeError {
     pub message: String,
 }
 
+/// The error at `path`; a missing field is named by its own path
+/// (`spec.poolRef`, not `spec`).
+fn decode_error(path: String, message: String) -> DecodeError {
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split_once('`'))
+        .map(|(field, _)| field.to_string());
+    let path = match missing {
+        Some(field) if path == "." => field,
+        Some(field) => format!("{path}.{field}"),
+        None => path,
+    };
+    DecodeError { path, message }
+}
+
 /// Decodes `value` as `K`, naming the field that does not fit.
 pub fn from_value<K: DeserializeOwned>(value: serde_json::Value) -> Result<K, DecodeError> {
-    serde_path_to_error::deserialize(value).map_err(|e| DecodeError {
-        path: e.path().to_string(),
-        message: e.inner().to_string(),
-    })
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| decode_error(e.path().to_string(), e.inner().to_string()))
 }
 
 /// Decodes JSON bytes as `K`, naming the field that does not fit.
 pub fn from_slice<K: DeserializeOwned>(bytes: &[u8]) -> Result<K, DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| DecodeError {
-        path: e.path().to_string(),
-        message: e.inner().to_string(),
-    })
+    serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| decode_error(e.path().to_string(), e.inner().to_string()))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -259,5 +270,8 @@ mod tests {
         assert_eq!(err.path, "spec.expireTime");
         let err = from_slice::<Sandbox>(br#"{"spec": {"image": 3}}"#).unwrap_err();
         assert_eq!(err.path, "spec.image");
+        let err = from_slice::<Sandbox>(br#"{"spec": {"image": "busybox"}}"#).unwrap_err();
+        assert_eq!(err.path, "spec.poolRef");
+        assert!(err.message.contains("missing field"), "{err}");
     }
 }

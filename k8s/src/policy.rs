@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use fast_sandbox_api::policy::{POLICY_CONFIG_MAP, POLICY_KEY, Policy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use prometheus_client::metrics::counter::Counter;
 
@@ -53,7 +53,9 @@ impl SharedPolicy {
     /// Applies a ConfigMap (`None`: deleted, so the defaults). Returns
     /// whether the policy in force changed.
     pub fn apply(&self, cm: Option<&ConfigMap>) -> bool {
-        let doc = cm.and_then(|c| c.data.as_ref()).and_then(|d| d.get(POLICY_KEY));
+        let doc = cm
+            .and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get(POLICY_KEY));
         let next = match doc {
             None => Policy::default(),
             Some(doc) => match Policy::parse(doc) {

@@ -341,12 +341,7 @@ impl Index {
     /// a slot (bound and not yet deleted: the agent keeps a finished
     /// sandbox's container, and its slot, until the object goes). Confirms (and re-keys from `reservation` to `uid`)
     /// a reservation made for it. Idempotent.
-    pub fn observe_bound(
-        &self,
-        uid: &str,
-        reservation: Option<&str>,
-        pod_name: &str,
-    ) {
+    pub fn observe_bound(&self, uid: &str, reservation: Option<&str>, pod_name: &str) {
         let mut s = self.lock();
         if let Some(token) = reservation
             && token != uid
@@ -1028,20 +1023,32 @@ mod tests {
         let first = idx.record_refusal("a", now).unwrap();
         assert_eq!(first - now, FIRST_REFUSAL_BACKOFF);
         for i in 0..4 {
-            assert_eq!(idx.reserve(POOL, "i", &i.to_string()).unwrap().pod_name, "b");
+            assert_eq!(
+                idx.reserve(POOL, "i", &i.to_string()).unwrap().pod_name,
+                "b"
+            );
         }
-        assert!(idx.reserve(POOL, "i", "5").is_err(), "a is still backing off");
+        assert!(
+            idx.reserve(POOL, "i", "5").is_err(),
+            "a is still backing off"
+        );
         let second = idx.record_refusal("a", now).unwrap();
         assert_eq!(second - now, FIRST_REFUSAL_BACKOFF * 2);
         for _ in 0..20 {
             idx.record_refusal("a", now);
         }
-        assert_eq!(idx.record_refusal("a", now).unwrap() - now, MAX_REFUSAL_BACKOFF);
+        assert_eq!(
+            idx.record_refusal("a", now).unwrap() - now,
+            MAX_REFUSAL_BACKOFF
+        );
         // A refusal long ago no longer counts; acceptance resets the streak.
         idx.record_refusal("a", now - Duration::from_secs(120));
         assert_eq!(idx.reserve(POOL, "i", "6").unwrap().pod_name, "a");
         idx.record_acceptance("a");
-        assert_eq!(idx.record_refusal("a", now).unwrap() - now, FIRST_REFUSAL_BACKOFF);
+        assert_eq!(
+            idx.record_refusal("a", now).unwrap() - now,
+            FIRST_REFUSAL_BACKOFF
+        );
         assert_eq!(idx.record_refusal("unknown", now), None);
     }
 
@@ -1051,16 +1058,25 @@ mod tests {
         idx.upsert_agent(agent("holder", 1, &["busybox"]));
         idx.upsert_agent(agent("lacks", 4, &["nginx"]));
         idx.upsert_agent(agent("unknown", 1, &[]));
-        assert_eq!(idx.reserve(POOL, "busybox", "1").unwrap().pod_name, "holder");
+        assert_eq!(
+            idx.reserve(POOL, "busybox", "1").unwrap().pod_name,
+            "holder"
+        );
         // The holder is full: a node whose images are unknown may still have it.
         let c = idx.reserve(POOL, "busybox", "2").unwrap();
         assert_eq!((c.pod_name.as_str(), c.image_hit), ("unknown", false));
         // Only a node known to lack it has room: wait for the holder.
         assert!(idx.reserve(POOL, "busybox", "3").is_err());
-        assert!(idx.reserve_avoiding(POOL, "busybox", "3", "holder").is_err());
+        assert!(
+            idx.reserve_avoiding(POOL, "busybox", "3", "holder")
+                .is_err()
+        );
         // An image no node of the pool holds goes to the least loaded agent.
         assert_eq!(idx.reserve(POOL, "redis", "4").unwrap().pod_name, "lacks");
         idx.release("1");
-        assert_eq!(idx.reserve(POOL, "busybox", "3").unwrap().pod_name, "holder");
+        assert_eq!(
+            idx.reserve(POOL, "busybox", "3").unwrap().pod_name,
+            "holder"
+        );
     }
 }

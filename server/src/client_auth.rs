@@ -211,7 +211,9 @@ mod tests {
     fn cert(cn: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         (params.self_signed(&key).unwrap(), key)
     }
 
@@ -227,7 +229,10 @@ mod tests {
         let allowed = AllowedNames::new(["fast-sandbox-controller", " fast-sandbox-gateway ", ""]);
         assert_eq!(allowed.names().len(), 2);
         let (ok, _) = cert("fast-sandbox-gateway");
-        assert_eq!(allowed.check(&peer(Some(&ok))).unwrap(), "fast-sandbox-gateway");
+        assert_eq!(
+            allowed.check(&peer(Some(&ok))).unwrap(),
+            "fast-sandbox-gateway"
+        );
         let (other, _) = cert("fast-sandbox-webhook.fast-sandbox-system.svc");
         let err = allowed.check(&peer(Some(&other))).unwrap_err();
         assert!(err.to_string().contains("fast-sandbox-webhook"), "{err}");

@@ -204,7 +204,10 @@ impl ServerTls {
     /// Like [`ServerTls::build`], but clients must present a certificate
     /// signed by whatever `client_ca` trusts at the time of the handshake
     /// (`client_ca` in `self` is ignored).
-    pub fn build_with_client_ca(&self, client_ca: Arc<ClientCa>) -> Result<Arc<ServerConfig>, TlsError> {
+    pub fn build_with_client_ca(
+        &self,
+        client_ca: Arc<ClientCa>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let resolver = Arc::new(ReloadingCert::new(&self.cert, &self.key)?);
         server_config(resolver, Some(client_ca))
     }

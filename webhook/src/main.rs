@@ -75,12 +75,16 @@ async fn main() -> anyhow::Result<()> {
         .setup(&client, &[APISERVER_CLIENT])
         .context("setting up client authentication")?;
     if auth.names.is_none() {
-        tracing::warn!("client authentication is off: any caller reaching this port is answered and reserves nothing; restrict it with the NetworkPolicy in deploy/");
+        tracing::warn!(
+            "client authentication is off: any caller reaching this port is answered and reserves nothing; restrict it with the NetworkPolicy in deploy/"
+        );
     }
     let (index_synced_tx, mut index_synced) = tokio::sync::watch::channel(false);
     tokio::spawn(watch::run(
         client.clone(),
-        args.agent_namespace.clone().unwrap_or_else(|| args.namespace.clone()),
+        args.agent_namespace
+            .clone()
+            .unwrap_or_else(|| args.namespace.clone()),
         index.clone(),
         undecodable,
         move || {

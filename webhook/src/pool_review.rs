@@ -174,7 +174,17 @@ mod tests {
         let spec = json!({"capacity": {"poolMin": 1, "poolMax": 4},
             "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": "fast-sandbox/agent:dev"}]}}});
         let r = reviewer(vec![]);
-        assert_eq!(message(&r, "CREATE", "alice", pool("default-pool", spec), Value::Null).await, None);
+        assert_eq!(
+            message(
+                &r,
+                "CREATE",
+                "alice",
+                pool("default-pool", spec),
+                Value::Null
+            )
+            .await,
+            None
+        );
     }
 
     #[tokio::test]
@@ -184,7 +194,9 @@ mod tests {
             "containers": [{"name": "agent", "image": "evil/root:1", "command": ["/bin/sh"],
                             "securityContext": {"privileged": true}}]}}});
         let r = reviewer(vec![]);
-        let msg = message(&r, "CREATE", "alice", pool("p", spec), Value::Null).await.unwrap();
+        let msg = message(&r, "CREATE", "alice", pool("p", spec), Value::Null)
+            .await
+            .unwrap();
         for field in [
             "spec.agentTemplate.spec.hostPID",
             "spec.agentTemplate.spec.containers[0].image",
@@ -198,14 +210,29 @@ mod tests {
     #[tokio::test]
     async fn pools_past_the_namespace_cap_are_refused() {
         let r = reviewer(vec![pool("other", json!({"capacity": {"poolMin": 3}}))]);
-        let msg = message(&r, "CREATE", "alice", pool("p", json!({"capacity": {"poolMin": 2}})), Value::Null)
-            .await
-            .unwrap();
+        let msg = message(
+            &r,
+            "CREATE",
+            "alice",
+            pool("p", json!({"capacity": {"poolMin": 2}})),
+            Value::Null,
+        )
+        .await
+        .unwrap();
         assert!(msg.starts_with("spec.capacity.poolMin: "), "{msg}");
-        let msg = message(&r, "CREATE", "alice", pool("p", json!({"capacity": {"poolMax": 1000}})), Value::Null)
-            .await
-            .unwrap();
-        assert!(msg.contains("spec.capacity.poolMax: 1000 exceeds the 4 agents"), "{msg}");
+        let msg = message(
+            &r,
+            "CREATE",
+            "alice",
+            pool("p", json!({"capacity": {"poolMax": 1000}})),
+            Value::Null,
+        )
+        .await
+        .unwrap();
+        assert!(
+            msg.contains("spec.capacity.poolMax: 1000 exceeds the 4 agents"),
+            "{msg}"
+        );
         // The pool itself is not counted twice on UPDATE.
         let r = reviewer(vec![pool("p", json!({"capacity": {"poolMin": 4}}))]);
         let p = pool("p", json!({"capacity": {"poolMin": 4}}));
@@ -218,21 +245,41 @@ mod tests {
         let mut old = pool("p", json!({}));
         old["metadata"]["finalizers"] = json!(["sandbox.fast.io/agents"]);
         let new = pool("p", json!({}));
-        let msg = message(&r, "UPDATE", "alice", new.clone(), old.clone()).await.unwrap();
-        assert!(msg.starts_with("metadata.finalizers: sandbox.fast.io/agents"), "{msg}");
+        let msg = message(&r, "UPDATE", "alice", new.clone(), old.clone())
+            .await
+            .unwrap();
+        assert!(
+            msg.starts_with("metadata.finalizers: sandbox.fast.io/agents"),
+            "{msg}"
+        );
         assert_eq!(message(&r, "UPDATE", CONTROLLER, new, old).await, None);
     }
 
     #[tokio::test]
     async fn long_names_and_unreadable_pools_are_refused() {
         let r = reviewer(vec![]);
-        let msg = message(&r, "CREATE", "alice", pool(&"p".repeat(64), json!({})), Value::Null)
-            .await
-            .unwrap();
-        assert!(msg.starts_with("metadata.name: must be no more than 63"), "{msg}");
-        let msg = message(&r, "CREATE", "alice", pool("p", json!({"capacity": {"poolMin": "lots"}})), Value::Null)
-            .await
-            .unwrap();
+        let msg = message(
+            &r,
+            "CREATE",
+            "alice",
+            pool(&"p".repeat(64), json!({})),
+            Value::Null,
+        )
+        .await
+        .unwrap();
+        assert!(
+            msg.starts_with("metadata.name: must be no more than 63"),
+            "{msg}"
+        );
+        let msg = message(
+            &r,
+            "CREATE",
+            "alice",
+            pool("p", json!({"capacity": {"poolMin": "lots"}})),
+            Value::Null,
+        )
+        .await
+        .unwrap();
         assert!(msg.starts_with("spec.capacity.poolMin: "), "{msg}");
     }
 }

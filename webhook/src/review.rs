@@ -338,7 +338,11 @@ pub(crate) mod test_support {
         old: Value,
         dry_run: bool,
     ) -> Vec<u8> {
-        let resource = if kind == "Sandbox" { "sandboxes" } else { "sandboxpools" };
+        let resource = if kind == "Sandbox" {
+            "sandboxes"
+        } else {
+            "sandboxpools"
+        };
         serde_json::to_vec(&json!({
             "kind": "AdmissionReview",
             "apiVersion": "admission.k8s.io/v1",

@@ -222,13 +222,12 @@ fn changed_fixed_field(old: &Sandbox, new: &Sandbox) -> Option<String> {
         .cloned()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::review::test_support::*;
     use crate::metrics::Metrics;
     use crate::review::PoolLookup;
+    use crate::review::test_support::*;
     use fast_sandbox_api::SandboxPool;
     use fast_sandbox_placement::{AgentState, Index};
     use futures::future::BoxFuture;
@@ -353,8 +352,14 @@ mod tests {
     async fn objects_our_types_cannot_read_are_refused_naming_the_field() {
         let r = Reviewer::new(index(), CONTROLLER);
         for (spec, field) in [
-            (json!({"image": "busybox"}), "spec: missing field `poolRef`"),
-            (json!({"image": 5, "poolRef": "default-pool"}), "spec.image: "),
+            (
+                json!({"image": "busybox"}),
+                "spec.poolRef: missing field `poolRef`",
+            ),
+            (
+                json!({"image": 5, "poolRef": "default-pool"}),
+                "spec.image: ",
+            ),
             (
                 json!({"image": "busybox", "poolRef": "default-pool", "expireTime": "2026-12-01T00:00:00.1234567890Z"}),
                 "spec.expireTime: ",
@@ -378,7 +383,11 @@ mod tests {
         let r = Reviewer::new(idx.clone(), CONTROLLER);
         let v = r.review(&create(ok_spec()), Caller::UNKNOWN).await.unwrap();
         assert_eq!(v.outcome, Outcome::Bound);
-        assert_eq!(idx.used("agent-1"), 0, "a forged review must not fill the pool");
+        assert_eq!(
+            idx.used("agent-1"),
+            0,
+            "a forged review must not fill the pool"
+        );
     }
 
     #[tokio::test]
@@ -388,10 +397,17 @@ mod tests {
         old["metadata"]["finalizers"] = json!(["sandbox.fast.io/cleanup", "other"]);
         let mut new = old.clone();
         new["metadata"]["finalizers"] = json!(["other"]);
-        let v = run(&r, review_body("UPDATE", "alice", new.clone(), old.clone(), false)).await;
+        let v = run(
+            &r,
+            review_body("UPDATE", "alice", new.clone(), old.clone(), false),
+        )
+        .await;
         assert!(!v.response.allowed);
         assert!(
-            v.response.message().unwrap().starts_with("metadata.finalizers: sandbox.fast.io/cleanup"),
+            v.response
+                .message()
+                .unwrap()
+                .starts_with("metadata.finalizers: sandbox.fast.io/cleanup"),
             "{:?}",
             v.response
         );

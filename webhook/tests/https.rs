@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use fast_sandbox_certs::authority::Authority;
 use fast_sandbox_certs::leaf::{LeafSpec, Usage};
+use fast_sandbox_certs::store::write_atomically;
 use fast_sandbox_placement::{AgentState, Index};
 use fast_sandbox_server::client_auth::{AllowedNames, ClientCa};
-use fast_sandbox_certs::store::write_atomically;
 use fast_sandbox_server::tls::{ServerTls, client_config};
 use fast_sandbox_server::{Ops, serve};
 use fast_sandbox_webhook::metrics::{Metrics, Placement};
@@ -104,7 +104,9 @@ impl Server {
     }
 
     async fn connect(&self, alpn: &[u8]) -> (Conn, CertificateDer<'static>) {
-        self.connect_as(alpn, Some(APISERVER)).await.expect("TLS handshake verifying our CA")
+        self.connect_as(alpn, Some(APISERVER))
+            .await
+            .expect("TLS handshake verifying our CA")
     }
 
     async fn connect_as(
@@ -374,21 +376,36 @@ async fn only_the_apiserver_is_answered_and_forgeries_reserve_nothing() {
         .connect_as(b"h2", Some("someone-else"))
         .await
         .expect("a certificate of the trusted CA passes the handshake");
-    let (status, text) = conn.send(Method::POST, "/mutate-sandbox", fixture("forged")).await;
+    let (status, text) = conn
+        .send(Method::POST, "/mutate-sandbox", fixture("forged"))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let text = String::from_utf8_lossy(&text);
-    assert!(text.contains("someone-else") && text.contains(APISERVER), "{text}");
+    assert!(
+        text.contains("someone-else") && text.contains(APISERVER),
+        "{text}"
+    );
     assert_eq!(server.index.used("default-pool-agent-0"), 0);
     // A certificate of another CA: refused in the handshake.
     let other = Authority::generate().unwrap();
-    client_cert(&other, server.dir.path(), "kube-apiserver-webhook-client-other");
+    client_cert(
+        &other,
+        server.dir.path(),
+        "kube-apiserver-webhook-client-other",
+    );
     std::fs::copy(
-        server.dir.path().join("kube-apiserver-webhook-client-other.crt"),
+        server
+            .dir
+            .path()
+            .join("kube-apiserver-webhook-client-other.crt"),
         server.dir.path().join("impostor.crt"),
     )
     .unwrap();
     std::fs::copy(
-        server.dir.path().join("kube-apiserver-webhook-client-other.key"),
+        server
+            .dir
+            .path()
+            .join("kube-apiserver-webhook-client-other.key"),
         server.dir.path().join("impostor.key"),
     )
     .unwrap();

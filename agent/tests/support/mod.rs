@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use fast_sandbox_agent::api::Api;
 use fast_sandbox_agent::client::AgentClient;
-use fast_sandbox_agent::logs_api::LogsApi;
 use fast_sandbox_agent::metrics::Metrics;
 use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_agent::{Agent, Config};
 use fast_sandbox_api::agent::{CreateSandboxRequest, SandboxEvent};
 use fast_sandbox_api::wellknown::container_labels as label;
+use fast_sandbox_server::client_auth::AllowedNames;
 use fast_sandbox_server::tls::{ServerTls, client_config};
 use fast_sandbox_server::{Ops, Registry};
 use http_body_util::BodyExt;
@@ -122,12 +122,14 @@ pub fn pod_uid(test: &str) -> String {
     format!("{test}-{}", std::process::id())
 }
 
+/// The callers a deployed agent serves (the controller and the access
+/// server), by client certificate name.
+pub const ALLOWED_CLIENTS: [&str; 2] = ["fast-sandbox-controller", "fast-sandbox-gateway"];
+
 /// An agent served in-process.
 pub struct TestAgent {
     pub agent: Arc<Agent>,
     pub addr: SocketAddr,
-    /// The read-only logs API (plain HTTP on loopback).
-    pub logs_addr: SocketAddr,
     pub client: AgentClient,
     pub pki: Pki,
     pub cd: Containerd,
@@ -197,12 +199,15 @@ impl TestAgent {
             listener,
             Some(tls),
             ops.clone(),
-            Arc::new(Api::new(agent.clone(), metrics.clone(), true)),
+            Arc::new(Api::new(
+                agent.clone(),
+                metrics.clone(),
+                Some(AllowedNames::new(ALLOWED_CLIENTS)),
+            )),
             async move {
                 let _ = done.wait_for(|s| *s).await;
             },
         ));
-        let logs_addr = serve_logs_api(agent.clone(), metrics, ops.clone(), &rx).await;
         let health = ops.health.clone();
         wait_for("agent ready", Duration::from_secs(20), || {
             let h = health.clone();
@@ -216,7 +221,6 @@ impl TestAgent {
         Self {
             agent,
             addr,
-            logs_addr,
             client,
             pki,
             cd,
@@ -267,50 +271,6 @@ pub async fn assert_nothing_left(cd: &Containerd, pod_uid: &str, log_dir: &Path)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(logs.is_empty(), "log files left: {logs:?}");
-}
-
-/// Serves the read-only logs API of `agent` on a free loopback port until
-/// `shutdown` turns true; returns its address.
-pub async fn serve_logs_api(
-    agent: Arc<Agent>,
-    metrics: Metrics,
-    ops: Ops,
-    shutdown: &watch::Receiver<bool>,
-) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut done = shutdown.clone();
-    tokio::spawn(fast_sandbox_server::serve(
-        listener,
-        None,
-        ops,
-        Arc::new(LogsApi::new(agent, metrics)),
-        async move {
-            let _ = done.wait_for(|s| *s).await;
-        },
-    ));
-    addr
-}
-
-/// One plain HTTP/1.1 request on a new connection to `addr`.
-pub async fn plain_request(
-    addr: SocketAddr,
-    method: http::Method,
-    path: &str,
-) -> http::Response<hyper::body::Incoming> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    sender.send_request(req).await.unwrap()
 }
 
 /// Polls `cond` every 50 ms until true or `timeout`, then fails naming `what`.

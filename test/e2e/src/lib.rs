@@ -54,6 +54,14 @@ pub async fn client_or_skip(test: &str) -> Option<Client> {
     }
 }
 
+/// A client of the suite's cluster acting as `user` (impersonation), with
+/// no group of its own beyond `system:authenticated`.
+pub async fn impersonating(user: &str) -> Client {
+    let mut cfg = kube::Config::infer().await.expect("the suite's kubeconfig");
+    cfg.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(cfg).expect("an impersonating client")
+}
+
 /// Creates a namespace with a unique name for one test.
 pub async fn namespace(client: &Client, prefix: &str) -> Result<String, E2eError> {
     let api: Api<Namespace> = Api::all(client.clone());

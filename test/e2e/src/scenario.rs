@@ -409,6 +409,18 @@ pub async fn pods(client: &Client, ns: &str, selector: &str) -> Result<Vec<Pod>,
         .collect())
 }
 
+/// The label selector of the agent pods of pool `pool_ns/pool` (they live
+/// in [`SYSTEM_NAMESPACE`]).
+pub fn agent_selector(pool_ns: &str, pool: &str) -> String {
+    use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_POOL_NAMESPACE, LABEL_ROLE, ROLE_AGENT};
+    format!("{LABEL_ROLE}={ROLE_AGENT},{LABEL_POOL_NAMESPACE}={pool_ns},{LABEL_POOL}={pool}")
+}
+
+/// The live agent pods of pool `pool_ns/pool`.
+pub async fn agent_pods(client: &Client, pool_ns: &str, pool: &str) -> Result<Vec<Pod>, E2eError> {
+    pods(client, SYSTEM_NAMESPACE, &agent_selector(pool_ns, pool)).await
+}
+
 /// The containerd id of a pod's container and its restart count.
 pub fn container_of(pod: &Pod, container: &str) -> Option<(String, i32)> {
     pod.status

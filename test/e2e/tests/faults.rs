@@ -14,16 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT};
 use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase};
 use fast_sandbox_e2e::cluster;
 use fast_sandbox_e2e::containerd::{self, TaskExits};
 use fast_sandbox_e2e::history::{History, Tracks};
 use fast_sandbox_e2e::scenario::{
-    Burst, BurstShape, SYSTEM_NAMESPACE, Stage, all_running, container_of, create_all, delete_all,
-    deployment_settled, force_delete_pod, kill_container_process, latencies, latency_line,
-    lease_holder, lease_taken_over, names, pods, sleeper, stage, violations_of_running_once,
-    wait_created,
+    Burst, BurstShape, SYSTEM_NAMESPACE, Stage, agent_pods, all_running, container_of, create_all,
+    delete_all, deployment_settled, force_delete_pod, kill_container_process, latencies,
+    latency_line, lease_holder, lease_taken_over, names, pods, sleeper, stage,
+    violations_of_running_once, wait_created,
 };
 use fast_sandbox_e2e::{E2eError, client_or_skip, delete_namespace, wait_for};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -260,7 +259,9 @@ async fn agent_pod_killed_recreates_or_loses_by_policy() {
         .cloned()
         .collect();
 
-    force_delete_pod(&client, &ns, &victim).await.unwrap();
+    force_delete_pod(&client, SYSTEM_NAMESPACE, &victim)
+        .await
+        .unwrap();
     let after = history
         .wait(
             Duration::from_secs(90),
@@ -338,16 +339,12 @@ async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
         })
         .await
         .unwrap();
-    let agent = pods(
-        &client,
-        &ns,
-        &format!("{LABEL_ROLE}={ROLE_AGENT},{LABEL_POOL}=p"),
-    )
-    .await
-    .unwrap()
-    .into_iter()
-    .next()
-    .expect("the agent pod");
+    let agent = agent_pods(&client, &ns, "p")
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the agent pod");
     let agent_name = agent.metadata.name.clone().unwrap_or_default();
     let agent_uid = agent.metadata.uid.clone();
     let (_, restarts) = container_of(&agent, "agent").expect("the agent container");
@@ -361,7 +358,7 @@ async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
     wait_created(&p, 5).await;
     let pid = kill_container_process(&agent, "agent").await.unwrap();
     let burst = creating.await.unwrap().unwrap();
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let restarted = wait_for(
         &pods_api,
         &agent_name,

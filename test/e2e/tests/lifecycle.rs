@@ -8,7 +8,9 @@ use fast_sandbox_api::wellknown::{condition, reason};
 use fast_sandbox_api::{ExposedPort, Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool};
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_gone};
+use fast_sandbox_e2e::{
+    client_or_skip, delete_namespace, impersonating, namespace, wait_for, wait_gone,
+};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -269,13 +271,6 @@ async fn admission_binds_dry_runs_reserve_nothing_and_refuses_bad_input() {
         .to_string();
     assert!(err.contains("spec.poolRef"), "{err}");
     delete_namespace(&client, &ns).await;
-}
-
-/// A client of the suite's cluster acting as `user` (impersonation).
-async fn impersonating(user: &str) -> Client {
-    let mut cfg = kube::Config::infer().await.unwrap();
-    cfg.auth_info.impersonate = Some(user.to_string());
-    Client::try_from(cfg).unwrap()
 }
 
 /// `kubectl sandbox logs` (the plugin built from `cli/`) for a sandbox on a

@@ -148,7 +148,13 @@ async fn start_agent(
         listener,
         Some(tls),
         ops.clone(),
-        Arc::new(Api::new(agent.clone(), metrics, true)),
+        Arc::new(Api::new(
+            agent.clone(),
+            metrics,
+            Some(fast_sandbox_server::client_auth::AllowedNames::new([
+                "fast-sandbox-controller",
+            ])),
+        )),
         async move {
             let _ = done.wait_for(|s| *s).await;
         },
