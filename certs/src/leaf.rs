@@ -92,6 +92,9 @@ pub fn standard(namespace: &str) -> Vec<LeafSpec> {
         // client of agents under a name of its own.
         LeafSpec::for_service("fast-sandbox-gateway", namespace),
         LeafSpec::client("fast-sandbox-gateway-client", "fast-sandbox-gateway"),
+        // For a second scheduler profile (deploy/scheduler/second-profile.yaml)
+        // calling the extender.
+        LeafSpec::client("fast-sandbox-scheduler-client", "fast-sandbox-scheduler"),
     ]
 }
 
@@ -241,7 +244,8 @@ mod tests {
                 "fast-sandbox-agent-tls",
                 "fast-sandbox-controller-client",
                 "fast-sandbox-gateway-tls",
-                "fast-sandbox-gateway-client"
+                "fast-sandbox-gateway-client",
+                "fast-sandbox-scheduler-client"
             ]
         );
         let gw = &standard("fast-sandbox-system")[5];

@@ -63,6 +63,9 @@ pub struct AgentPodSettings {
     pub containerd_namespace: String,
     /// Service account of agent pods (it needs no API access).
     pub service_account: String,
+    /// Scheduler of agent pods (a second profile with the extender);
+    /// the cluster's default when unset.
+    pub scheduler_name: Option<String>,
 }
 
 impl AgentPodSettings {
@@ -141,6 +144,7 @@ pub fn build(pool: &SandboxPool, policy: &Policy, settings: &AgentPodSettings) -
         tolerations: req.tolerations.clone(),
         topology_spread_constraints: req.topology_spread_constraints.clone(),
         priority_class_name: req.priority_class_name.clone(),
+        scheduler_name: settings.scheduler_name.clone(),
         // Agents are replaced by the pool controller, never restarted in
         // place onto a different identity; the kubelet may restart the
         // container.
@@ -297,6 +301,7 @@ mod tests {
             state_dir: "/var/lib/fast-sandbox/agents".into(),
             containerd_namespace: "k8s.io".into(),
             service_account: "fast-sandbox-agent".into(),
+            scheduler_name: None,
         }
     }
 

@@ -39,6 +39,11 @@ struct Args {
         default_value = "fast-sandbox-agent"
     )]
     agent_service_account: String,
+    /// Scheduler of agent pods, e.g. a second profile that calls the
+    /// extender (deploy/scheduler/second-profile.yaml); the default when
+    /// unset.
+    #[arg(long, env = "FAST_SANDBOX_AGENT_SCHEDULER_NAME")]
+    agent_scheduler_name: Option<String>,
     /// This replica's identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -180,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
                 state_dir: args.agent_state_dir,
                 containerd_namespace: args.containerd_namespace,
                 service_account: args.agent_service_account,
+                scheduler_name: args.agent_scheduler_name,
             },
         },
         tls,

@@ -161,6 +161,7 @@ fn components(
                 state_dir: "/var/lib/fast-sandbox/agents".into(),
                 containerd_namespace: "k8s.io".into(),
                 service_account: "default".into(),
+                scheduler_name: None,
             },
         },
         tls,
