@@ -26,3 +26,19 @@ pub fn pod_template(_: &mut SchemaGenerator) -> Schema {
         "description": "What the pool asks of its agent pods, which run in the operator's namespace and are built from the operator's template: scheduling (nodeSelector, affinity, tolerations, topologySpreadConstraints, priorityClassName), the agent container's resources, an agent image the operator allows, and labels and annotations. Any other field is refused at admission."
     })
 }
+
+/// RFC 3339 as our types read it: at most nine fractional digits (the
+/// apiserver's `date-time` format accepts more, which no component could
+/// then decode), an upper-case `T` and `Z` or a numeric offset.
+pub const DATE_TIME_PATTERN: &str =
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$";
+
+/// An optional instant the apiserver stores only if our types can read it.
+pub fn date_time(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "format": "date-time",
+        "pattern": DATE_TIME_PATTERN,
+        "nullable": true
+    })
+}
