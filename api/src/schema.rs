@@ -30,8 +30,7 @@ pub fn pod_template(_: &mut SchemaGenerator) -> Schema {
 /// RFC 3339 as our types read it: at most nine fractional digits (the
 /// apiserver's `date-time` format accepts more, which no component could
 /// then decode), an upper-case `T` and `Z` or a numeric offset.
-pub const DATE_TIME_PATTERN: &str =
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$";
+pub const DATE_TIME_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$";
 
 /// An optional instant the apiserver stores only if our types can read it.
 pub fn date_time(_: &mut SchemaGenerator) -> Schema {

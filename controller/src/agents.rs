@@ -242,8 +242,24 @@ impl Agents {
     }
 
     /// A sandbox was deleted (from the sandbox watch): its pool may shrink
-    /// and, if it held a slot, sandboxes waiting for one may take it.
+    /// and, if it held a slot, sandboxes waiting for one may take it. If
+    /// its agent still holds its container (the object went without the
+    /// cleanup finalizer, say by force), the container goes too.
     pub fn forget_sandbox(&self, sb: &Sandbox) {
+        if let (Some(uid), Some(r)) = (sb.metadata.uid.clone(), sb.spec.agent_ref.as_ref())
+            && let Some(agent) = self.get(&r.pod_name)
+            && agent.view().sandboxes.contains_key(&uid)
+        {
+            tracing::info!(sandbox = %sb.name_any(), agent = %agent.name, "sandbox object gone with its container still on the agent; removing it");
+            tokio::spawn(async move {
+                match agent.client.delete(&uid).await {
+                    Ok(_) => agent.record_deleted(&uid),
+                    Err(e) => {
+                        tracing::warn!(agent = %agent.name, uid, error = %e, "cannot remove the container of a deleted sandbox; the agent's next listing retries")
+                    }
+                }
+            });
+        }
         if let Some(ns) = sb.namespace() {
             let _ = self
                 .pool_tx

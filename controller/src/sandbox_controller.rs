@@ -266,7 +266,9 @@ async fn bound(
     let want_rev = t.sb.spec.reset_revision.unwrap_or(0);
     let phase = t.phase();
     let agent_ns = &ctx.settings.agent_pod.namespace;
-    if phase == SandboxPhase::Lost && t.sb.spec.failure_policy == FailurePolicy::AutoRecreate {
+    let auto_lost =
+        phase == SandboxPhase::Lost && t.sb.spec.failure_policy == FailurePolicy::AutoRecreate;
+    if auto_lost {
         let bound_agent_lives = ctx
             .pods
             .get(&ObjectRef::new(pod).within(agent_ns))
@@ -275,17 +277,13 @@ async fn bound(
             replace(t, ctx, pod, reason::AGENT_LOST).await?;
             return Ok(None);
         }
-        // Re-placed onto a live agent: start over from Bound; the status
-        // change comes back on the watch and the container is created then.
-        // (Re-placing again here would move the sandbox between agents
-        // forever.)
-        write_status(
-            t,
-            ctx,
-            &transition::bound(&status, pod, node, t.generation(), t.now),
-        )
-        .await?;
-        return Ok(None);
+        // Its agent lives (re-placed onto it, or back from a partition):
+        // only an agent that answers can say whether the old container is
+        // still there. Until then nothing is started anywhere; the follower
+        // triggers a reconcile as soon as it answers.
+        if !ctx.agents.get(pod).is_some_and(|a| a.view().reachable) {
+            return Ok(None);
+        }
     }
     // A Lost sandbox under the Manual policy is never started again, but
     // if its agent comes back with the container, the status recovers.
@@ -310,10 +308,24 @@ async fn bound(
     let agent = ctx.agents.get(pod);
     let agent = match (pod_obj, agent) {
         (Some(p), _) if pod_gone(&p) => {
-            return lost(t, ctx, pod, &format!("agent pod {pod} is terminating")).await;
+            return lost(
+                t,
+                ctx,
+                pod,
+                &format!("agent pod {pod} is terminating"),
+                Fence::AgentGone,
+            )
+            .await;
         }
         (None, _) if ctx.agents.was_deleted(pod) => {
-            return lost(t, ctx, pod, &format!("agent pod {pod} was deleted")).await;
+            return lost(
+                t,
+                ctx,
+                pod,
+                &format!("agent pod {pod} was deleted"),
+                Fence::AgentGone,
+            )
+            .await;
         }
         (None, _) => {
             // The pod cache may trail a binding made a moment ago.
@@ -327,7 +339,14 @@ async fn bound(
                 .await?;
                 return Ok(Some(since + grace));
             }
-            return lost(t, ctx, pod, &format!("agent pod {pod} does not exist")).await;
+            return lost(
+                t,
+                ctx,
+                pod,
+                &format!("agent pod {pod} does not exist"),
+                Fence::AgentGone,
+            )
+            .await;
         }
         (Some(p), None) => {
             // The pod has no IP yet or its agent has not started.
@@ -354,6 +373,7 @@ async fn bound(
                 ctx,
                 pod,
                 &format!("agent pod {pod} has no running agent"),
+                Fence::Unknown,
             )
             .await;
         }
@@ -369,9 +389,10 @@ async fn bound(
                 ctx,
                 pod,
                 &format!(
-                    "agent {pod} unreachable for {}s",
+                    "agent {pod} unreachable for {}s; its container may still run, so it is not started elsewhere until the agent answers or its pod goes",
                     (t.now - since).num_seconds()
                 ),
+                Fence::Unknown,
             )
             .await;
         }
@@ -392,18 +413,30 @@ async fn bound(
             observe(t, ctx, &agent, &info).await?;
             Ok(None)
         }
-        Some(_) if phase == SandboxPhase::Lost => Ok(None),
+        Some(_) if phase == SandboxPhase::Lost && !auto_lost => Ok(None),
         Some(_) => {
             // A new resetRevision: remove the old container, then start anew.
             delete_on_agent(t, &agent).await?;
             create(t, ctx, &agent, pod, want_rev).await
         }
-        None if phase == SandboxPhase::Lost => Ok(None),
+        // Manual: a lost sandbox is never started again.
+        None if phase == SandboxPhase::Lost && !auto_lost => Ok(None),
+        // AutoRecreate, the agent answers and holds no container: the old
+        // one is known gone, so it starts again (creates are idempotent by
+        // UID at the agent).
+        None if auto_lost && !synced => Ok(None),
         None if synced
             && phase == SandboxPhase::Running
             && status.observed_reset_revision == Some(want_rev) =>
         {
-            lost(t, ctx, pod, "the container no longer exists on its agent").await
+            lost(
+                t,
+                ctx,
+                pod,
+                "the container no longer exists on its agent",
+                Fence::ContainerGone,
+            )
+            .await
         }
         None => create(t, ctx, &agent, pod, want_rev).await,
     }
@@ -599,12 +632,27 @@ async fn create(
     }
 }
 
-/// Marks the sandbox Lost; with `AutoRecreate`, re-places it.
+/// What is known of a lost sandbox's old container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fence {
+    /// Its agent pod is gone or going: the kubelet kills what runs in the
+    /// pod's cgroup, sandboxes included.
+    AgentGone,
+    /// The agent reported it absent.
+    ContainerGone,
+    /// It may still run (the agent is unreachable: a partition, a crash
+    /// loop).
+    Unknown,
+}
+
+/// Marks the sandbox Lost; with `AutoRecreate`, re-places it, but only once
+/// the old container is known gone, so no sandbox ever runs twice.
 async fn lost(
     t: &Target<'_>,
     ctx: &Context,
     pod: &str,
     message: &str,
+    fence: Fence,
 ) -> Result<Option<DateTime<Utc>>, Error> {
     // Already Lost: keep the first account of why.
     let st = if t.phase() == SandboxPhase::Lost {
@@ -619,7 +667,7 @@ async fn lost(
             event(EventType::Warning, reason::AGENT_LOST, "Lose", message),
         );
     }
-    if t.sb.spec.failure_policy == FailurePolicy::AutoRecreate {
+    if t.sb.spec.failure_policy == FailurePolicy::AutoRecreate && fence != Fence::Unknown {
         replace(t, ctx, pod, reason::AGENT_LOST).await?;
     }
     Ok(None)

@@ -93,8 +93,14 @@ fn string(rng: &mut Rng, schema: &Value) -> String {
 fn date_time(rng: &mut Rng) -> String {
     let year = *rng.pick(&[1, 1970, 2026, 2099, 9999]);
     let frac_digits = rng.below(13);
-    let frac: String = (0..frac_digits).map(|_| char::from(b'0' + rng.below(10) as u8)).collect();
-    let frac = if frac.is_empty() { frac } else { format!(".{frac}") };
+    let frac: String = (0..frac_digits)
+        .map(|_| char::from(b'0' + rng.below(10) as u8))
+        .collect();
+    let frac = if frac.is_empty() {
+        frac
+    } else {
+        format!(".{frac}")
+    };
     let sep = *rng.pick(&["T", "t", " "]);
     let zone = *rng.pick(&["Z", "z", "+00:00", "-07:30", "+14:00"]);
     let second = *rng.pick(&[0, 59, 60]);
@@ -105,8 +111,23 @@ fn quantity(rng: &mut Rng) -> Value {
     match rng.below(3) {
         0 => json!(*rng.pick(&[0i64, 1, 2, 1024, i64::from(i32::MAX), i64::MAX])),
         _ => json!(*rng.pick(&[
-            "500m", "2", "64Mi", "1Gi", "1e3", ".5", "+1Ki", "-1", "0", "1Ti", "6Mi", "1Ei",
-            "9999999999999999999", "1.5", "100n", "lots", "",
+            "500m",
+            "2",
+            "64Mi",
+            "1Gi",
+            "1e3",
+            ".5",
+            "+1Ki",
+            "-1",
+            "0",
+            "1Ti",
+            "6Mi",
+            "1Ei",
+            "9999999999999999999",
+            "1.5",
+            "100n",
+            "lots",
+            "",
         ])),
     }
 }
@@ -114,7 +135,16 @@ fn quantity(rng: &mut Rng) -> Value {
 fn integer(rng: &mut Rng, schema: &Value) -> Value {
     let min = schema["minimum"].as_f64().map(|m| m as i64);
     let max = schema["maximum"].as_f64().map(|m| m as i64);
-    let mut choices = vec![0i64, 1, -1, i64::from(i32::MAX), i64::from(i32::MIN), i64::MAX, i64::MIN, 1 << 53];
+    let mut choices = vec![
+        0i64,
+        1,
+        -1,
+        i64::from(i32::MAX),
+        i64::from(i32::MIN),
+        i64::MAX,
+        i64::MIN,
+        1 << 53,
+    ];
     if let Some(m) = min {
         choices.extend([m, m.saturating_sub(1), m.saturating_add(1)]);
     }
@@ -157,13 +187,29 @@ fn generate(rng: &mut Rng, schema: &Value, depth: u32) -> Value {
             }
             if schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true) {
                 // Whatever a user puts in an open object (an agent template).
-                let keys = ["spec", "metadata", "hostPID", "containers", "image", "labels"];
+                let keys = [
+                    "spec",
+                    "metadata",
+                    "hostPID",
+                    "containers",
+                    "image",
+                    "labels",
+                ];
                 for _ in 0..rng.below(4) {
                     let k = rng.pick(&keys).to_string();
                     let v = if depth < 6 && rng.chance(50) {
-                        generate(rng, &json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}), depth + 1)
+                        generate(
+                            rng,
+                            &json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+                            depth + 1,
+                        )
                     } else {
-                        json!(*rng.pick(&[json!(true), json!("x"), json!(3), json!([{"name": "agent"}])]))
+                        json!(*rng.pick(&[
+                            json!(true),
+                            json!("x"),
+                            json!(3),
+                            json!([{"name": "agent"}])
+                        ]))
                     };
                     out.insert(k, v);
                 }
@@ -172,8 +218,16 @@ fn generate(rng: &mut Rng, schema: &Value, depth: u32) -> Value {
         }
         Some("array") => {
             let max = schema["maxItems"].as_u64().unwrap_or(8);
-            let len = if rng.chance(3) { max.min(300) } else { rng.below(max.min(4) + 1) };
-            Value::Array((0..len).map(|_| generate(rng, &schema["items"], depth + 1)).collect())
+            let len = if rng.chance(3) {
+                max.min(300)
+            } else {
+                rng.below(max.min(4) + 1)
+            };
+            Value::Array(
+                (0..len)
+                    .map(|_| generate(rng, &schema["items"], depth + 1))
+                    .collect(),
+            )
         }
         Some("string") if schema["format"].as_str() == Some("date-time") => json!(date_time(rng)),
         Some("string") => json!(string(rng, schema)),
@@ -215,7 +269,11 @@ fn reviewer() -> Reviewer {
 }
 
 fn review(kind: &str, spec: &Value) -> Vec<u8> {
-    let resource = if kind == "Sandbox" { "sandboxes" } else { "sandboxpools" };
+    let resource = if kind == "Sandbox" {
+        "sandboxes"
+    } else {
+        "sandboxpools"
+    };
     let object = json!({"apiVersion": "sandbox.fast.io/v1alpha1", "kind": kind,
                         "metadata": {"name": "fuzzed", "namespace": "fuzz"}, "spec": spec});
     serde_json::to_vec(&json!({
@@ -244,9 +302,11 @@ async fn check(r: &Reviewer, kind: &str, spec: &Value) -> Result<(), String> {
             Err(format!("refused without naming a field: {msg}"))
         };
     }
-    let mut object: Value = serde_json::from_slice::<Value>(&body).unwrap()["request"]["object"].clone();
+    let mut object: Value =
+        serde_json::from_slice::<Value>(&body).unwrap()["request"]["object"].clone();
     if let Some(patch) = resp.patch_ops() {
-        json_patch::patch(&mut object, &patch).map_err(|e| format!("the patch does not apply: {e}"))?;
+        json_patch::patch(&mut object, &patch)
+            .map_err(|e| format!("the patch does not apply: {e}"))?;
     }
     let decoded = match kind {
         "Sandbox" => serde_json::from_value::<Sandbox>(object.clone())
@@ -283,9 +343,16 @@ async fn the_corpus_is_admitted_readably_or_refused_by_field() {
             panic!("{}: {e}\n{}", path.display(), case["spec"]);
         }
         if let Some(want) = case["refusedAt"].as_str() {
-            let v = r.review(&review(kind, &case["spec"]), Caller::APISERVER).await.unwrap();
+            let v = r
+                .review(&review(kind, &case["spec"]), Caller::APISERVER)
+                .await
+                .unwrap();
             let msg = v.response.message().unwrap_or_default();
-            assert!(!v.response.allowed && msg.contains(want), "{}: want a refusal at {want}, got {msg:?}", path.display());
+            assert!(
+                !v.response.allowed && msg.contains(want),
+                "{}: want a refusal at {want}, got {msg:?}",
+                path.display()
+            );
         }
         n += 1;
     }
@@ -309,7 +376,10 @@ async fn generated_objects_are_admitted_readably_or_refused_by_field() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let schemas = [("Sandbox", spec_schema(SANDBOX_CRD)), ("SandboxPool", spec_schema(POOL_CRD))];
+    let schemas = [
+        ("Sandbox", spec_schema(SANDBOX_CRD)),
+        ("SandboxPool", spec_schema(POOL_CRD)),
+    ];
     let mut rng = Rng(seed);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut runs, mut admitted) = (0u64, 0u64);
@@ -323,11 +393,19 @@ async fn generated_objects_are_admitted_readably_or_refused_by_field() {
         if let Err(e) = check(&r, kind, &spec).await {
             panic!("seed {seed}, run {runs}: {kind} {e}\n{spec}");
         }
-        let v = r.review(&review(kind, &spec), Caller::APISERVER).await.unwrap();
+        let v = r
+            .review(&review(kind, &spec), Caller::APISERVER)
+            .await
+            .unwrap();
         admitted += u64::from(v.response.allowed);
         runs += 1;
     }
-    eprintln!("{runs} generated objects (seed {seed}), {admitted} admitted, the rest refused by field");
+    eprintln!(
+        "{runs} generated objects (seed {seed}), {admitted} admitted, the rest refused by field"
+    );
     assert!(runs > 100, "only {runs} objects in {seconds}s");
-    assert!(admitted > 0, "the generator never made an admissible object");
+    assert!(
+        admitted > 0,
+        "the generator never made an admissible object"
+    );
 }
