@@ -66,6 +66,6 @@ if [[ $with_cluster == 1 ]]; then
   # The fault tests kill components, so they run one at a time.
   step "end-to-end fault tests"
   FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast \
-    --test burst --test faults -- --test-threads=1
+    --test burst --test faults --test robustness -- --test-threads=1
 fi
 step "all tests passed in $((SECONDS - start)) s"
