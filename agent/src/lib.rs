@@ -9,6 +9,8 @@
 //! - [`state`]: the sandbox table and slots.
 //! - [`events`]: the event stream clients follow.
 //! - [`logs`]: stdout/stderr files and following them.
+//! - [`exec`]: commands exec'd into running sandboxes; [`fifo`]: their
+//!   stdio FIFOs.
 //! - [`warm`]: snapshots prepared ahead for hot images.
 //! - [`janitor`]: which leftovers of gone agents the node janitor collects.
 //! - [`agent`]: the agent itself; [`api`]: its HTTP API; [`client`]: a
@@ -23,6 +25,8 @@ pub mod cgroup;
 pub mod client;
 pub mod error;
 pub mod events;
+pub mod exec;
+pub mod fifo;
 pub mod image;
 pub mod janitor;
 pub mod logs;

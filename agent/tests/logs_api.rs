@@ -59,6 +59,7 @@ impl LogsOnly {
             default_grace: Duration::from_secs(1),
             proc_root: "/proc".into(),
             advertise: None,
+            max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
         };
         let agent: Arc<Agent> = Agent::new(cfg, cd, metrics.clone(), ops.health.clone()).unwrap();
         let (shutdown, rx) = watch::channel(false);

@@ -130,6 +130,7 @@ async fn start_agent(
         default_grace: Duration::ZERO,
         proc_root: "/proc".into(),
         advertise: None,
+        max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
     };
     tune(&mut cfg);
     let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())?;
