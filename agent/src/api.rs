@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::logs::LogStream;
 
 mod exec;
+mod files;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -60,14 +61,14 @@ fn error_response(metrics: &crate::metrics::Metrics, e: &ApiError) -> Response<B
     body::json(status, e)
 }
 
-fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then_some(v)
     })
 }
 
-fn is_true(v: Option<&str>) -> bool {
+pub(crate) fn is_true(v: Option<&str>) -> bool {
     matches!(v, Some("true" | "1" | ""))
 }
 
@@ -167,6 +168,10 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
                 (&Method::POST, "exec") => {
                     let uid = uid.to_string();
                     exec::exec(agent, &uid, req).await
+                }
+                (&Method::GET | &Method::PUT | &Method::POST | &Method::DELETE, "files") => {
+                    let uid = uid.to_string();
+                    files::files(agent, &uid, req).await
                 }
                 _ => Ok(not_found(&method, &path)),
             }

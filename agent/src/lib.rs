@@ -11,6 +11,8 @@
 //! - [`logs`]: stdout/stderr files and following them.
 //! - [`exec`]: commands exec'd into running sandboxes; [`fifo`]: their
 //!   stdio FIFOs.
+//! - [`rootfs`]: files inside a running sandbox, resolved by the kernel
+//!   inside its root; [`archive`]: tar streams of trees, each way.
 //! - [`warm`]: snapshots prepared ahead for hot images.
 //! - [`janitor`]: which leftovers of gone agents the node janitor collects.
 //! - [`agent`]: the agent itself; [`api`]: its HTTP API; [`client`]: a
@@ -21,6 +23,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod archive;
 pub mod cgroup;
 pub mod client;
 pub mod error;
@@ -33,6 +36,7 @@ pub mod logs;
 pub mod logs_api;
 pub mod metrics;
 pub mod ports;
+pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;
