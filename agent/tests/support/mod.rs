@@ -425,3 +425,14 @@ pub async fn exec(
 pub fn stdout(o: &fast_sandbox_agent::client::ExecOutcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// The test image without a shell (only `/tool`, from
+/// `agent/tests/noshell/tool.c`). Fails, never skips, when the environment
+/// has containerd but not this image.
+pub fn noshell_image() -> String {
+    std::env::var("FAST_SANDBOX_TEST_NOSHELL_IMAGE").unwrap_or_else(|_| {
+        panic!(
+            "FAST_SANDBOX_TEST_NOSHELL_IMAGE is not set: start containerd with agent/tests/containerd.sh, which builds the image without a shell"
+        )
+    })
+}
