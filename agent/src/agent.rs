@@ -688,6 +688,7 @@ impl Agent {
                 // Only empty directories go: files of containers that could
                 // not be removed stay for the next sweep.
                 let _ = std::fs::remove_dir(dir.join("logs"));
+                let _ = std::fs::remove_dir(dir.join("exec"));
                 let _ = std::fs::remove_dir(&dir);
             }
         }
@@ -697,7 +698,8 @@ impl Agent {
     }
 
     /// Removes one container of a gone agent: SIGKILL, task, container,
-    /// its snapshot (when under that agent's key prefix) and log files.
+    /// its snapshot (when under that agent's key prefix), log files and
+    /// exec FIFOs.
     async fn collect(
         &self,
         id: &str,
@@ -713,6 +715,8 @@ impl Agent {
         }
         if let Some(dir) = state_dir_of(&self.cfg.state_dir, &self.cfg.pod_uid, &owner.agent_uid) {
             LogDir::at(dir.join("logs")).remove(id);
+            // FIFOs of execs the gone agent ran in the container.
+            let _ = std::fs::remove_dir_all(dir.join("exec").join(id));
         }
         Ok(())
     }
