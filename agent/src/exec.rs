@@ -13,15 +13,13 @@
 //! After the exit the pumps drain what the shim still flushes, then the
 //! status frame goes out and the process and its FIFOs are deleted.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fast_sandbox_api::exec::{
-    Channel, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_TIMEOUT, ExecRequest, ExecStatus,
-    MAX_FRAME_PAYLOAD, TerminalSize, encode, encode_json, reason,
+    Channel, ExecRequest, ExecStatus, MAX_FRAME_PAYLOAD, TerminalSize, encode, encode_json,
 };
 use fast_sandbox_api::validation::validate_exec_request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +30,13 @@ use crate::agent::Agent;
 use crate::error::{Error, Result};
 use crate::fifo::{self, FifoDir};
 use crate::metrics::Metrics;
-use crate::runtime::{Containerd, ExecStdio, TaskState};
+use crate::runtime::{Containerd, ExecStdio};
+
+mod leftovers;
+mod status;
+
+pub use leftovers::finish_leftovers;
+use status::{Kill, exec_status, start_failure};
 
 /// Output frames queued between the pumps and the client's stream: with
 /// [`MAX_FRAME_PAYLOAD`] each, what one exec holds beyond HTTP/2's window.
@@ -43,12 +47,10 @@ const INPUT_QUEUE: usize = 4;
 /// a background process the command started still holds it open.
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
 /// SIGKILL is followed by at most this long a wait for the exit.
-const KILL_WAIT: Duration = Duration::from_secs(10);
-/// What runc says before why a process could not be started.
-const START_MARK: &str = "unable to start container process: ";
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Exec ids of detached execs start with this, so a restarted agent knows
 /// which leftovers must keep running.
-const DETACHED_PREFIX: &str = "d-";
+pub(crate) const DETACHED_PREFIX: &str = "d-";
 
 /// Input from the client to a running exec.
 #[derive(Debug)]
@@ -121,7 +123,7 @@ impl Execs {
     }
 
     /// Whether exec `exec_id` belongs to this agent process.
-    fn is_own(&self, exec_id: &str) -> bool {
+    pub(crate) fn is_own(&self, exec_id: &str) -> bool {
         exec_id
             .split('-')
             .nth(1)
@@ -131,9 +133,9 @@ impl Execs {
 
 /// A container and exec id.
 #[derive(Clone, Debug)]
-struct Ids {
-    container_id: String,
-    exec_id: String,
+pub(crate) struct Ids {
+    pub(crate) container_id: String,
+    pub(crate) exec_id: String,
 }
 
 /// Starts `req` in sandbox `uid`. Errors before the process runs are
@@ -232,107 +234,8 @@ fn not_running_or(agent: &Agent, uid: &str, e: Error) -> Error {
     }
 }
 
-/// The stderr line and status of a command runc could not start, or `None`
-/// when the failure is not the command's.
-fn start_failure(e: &Error, command: &str) -> Option<(String, ExecStatus)> {
-    let Error::Containerd { status, .. } = e else {
-        return None;
-    };
-    let (_, why) = status.message().split_once(START_MARK)?;
-    let why = why.trim_end_matches(": unknown").trim();
-    let not_found = why.starts_with("exec: ")
-        && (why.contains("not found in $PATH") || why.contains("no such file or directory"));
-    let (code, reason, line) = if not_found {
-        (
-            EXIT_NOT_FOUND,
-            reason::COMMAND_NOT_FOUND,
-            format!("{command}: command not found\n"),
-        )
-    } else if why.contains("permission denied") {
-        (
-            EXIT_CANNOT_EXECUTE,
-            reason::START_FAILED,
-            format!("{command}: permission denied\n"),
-        )
-    } else {
-        (
-            EXIT_CANNOT_EXECUTE,
-            reason::START_FAILED,
-            format!("{command}: cannot execute: {why}\n"),
-        )
-    };
-    Some((
-        line,
-        ExecStatus {
-            exit_code: Some(code),
-            reason: reason.to_string(),
-            message: why.to_string(),
-            signal: None,
-        },
-    ))
-}
-
-/// Why the agent killed an exec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kill {
-    Timeout(Duration),
-    Disconnected,
-}
-
-/// The status of an exec that ended with `exit` (containerd's exit status).
-fn exec_status(exit: Result<u32>, killed: Option<Kill>) -> ExecStatus {
-    let code = match exit {
-        Ok(code) => i32::try_from(code).unwrap_or(i32::MAX),
-        Err(e) => {
-            return ExecStatus {
-                exit_code: None,
-                reason: reason::AGENT_ERROR.into(),
-                message: format!("the agent lost track of the process: {e}"),
-                signal: None,
-            };
-        }
-    };
-    let signal = (129..=192).contains(&code).then(|| code - 128);
-    let (exit_code, reason, message) = match killed {
-        Some(Kill::Timeout(t)) => (
-            EXIT_TIMEOUT,
-            reason::TIMEOUT,
-            format!("killed after the timeout of {}s", t.as_secs()),
-        ),
-        Some(Kill::Disconnected) => (
-            code,
-            reason::KILLED,
-            "killed: the client disconnected".to_string(),
-        ),
-        None if code == 0 => (code, reason::COMPLETED, String::new()),
-        None if code == 128 + libc::SIGKILL => (
-            code,
-            reason::KILLED,
-            "killed by SIGKILL (out of memory, or the sandbox is being stopped)".to_string(),
-        ),
-        None => (
-            code,
-            reason::ERROR,
-            match signal {
-                Some(s) => format!("terminated by signal {s}"),
-                None => format!("exited with code {code}"),
-            },
-        ),
-    };
-    ExecStatus {
-        exit_code: Some(exit_code),
-        reason: reason.to_string(),
-        message,
-        signal: if matches!(killed, Some(Kill::Timeout(_))) {
-            Some(libc::SIGKILL)
-        } else {
-            signal
-        },
-    }
-}
-
 /// Deletes an exec process and its FIFOs, off the caller's path.
-fn finish_in_background(cd: Containerd, agent: Arc<Agent>, ids: Ids) {
+pub(crate) fn finish_in_background(cd: Containerd, agent: Arc<Agent>, ids: Ids) {
     tokio::spawn(async move {
         if let Err(e) = cd.delete_exec(&ids.container_id, &ids.exec_id).await {
             tracing::debug!(container = %ids.container_id, exec = %ids.exec_id, error = %e, "deleting the exec process failed");
@@ -572,143 +475,9 @@ async fn feed(
     }
 }
 
-/// Finishes the execs a previous agent process left (their FIFO
-/// directories): those of sandboxes that are gone are removed; a detached
-/// one that still runs has its output drained and discarded until it exits;
-/// any other is killed (its client is gone with the previous agent). Then
-/// each is deleted from containerd with its FIFOs.
-pub async fn finish_leftovers(agent: Arc<Agent>) {
-    let fifos = agent.execs().fifos().clone();
-    for left in fifos.leftovers() {
-        if agent.execs().is_own(&left.exec_id) {
-            continue;
-        }
-        if !agent.holds_container(&left.container_id) {
-            fifos.remove_container(&left.container_id);
-            continue;
-        }
-        let cd = agent.containerd().clone();
-        let ids = Ids {
-            container_id: left.container_id.clone(),
-            exec_id: left.exec_id.clone(),
-        };
-        let state = cd.process(&ids.container_id, &ids.exec_id).await;
-        let running = matches!(&state, Ok(Some(p)) if p.state == TaskState::Running);
-        let agent = agent.clone();
-        let outputs = fifos.outputs(&ids.container_id, &ids.exec_id);
-        tokio::spawn(async move {
-            if running {
-                if left.exec_id.starts_with(DETACHED_PREFIX) {
-                    tracing::info!(container = %ids.container_id, exec = %ids.exec_id, "adopting a detached exec of a previous agent");
-                    drain_until_exit(&cd, &ids, &outputs).await;
-                } else {
-                    tracing::info!(container = %ids.container_id, exec = %ids.exec_id, "killing an exec whose client left with the previous agent");
-                    if let Err(e) = cd
-                        .kill_exec(&ids.container_id, &ids.exec_id, libc::SIGKILL)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "killing a leftover exec failed");
-                    }
-                    let _ = tokio::time::timeout(KILL_WAIT, drain_until_exit(&cd, &ids, &outputs))
-                        .await;
-                }
-            }
-            finish_in_background(cd, agent, ids);
-        });
-    }
-}
-
-/// Reads and drops a leftover exec's output until it exits.
-async fn drain_until_exit(cd: &Containerd, ids: &Ids, outputs: &[std::path::PathBuf]) {
-    let drains: Vec<_> = outputs
-        .iter()
-        .filter_map(|p: &std::path::PathBuf| open_drain(p))
-        .collect();
-    if let Err(e) = cd.wait_exec(&ids.container_id, &ids.exec_id).await {
-        tracing::debug!(error = %e, "waiting for a leftover exec failed");
-    }
-    for d in drains {
-        d.abort();
-    }
-}
-
-fn open_drain(path: &Path) -> Option<tokio::task::JoinHandle<()>> {
-    let mut rx = fifo::open_output(path).ok()?;
-    Some(tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_FRAME_PAYLOAD];
-        while matches!(rx.read(&mut buf).await, Ok(n) if n > 0) {}
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn containerd_error(msg: &str) -> Error {
-        Error::containerd("start exec process", tonic::Status::unknown(msg))
-    }
-
-    #[test]
-    fn a_missing_command_is_127_and_an_unexecutable_one_126() {
-        let e = containerd_error(
-            "OCI runtime exec failed: exec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH: unknown",
-        );
-        let (line, st) = start_failure(&e, "nope").unwrap();
-        assert_eq!(line, "nope: command not found\n");
-        assert_eq!(st.exit_code, Some(127));
-        assert_eq!(st.reason, reason::COMMAND_NOT_FOUND);
-        assert!(st.message.contains("\"nope\""), "{st:?}");
-        let e = containerd_error(
-            "OCI runtime exec failed: exec failed: unable to start container process: exec: \"/x\": stat /x: no such file or directory: unknown",
-        );
-        assert_eq!(start_failure(&e, "/x").unwrap().1.exit_code, Some(127));
-        let e = containerd_error(
-            "OCI runtime exec failed: exec failed: unable to start container process: exec: \"/etc/passwd\": permission denied: unknown",
-        );
-        let (line, st) = start_failure(&e, "/etc/passwd").unwrap();
-        assert_eq!(
-            (st.exit_code, st.reason.as_str()),
-            (Some(126), reason::START_FAILED)
-        );
-        assert_eq!(line, "/etc/passwd: permission denied\n");
-        let e = containerd_error(
-            "OCI runtime exec failed: exec failed: unable to start container process: chdir to cwd (\"/nope\") set in config.json failed: no such file or directory: unknown",
-        );
-        let st = start_failure(&e, "sh").unwrap().1;
-        assert_eq!(st.exit_code, Some(126));
-        assert!(st.message.starts_with("chdir to cwd"), "{st:?}");
-        assert!(start_failure(&containerd_error("shim died"), "sh").is_none());
-    }
-
-    #[test]
-    fn statuses_follow_exit_codes_and_kills() {
-        let st = exec_status(Ok(0), None);
-        assert_eq!(
-            (st.exit_code, st.reason.as_str()),
-            (Some(0), reason::COMPLETED)
-        );
-        let st = exec_status(Ok(42), None);
-        assert_eq!(
-            (st.exit_code, st.reason.as_str(), st.signal),
-            (Some(42), reason::ERROR, None)
-        );
-        let st = exec_status(Ok(137), Some(Kill::Timeout(Duration::from_secs(3))));
-        assert_eq!(
-            (st.exit_code, st.reason.as_str(), st.signal),
-            (Some(124), reason::TIMEOUT, Some(9))
-        );
-        let st = exec_status(Ok(137), None);
-        assert_eq!((st.reason.as_str(), st.signal), (reason::KILLED, Some(9)));
-        let st = exec_status(Ok(143), None);
-        assert_eq!((st.reason.as_str(), st.signal), (reason::ERROR, Some(15)));
-        let st = exec_status(Ok(137), Some(Kill::Disconnected));
-        assert_eq!(st.reason, reason::KILLED);
-        let st = exec_status(Err(Error::Unavailable("gone")), None);
-        assert_eq!(
-            (st.exit_code, st.reason.as_str()),
-            (None, reason::AGENT_ERROR)
-        );
-    }
 
     #[test]
     fn exec_ids_mark_detached_execs_and_their_agent() {

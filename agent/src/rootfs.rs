@@ -21,15 +21,21 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use fast_sandbox_api::files::{FileInfo, FileType, path_components};
+use fast_sandbox_api::files::{FileInfo, FileType};
 use rustix::fs::{
     AtFlags, Dir, Gid, Mode, OFlags, ResolveFlags, Stat, Uid, fchmod, fchown, fstat, mkdirat,
-    openat2, readlinkat, renameat, statat, unlinkat,
+    openat2, readlinkat, statat, unlinkat,
 };
 use rustix::io::Errno;
 
 use crate::api::invalid;
 use crate::error::{Error, Result};
+
+mod path;
+mod upload;
+
+pub use path::SandboxPath;
+pub use upload::Upload;
 
 /// How paths below the root resolve.
 const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT
@@ -42,73 +48,6 @@ pub(crate) const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_XDEV);
 /// Deepest tree walked (tar, recursive remove).
 pub(crate) const MAX_DEPTH: usize = 256;
-
-/// A checked path inside a sandbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SandboxPath {
-    /// Normalised absolute form, for messages and answers.
-    pub display: String,
-    parts: Vec<String>,
-}
-
-impl SandboxPath {
-    /// Checks `path`: absolute, no `..`, no NUL, not too long.
-    pub fn parse(path: &str) -> Result<Self> {
-        let parts: Vec<String> = path_components(path)
-            .map_err(|m| invalid("path", m))?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        Ok(Self {
-            display: format!("/{}", parts.join("/")),
-            parts,
-        })
-    }
-
-    /// Whether it names the root.
-    pub fn is_root(&self) -> bool {
-        self.parts.is_empty()
-    }
-
-    /// The path relative to the root (`.` for the root).
-    fn relative(&self) -> String {
-        if self.parts.is_empty() {
-            ".".into()
-        } else {
-            self.parts.join("/")
-        }
-    }
-
-    /// The parent and the final name; `None` for the root.
-    fn split(&self) -> Option<(SandboxPath, &str)> {
-        let (name, parent) = self.parts.split_last()?;
-        let parent = SandboxPath {
-            display: format!("/{}", parent.join("/")),
-            parts: parent.to_vec(),
-        };
-        Some((parent, name))
-    }
-
-    /// The parent; `None` for the root.
-    pub fn parent(&self) -> Option<SandboxPath> {
-        self.split().map(|(p, _)| p)
-    }
-
-    /// The base name (`/` for the root).
-    pub fn name(&self) -> &str {
-        self.parts.last().map_or("/", String::as_str)
-    }
-
-    /// The path of a child.
-    pub fn child(&self, name: &str) -> SandboxPath {
-        let mut parts = self.parts.clone();
-        parts.push(name.to_string());
-        SandboxPath {
-            display: format!("/{}", parts.join("/")),
-            parts,
-        }
-    }
-}
 
 /// The root directory of one running sandbox.
 #[derive(Debug)]
@@ -367,58 +306,6 @@ impl SandboxRoot {
             unlinkat(&dir, name, AtFlags::empty()).map_err(file_err("remove", &path.display))?;
         }
         Ok(removed)
-    }
-}
-
-/// A file being written; dropped without [`Upload::commit`] it is removed.
-#[derive(Debug)]
-pub struct Upload {
-    dir: OwnedFd,
-    tmp: String,
-    name: String,
-    path: SandboxPath,
-    file: Option<File>,
-    mode: u32,
-    owner: (u32, u32),
-}
-
-impl Upload {
-    /// Appends bytes.
-    pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        use std::io::Write;
-        match self.file.as_mut() {
-            Some(f) => f.write_all(data).map_err(|e| {
-                Error::file(
-                    "write",
-                    &self.path.display,
-                    Errno::from_io_error(&e).unwrap_or(Errno::IO),
-                )
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Sets mode and owner, and renames the file over its destination.
-    pub fn commit(mut self) -> Result<FileInfo> {
-        let path = self.path.display.clone();
-        if let Some(f) = self.file.take() {
-            fchmod(&f, Mode::from_raw_mode(self.mode)).map_err(file_err("chmod", &path))?;
-            chown(&f, self.owner).map_err(file_err("chown", &path))?;
-        }
-        renameat(&self.dir, self.tmp.as_str(), &self.dir, self.name.as_str())
-            .map_err(file_err("rename", &path))?;
-        self.tmp.clear();
-        let st = statat(&self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(file_err("stat", &path))?;
-        Ok(info(&self.dir, &self.name, &path, &st))
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if !self.tmp.is_empty() {
-            let _ = unlinkat(&self.dir, self.tmp.as_str(), AtFlags::empty());
-        }
     }
 }
 

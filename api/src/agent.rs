@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::sandbox::{EnvVar, ExposedPort};
 
+/// Largest payload of one exec frame (see [`crate::exec`]).
+pub use crate::exec::MAX_FRAME_PAYLOAD;
+
 /// Prefix of every versioned path.
 pub const API_PREFIX: &str = "/v1";
 /// Collection of sandboxes.
