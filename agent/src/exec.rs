@@ -141,7 +141,18 @@ pub(crate) struct Ids {
 /// Starts `req` in sandbox `uid`. Errors before the process runs are
 /// errors; a command that cannot be started (not found, not executable)
 /// is a finished session with exit code 127 or 126, as a shell reports it.
+///
+/// The start runs in a task of its own: a caller that goes away meanwhile
+/// (its request future dropped) cannot leave a started process without the
+/// task that owns it; the session it drops then counts as a disconnect.
 pub async fn start(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<Session> {
+    let (agent, uid) = (agent.clone(), uid.to_string());
+    tokio::spawn(async move { start_owned(&agent, &uid, req).await })
+        .await
+        .map_err(|e| Error::io("starting an exec", std::io::Error::other(e)))?
+}
+
+async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<Session> {
     validate_exec_request(&req).map_err(Error::Invalid)?;
     let started = Instant::now();
     let target = agent.running(uid)?;
