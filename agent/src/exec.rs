@@ -68,15 +68,15 @@ pub enum Input {
 /// A started exec: send it input, read its output frames (ending with the
 /// status frame). Dropping `output` counts as the client going away.
 #[derive(Debug)]
-pub struct Session {
+pub struct Process {
     /// Input to the process.
     pub input: mpsc::Sender<Input>,
     /// Encoded frames: stdout, stderr, then one status frame.
     pub output: mpsc::Receiver<Bytes>,
 }
 
-impl Session {
-    /// A session that is over already: `stderr`, then `status`.
+impl Process {
+    /// An exec that is over already: `stderr`, then `status`.
     fn finished(stderr: &str, status: &ExecStatus) -> Self {
         let (input, _) = mpsc::channel(1);
         let (tx, output) = mpsc::channel(2);
@@ -140,19 +140,19 @@ pub(crate) struct Ids {
 
 /// Starts `req` in sandbox `uid`. Errors before the process runs are
 /// errors; a command that cannot be started (not found, not executable)
-/// is a finished session with exit code 127 or 126, as a shell reports it.
+/// is an exec that is over, with exit code 127 or 126, as a shell reports it.
 ///
 /// The start runs in a task of its own: a caller that goes away meanwhile
 /// (its request future dropped) cannot leave a started process without the
-/// task that owns it; the session it drops then counts as a disconnect.
-pub async fn start(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<Session> {
+/// task that owns it; the [`Process`] it drops then counts as a disconnect.
+pub async fn start(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<Process> {
     let (agent, uid) = (agent.clone(), uid.to_string());
     tokio::spawn(async move { start_owned(&agent, &uid, req).await })
         .await
         .map_err(|e| Error::io("starting an exec", std::io::Error::other(e)))?
 }
 
-async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<Session> {
+async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<Process> {
     validate_exec_request(&req).map_err(Error::Invalid)?;
     let started = Instant::now();
     let target = agent.running(uid)?;
@@ -205,7 +205,7 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
         if let Some((stderr, status)) = start_failure(&e, &req.command[0]) {
             tracing::debug!(%uid, error = %e, "exec could not start its command");
             agent.metrics().exec_finished(&status.reason);
-            return Ok(Session::finished(&stderr, &status));
+            return Ok(Process::finished(&stderr, &status));
         }
         return Err(not_running_or(agent, uid, e));
     }
@@ -233,7 +233,7 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
         output: output_tx,
     };
     tokio::spawn(running.run());
-    Ok(Session { input, output })
+    Ok(Process { input, output })
 }
 
 /// A failed exec or start while the sandbox stopped meanwhile is

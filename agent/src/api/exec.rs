@@ -43,9 +43,9 @@ pub(crate) async fn exec(
             format!("the start frame is not an ExecRequest: {e}"),
         )
     })?;
-    let session = exec::start(&agent, uid, exec_req).await?;
-    tokio::spawn(read_input(body, decoder, session.input));
-    let frames = ReceiverStream::new(session.output).map(Ok::<Bytes, std::io::Error>);
+    let process = exec::start(&agent, uid, exec_req).await?;
+    tokio::spawn(read_input(body, decoder, process.input));
+    let frames = ReceiverStream::new(process.output).map(Ok::<Bytes, std::io::Error>);
     let mut r = Response::new(body::stream(frames));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
