@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::cgroup;
 use crate::error::{Error, Result};
 use crate::events::{EventBus, Subscription};
+use crate::exec::Execs;
 use crate::image::ImageCache;
 use crate::janitor::{Fence, Owner, SNAPSHOT_PREFIX, snapshot_agent, state_dir_of};
 use crate::logs::{LogDir, LogStream};
@@ -86,6 +87,20 @@ pub struct Config {
     /// Address endpoints of exposed ports are advertised (and listened) on:
     /// the agent pod's IP; loopback when unset.
     pub advertise: Option<std::net::IpAddr>,
+    /// Largest upload (file write, tar extraction) accepted, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+/// Default of [`Config::max_upload_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;
+
+/// A sandbox whose process runs: what exec and file operations need.
+#[derive(Clone, Debug)]
+pub struct RunningSandbox {
+    /// Its containerd container.
+    pub container_id: String,
+    /// Host PID of its init process.
+    pub pid: u32,
 }
 
 /// The agent.
@@ -99,6 +114,7 @@ pub struct Agent {
     unpacked: Mutex<HashSet<String>>,
     warm: Arc<WarmPool>,
     logs: LogDir,
+    execs: Execs,
     metrics: Metrics,
     health: Health,
     uid_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -110,6 +126,7 @@ impl Agent {
     /// rebuilt its state.
     pub fn new(cfg: Config, cd: Containerd, metrics: Metrics, health: Health) -> Result<Arc<Self>> {
         let logs = LogDir::new(cfg.state_dir.join("logs"))?;
+        let execs = Execs::new(cfg.state_dir.join("exec"))?;
         health.set_ready(false);
         Ok(Arc::new(Self {
             table: Mutex::new(Table::new(cfg.slots)),
@@ -121,6 +138,7 @@ impl Agent {
             images: ImageCache::new(),
             unpacked: Mutex::new(HashSet::new()),
             logs,
+            execs,
             metrics,
             health,
             uid_locks: Mutex::new(HashMap::new()),
@@ -215,6 +233,49 @@ impl Agent {
             .get(uid)
             .map(|e| e.info.clone())
             .ok_or_else(|| Error::NotFound(uid.to_string()))
+    }
+
+    /// The container and init PID of sandbox `uid` when its process runs;
+    /// [`Error::SandboxNotRunning`] naming its state otherwise.
+    pub fn running(&self, uid: &str) -> Result<RunningSandbox> {
+        let t = self.table();
+        let e = t.get(uid).ok_or_else(|| Error::NotFound(uid.to_string()))?;
+        match (e.info.state, e.info.pid) {
+            (ContainerState::Running, Some(pid)) if !e.starting => Ok(RunningSandbox {
+                container_id: e.info.container_id.clone(),
+                pid,
+            }),
+            (ContainerState::Exited, _) => Err(Error::SandboxNotRunning(format!(
+                "sandbox {uid} is not running: it finished with exit code {} ({})",
+                e.info
+                    .exit_code
+                    .map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+                e.info.reason.as_deref().unwrap_or("unknown reason"),
+            ))),
+            _ => Err(Error::SandboxNotRunning(format!(
+                "sandbox {uid} is not running yet: it is still being created"
+            ))),
+        }
+    }
+
+    /// Whether container `id` is one of this agent's sandboxes.
+    pub fn holds_container(&self, id: &str) -> bool {
+        self.table().uid_of(id).is_some()
+    }
+
+    /// The containerd connection.
+    pub fn containerd(&self) -> &Containerd {
+        &self.cd
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The execs (their FIFOs and ids).
+    pub fn execs(&self) -> &Execs {
+        &self.execs
     }
 
     /// Subscribes to sandbox events.
@@ -636,6 +697,7 @@ impl Agent {
                 // Only empty directories go: files of containers that could
                 // not be removed stay for the next sweep.
                 let _ = std::fs::remove_dir(dir.join("logs"));
+                let _ = std::fs::remove_dir(dir.join("exec"));
                 let _ = std::fs::remove_dir(&dir);
             }
         }
@@ -645,7 +707,8 @@ impl Agent {
     }
 
     /// Removes one container of a gone agent: SIGKILL, task, container,
-    /// its snapshot (when under that agent's key prefix) and log files.
+    /// its snapshot (when under that agent's key prefix), log files and
+    /// exec FIFOs.
     async fn collect(
         &self,
         id: &str,
@@ -661,6 +724,8 @@ impl Agent {
         }
         if let Some(dir) = state_dir_of(&self.cfg.state_dir, &self.cfg.pod_uid, &owner.agent_uid) {
             LogDir::at(dir.join("logs")).remove(id);
+            // FIFOs of execs the gone agent ran in the container.
+            let _ = std::fs::remove_dir_all(dir.join("exec").join(id));
         }
         Ok(())
     }
@@ -706,6 +771,7 @@ impl Agent {
         self.cd.delete_container(&id).await?;
         self.cd.remove_snapshot(&snapshot_key).await?;
         self.logs.remove(&id);
+        self.execs.fifos().remove_container(&id);
         let removed = self.table().remove(uid);
         let final_info = removed.map(|e| e.info).unwrap_or(info);
         self.publish([(EventKind::Deleted, final_info.clone())]);
@@ -969,6 +1035,7 @@ impl Agent {
                     let n = self.table().list().len();
                     tracing::info!(sandboxes = n, "state rebuilt from containerd; ready");
                     self.health.set_ready(true);
+                    crate::exec::finish_leftovers(self.clone()).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rebuilding state from containerd failed; retrying");

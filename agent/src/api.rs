@@ -1,5 +1,6 @@
 //! The agent's HTTPS API (`/v1`, see [`fast_sandbox_api::agent`]): routing,
-//! request parsing and error mapping over [`Agent`].
+//! request parsing and error mapping over [`Agent`]; exec and files have a
+//! submodule each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::agent::Agent;
 use crate::error::Error;
 use crate::logs::LogStream;
+
+mod exec;
+mod files;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -59,14 +63,14 @@ fn error_response(metrics: &crate::metrics::Metrics, e: &ApiError) -> Response<B
     body::json(status, e)
 }
 
-fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then_some(v)
     })
 }
 
-fn is_true(v: Option<&str>) -> bool {
+pub(crate) fn is_true(v: Option<&str>) -> bool {
     matches!(v, Some("true" | "1" | ""))
 }
 
@@ -164,6 +168,14 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
                     Ok(body::json(StatusCode::OK, &agent.delete(uid, grace).await?))
                 }
                 (&Method::GET, "logs") => logs(&agent, uid, query),
+                (&Method::POST, "exec") => {
+                    let uid = uid.to_string();
+                    exec::exec(agent, &uid, req).await
+                }
+                (&Method::GET | &Method::PUT | &Method::POST | &Method::DELETE, "files") => {
+                    let uid = uid.to_string();
+                    files::files(agent, &uid, req).await
+                }
                 _ => Ok(not_found(&method, &path)),
             }
         }
@@ -198,7 +210,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| invalid("body", format!("not a {what}: {e}")))
 }
 
-fn invalid(field: &str, message: String) -> Error {
+pub(crate) fn invalid(field: &str, message: String) -> Error {
     Error::Invalid(fast_sandbox_api::validation::FieldErrors(vec![
         fast_sandbox_api::validation::FieldError {
             field: field.to_string(),

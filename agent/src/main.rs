@@ -114,6 +114,10 @@ struct Args {
     /// are forwarded from ephemeral ports on it; loopback when unset.
     #[arg(long, env = "POD_IP")]
     pod_ip: Option<std::net::IpAddr>,
+    /// Largest file upload or tar extraction into a sandbox, in bytes; larger
+    /// ones are refused with 413.
+    #[arg(long, env = "FAST_SANDBOX_MAX_UPLOAD_BYTES", default_value_t = fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: u64,
     /// Seconds between SIGTERM and SIGKILL when a delete names no grace period.
     #[arg(long, env = "FAST_SANDBOX_GRACE_SECONDS", default_value_t = 10)]
     grace_seconds: u64,
@@ -167,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         default_grace: Duration::from_secs(args.grace_seconds),
         proc_root: args.host_proc,
         advertise: args.pod_ip,
+        max_upload_bytes: args.max_upload_bytes,
     };
     tracing::info!(?cfg, "starting agent");
     let agent =

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts a private containerd (own config, root, state and socket in a
-# temporary directory; CRI disabled; runc; overlayfs) with the busybox test
-# image imported, for the agent's integration tests and benchmark. Stops only
-# the process it started.
+# temporary directory; CRI disabled; runc; overlayfs) with the test images
+# imported (busybox, and one without a shell holding only a static program
+# built from agent/tests/noshell/tool.c), for the agent's integration tests
+# and benchmark. Stops only the process it started.
 #
 #   agent/tests/containerd.sh run -- cargo test -p fast-sandbox-agent
 #       start, export FAST_SANDBOX_CONTAINERD_SOCK (and friends), run the
@@ -13,7 +14,9 @@ set -euo pipefail
 
 NAMESPACE="${FAST_SANDBOX_TEST_NAMESPACE:-fast-sandbox-test}"
 IMAGE="docker.io/fast-sandbox/busybox:dev"
+NOSHELL_IMAGE="docker.io/fast-sandbox/noshell:dev"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { echo "containerd.sh: $*" >&2; }
 
@@ -74,6 +77,21 @@ build_image() {
   tar -C "$layout" -cf "$out" .
 }
 
+build_noshell_image() {
+  local dir=$1 out=$2
+  local layout="$dir/noshell/layout" bundle="$dir/noshell/bundle"
+  rm -rf "$dir/noshell" && mkdir -p "$dir/noshell"
+  umoci init --layout "$layout" >/dev/null
+  umoci new --image "$layout:dev" >/dev/null
+  umoci unpack --rootless --image "$layout:dev" "$bundle" >/dev/null
+  mkdir -p "$bundle/rootfs/data"
+  gcc -static -Os -o "$bundle/rootfs/tool" "$HERE/noshell/tool.c"
+  umoci repack --image "$layout:dev" "$bundle" >/dev/null
+  umoci config --image "$layout:dev" --config.cmd /tool --config.cmd sleep --config.env PATH=/ >/dev/null
+  umoci gc --layout "$layout" >/dev/null
+  tar -C "$layout" -cf "$out" .
+}
+
 start() {
   local dir=$1
   mkdir -p "$dir"
@@ -92,7 +110,10 @@ start() {
   build_image "$dir" "$dir/busybox.tar"
   ctr -a "$dir/containerd.sock" -n "$NAMESPACE" images import \
     --index-name "$IMAGE" "$dir/busybox.tar" >/dev/null
-  log "containerd $(cat "$dir/containerd.pid") on $dir/containerd.sock, image $IMAGE in namespace $NAMESPACE"
+  build_noshell_image "$dir" "$dir/noshell.tar"
+  ctr -a "$dir/containerd.sock" -n "$NAMESPACE" images import \
+    --index-name "$NOSHELL_IMAGE" "$dir/noshell.tar" >/dev/null
+  log "containerd $(cat "$dir/containerd.pid") on $dir/containerd.sock, images $IMAGE and $NOSHELL_IMAGE in namespace $NAMESPACE"
 }
 
 stop() {
@@ -128,6 +149,7 @@ exports() {
   echo "export FAST_SANDBOX_CONTAINERD_SOCK=$dir/containerd.sock"
   echo "export FAST_SANDBOX_TEST_NAMESPACE=$NAMESPACE"
   echo "export FAST_SANDBOX_TEST_IMAGE=$IMAGE"
+  echo "export FAST_SANDBOX_TEST_NOSHELL_IMAGE=$NOSHELL_IMAGE"
   echo "export FAST_SANDBOX_TEST_DIR=$dir"
 }
 
@@ -136,7 +158,7 @@ shift || true
 case "$cmd" in
   start)
     dir=${1:?usage: containerd.sh start DIR}
-    need containerd ctr runc umoci tar
+    need containerd ctr runc umoci tar gcc
     start "$dir"
     exports "$dir"
     ;;
@@ -146,7 +168,7 @@ case "$cmd" in
   run)
     [ "${1:-}" = "--" ] && shift
     [ $# -gt 0 ] || { echo "usage: containerd.sh run -- COMMAND..." >&2; exit 2; }
-    if [ "$(id -u)" != 0 ] || ! need containerd ctr runc umoci tar; then
+    if [ "$(id -u)" != 0 ] || ! need containerd ctr runc umoci tar gcc; then
       log "not root or tools missing: running without containerd (tests skip)"
       exec "$@"
     fi

@@ -180,6 +180,7 @@ impl TestAgent {
             default_grace: Duration::from_secs(1),
             proc_root: "/proc".into(),
             advertise: None,
+            max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
         };
         tune(&mut cfg);
         let agent = Agent::new(cfg, cd.clone(), metrics.clone(), ops.health.clone()).unwrap();
@@ -354,4 +355,44 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> 
         .ok()?
         .ok()?;
     (!out.is_empty()).then_some(out)
+}
+
+/// An exec request for `command`.
+pub fn exec_request(command: &[&str]) -> fast_sandbox_api::exec::ExecRequest {
+    fast_sandbox_api::exec::ExecRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Runs `command` in sandbox `uid` to its end (30 s at most).
+pub async fn exec(
+    client: &AgentClient,
+    uid: &str,
+    command: &[&str],
+) -> fast_sandbox_agent::client::ExecOutcome {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        client.exec_collect(uid, &exec_request(command), None),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("exec {command:?} did not end within 30s"))
+    .unwrap()
+    .unwrap()
+}
+
+/// Text of an exec's stdout.
+pub fn stdout(o: &fast_sandbox_agent::client::ExecOutcome) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The test image without a shell (only `/tool`, from
+/// `agent/tests/noshell/tool.c`). Fails, never skips, when the environment
+/// has containerd but not this image.
+pub fn noshell_image() -> String {
+    std::env::var("FAST_SANDBOX_TEST_NOSHELL_IMAGE").unwrap_or_else(|_| {
+        panic!(
+            "FAST_SANDBOX_TEST_NOSHELL_IMAGE is not set: start containerd with agent/tests/containerd.sh, which builds the image without a shell"
+        )
+    })
 }
