@@ -195,7 +195,7 @@ async fn an_exec_cut_off_by_an_agent_restart_fails_clearly_and_the_sandbox_keeps
     let Some(env) = env() else { return };
     let pki = Pki::new("Fast Sandbox test CA");
     pki.issue("agent", &[SERVER_NAME]);
-    let tls = pki.client("fast-sandbox-access");
+    let tls = pki.client("fast-sandbox-gateway");
     let state = tempfile::tempdir().unwrap();
     let pod_uid = support::pod_uid("restart-exec");
     let (api, ops) = (free_port(), free_port());

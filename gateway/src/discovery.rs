@@ -6,7 +6,11 @@ use fast_sandbox_api::wellknown::{SUBRESOURCE_GROUP, VERSION};
 use serde_json::{Value, json};
 
 /// The subresources served, with the verbs RBAC checks for each.
-pub const RESOURCES: &[(&str, &[&str])] = &[("sandboxes/log", &["get"])];
+pub const RESOURCES: &[(&str, &[&str])] = &[
+    ("sandboxes/log", &["get"]),
+    ("sandboxes/exec", &["create", "get"]),
+    ("sandboxes/files", &["get", "create"]),
+];
 
 fn group_version() -> String {
     format!("{SUBRESOURCE_GROUP}/{VERSION}")

@@ -14,6 +14,10 @@ use crate::status::GatewayError;
 pub enum Subresource {
     /// `log`: stdout or stderr, optionally followed.
     Log,
+    /// `exec`: a command in the running sandbox, over WebSocket.
+    Exec,
+    /// `files`: the sandbox's root filesystem.
+    Files,
 }
 
 impl Subresource {
@@ -21,12 +25,16 @@ impl Subresource {
     pub fn as_str(self) -> &'static str {
         match self {
             Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Files => "files",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
         match s {
             "log" => Some(Subresource::Log),
+            "exec" => Some(Subresource::Exec),
+            "files" => Some(Subresource::Files),
             _ => None,
         }
     }

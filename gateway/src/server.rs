@@ -50,10 +50,13 @@ impl Gateway {
     }
 }
 
-/// The RBAC verb a request needs.
+/// The RBAC verb a request needs: `get` to read logs and files, `create`
+/// to exec (as `pods/exec`) and to change files.
 fn verb(sub: Subresource, method: &Method) -> Result<&'static str, GatewayError> {
     match (sub, method) {
         (Subresource::Log, &Method::GET) => Ok("get"),
+        (Subresource::Exec, &Method::GET | &Method::POST) => Ok("create"),
+        (Subresource::Files, m) => crate::files::verb(m),
         (sub, m) => Err(GatewayError::BadRequest(format!(
             "method {m} is not supported on sandboxes/{}",
             sub.as_str()
@@ -107,6 +110,8 @@ impl Gateway {
         tracing::debug!(user = %user.username, namespace = %t.namespace, sandbox = %t.name, subresource = t.subresource.as_str(), agent = %resolved.agent_pod, "serving");
         match t.subresource {
             Subresource::Log => crate::logs::serve(&resolved, req.uri().query()).await,
+            Subresource::Exec => crate::exec::serve(&resolved, req).await,
+            Subresource::Files => crate::files::serve(&resolved, req).await,
         }
     }
 
@@ -180,5 +185,8 @@ mod tests {
     fn each_subresource_names_its_verb() {
         assert_eq!(verb(Subresource::Log, &Method::GET).unwrap(), "get");
         assert!(verb(Subresource::Log, &Method::DELETE).is_err());
+        assert_eq!(verb(Subresource::Exec, &Method::GET).unwrap(), "create");
+        assert_eq!(verb(Subresource::Files, &Method::GET).unwrap(), "get");
+        assert_eq!(verb(Subresource::Files, &Method::PUT).unwrap(), "create");
     }
 }
