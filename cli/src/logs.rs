@@ -7,9 +7,10 @@
 //! namespace) and streams the output from the sandbox's agent. The body is
 //! copied as it arrives, so `--follow` prints lines as they are written.
 
-use fast_sandbox_api::wellknown::{SUBRESOURCE_GROUP, VERSION};
 use futures::AsyncReadExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::access::{self, AccessError};
 
 /// Which output of a sandbox.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,53 +41,17 @@ pub struct LogOptions {
     pub follow: bool,
 }
 
-/// Why the logs could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum LogsError {
-    /// The access API is not served in this cluster.
-    #[error(
-        "the cluster does not serve {SUBRESOURCE_GROUP}/{VERSION}: is Fast Sandbox's access server (fast-sandbox-gateway and its APIService) installed and available? ({0})"
-    )]
-    NoAccessApi(String),
-    /// The API refused or failed the request; its message says why
-    /// (sandbox not found, not bound yet, not allowed...).
-    #[error("{0}")]
-    Api(String),
-    /// The request could not be made.
-    #[error("Kubernetes API: {0}")]
-    Kube(#[source] kube::Error),
-    /// Reading the stream failed midway.
-    #[error("reading the logs: {0}")]
-    Read(#[source] std::io::Error),
-    /// Writing the output failed (a closed pipe is one).
-    #[error("writing the logs: {0}")]
-    Write(#[source] std::io::Error),
-}
-
 /// The access API path of a sandbox's logs.
 pub fn request_path(namespace: &str, name: &str, opts: LogOptions) -> String {
-    format!(
-        "/apis/{SUBRESOURCE_GROUP}/{VERSION}/namespaces/{namespace}/sandboxes/{name}/log?stream={}&follow={}",
-        opts.stream.as_str(),
-        opts.follow
+    access::path(
+        namespace,
+        name,
+        "log",
+        &[
+            ("stream", opts.stream.as_str().to_string()),
+            ("follow", opts.follow.to_string()),
+        ],
     )
-}
-
-/// Classifies an API error: a 404 whose message is the apiserver's own
-/// "could not find the requested resource" means the group is not served.
-pub fn api_error(e: kube::Error) -> LogsError {
-    match e {
-        kube::Error::Api(s)
-            if s.code == 404 && s.message.contains("could not find the requested resource") =>
-        {
-            LogsError::NoAccessApi(s.message)
-        }
-        kube::Error::Api(s) if s.code == 503 && s.message.contains("service unavailable") => {
-            LogsError::NoAccessApi(s.message)
-        }
-        kube::Error::Api(s) if !s.message.is_empty() => LogsError::Api(s.message),
-        e => LogsError::Kube(e),
-    }
 }
 
 /// Writes the logs of sandbox `name` in `namespace` to `out` as they
@@ -98,22 +63,32 @@ pub async fn logs(
     name: &str,
     opts: LogOptions,
     mut out: impl AsyncWrite + Unpin,
-) -> Result<(), LogsError> {
+) -> Result<(), AccessError> {
     let req = http::Request::get(request_path(namespace, name, opts))
         .body(Vec::new())
-        .map_err(|e| LogsError::Kube(kube::Error::HttpError(e)))?;
-    let reader = client.request_stream(req).await.map_err(api_error)?;
+        .map_err(|e| AccessError::Kube(kube::Error::HttpError(e)))?;
+    let reader = client
+        .request_stream(req)
+        .await
+        .map_err(access::api_error)?;
     let mut reader = std::pin::pin!(reader);
     let mut buf = vec![0u8; 64 * 1024];
+    let write_err = |source| AccessError::Write {
+        what: "the logs".into(),
+        source,
+    };
     loop {
-        let n = reader.read(&mut buf).await.map_err(LogsError::Read)?;
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| AccessError::Protocol(format!("the log stream broke: {e}")))?;
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n]).await.map_err(LogsError::Write)?;
-        out.flush().await.map_err(LogsError::Write)?;
+        out.write_all(&buf[..n]).await.map_err(write_err)?;
+        out.flush().await.map_err(write_err)?;
     }
-    out.flush().await.map_err(LogsError::Write)
+    out.flush().await.map_err(write_err)
 }
 
 #[cfg(test)]
@@ -134,30 +109,5 @@ mod tests {
             p,
             "/apis/subresources.sandbox.fast.io/v1alpha1/namespaces/team/sandboxes/sb/log?stream=stderr&follow=true"
         );
-    }
-
-    #[test]
-    fn a_missing_group_is_told_apart_from_a_missing_sandbox() {
-        let status = |code: u16, message: &str| {
-            kube::Error::Api(
-                kube::core::Status::failure(message, "NotFound")
-                    .with_code(code)
-                    .boxed(),
-            )
-        };
-        assert!(matches!(
-            api_error(status(
-                404,
-                "the server could not find the requested resource"
-            )),
-            LogsError::NoAccessApi(_)
-        ));
-        match api_error(status(
-            404,
-            "sandboxes.subresources.sandbox.fast.io \"x\" not found",
-        )) {
-            LogsError::Api(m) => assert!(m.contains("\"x\" not found")),
-            other => panic!("{other:?}"),
-        }
     }
 }

@@ -55,7 +55,9 @@ pub fn negotiate(headers: &http::HeaderMap) -> Option<&'static str> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
         .collect();
-    PROTOCOLS.into_iter().find(|p| offered.iter().any(|o| o == p))
+    PROTOCOLS
+        .into_iter()
+        .find(|p| offered.iter().any(|o| o == p))
 }
 
 /// The exec the query asks for.
@@ -113,11 +115,18 @@ pub fn status_message(status: &ExecStatus) -> Value {
     if status.success() {
         return json!({"metadata": {}, "status": "Success"});
     }
-    let code = status.exit_code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
+    let code = status
+        .exit_code
+        .map_or_else(|| "unknown".to_string(), |c| c.to_string());
     let message = match status.reason.as_str() {
-        reason::COMMAND_NOT_FOUND | reason::START_FAILED | reason::TIMEOUT => status.message.clone(),
+        reason::COMMAND_NOT_FOUND | reason::START_FAILED | reason::TIMEOUT => {
+            status.message.clone()
+        }
         _ if !status.message.is_empty() => {
-            format!("command terminated with non-zero exit code: {code} ({})", status.message)
+            format!(
+                "command terminated with non-zero exit code: {code} ({})",
+                status.message
+            )
         }
         _ => format!("command terminated with non-zero exit code: {code}"),
     };
@@ -132,7 +141,10 @@ pub fn status_message(status: &ExecStatus) -> Value {
 
 /// Answers the upgrade: starts the exec on the agent, then switches the
 /// connection to WebSocket and pumps both ways.
-pub async fn serve(r: &Resolved, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+pub async fn serve(
+    r: &Resolved,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -149,7 +161,8 @@ pub async fn serve(r: &Resolved, mut req: Request<Incoming>) -> Result<Response<
         ))
     })?;
     let exec = exec_request(req.uri().query())?;
-    let start = encode_json(Channel::Start, &exec).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    let start =
+        encode_json(Channel::Start, &exec).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let (to_agent, rx) = mpsc::channel::<std::io::Result<Bytes>>(INPUT_QUEUE);
     let _ = to_agent.send(Ok(start)).await;
     let output = r
@@ -164,12 +177,16 @@ pub async fn serve(r: &Resolved, mut req: Request<Incoming>) -> Result<Response<
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
                 pump(ws, to_agent, output, v5).await;
             }
             Err(e) => {
                 tracing::debug!(%agent, error = %e, "exec upgrade failed; the agent's process is killed");
-                let _ = to_agent.send(Err(std::io::Error::other("the client went away"))).await;
+                let _ = to_agent
+                    .send(Err(std::io::Error::other("the client went away")))
+                    .await;
             }
         }
     });
@@ -178,8 +195,14 @@ pub async fn serve(r: &Resolved, mut req: Request<Incoming>) -> Result<Response<
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&key).map_err(|e| GatewayError::Internal(e.to_string()))?);
-    h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&key).map_err(|e| GatewayError::Internal(e.to_string()))?,
+    );
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
     Ok(resp)
 }
 
@@ -195,12 +218,22 @@ fn client_frames(data: &[u8], v5: bool) -> Vec<Bytes> {
             // The Kubernetes resize message is {"Width":..,"Height":..}.
             let v: Value = serde_json::from_slice(payload).unwrap_or_default();
             let size = TerminalSize {
-                width: v["Width"].as_u64().or(v["width"].as_u64()).unwrap_or(80).min(u16::MAX as u64) as u16,
-                height: v["Height"].as_u64().or(v["height"].as_u64()).unwrap_or(24).min(u16::MAX as u64) as u16,
+                width: v["Width"]
+                    .as_u64()
+                    .or(v["width"].as_u64())
+                    .unwrap_or(80)
+                    .min(u16::MAX as u64) as u16,
+                height: v["Height"]
+                    .as_u64()
+                    .or(v["height"].as_u64())
+                    .unwrap_or(24)
+                    .min(u16::MAX as u64) as u16,
             };
             encode_json(Channel::Resize, &size).into_iter().collect()
         }
-        255 if v5 && payload.first() == Some(&0) => encode(Channel::Close, &[0]).into_iter().collect(),
+        255 if v5 && payload.first() == Some(&0) => {
+            encode(Channel::Close, &[0]).into_iter().collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -245,13 +278,16 @@ async fn pump(
                             m
                         }
                         Channel::Status => {
-                            let st: ExecStatus = serde_json::from_slice(&f.payload).unwrap_or_else(|e| ExecStatus {
-                                reason: reason::AGENT_ERROR.into(),
-                                message: format!("unreadable exec status: {e}"),
-                                ..Default::default()
-                            });
+                            let st: ExecStatus =
+                                serde_json::from_slice(&f.payload).unwrap_or_else(|e| ExecStatus {
+                                    reason: reason::AGENT_ERROR.into(),
+                                    message: format!("unreadable exec status: {e}"),
+                                    ..Default::default()
+                                });
                             let mut m = vec![3u8];
-                            m.extend_from_slice(&serde_json::to_vec(&status_message(&st)).unwrap_or_default());
+                            m.extend_from_slice(
+                                &serde_json::to_vec(&status_message(&st)).unwrap_or_default(),
+                            );
                             let _ = sink.send(Message::Binary(m.into())).await;
                             let _ = sink.close().await;
                             return;
@@ -265,7 +301,11 @@ async fn pump(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    send_error(&mut sink, &format!("the agent's exec stream is malformed: {e}")).await;
+                    send_error(
+                        &mut sink,
+                        &format!("the agent's exec stream is malformed: {e}"),
+                    )
+                    .await;
                     return;
                 }
             }
@@ -298,7 +338,8 @@ async fn send_error<S>(sink: &mut S, message: &str)
 where
     S: futures::Sink<Message> + Unpin,
 {
-    let status = json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError"});
+    let status =
+        json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError"});
     let mut m = vec![3u8];
     m.extend_from_slice(&serde_json::to_vec(&status).unwrap_or_default());
     let _ = sink.send(Message::Binary(m.into())).await;
@@ -311,14 +352,25 @@ mod tests {
 
     #[test]
     fn the_query_is_pods_exec_s_plus_ours() {
-        let q = Some("command=sh&command=-c&command=echo%20hi&stdin=true&stdout=true&stderr=true&env=A%3D1&workingDir=%2Ftmp&timeoutSeconds=5");
+        let q = Some(
+            "command=sh&command=-c&command=echo%20hi&stdin=true&stdout=true&stderr=true&env=A%3D1&workingDir=%2Ftmp&timeoutSeconds=5",
+        );
         let r = exec_request(q).unwrap();
         assert_eq!(r.command, ["sh", "-c", "echo hi"]);
         assert!(r.stdin && !r.tty && !r.detach);
-        assert_eq!(r.env, [EnvVar { name: "A".into(), value: "1".into() }]);
+        assert_eq!(
+            r.env,
+            [EnvVar {
+                name: "A".into(),
+                value: "1".into()
+            }]
+        );
         assert_eq!(r.working_dir.as_deref(), Some("/tmp"));
         assert_eq!(r.timeout_seconds, Some(5));
-        assert!(exec_request(Some("stdin=true")).is_err(), "a command is required");
+        assert!(
+            exec_request(Some("stdin=true")).is_err(),
+            "a command is required"
+        );
         assert!(exec_request(Some("command=x&timeoutSeconds=0")).is_err());
         assert!(exec_request(Some("command=x&env=nope")).is_err());
         assert!(exec_request(Some("command=x&tty=true&stderr=true")).is_err());
@@ -327,29 +379,52 @@ mod tests {
     #[test]
     fn v5_is_preferred_and_v4_accepted() {
         let mut h = http::HeaderMap::new();
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("v4.channel.k8s.io, v5.channel.k8s.io"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v4.channel.k8s.io, v5.channel.k8s.io"),
+        );
         assert_eq!(negotiate(&h), Some("v5.channel.k8s.io"));
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("channel.k8s.io, v4.channel.k8s.io"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("channel.k8s.io, v4.channel.k8s.io"),
+        );
         assert_eq!(negotiate(&h), Some("v4.channel.k8s.io"));
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("base64.channel.k8s.io"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("base64.channel.k8s.io"),
+        );
         assert_eq!(negotiate(&h), None);
     }
 
     #[test]
     fn the_status_carries_the_exit_code_as_kubectl_reads_it() {
-        let ok = ExecStatus { exit_code: Some(0), reason: reason::COMPLETED.into(), ..Default::default() };
+        let ok = ExecStatus {
+            exit_code: Some(0),
+            reason: reason::COMPLETED.into(),
+            ..Default::default()
+        };
         assert_eq!(status_message(&ok)["status"], "Success");
-        let failed = ExecStatus { exit_code: Some(42), reason: reason::ERROR.into(), ..Default::default() };
+        let failed = ExecStatus {
+            exit_code: Some(42),
+            reason: reason::ERROR.into(),
+            ..Default::default()
+        };
         let s = status_message(&failed);
         assert_eq!(s["reason"], "NonZeroExitCode");
-        assert_eq!(s["details"]["causes"][0], json!({"reason": "ExitCode", "message": "42"}));
+        assert_eq!(
+            s["details"]["causes"][0],
+            json!({"reason": "ExitCode", "message": "42"})
+        );
         let missing = ExecStatus {
             exit_code: Some(127),
             reason: reason::COMMAND_NOT_FOUND.into(),
             message: "nope: command not found".into(),
             ..Default::default()
         };
-        assert_eq!(status_message(&missing)["message"], "nope: command not found");
+        assert_eq!(
+            status_message(&missing)["message"],
+            "nope: command not found"
+        );
     }
 
     #[test]
@@ -360,7 +435,10 @@ mod tests {
         }
         let f = d.next_frame().unwrap().unwrap();
         assert_eq!((f.channel, &f.payload[..]), (Channel::Stdin, &b"hello"[..]));
-        assert!(client_frames(b"", true).is_empty(), "no channel byte: nothing");
+        assert!(
+            client_frames(b"", true).is_empty(),
+            "no channel byte: nothing"
+        );
         let mut resize = vec![4u8];
         resize.extend_from_slice(br#"{"Width":100,"Height":40}"#);
         for f in client_frames(&resize, true) {
@@ -368,8 +446,17 @@ mod tests {
         }
         let f = d.next_frame().unwrap().unwrap();
         assert_eq!(f.channel, Channel::Resize);
-        assert_eq!(serde_json::from_slice::<TerminalSize>(&f.payload).unwrap(), TerminalSize { width: 100, height: 40 });
-        assert!(client_frames(&[255, 0], false).is_empty(), "v4 has no close channel");
+        assert_eq!(
+            serde_json::from_slice::<TerminalSize>(&f.payload).unwrap(),
+            TerminalSize {
+                width: 100,
+                height: 40
+            }
+        );
+        assert!(
+            client_frames(&[255, 0], false).is_empty(),
+            "v4 has no close channel"
+        );
         assert_eq!(client_frames(&[255, 0], true).len(), 1);
     }
 }
