@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 /// The subresources served, with the verbs RBAC checks for each.
 pub const RESOURCES: &[(&str, &[&str])] = &[
     ("sandboxes/log", &["get"]),
-    ("sandboxes/exec", &["create", "get"]),
+    ("sandboxes/exec", &["create"]),
     ("sandboxes/files", &["get", "create"]),
 ];
 
