@@ -62,7 +62,7 @@ if [[ $with_cluster == 1 ]]; then
   FAST_SANDBOX_PROFILE=debug hack/deploy.sh
   step "end-to-end suite"
   FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast \
-    --test lifecycle --test validation --test scheduling --test fleet --test tenant -- --test-threads=2
+    --test lifecycle --test validation --test scheduling --test fleet --test tenant --test interactive -- --test-threads=2
   # The fault tests kill components, so they run one at a time.
   step "end-to-end fault tests"
   FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast \

@@ -425,3 +425,86 @@ async fn an_unreachable_agent_is_not_replaced_while_its_container_may_run() {
     );
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_during_an_exec_fails_it_clearly_and_keeps_the_sandbox() {
+    let Some(client) = client_or_skip("agent restart during exec").await else {
+        return;
+    };
+    let ns = namespace(&client, "e2e-exec-restart").await.unwrap();
+    ready_pool(&client, &ns, "p", (1, 1), 4, WAIT)
+        .await
+        .unwrap();
+    let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    sandboxes
+        .create(
+            &PostParams::default(),
+            &job("sb", "p", &["/bin/sleep", "3600"]),
+        )
+        .await
+        .unwrap();
+    let before = wait_for(&sandboxes, "sb", WAIT, "Running", running)
+        .await
+        .unwrap();
+    let opts = fast_sandbox_cli::exec::ExecOptions {
+        command: vec!["sh".into(), "-c".into(), "echo started; sleep 600".into()],
+        ..Default::default()
+    };
+    let (out_tx, mut out_rx) = tokio::io::duplex(1024);
+    let exec = {
+        let (client, ns) = (client.clone(), ns.clone());
+        tokio::spawn(async move {
+            let io = fast_sandbox_cli::exec::Streams {
+                stdin: std::io::Cursor::new(Vec::new()),
+                stdout: out_tx,
+                stderr: Vec::new(),
+                resize: None,
+            };
+            fast_sandbox_cli::exec::exec(client, &ns, "sb", &opts, io).await
+        })
+    };
+    // Once the command runs, the agent process dies under it.
+    let mut started = [0u8; 8];
+    tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_exact(&mut out_rx, &mut started),
+    )
+    .await
+    .expect("the exec started within 120 s")
+    .unwrap();
+    let agent = before.spec.agent_ref.clone().unwrap().pod_name;
+    let pod = agent_pods(&client, &ns, "p")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name_any() == agent)
+        .expect("its agent pod");
+    signal_container_process(&pod, "agent", "KILL")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, exec)
+        .await
+        .expect("the exec ended within 120 s of its agent's death")
+        .unwrap();
+    let err =
+        ended.expect_err("an exec cut off by its agent's death is an error, not an exit code");
+    assert!(
+        err.to_string().contains("cut off") || err.to_string().contains("broke"),
+        "{err}"
+    );
+    // The sandbox itself never stopped.
+    let after = wait_for(
+        &sandboxes,
+        "sb",
+        WAIT,
+        "Running after the agent came back",
+        running,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        after.status.and_then(|s| s.container_id),
+        before.status.and_then(|s| s.container_id)
+    );
+    delete_namespace(&client, &ns).await;
+}
