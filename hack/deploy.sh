@@ -31,6 +31,12 @@ for c in webhook controller extender gateway certs; do
   test/cluster/load-image.sh "fast-sandbox/$c:dev" "$bin/fast-sandbox-$c"
 done
 test/cluster/build-busybox-image.sh
+# An application image with no shell or coreutils: exec and file copies must
+# work without them (test/e2e interactive).
+tool_dir="$(mktemp -d)"
+gcc -static -Os -o "$tool_dir/tool" agent/tests/noshell/tool.c
+test/cluster/load-image.sh --entrypoint /tool --cmd sleep fast-sandbox/noshell:dev "$tool_dir/tool=/tool"
+rm -rf "$tool_dir"
 [[ "${1:-}" == "--images" ]] && exit 0
 
 step "kubectl apply -k deploy/"
