@@ -50,6 +50,10 @@ pub const TOPIC_OOM: &str = "/tasks/oom";
 /// containerd collects what only the lease held after this long.
 pub const CREATE_LEASE_TTL: Duration = Duration::from_secs(600);
 /// SIGKILL is followed by at most this long a wait for the exit.
+/// How many fresh container ids one create tries when containerd keeps a
+/// dead task's directory under the sandbox's id.
+const STALE_BUNDLE_FRESH_IDS: u32 = 2;
+
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Wait between attempts to re-subscribe to containerd events.
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
@@ -481,7 +485,13 @@ impl Agent {
                 self.table().remove(&req.uid);
             }
             Err(_) => {
-                self.cleanup(container_id, &snapshot_key).await;
+                // A create that moved to a fresh id cleans that one up.
+                let id = self
+                    .table()
+                    .get(&req.uid)
+                    .map(|e| e.info.container_id.clone())
+                    .unwrap_or_else(|| container_id.to_string());
+                self.cleanup(&id, &snapshot_key).await;
                 self.table().remove(&req.uid);
             }
         }
@@ -499,7 +509,90 @@ impl Agent {
         spec_json: Vec<u8>,
         lease: &str,
     ) -> Result<SandboxInfo> {
-        let (stdout, stderr) = self.logs.create(container_id)?;
+        let labels = self.container_labels(req);
+        let mut id = container_id.to_string();
+        let mut fresh_ids = 0;
+        let container_id = loop {
+            let (stdout, stderr) = self.logs.create(&id)?;
+            let t = Instant::now();
+            let created = self
+                .cd
+                .create_container(
+                    ContainerRecord {
+                        id: id.clone(),
+                        image: image_name.to_string(),
+                        labels: labels.clone(),
+                        spec_json: spec_json.clone(),
+                        snapshot_key: snapshot_key.to_string(),
+                    },
+                    Some(lease),
+                )
+                .await;
+            if let Err(e) = created {
+                return Err(self.explain_existing(&id, e).await);
+            }
+            self.metrics.observe(Stage::Container, t.elapsed());
+            let info = SandboxInfo {
+                uid: req.uid.clone(),
+                name: req.name.clone(),
+                namespace: req.namespace.clone(),
+                pool: req.pool.clone(),
+                container_id: id.clone(),
+                image: req.image.clone(),
+                state: ContainerState::Created,
+                created_at: Some(Utc::now()),
+                reset_revision: req.reset_revision,
+                ..Default::default()
+            };
+            {
+                let mut table = self.table();
+                table.insert(Entry::new(info, snapshot_key.to_string()));
+                table.set_starting(&req.uid, true);
+            }
+            let t = Instant::now();
+            match self.cd.create_task(&id, mounts.clone(), &stdout, &stderr).await {
+                Ok(_) => {
+                    self.metrics.observe(Stage::TaskCreate, t.elapsed());
+                    break id;
+                }
+                Err(e) if e.is_stale_bundle() && fresh_ids < STALE_BUNDLE_FRESH_IDS => {
+                    // containerd died while it set this id's task up and
+                    // kept the directory, so this id can never get a task
+                    // again until containerd restarts. No shim runs for it
+                    // (a live one would be a task), so nothing runs twice:
+                    // the record goes and the sandbox takes a fresh id.
+                    fresh_ids += 1;
+                    tracing::warn!(uid = %req.uid, container = %id, error = %e, "containerd kept a dead task's directory under this id; creating the sandbox under a fresh id");
+                    self.metrics.stale_task_directory();
+                    self.cd.delete_container(&id).await?;
+                    self.logs.remove(&id);
+                    id = format!("{container_id}-{fresh_ids}");
+                }
+                Err(e) => return Err(e.start_failure()),
+            }
+        };
+        let t = Instant::now();
+        let pid = self
+            .cd
+            .start_task(&container_id)
+            .await
+            .map_err(Error::start_failure)?;
+        self.metrics.observe(Stage::TaskStart, t.elapsed());
+        let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
+        let now = Utc::now();
+        self.images.mark_used(image_name, now);
+        let changes = {
+            let mut table = self.table();
+            table.set_endpoints(&req.uid, endpoints);
+            table.started(&req.uid, pid, now)
+        };
+        self.publish(changes);
+        self.get(&req.uid)
+    }
+
+    /// The labels of a sandbox's container: who it is, whose it is, and
+    /// what the agent needs to rebuild its table from containerd.
+    fn container_labels(&self, req: &CreateSandboxRequest) -> HashMap<String, String> {
         let mut labels = HashMap::from([
             (label::SANDBOX_UID.to_string(), req.uid.clone()),
             (label::SANDBOX_NAME.to_string(), req.name.clone()),
@@ -524,64 +617,7 @@ impl Agent {
                 format!("fast-sandbox-{}", self.cfg.pod_uid),
             );
         }
-        let t = Instant::now();
-        let created = self
-            .cd
-            .create_container(
-                ContainerRecord {
-                    id: container_id.to_string(),
-                    image: image_name.to_string(),
-                    labels,
-                    spec_json,
-                    snapshot_key: snapshot_key.to_string(),
-                },
-                Some(lease),
-            )
-            .await;
-        if let Err(e) = created {
-            return Err(self.explain_existing(container_id, e).await);
-        }
-        self.metrics.observe(Stage::Container, t.elapsed());
-        let info = SandboxInfo {
-            uid: req.uid.clone(),
-            name: req.name.clone(),
-            namespace: req.namespace.clone(),
-            pool: req.pool.clone(),
-            container_id: container_id.to_string(),
-            image: req.image.clone(),
-            state: ContainerState::Created,
-            created_at: Some(Utc::now()),
-            reset_revision: req.reset_revision,
-            ..Default::default()
-        };
-        {
-            let mut table = self.table();
-            table.insert(Entry::new(info, snapshot_key.to_string()));
-            table.set_starting(&req.uid, true);
-        }
-        let t = Instant::now();
-        self.cd
-            .create_task(container_id, mounts, &stdout, &stderr)
-            .await
-            .map_err(Error::start_failure)?;
-        self.metrics.observe(Stage::TaskCreate, t.elapsed());
-        let t = Instant::now();
-        let pid = self
-            .cd
-            .start_task(container_id)
-            .await
-            .map_err(Error::start_failure)?;
-        self.metrics.observe(Stage::TaskStart, t.elapsed());
-        let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
-        let now = Utc::now();
-        self.images.mark_used(image_name, now);
-        let changes = {
-            let mut table = self.table();
-            table.set_endpoints(&req.uid, endpoints);
-            table.started(&req.uid, pid, now)
-        };
-        self.publish(changes);
-        self.get(&req.uid)
+        labels
     }
 
     /// Turns a failed container create into [`Error::ContainerExists`] when

@@ -200,6 +200,16 @@ impl Error {
         matches!(self, Error::Containerd { status, .. } if status.code() == tonic::Code::NotFound)
     }
 
+    /// Whether a task create failed because containerd still holds the
+    /// directory of a task it lost in a crash (`mkdir ...: file exists`);
+    /// a live task is `AlreadyExists` instead.
+    pub fn is_stale_bundle(&self) -> bool {
+        matches!(self, Error::Containerd { status, .. }
+            if status.code() != tonic::Code::AlreadyExists
+                && status.message().contains("mkdir ")
+                && status.message().contains("file exists"))
+    }
+
     /// Whether a containerd call failed because the object already exists.
     pub fn is_already_exists(&self) -> bool {
         matches!(self, Error::Containerd { status, .. } if status.code() == tonic::Code::AlreadyExists)
@@ -267,5 +277,15 @@ mod tests {
         );
         let other = Error::containerd("create task", tonic::Status::unknown("shim died"));
         assert_eq!(other.start_failure().code(), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn a_dead_tasks_directory_is_told_from_a_live_task() {
+        let msg = "failed to start shim: mkdir /run/containerd/io.containerd.runtime.v2.task/k8s.io/sandbox-u1: file exists";
+        assert!(Error::containerd("create task", tonic::Status::unknown(msg)).is_stale_bundle());
+        let live = tonic::Status::already_exists("task sandbox-u1: already exists");
+        assert!(!Error::containerd("create task", live).is_stale_bundle());
+        let other = tonic::Status::unknown("shim died");
+        assert!(!Error::containerd("create task", other).is_stale_bundle());
     }
 }

@@ -1,7 +1,8 @@
 //! The agent's Prometheus metrics: create latency by stage (so a regression
 //! points at its cause), sandboxes running, errors by code, containers the
 //! node janitor removed, execs by outcome with their start latency and the
-//! bytes they streamed, file operations by op and outcome.
+//! bytes they streamed, file operations by op and outcome, and creates
+//! that met a dead task's directory left by a containerd crash.
 
 use fast_sandbox_api::agent::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -73,6 +74,7 @@ pub struct Metrics {
     running: Gauge,
     errors: Family<CodeLabel, Counter>,
     janitor_removed: Counter,
+    stale_task_directories: Counter,
     execs: Family<ReasonLabel, Counter>,
     exec_start_seconds: Histogram,
     exec_bytes: Family<ChannelLabel, Counter>,
@@ -89,6 +91,7 @@ impl Metrics {
             running: Gauge::default(),
             errors: Family::default(),
             janitor_removed: Counter::default(),
+            stale_task_directories: Counter::default(),
             execs: Family::default(),
             exec_start_seconds: Histogram::new(fast_sandbox_server::metrics::latency_buckets()),
             exec_bytes: Family::default(),
@@ -114,6 +117,11 @@ impl Metrics {
                 "agent_janitor_removed",
                 "Containers of gone agents removed by the node janitor",
                 m.janitor_removed.clone(),
+            );
+            r.register(
+                "agent_stale_task_directories",
+                "Creates that found a dead task's directory under their container id and moved to a fresh id",
+                m.stale_task_directories.clone(),
             );
             r.register(
                 "agent_execs",
@@ -151,6 +159,11 @@ impl Metrics {
     /// Sets the running gauge.
     pub fn set_running(&self, n: usize) {
         self.running.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a create that moved past a dead task's directory.
+    pub fn stale_task_directory(&self) {
+        self.stale_task_directories.inc();
     }
 
     /// Counts containers the janitor removed.
