@@ -512,6 +512,7 @@ impl Agent {
         let labels = self.container_labels(req);
         let mut id = container_id.to_string();
         let mut fresh_ids = 0;
+        let mut leftover_removed = false;
         let container_id = loop {
             let (stdout, stderr) = self.logs.create(&id)?;
             let t = Instant::now();
@@ -529,7 +530,17 @@ impl Agent {
                 )
                 .await;
             if let Err(e) = created {
-                return Err(self.explain_existing(&id, e).await);
+                let e = self.explain_existing(&id, e).await;
+                if e.is_already_exists() && !leftover_removed {
+                    // This agent's record, yet not in its table (the
+                    // sandbox's lock is held): an earlier create failed
+                    // while containerd was down and could not clean up.
+                    leftover_removed = true;
+                    tracing::warn!(uid = %req.uid, container = %id, "removing the container record an earlier failed create left");
+                    self.remove_leftover(&id).await?;
+                    continue;
+                }
+                return Err(e);
             }
             self.metrics.observe(Stage::Container, t.elapsed());
             let info = SandboxInfo {
@@ -550,7 +561,11 @@ impl Agent {
                 table.set_starting(&req.uid, true);
             }
             let t = Instant::now();
-            match self.cd.create_task(&id, mounts.clone(), &stdout, &stderr).await {
+            match self
+                .cd
+                .create_task(&id, mounts.clone(), &stdout, &stderr)
+                .await
+            {
                 Ok(_) => {
                     self.metrics.observe(Stage::TaskCreate, t.elapsed());
                     break id;
@@ -768,6 +783,18 @@ impl Agent {
 
     /// Best-effort removal of everything a sandbox may have in containerd
     /// and on disk.
+    /// Kills and deletes the task and record of a container this agent no
+    /// longer tracks, keeping its snapshot (a new create reuses the key).
+    async fn remove_leftover(&self, container_id: &str) -> Result<()> {
+        if self.cd.task(container_id).await?.is_some() {
+            self.stop(container_id, Duration::ZERO).await?;
+        }
+        self.cd.delete_task(container_id).await?;
+        self.cd.delete_container(container_id).await?;
+        self.logs.remove(container_id);
+        Ok(())
+    }
+
     async fn cleanup(&self, container_id: &str, snapshot_key: &str) {
         if let Err(e) = self.cd.kill(container_id, libc::SIGKILL, true).await {
             tracing::debug!(container = %container_id, error = %e, "kill during cleanup");

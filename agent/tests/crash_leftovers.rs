@@ -2,10 +2,14 @@
 //! directory of a task that never got a shim. containerd refuses every
 //! later task under that id (`mkdir ...: file exists`) until it restarts;
 //! the agent must still start the sandbox, exactly once, and leave nothing
-//! when it is deleted.
+//! when it is deleted. So must a container record such a create could not
+//! delete.
 
 mod support;
 
+use std::collections::HashMap;
+
+use fast_sandbox_agent::runtime::ContainerRecord;
 use fast_sandbox_api::agent::ContainerState;
 use fast_sandbox_api::wellknown::container_labels as label;
 use http::StatusCode;
@@ -37,9 +41,8 @@ async fn a_dead_tasks_directory_does_not_block_its_sandbox() {
     let info = info.unwrap();
     assert_eq!(info.state, ContainerState::Running);
     assert_eq!(info.container_id, "sandbox-leftover-1-1");
-    let containers = a
-        .cd
-        .list_containers(vec![format!(
+    let containers =
+        a.cd.list_containers(vec![format!(
             "labels.\"{}\"==leftover-1",
             label::SANDBOX_UID
         )])
@@ -62,4 +65,45 @@ async fn a_dead_tasks_directory_does_not_block_its_sandbox() {
     a.client.delete("leftover-1", 0).await.unwrap().1.unwrap();
     a.assert_nothing_left().await;
     std::fs::remove_dir_all(&stale).unwrap();
+}
+
+#[tokio::test]
+async fn a_record_left_by_a_create_that_could_not_clean_up_is_replaced() {
+    let Some(env) = env() else { return };
+    let a = TestAgent::start(&env, "leftover-record", 2).await;
+    // A create that died with containerd left its record (no task) and
+    // could not delete it; the agent's table does not know it.
+    let pod_uid = a.agent.config().pod_uid.clone();
+    a.cd.create_container(
+        ContainerRecord {
+            id: "sandbox-leftover-2".into(),
+            image: env.image.clone(),
+            labels: HashMap::from([
+                (label::SANDBOX_UID.to_string(), "leftover-2".to_string()),
+                (label::AGENT_UID.to_string(), pod_uid.clone()),
+                (label::MANAGED.to_string(), "true".to_string()),
+            ]),
+            spec_json: b"{}".to_vec(),
+            snapshot_key: format!("fast-sandbox/{pod_uid}/sandbox-leftover-2"),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let req = request(&env, "leftover-2", &["sleep", "600"]);
+
+    let (status, info) = a.client.create(&req).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{info:?}");
+    let info = info.unwrap();
+    assert_eq!(info.state, ContainerState::Running);
+    let containers =
+        a.cd.list_containers(vec![format!(
+            "labels.\"{}\"==leftover-2",
+            label::SANDBOX_UID
+        )])
+        .await
+        .unwrap();
+    assert_eq!(containers.len(), 1, "exactly one container: {containers:?}");
+    a.client.delete("leftover-2", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
 }
