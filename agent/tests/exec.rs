@@ -51,7 +51,7 @@ async fn process_alive(a: &TestAgent, uid: &str, pid: &str) -> bool {
 
 #[tokio::test]
 async fn stdout_stderr_and_exit_code_are_kept_apart() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-basic", 2).await;
     sandbox(&a, &env, "eb").await;
     let mut req = exec_request(&[
@@ -125,7 +125,7 @@ fn assert_no_fifos(a: &TestAgent) {
 
 #[tokio::test]
 async fn stdin_is_piped_through_and_closed() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-stdin", 2).await;
     sandbox(&a, &env, "es").await;
     let mut req = exec_request(&["sh", "-c", "wc -c; cat >&2"]);
@@ -168,7 +168,7 @@ fn stdout_of(b: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_terminal_has_its_size_and_follows_resizes() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-tty", 2).await;
     sandbox(&a, &env, "et").await;
     let req = ExecRequest {
@@ -199,7 +199,7 @@ async fn a_terminal_has_its_size_and_follows_resizes() {
 
 #[tokio::test]
 async fn sixteen_execs_run_at_once() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-many", 2).await;
     sandbox(&a, &env, "em").await;
     let runs = (0..16).map(|i| {
@@ -221,7 +221,7 @@ async fn sixteen_execs_run_at_once() {
 
 #[tokio::test]
 async fn a_timeout_kills_the_process() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-timeout", 2).await;
     sandbox(&a, &env, "eto").await;
     let mut req = exec_request(&["sh", "-c", "echo started; exec sleep 60"]);
@@ -244,7 +244,7 @@ async fn a_timeout_kills_the_process() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_kills_its_process_unless_detached() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-gone", 2).await;
     sandbox(&a, &env, "eg").await;
     let start = |detach: bool| {
@@ -307,7 +307,7 @@ async fn a_client_that_disconnects_kills_its_process_unless_detached() {
 
 #[tokio::test]
 async fn execs_share_the_sandbox_identity_and_limits() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-identity", 2).await;
     let mut req = request(&env, "ei", &["sleep", "100000"]);
     req.limits = ResourceLimits {
@@ -369,7 +369,7 @@ async fn execs_share_the_sandbox_identity_and_limits() {
 
 #[tokio::test]
 async fn errors_before_the_stream_name_the_sandbox_state() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-errors", 2).await;
     let e = a
         .client

@@ -45,7 +45,7 @@ async fn progress(a: &TestAgent) -> usize {
 
 #[tokio::test]
 async fn fifty_mib_arrive_whole_with_bounded_memory_and_backpressure() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "exec-output", 2).await;
     a.client
         .create(&request(&env, "big", &["sleep", "100000"]))

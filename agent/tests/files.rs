@@ -49,7 +49,7 @@ async fn sandbox(a: &TestAgent, env: &support::Env, uid: &str) {
 
 #[tokio::test]
 async fn a_binary_file_round_trips_by_hash_into_the_writable_layer() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "files-binary", 2).await;
     sandbox(&a, &env, "fb").await;
     let data: Vec<u8> = (0..(1u32 << 20) + 7)
@@ -121,7 +121,7 @@ async fn a_binary_file_round_trips_by_hash_into_the_writable_layer() {
 
 #[tokio::test]
 async fn stat_list_mkdir_and_remove() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "files-ops", 2).await;
     sandbox(&a, &env, "fo").await;
     let c = &a.client;
@@ -205,7 +205,7 @@ async fn stat_list_mkdir_and_remove() {
 
 #[tokio::test]
 async fn a_directory_is_copied_out_and_in_with_modes_and_links() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "files-tar", 2).await;
     sandbox(&a, &env, "ft").await;
     let c = &a.client;
@@ -305,7 +305,7 @@ async fn a_directory_is_copied_out_and_in_with_modes_and_links() {
 
 #[tokio::test]
 async fn symlinks_and_dot_dot_never_reach_the_host() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "files-escape", 2).await;
     sandbox(&a, &env, "fe").await;
     let c = &a.client;
@@ -381,7 +381,7 @@ async fn symlinks_and_dot_dot_never_reach_the_host() {
 
 #[tokio::test]
 async fn uploads_are_bounded_and_files_need_a_running_sandbox() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start_with(&env, "files-limits", 2, |c| c.max_upload_bytes = 1 << 20).await;
     sandbox(&a, &env, "fl").await;
     let c = &a.client;

@@ -1,6 +1,6 @@
 //! The agent against a real containerd and runc, over real HTTPS with
 //! mutual TLS. Run through `agent/tests/containerd.sh run -- cargo test -p
-//! fast-sandbox-agent`; without it (or without root) every test skips.
+//! fast-sandbox-agent`; without it (or without root) every test fails.
 
 mod support;
 
@@ -40,7 +40,7 @@ async fn logs(a: &TestAgent, uid: &str, query: &str) -> String {
 
 #[tokio::test]
 async fn runs_reports_exit_code_logs_and_events_then_deletes_everything() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "run", 4).await;
     let events = a.client.send(Method::GET, PATH_EVENTS, None).await.unwrap();
     assert_eq!(events.status(), StatusCode::OK);
@@ -90,7 +90,7 @@ async fn runs_reports_exit_code_logs_and_events_then_deletes_everything() {
 
 #[tokio::test]
 async fn follows_logs_until_the_process_exits() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "follow", 2).await;
     let req = request(
         &env,
@@ -110,7 +110,7 @@ async fn follows_logs_until_the_process_exits() {
 
 #[tokio::test]
 async fn memory_limit_oom_kills_and_is_reported() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "oom", 2).await;
     let events = a.client.send(Method::GET, PATH_EVENTS, None).await.unwrap();
     let mut req = request(
@@ -142,7 +142,7 @@ async fn memory_limit_oom_kills_and_is_reported() {
 
 #[tokio::test]
 async fn pids_limit_stops_fork_bombs() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "pids", 2).await;
     let mut req = request(
         &env,
@@ -178,7 +178,7 @@ fn host_ip() -> Option<std::net::IpAddr> {
 
 #[tokio::test]
 async fn sandbox_has_only_loopback_and_cannot_reach_the_agent() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "isolation", 2).await;
     // The mTLS API.
     let ports = [a.addr.port()];
@@ -215,7 +215,7 @@ async fn sandbox_has_only_loopback_and_cannot_reach_the_agent() {
 
 #[tokio::test]
 async fn create_is_idempotent_by_uid_and_capacity_is_enforced() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "slots", 1).await;
     let req = request(&env, "slot-1", &["sleep", "300"]);
     let (s1, first) = a.client.create(&req).await.unwrap();
@@ -263,7 +263,7 @@ async fn create_is_idempotent_by_uid_and_capacity_is_enforced() {
 
 #[tokio::test]
 async fn a_new_reset_revision_replaces_the_container() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "reset", 1).await;
     let mut req = request(&env, "reset-1", &["sleep", "300"]);
     let first = a.client.create(&req).await.unwrap().1.unwrap();
@@ -279,7 +279,7 @@ async fn a_new_reset_revision_replaces_the_container() {
 
 #[tokio::test]
 async fn bad_input_is_refused_with_the_field_named() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "bad", 2).await;
     let cases: Vec<(fast_sandbox_api::agent::CreateSandboxRequest, &str)> = vec![
         (request(&env, "bad-1", &["sh", ""]), "command[1]"),
@@ -385,7 +385,7 @@ async fn bad_input_is_refused_with_the_field_named() {
 
 #[tokio::test]
 async fn only_named_clients_of_the_fast_sandbox_ca_get_in() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "mtls", 1).await;
     // A certificate of the right CA with another name (a leaked webhook
     // certificate, say) is refused by name, with the reason.
@@ -441,7 +441,7 @@ async fn only_named_clients_of_the_fast_sandbox_ca_get_in() {
 
 #[tokio::test]
 async fn image_report_lists_the_cache_with_last_use() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "images", 1).await;
     a.client
         .create(&request(&env, "img-1", &["true"]))
@@ -472,7 +472,7 @@ async fn image_report_lists_the_cache_with_last_use() {
 
 #[tokio::test]
 async fn warm_snapshots_are_used_and_cleaned_up() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start_with(&env, "warm", 2, |c| c.warm_snapshots = 1).await;
     a.client
         .create(&request(&env, "warm-1", &["true"]))
@@ -507,7 +507,7 @@ async fn warm_snapshots_are_used_and_cleaned_up() {
 /// the sandbox.
 #[tokio::test]
 async fn exposed_port_is_forwarded_from_the_reported_endpoint() {
-    let Some(env) = env() else { return };
+    let env = env();
     let a = TestAgent::start(&env, "ports", 2).await;
     let mut req = request(
         &env,

@@ -36,15 +36,14 @@ pub struct Env {
     pub image: String,
 }
 
-/// The environment, or `None` (with the reason printed) when the tests
-/// cannot run here: they need root and the containerd started by
-/// `agent/tests/containerd.sh`.
-pub fn env() -> Option<Env> {
+/// The environment the tests run in: root and the containerd started by
+/// `agent/tests/containerd.sh`. They exist to drive a real containerd, so
+/// without one they fail, saying how to run them, instead of passing.
+pub fn env() -> Env {
+    const HOW: &str =
+        "run through `agent/tests/containerd.sh run -- cargo test -p fast-sandbox-agent`";
     let Ok(socket) = std::env::var("FAST_SANDBOX_CONTAINERD_SOCK") else {
-        eprintln!(
-            "SKIP: FAST_SANDBOX_CONTAINERD_SOCK is not set; run through `agent/tests/containerd.sh run -- cargo test -p fast-sandbox-agent`"
-        );
-        return None;
+        panic!("FAST_SANDBOX_CONTAINERD_SOCK is not set; {HOW}");
     };
     // Root check from the Uid line of /proc/self/status.
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -52,21 +51,18 @@ pub fn env() -> Option<Env> {
         .lines()
         .find(|l| l.starts_with("Uid:"))
         .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        eprintln!("SKIP: the agent's integration tests need root");
-        return None;
-    }
-    if !Path::new(&socket).exists() {
-        eprintln!("SKIP: containerd socket {socket} does not exist");
-        return None;
-    }
-    Some(Env {
+    assert!(root, "the agent's integration tests need root; {HOW}");
+    assert!(
+        Path::new(&socket).exists(),
+        "containerd socket {socket} does not exist; {HOW}"
+    );
+    Env {
         socket: socket.into(),
         namespace: std::env::var("FAST_SANDBOX_TEST_NAMESPACE")
             .unwrap_or_else(|_| "fast-sandbox-test".into()),
         image: std::env::var("FAST_SANDBOX_TEST_IMAGE")
             .unwrap_or_else(|_| "docker.io/fast-sandbox/busybox:dev".into()),
-    })
+    }
 }
 
 /// A CA with a server certificate for the agent and a client certificate

@@ -17,7 +17,7 @@ use fast_sandbox_e2e::scenario::{
     BUSYBOX, BurstShape, agent_pods, all_running, create_all, delete_all, names, ready_pool,
     ready_pool_of, sleeper, violations_of_running_once,
 };
-use fast_sandbox_e2e::{client_or_skip, containerd, delete_namespace, namespace, wait_for};
+use fast_sandbox_e2e::{cluster_client, containerd, delete_namespace, namespace, wait_for};
 use futures::future::join_all;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -111,9 +111,7 @@ fn waiting_for_capacity(t: &Tracks, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_and_pools_grow_place_and_expire() {
-    let Some(client) = client_or_skip("fleet").await else {
-        return;
-    };
+    let client = cluster_client("fleet").await;
     let tenants = [tenant(&client).await, tenant(&client).await];
     let small = names("s", 10);
     let other = names("o", 4);

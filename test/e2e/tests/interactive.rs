@@ -15,7 +15,7 @@ use fast_sandbox_api::wellknown::condition;
 use fast_sandbox_cli::exec::{ExecOptions, Streams, exec};
 use fast_sandbox_cli::files;
 use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool};
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, impersonating, namespace, wait_for};
+use fast_sandbox_e2e::{cluster_client, delete_namespace, impersonating, namespace, wait_for};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -83,9 +83,7 @@ async fn bind(client: &Client, ns: &str, user: &str, role: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_streams_stdin_stdout_stderr_and_exit_codes() {
-    let Some(admin) = client_or_skip("exec").await else {
-        return;
-    };
+    let admin = cluster_client("exec").await;
     let ns = namespace(&admin, "e2e-exec").await.unwrap();
     ready_pool(&admin, &ns, "p", (1, 2), 8, WAIT).await.unwrap();
     bind(&admin, &ns, "e2e-exec-editor", "edit").await;
@@ -226,9 +224,7 @@ fn plugin_path() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_takes_its_process_along() {
-    let Some(admin) = client_or_skip("exec disconnect").await else {
-        return;
-    };
+    let admin = cluster_client("exec disconnect").await;
     let ns = namespace(&admin, "e2e-exec-gone").await.unwrap();
     ready_pool(&admin, &ns, "p", (1, 1), 4, WAIT).await.unwrap();
     running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"]).await;
@@ -272,9 +268,7 @@ async fn a_client_that_goes_away_takes_its_process_along() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_round_trip_and_never_leave_the_sandbox() {
-    let Some(admin) = client_or_skip("files").await else {
-        return;
-    };
+    let admin = cluster_client("files").await;
     let ns = namespace(&admin, "e2e-files").await.unwrap();
     ready_pool(&admin, &ns, "p", (1, 2), 8, WAIT).await.unwrap();
     bind(&admin, &ns, "e2e-files-editor", "edit").await;
@@ -404,9 +398,7 @@ async fn files_round_trip_and_never_leave_the_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_cannot_exec_and_another_namespace_cannot_do_anything() {
-    let Some(admin) = client_or_skip("exec RBAC").await else {
-        return;
-    };
+    let admin = cluster_client("exec RBAC").await;
     let ns = namespace(&admin, "e2e-exec-rbac").await.unwrap();
     let other = namespace(&admin, "e2e-exec-other").await.unwrap();
     ready_pool(&admin, &ns, "p", (1, 1), 4, WAIT).await.unwrap();

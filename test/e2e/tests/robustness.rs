@@ -18,7 +18,7 @@ use fast_sandbox_e2e::scenario::{
     signal_container_process, sleeper,
 };
 use fast_sandbox_e2e::{
-    client_or_skip, delete_namespace, impersonating, namespace, wait_for, wait_gone,
+    cluster_client, delete_namespace, impersonating, namespace, wait_for, wait_gone,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
@@ -93,9 +93,7 @@ async fn restart_all(client: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_objects_present_while_every_component_restarts() {
-    let Some(client) = client_or_skip("odd objects").await else {
-        return;
-    };
+    let client = cluster_client("odd objects").await;
     let ns = namespace(&client, "e2e-odd").await.unwrap();
     ready_pool(&client, &ns, "p", (1, 2), 4, WAIT)
         .await
@@ -162,9 +160,7 @@ async fn odd_objects_present_while_every_component_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_deleted_and_created_again_gets_working_agents() {
-    let Some(client) = client_or_skip("namespace recreation").await else {
-        return;
-    };
+    let client = cluster_client("namespace recreation").await;
     let name = format!("e2e-again-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for round in 0..2 {
@@ -211,9 +207,7 @@ async fn a_namespace_deleted_and_created_again_gets_working_agents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_sandboxes_hold_their_slots_and_waiting_is_visible() {
-    let Some(client) = client_or_skip("finished sandboxes hold slots").await else {
-        return;
-    };
+    let client = cluster_client("finished sandboxes hold slots").await;
     let ns = namespace(&client, "e2e-slots").await.unwrap();
     ready_pool(&client, &ns, "p", (1, 1), 1, WAIT)
         .await
@@ -269,9 +263,7 @@ async fn finished_sandboxes_hold_their_slots_and_waiting_is_visible() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finalizer_removed_by_force_still_takes_the_container_along() {
-    let Some(client) = client_or_skip("finalizer removal").await else {
-        return;
-    };
+    let client = cluster_client("finalizer removal").await;
     let ns = namespace(&client, "e2e-final").await.unwrap();
     ready_pool(&client, &ns, "p", (1, 1), 2, WAIT)
         .await
@@ -337,9 +329,7 @@ async fn a_finalizer_removed_by_force_still_takes_the_container_along() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_agent_is_not_replaced_while_its_container_may_run() {
-    let Some(client) = client_or_skip("partition").await else {
-        return;
-    };
+    let client = cluster_client("partition").await;
     let ns = namespace(&client, "e2e-partition").await.unwrap();
     ready_pool(&client, &ns, "p", (2, 2), 4, WAIT)
         .await
@@ -428,9 +418,7 @@ async fn an_unreachable_agent_is_not_replaced_while_its_container_may_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_during_an_exec_fails_it_clearly_and_keeps_the_sandbox() {
-    let Some(client) = client_or_skip("agent restart during exec").await else {
-        return;
-    };
+    let client = cluster_client("agent restart during exec").await;
     let ns = namespace(&client, "e2e-exec-restart").await.unwrap();
     ready_pool(&client, &ns, "p", (1, 1), 4, WAIT)
         .await

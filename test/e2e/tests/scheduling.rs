@@ -13,7 +13,7 @@ use std::time::Duration;
 use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_POOL_NAMESPACE, LABEL_ROLE, ROLE_AGENT};
 use fast_sandbox_api::{Sandbox, SandboxPool};
 use fast_sandbox_e2e::scenario::{SYSTEM_NAMESPACE, agent_selector};
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_for_set};
+use fast_sandbox_e2e::{cluster_client, delete_namespace, namespace, wait_for, wait_for_set};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -73,9 +73,7 @@ async fn force_delete_pods(pods: &Api<Pod>, selector: &str) {
 
 #[tokio::test]
 async fn agent_pods_land_where_the_warm_images_are() {
-    let Some(client) = client_or_skip("scheduling with the extender").await else {
-        return;
-    };
+    let client = cluster_client("scheduling with the extender").await;
     let nodes: Api<Node> = Api::all(client.clone());
     let suffix = std::process::id();
     let (a, b, c) = (

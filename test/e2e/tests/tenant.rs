@@ -22,7 +22,7 @@ use fast_sandbox_api::{Sandbox, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::scenario::{BUSYBOX, SYSTEM_NAMESPACE, agent_pods, agent_selector};
 use fast_sandbox_e2e::{
-    client_or_skip, delete_namespace, impersonating, namespace, wait_for, wait_for_set,
+    cluster_client, delete_namespace, impersonating, namespace, wait_for, wait_for_set,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -91,9 +91,7 @@ fn stderr(o: &Output) -> String {
 
 #[tokio::test]
 async fn an_edit_tenant_cannot_get_root_on_a_node() {
-    let Some(admin) = client_or_skip("tenant boundary").await else {
-        return;
-    };
+    let admin = cluster_client("tenant boundary").await;
     let ns = namespace(&admin, "e2e-tenant").await.unwrap();
     let tenant = editor(&admin, &ns, "e2e-tenant").await;
     let pools = dynamic(&tenant, &ns, "SandboxPool", "sandboxpools");
@@ -306,9 +304,7 @@ fn curl(url: &str, body: &str, identity: Option<(&str, &str)>) -> (Option<u16>, 
 
 #[tokio::test]
 async fn internal_endpoints_answer_only_their_named_callers() {
-    let Some(admin) = client_or_skip("named callers").await else {
-        return;
-    };
+    let admin = cluster_client("named callers").await;
     let ns = namespace(&admin, "e2e-callers").await.unwrap();
     // One agent with one slot: a reservation made for a forgery would
     // leave the real sandbox below unbound.
@@ -423,9 +419,7 @@ async fn internal_endpoints_answer_only_their_named_callers() {
 
 #[tokio::test]
 async fn logs_are_the_tenants_and_agents_go_with_their_namespace() {
-    let Some(admin) = client_or_skip("tenant logs").await else {
-        return;
-    };
+    let admin = cluster_client("tenant logs").await;
     let ns = namespace(&admin, "e2e-owner").await.unwrap();
     let other = namespace(&admin, "e2e-other").await.unwrap();
     let owner = editor(&admin, &ns, "e2e-owner").await;
