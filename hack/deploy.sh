@@ -28,10 +28,16 @@ step "loading images into every node's containerd"
 # The agent image carries busybox too: the original README's sandbox runs
 # /bin/sleep from it.
 test/cluster/load-image.sh --busybox fast-sandbox/agent:dev "$bin/fast-sandbox-agent"
-for c in webhook controller extender certs; do
+for c in webhook controller extender gateway certs; do
   test/cluster/load-image.sh "fast-sandbox/$c:dev" "$bin/fast-sandbox-$c"
 done
 test/cluster/build-busybox-image.sh
+# An application image with no shell or coreutils: exec and file copies must
+# work without them (test/e2e interactive).
+tool_dir="$(mktemp -d)"
+gcc -static -Os -o "$tool_dir/tool" agent/tests/noshell/tool.c
+test/cluster/load-image.sh --entrypoint /tool --cmd sleep fast-sandbox/noshell:dev "$tool_dir/tool=/tool"
+rm -rf "$tool_dir"
 [[ "${1:-}" == "--images" ]] && exit 0
 
 step "kubectl apply -k deploy/"
@@ -46,7 +52,9 @@ kubectl -n fast-sandbox-system wait --for=condition=complete --timeout=180s job/
 # deploy/scheduler/kube-scheduler-config.yaml.
 test/cluster/cluster.sh up
 step "waiting for the components to roll out"
-for d in fast-sandbox-webhook fast-sandbox-controller fast-sandbox-extender; do
+for d in fast-sandbox-webhook fast-sandbox-controller fast-sandbox-extender fast-sandbox-gateway; do
   kubectl -n fast-sandbox-system rollout status "deployment/$d" --timeout=240s
 done
+# The access API answers once the aggregator reaches a ready gateway.
+kubectl wait --for=condition=Available --timeout=120s apiservice/v1alpha1.subresources.sandbox.fast.io >/dev/null
 step "Fast Sandbox is deployed"

@@ -9,6 +9,7 @@ packages=(
   etcd-server etcd-client
   umoci                  # OCI images without a Docker engine
   busybox-static         # the test workload image
+  gcc libc6-dev          # the static program of the test image without a shell
   iptables conntrack socat ebtables ethtool iproute2 kmod
   openssl jq curl
 )

@@ -28,7 +28,7 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 step "deploy/crds is generated from api/"
 "$bin"/crdgen --check
 step "every binary answers --help"
-for b in agent webhook extender controller certs; do
+for b in agent webhook extender controller gateway certs; do
   "$bin/fast-sandbox-$b" --help >/dev/null
 done
 for b in crdgen kubectl-sandbox; do "$bin/$b" --help >/dev/null; done
@@ -36,7 +36,7 @@ for b in crdgen kubectl-sandbox; do "$bin/$b" --help >/dev/null; done
 # whole workspace with containerd 2 (what the local cluster runs), the agent
 # again with Debian's containerd 1.6.
 step "unit and integration tests (agent tests against a private containerd 2)"
-agent/tests/containerd.sh --containerd 2 run -- cargo test --workspace --no-fail-fast
+agent/tests/containerd.sh --containerd 2 run -- cargo test --workspace --exclude fast-sandbox-e2e --no-fail-fast
 step "agent integration tests against a private containerd 1.6 (Debian's)"
 agent/tests/containerd.sh --containerd 1.6 run -- cargo test -p fast-sandbox-agent --no-fail-fast
 
@@ -59,18 +59,18 @@ if [[ $with_cluster == 1 ]]; then
   if [[ $cluster_was_up == 0 ]]; then
     step "controller tests on the cluster"
     FAST_SANDBOX_KUBECONFIG="$KUBECONFIG" FAST_SANDBOX_AGENT_IMAGE=docker.io/fast-sandbox/agent:dev \
-      cargo test -p fast-sandbox-controller --test cluster -- --test-threads=2
+      cargo test -p fast-sandbox-controller --test cluster -- --ignored --test-threads=2
   else
     step "controller tests on the cluster: skipped (they need a cluster without a deployed controller; run test/cluster/cluster.sh down first)"
   fi
   step "deploying Fast Sandbox with kubectl apply -k deploy/"
   FAST_SANDBOX_PROFILE=debug hack/deploy.sh
   step "end-to-end suite"
-  FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast \
-    --test lifecycle --test validation --test scheduling --test fleet -- --test-threads=2
+  cargo test -p fast-sandbox-e2e --no-fail-fast \
+    --test lifecycle --test validation --test scheduling --test fleet --test tenant --test interactive -- --test-threads=2
   # The fault tests kill components, so they run one at a time.
   step "end-to-end fault tests"
-  FAST_SANDBOX_E2E=1 cargo test -p fast-sandbox-e2e --no-fail-fast \
-    --test burst --test faults -- --test-threads=1
+  cargo test -p fast-sandbox-e2e --no-fail-fast \
+    --test burst --test faults --test robustness -- --test-threads=1
 fi
 step "all tests passed in $((SECONDS - start)) s"

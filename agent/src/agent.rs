@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::cgroup;
 use crate::error::{Error, Result};
 use crate::events::{EventBus, Subscription};
+use crate::exec::Execs;
 use crate::image::ImageCache;
 use crate::janitor::{Fence, Owner, SNAPSHOT_PREFIX, snapshot_agent, state_dir_of};
 use crate::logs::{LogDir, LogStream};
@@ -49,6 +50,10 @@ pub const TOPIC_OOM: &str = "/tasks/oom";
 /// containerd collects what only the lease held after this long.
 pub const CREATE_LEASE_TTL: Duration = Duration::from_secs(600);
 /// SIGKILL is followed by at most this long a wait for the exit.
+/// How many fresh container ids one create tries when containerd keeps a
+/// dead task's directory under the sandbox's id.
+const STALE_BUNDLE_FRESH_IDS: u32 = 2;
+
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Wait between attempts to re-subscribe to containerd events.
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
@@ -86,6 +91,20 @@ pub struct Config {
     /// Address endpoints of exposed ports are advertised (and listened) on:
     /// the agent pod's IP; loopback when unset.
     pub advertise: Option<std::net::IpAddr>,
+    /// Largest upload (file write, tar extraction) accepted, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+/// Default of [`Config::max_upload_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;
+
+/// A sandbox whose process runs: what exec and file operations need.
+#[derive(Clone, Debug)]
+pub struct RunningSandbox {
+    /// Its containerd container.
+    pub container_id: String,
+    /// Host PID of its init process.
+    pub pid: u32,
 }
 
 /// The agent.
@@ -99,6 +118,7 @@ pub struct Agent {
     unpacked: Mutex<HashSet<String>>,
     warm: Arc<WarmPool>,
     logs: LogDir,
+    execs: Execs,
     metrics: Metrics,
     health: Health,
     uid_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -110,6 +130,7 @@ impl Agent {
     /// rebuilt its state.
     pub fn new(cfg: Config, cd: Containerd, metrics: Metrics, health: Health) -> Result<Arc<Self>> {
         let logs = LogDir::new(cfg.state_dir.join("logs"))?;
+        let execs = Execs::new(cfg.state_dir.join("exec"))?;
         health.set_ready(false);
         Ok(Arc::new(Self {
             table: Mutex::new(Table::new(cfg.slots)),
@@ -121,6 +142,7 @@ impl Agent {
             images: ImageCache::new(),
             unpacked: Mutex::new(HashSet::new()),
             logs,
+            execs,
             metrics,
             health,
             uid_locks: Mutex::new(HashMap::new()),
@@ -191,21 +213,73 @@ impl Agent {
     }
 
     /// Every sandbox, with the sequence number to follow events from.
-    pub fn list(&self) -> ListSandboxesResponse {
+    /// Refused until the table is rebuilt from containerd: an empty list
+    /// from a freshly restarted agent would read as "every sandbox gone".
+    pub fn list(&self) -> Result<ListSandboxesResponse> {
+        if !self.health.is_ready() {
+            return Err(Error::Unavailable("rebuilding state from containerd"));
+        }
         let last_event_seq = self.events.last_seq();
-        ListSandboxesResponse {
+        Ok(ListSandboxesResponse {
             agent: self.info(),
             sandboxes: self.table().list(),
             last_event_seq,
-        }
+        })
     }
 
-    /// One sandbox.
+    /// One sandbox; refused, like [`Agent::list`], until the table is
+    /// rebuilt.
     pub fn get(&self, uid: &str) -> Result<SandboxInfo> {
+        if !self.health.is_ready() {
+            return Err(Error::Unavailable("rebuilding state from containerd"));
+        }
         self.table()
             .get(uid)
             .map(|e| e.info.clone())
             .ok_or_else(|| Error::NotFound(uid.to_string()))
+    }
+
+    /// The container and init PID of sandbox `uid` when its process runs;
+    /// [`Error::SandboxNotRunning`] naming its state otherwise.
+    pub fn running(&self, uid: &str) -> Result<RunningSandbox> {
+        let t = self.table();
+        let e = t.get(uid).ok_or_else(|| Error::NotFound(uid.to_string()))?;
+        match (e.info.state, e.info.pid) {
+            (ContainerState::Running, Some(pid)) if !e.starting => Ok(RunningSandbox {
+                container_id: e.info.container_id.clone(),
+                pid,
+            }),
+            (ContainerState::Exited, _) => Err(Error::SandboxNotRunning(format!(
+                "sandbox {uid} is not running: it finished with exit code {} ({})",
+                e.info
+                    .exit_code
+                    .map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+                e.info.reason.as_deref().unwrap_or("unknown reason"),
+            ))),
+            _ => Err(Error::SandboxNotRunning(format!(
+                "sandbox {uid} is not running yet: it is still being created"
+            ))),
+        }
+    }
+
+    /// Whether container `id` is one of this agent's sandboxes.
+    pub fn holds_container(&self, id: &str) -> bool {
+        self.table().uid_of(id).is_some()
+    }
+
+    /// The containerd connection.
+    pub fn containerd(&self) -> &Containerd {
+        &self.cd
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The execs (their FIFOs and ids).
+    pub fn execs(&self) -> &Execs {
+        &self.execs
     }
 
     /// Subscribes to sandbox events.
@@ -411,7 +485,13 @@ impl Agent {
                 self.table().remove(&req.uid);
             }
             Err(_) => {
-                self.cleanup(container_id, &snapshot_key).await;
+                // A create that moved to a fresh id cleans that one up.
+                let id = self
+                    .table()
+                    .get(&req.uid)
+                    .map(|e| e.info.container_id.clone())
+                    .unwrap_or_else(|| container_id.to_string());
+                self.cleanup(&id, &snapshot_key).await;
                 self.table().remove(&req.uid);
             }
         }
@@ -429,7 +509,105 @@ impl Agent {
         spec_json: Vec<u8>,
         lease: &str,
     ) -> Result<SandboxInfo> {
-        let (stdout, stderr) = self.logs.create(container_id)?;
+        let labels = self.container_labels(req);
+        let mut id = container_id.to_string();
+        let mut fresh_ids = 0;
+        let mut leftover_removed = false;
+        let container_id = loop {
+            let (stdout, stderr) = self.logs.create(&id)?;
+            let t = Instant::now();
+            let created = self
+                .cd
+                .create_container(
+                    ContainerRecord {
+                        id: id.clone(),
+                        image: image_name.to_string(),
+                        labels: labels.clone(),
+                        spec_json: spec_json.clone(),
+                        snapshot_key: snapshot_key.to_string(),
+                    },
+                    Some(lease),
+                )
+                .await;
+            if let Err(e) = created {
+                let e = self.explain_existing(&id, e).await;
+                if e.is_already_exists() && !leftover_removed {
+                    // This agent's record, yet not in its table (the
+                    // sandbox's lock is held): an earlier create failed
+                    // while containerd was down and could not clean up.
+                    leftover_removed = true;
+                    tracing::warn!(uid = %req.uid, container = %id, "removing the container record an earlier failed create left");
+                    self.remove_leftover(&id).await?;
+                    continue;
+                }
+                return Err(e);
+            }
+            self.metrics.observe(Stage::Container, t.elapsed());
+            let info = SandboxInfo {
+                uid: req.uid.clone(),
+                name: req.name.clone(),
+                namespace: req.namespace.clone(),
+                pool: req.pool.clone(),
+                container_id: id.clone(),
+                image: req.image.clone(),
+                state: ContainerState::Created,
+                created_at: Some(Utc::now()),
+                reset_revision: req.reset_revision,
+                ..Default::default()
+            };
+            {
+                let mut table = self.table();
+                table.insert(Entry::new(info, snapshot_key.to_string()));
+                table.set_starting(&req.uid, true);
+            }
+            let t = Instant::now();
+            match self
+                .cd
+                .create_task(&id, mounts.clone(), &stdout, &stderr)
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.observe(Stage::TaskCreate, t.elapsed());
+                    break id;
+                }
+                Err(e) if e.is_stale_bundle() && fresh_ids < STALE_BUNDLE_FRESH_IDS => {
+                    // containerd died while it set this id's task up and
+                    // kept the directory, so this id can never get a task
+                    // again until containerd restarts. No shim runs for it
+                    // (a live one would be a task), so nothing runs twice:
+                    // the record goes and the sandbox takes a fresh id.
+                    fresh_ids += 1;
+                    tracing::warn!(uid = %req.uid, container = %id, error = %e, "containerd kept a dead task's directory under this id; creating the sandbox under a fresh id");
+                    self.metrics.stale_task_directory();
+                    self.cd.delete_container(&id).await?;
+                    self.logs.remove(&id);
+                    id = format!("{container_id}-{fresh_ids}");
+                }
+                Err(e) => return Err(e.start_failure()),
+            }
+        };
+        let t = Instant::now();
+        let pid = self
+            .cd
+            .start_task(&container_id)
+            .await
+            .map_err(Error::start_failure)?;
+        self.metrics.observe(Stage::TaskStart, t.elapsed());
+        let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
+        let now = Utc::now();
+        self.images.mark_used(image_name, now);
+        let changes = {
+            let mut table = self.table();
+            table.set_endpoints(&req.uid, endpoints);
+            table.started(&req.uid, pid, now)
+        };
+        self.publish(changes);
+        self.get(&req.uid)
+    }
+
+    /// The labels of a sandbox's container: who it is, whose it is, and
+    /// what the agent needs to rebuild its table from containerd.
+    fn container_labels(&self, req: &CreateSandboxRequest) -> HashMap<String, String> {
         let mut labels = HashMap::from([
             (label::SANDBOX_UID.to_string(), req.uid.clone()),
             (label::SANDBOX_NAME.to_string(), req.name.clone()),
@@ -454,64 +632,7 @@ impl Agent {
                 format!("fast-sandbox-{}", self.cfg.pod_uid),
             );
         }
-        let t = Instant::now();
-        let created = self
-            .cd
-            .create_container(
-                ContainerRecord {
-                    id: container_id.to_string(),
-                    image: image_name.to_string(),
-                    labels,
-                    spec_json,
-                    snapshot_key: snapshot_key.to_string(),
-                },
-                Some(lease),
-            )
-            .await;
-        if let Err(e) = created {
-            return Err(self.explain_existing(container_id, e).await);
-        }
-        self.metrics.observe(Stage::Container, t.elapsed());
-        let info = SandboxInfo {
-            uid: req.uid.clone(),
-            name: req.name.clone(),
-            namespace: req.namespace.clone(),
-            pool: req.pool.clone(),
-            container_id: container_id.to_string(),
-            image: req.image.clone(),
-            state: ContainerState::Created,
-            created_at: Some(Utc::now()),
-            reset_revision: req.reset_revision,
-            ..Default::default()
-        };
-        {
-            let mut table = self.table();
-            table.insert(Entry::new(info, snapshot_key.to_string()));
-            table.set_starting(&req.uid, true);
-        }
-        let t = Instant::now();
-        self.cd
-            .create_task(container_id, mounts, &stdout, &stderr)
-            .await
-            .map_err(Error::start_failure)?;
-        self.metrics.observe(Stage::TaskCreate, t.elapsed());
-        let t = Instant::now();
-        let pid = self
-            .cd
-            .start_task(container_id)
-            .await
-            .map_err(Error::start_failure)?;
-        self.metrics.observe(Stage::TaskStart, t.elapsed());
-        let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
-        let now = Utc::now();
-        self.images.mark_used(image_name, now);
-        let changes = {
-            let mut table = self.table();
-            table.set_endpoints(&req.uid, endpoints);
-            table.started(&req.uid, pid, now)
-        };
-        self.publish(changes);
-        self.get(&req.uid)
+        labels
     }
 
     /// Turns a failed container create into [`Error::ContainerExists`] when
@@ -627,6 +748,7 @@ impl Agent {
                 // Only empty directories go: files of containers that could
                 // not be removed stay for the next sweep.
                 let _ = std::fs::remove_dir(dir.join("logs"));
+                let _ = std::fs::remove_dir(dir.join("exec"));
                 let _ = std::fs::remove_dir(&dir);
             }
         }
@@ -636,7 +758,8 @@ impl Agent {
     }
 
     /// Removes one container of a gone agent: SIGKILL, task, container,
-    /// its snapshot (when under that agent's key prefix) and log files.
+    /// its snapshot (when under that agent's key prefix), log files and
+    /// exec FIFOs.
     async fn collect(
         &self,
         id: &str,
@@ -652,12 +775,26 @@ impl Agent {
         }
         if let Some(dir) = state_dir_of(&self.cfg.state_dir, &self.cfg.pod_uid, &owner.agent_uid) {
             LogDir::at(dir.join("logs")).remove(id);
+            // FIFOs of execs the gone agent ran in the container.
+            let _ = std::fs::remove_dir_all(dir.join("exec").join(id));
         }
         Ok(())
     }
 
     /// Best-effort removal of everything a sandbox may have in containerd
     /// and on disk.
+    /// Kills and deletes the task and record of a container this agent no
+    /// longer tracks, keeping its snapshot (a new create reuses the key).
+    async fn remove_leftover(&self, container_id: &str) -> Result<()> {
+        if self.cd.task(container_id).await?.is_some() {
+            self.stop(container_id, Duration::ZERO).await?;
+        }
+        self.cd.delete_task(container_id).await?;
+        self.cd.delete_container(container_id).await?;
+        self.logs.remove(container_id);
+        Ok(())
+    }
+
     async fn cleanup(&self, container_id: &str, snapshot_key: &str) {
         if let Err(e) = self.cd.kill(container_id, libc::SIGKILL, true).await {
             tracing::debug!(container = %container_id, error = %e, "kill during cleanup");
@@ -697,6 +834,7 @@ impl Agent {
         self.cd.delete_container(&id).await?;
         self.cd.remove_snapshot(&snapshot_key).await?;
         self.logs.remove(&id);
+        self.execs.fifos().remove_container(&id);
         let removed = self.table().remove(uid);
         let final_info = removed.map(|e| e.info).unwrap_or(info);
         self.publish([(EventKind::Deleted, final_info.clone())]);
@@ -960,6 +1098,7 @@ impl Agent {
                     let n = self.table().list().len();
                     tracing::info!(sandboxes = n, "state rebuilt from containerd; ready");
                     self.health.set_ready(true);
+                    crate::exec::finish_leftovers(self.clone()).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rebuilding state from containerd failed; retrying");

@@ -1,5 +1,6 @@
 //! The agent's HTTPS API (`/v1`, see [`fast_sandbox_api::agent`]): routing,
-//! request parsing and error mapping over [`Agent`].
+//! request parsing and error mapping over [`Agent`]; exec and files have a
+//! submodule each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use fast_sandbox_api::agent::{
     ApiError, CreateSandboxRequest, ErrorCode, JanitorRequest, NDJSON, PATH_EVENTS, PATH_IMAGES,
     PATH_INFO, PATH_JANITOR, PATH_SANDBOXES,
 };
+use fast_sandbox_server::client_auth::AllowedNames;
 use fast_sandbox_server::{Body, Handler, Peer, body};
 use futures::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -21,6 +23,9 @@ use crate::agent::Agent;
 use crate::error::Error;
 use crate::logs::LogStream;
 
+mod exec;
+mod files;
+
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
 /// A heartbeat goes out when the event stream was quiet this long.
@@ -30,22 +35,23 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 pub struct Api {
     agent: Arc<Agent>,
     metrics: crate::metrics::Metrics,
-    require_client_cert: bool,
+    callers: Option<AllowedNames>,
 }
 
 impl Api {
-    /// Serves `agent`; with `require_client_cert`, requests without a
-    /// verified client certificate are refused (the TLS layer verifies it
-    /// against the Fast Sandbox CA).
+    /// Serves `agent`; with `callers`, only requests whose verified client
+    /// certificate (the TLS layer checks it against the Fast Sandbox CA)
+    /// bears one of those names are served: the controller and the access
+    /// server, not any holder of a certificate of the CA.
     pub fn new(
         agent: Arc<Agent>,
         metrics: crate::metrics::Metrics,
-        require_client_cert: bool,
+        callers: Option<AllowedNames>,
     ) -> Self {
         Self {
             agent,
             metrics,
-            require_client_cert,
+            callers,
         }
     }
 }
@@ -57,14 +63,14 @@ fn error_response(metrics: &crate::metrics::Metrics, e: &ApiError) -> Response<B
     body::json(status, e)
 }
 
-fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then_some(v)
     })
 }
 
-fn is_true(v: Option<&str>) -> bool {
+pub(crate) fn is_true(v: Option<&str>) -> bool {
     matches!(v, Some("true" | "1" | ""))
 }
 
@@ -82,15 +88,16 @@ impl Handler for Api {
     fn call(&self, req: Request<Incoming>, peer: Peer) -> BoxFuture<'static, Response<Body>> {
         let agent = self.agent.clone();
         let metrics = self.metrics.clone();
-        let unauthenticated = self.require_client_cert && peer.client_cert.is_none();
+        let refused = self
+            .callers
+            .as_ref()
+            .and_then(|names| names.check(&peer).err());
         Box::pin(async move {
-            if unauthenticated {
+            if let Some(e) = refused {
+                tracing::warn!(peer = %peer.addr, error = %e, "agent API call refused");
                 return error_response(
                     &metrics,
-                    &ApiError::new(
-                        ErrorCode::Unauthenticated,
-                        "a client certificate from the Fast Sandbox CA is required",
-                    ),
+                    &ApiError::new(ErrorCode::Unauthenticated, e.to_string()),
                 );
             }
             respond(&metrics, route(agent, req).await)
@@ -132,7 +139,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
             };
             Ok(body::json(status, &info))
         }
-        (&Method::GET, PATH_SANDBOXES, _) => Ok(body::json(StatusCode::OK, &agent.list())),
+        (&Method::GET, PATH_SANDBOXES, _) => Ok(body::json(StatusCode::OK, &agent.list()?)),
         (&Method::GET, PATH_EVENTS, _) => {
             let since = query_param(query, "since").and_then(|s| s.parse().ok());
             Ok(stream_response(NDJSON, event_stream(agent, since)))
@@ -161,6 +168,14 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
                     Ok(body::json(StatusCode::OK, &agent.delete(uid, grace).await?))
                 }
                 (&Method::GET, "logs") => logs(&agent, uid, query),
+                (&Method::POST, "exec") => {
+                    let uid = uid.to_string();
+                    exec::exec(agent, &uid, req).await
+                }
+                (&Method::GET | &Method::PUT | &Method::POST | &Method::DELETE, "files") => {
+                    let uid = uid.to_string();
+                    files::files(agent, &uid, req).await
+                }
                 _ => Ok(not_found(&method, &path)),
             }
         }
@@ -170,9 +185,8 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
 
 /// `GET /v1/sandboxes/{uid}/logs?stream=stdout|stderr&follow=true`: one
 /// output of a sandbox as `text/plain`; with `follow`, the body stays open
-/// until the process exits. Served by this API and by the read-only
-/// [`crate::logs_api::LogsApi`].
-pub(crate) fn logs(agent: &Agent, uid: &str, query: Option<&str>) -> Result<Response<Body>, Error> {
+/// until the process exits.
+fn logs(agent: &Agent, uid: &str, query: Option<&str>) -> Result<Response<Body>, Error> {
     let stream = match query_param(query, "stream") {
         None => LogStream::Stdout,
         Some(s) => LogStream::parse(s)
@@ -196,7 +210,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| invalid("body", format!("not a {what}: {e}")))
 }
 
-fn invalid(field: &str, message: String) -> Error {
+pub(crate) fn invalid(field: &str, message: String) -> Error {
     Error::Invalid(fast_sandbox_api::validation::FieldErrors(vec![
         fast_sandbox_api::validation::FieldError {
             field: field.to_string(),

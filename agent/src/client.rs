@@ -1,6 +1,7 @@
 //! A client of the agent API over one long-lived HTTP/2 connection with
 //! mutual TLS: what the controller does, in a form tests, benchmarks and
-//! tools can use.
+//! tools can use. Execs (one full-duplex stream each) and file operations
+//! run on the same connection; see the `exec` and `files` submodules.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use fast_sandbox_api::agent::{
     PATH_JANITOR, PATH_SANDBOXES, SandboxInfo, sandbox_path,
 };
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,6 +21,15 @@ use rustls_pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+mod exec;
+mod files;
+
+pub use exec::{ExecEvent, ExecInput, ExecOutcome, ExecOutput, ExecStream};
+pub use files::FileStream;
+
+/// A request body: bytes known up front, or a stream (exec input, uploads).
+pub type RequestBody = fast_sandbox_server::Body;
 
 /// Why a call did not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +59,16 @@ pub enum ClientError {
         /// What failed.
         message: String,
     },
+    /// A streamed answer (an exec, a download) broke off before its end:
+    /// the agent restarted or the connection failed.
+    #[error("{0}")]
+    StreamBroken(String),
 }
 
 /// One HTTP/2 connection to one agent.
 #[derive(Clone)]
 pub struct AgentClient {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<RequestBody>,
     authority: String,
 }
 
@@ -97,13 +111,27 @@ impl AgentClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let content_type = body.is_some().then_some("application/json");
+        let body = fast_sandbox_server::body::full(Bytes::from(body.unwrap_or_default()));
+        self.send_body(method, path, content_type, body).await
+    }
+
+    /// Sends one request with any body (a stream included) and returns the
+    /// raw answer.
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: RequestBody,
+    ) -> Result<Response<Incoming>, ClientError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("https://{}{path}", self.authority));
-        if body.is_some() {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        if let Some(ct) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, ct);
         }
-        let req = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let req = builder.body(body)?;
         let mut sender = self.sender.clone();
         sender.ready().await?;
         Ok(sender.send_request(req).await?)
@@ -118,19 +146,20 @@ impl AgentClient {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Result<T, ApiError>), ClientError> {
         let resp = self.send(method, path, body).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let decode = |message: String| ClientError::Decode { status, message };
-        if status.is_success() {
-            let v = serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))?;
-            Ok((status, Ok(v)))
-        } else {
-            let e = serde_json::from_slice(&bytes)
-                .map_err(|e| decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
-            Ok((status, Err(e)))
-        }
+        decode(resp).await
     }
 
+    /// Like [`AgentClient::call`] with any body.
+    pub async fn call_body<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: RequestBody,
+    ) -> Result<(StatusCode, Result<T, ApiError>), ClientError> {
+        let resp = self.send_body(method, path, content_type, body).await?;
+        decode(resp).await
+    }
     /// `POST /v1/sandboxes`.
     pub async fn create(
         &self,
@@ -173,5 +202,22 @@ impl AgentClient {
     ) -> Result<(StatusCode, Result<SandboxInfo, ApiError>), ClientError> {
         let path = format!("{}?gracePeriodSeconds={grace_seconds}", sandbox_path(uid));
         self.call(Method::DELETE, &path, None).await
+    }
+}
+
+/// Decodes a JSON answer: `Ok(T)` on 2xx, `Err(ApiError)` otherwise.
+pub(crate) async fn decode<T: DeserializeOwned>(
+    resp: Response<Incoming>,
+) -> Result<(StatusCode, Result<T, ApiError>), ClientError> {
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let decode = |message: String| ClientError::Decode { status, message };
+    if status.is_success() {
+        let v = serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))?;
+        Ok((status, Ok(v)))
+    } else {
+        let e = serde_json::from_slice(&bytes)
+            .map_err(|e| decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
+        Ok((status, Err(e)))
     }
 }

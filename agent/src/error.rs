@@ -46,6 +46,28 @@ pub enum Error {
         /// Pod UID of the agent that created it.
         owner: String,
     },
+    /// The sandbox exists but its process does not run; the message says
+    /// its state.
+    #[error("{0}")]
+    SandboxNotRunning(String),
+    /// A file operation inside a sandbox failed; `code` follows the errno.
+    #[error("{op} {path}: {message}")]
+    File {
+        /// What was being done (`stat`, `open`, `mkdir`, ...).
+        op: &'static str,
+        /// The path inside the sandbox.
+        path: String,
+        /// The wire code.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+    /// An upload is larger than the agent accepts.
+    #[error("the upload is larger than the {limit} bytes this agent accepts (--max-upload-bytes)")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The agent has not rebuilt its state yet, or is shutting down.
     #[error("the agent is not ready: {0}")]
     Unavailable(&'static str),
@@ -87,6 +109,43 @@ impl Error {
         }
     }
 
+    /// A failed file operation inside a sandbox, its code from the errno.
+    pub fn file(op: &'static str, path: impl Into<String>, errno: rustix::io::Errno) -> Self {
+        use rustix::io::Errno;
+        let code = match errno {
+            Errno::NOENT => ErrorCode::NotFound,
+            Errno::NOTDIR => ErrorCode::NotADirectory,
+            Errno::ISDIR => ErrorCode::IsADirectory,
+            Errno::ACCESS | Errno::PERM | Errno::ROFS => ErrorCode::PermissionDenied,
+            Errno::EXIST => ErrorCode::AlreadyExists,
+            Errno::NOTEMPTY => ErrorCode::DirectoryNotEmpty,
+            // openat2's refusals: a magic link, or a step out of the root.
+            Errno::LOOP | Errno::XDEV | Errno::NAMETOOLONG | Errno::INVAL => {
+                ErrorCode::InvalidArgument
+            }
+            _ => ErrorCode::Internal,
+        };
+        let message = match errno {
+            Errno::XDEV => "the path leads outside the directory it must stay in".to_string(),
+            Errno::LOOP => {
+                "too many symbolic links, or a link that must not be followed".to_string()
+            }
+            e => {
+                let text = std::io::Error::from(e).to_string();
+                text.split(" (os error")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            }
+        };
+        Error::File {
+            op,
+            path: path.into(),
+            code,
+            message,
+        }
+    }
+
     /// Wraps a failed file operation.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
@@ -106,6 +165,9 @@ impl Error {
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::ContainerExists { .. } => ErrorCode::ContainerExists,
             Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::SandboxNotRunning(_) => ErrorCode::SandboxNotRunning,
+            Error::File { code, .. } => *code,
+            Error::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::Containerd { status, .. } if status.code() == tonic::Code::Unavailable => {
                 ErrorCode::Unavailable
             }
@@ -136,6 +198,16 @@ impl Error {
     /// Whether a containerd call failed because the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Containerd { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+
+    /// Whether a task create failed because containerd still holds the
+    /// directory of a task it lost in a crash (`mkdir ...: file exists`);
+    /// a live task is `AlreadyExists` instead.
+    pub fn is_stale_bundle(&self) -> bool {
+        matches!(self, Error::Containerd { status, .. }
+            if status.code() != tonic::Code::AlreadyExists
+                && status.message().contains("mkdir ")
+                && status.message().contains("file exists"))
     }
 
     /// Whether a containerd call failed because the object already exists.
@@ -205,5 +277,15 @@ mod tests {
         );
         let other = Error::containerd("create task", tonic::Status::unknown("shim died"));
         assert_eq!(other.start_failure().code(), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn a_dead_tasks_directory_is_told_from_a_live_task() {
+        let msg = "failed to start shim: mkdir /run/containerd/io.containerd.runtime.v2.task/k8s.io/sandbox-u1: file exists";
+        assert!(Error::containerd("create task", tonic::Status::unknown(msg)).is_stale_bundle());
+        let live = tonic::Status::already_exists("task sandbox-u1: already exists");
+        assert!(!Error::containerd("create task", live).is_stale_bundle());
+        let other = tonic::Status::unknown("shim died");
+        assert!(!Error::containerd("create task", other).is_stale_bundle());
     }
 }

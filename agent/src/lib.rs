@@ -9,26 +9,33 @@
 //! - [`state`]: the sandbox table and slots.
 //! - [`events`]: the event stream clients follow.
 //! - [`logs`]: stdout/stderr files and following them.
+//! - [`exec`]: commands exec'd into running sandboxes; [`fifo`]: their
+//!   stdio FIFOs.
+//! - [`rootfs`]: files inside a running sandbox, resolved by the kernel
+//!   inside its root; [`archive`]: tar streams of trees, each way.
 //! - [`warm`]: snapshots prepared ahead for hot images.
 //! - [`janitor`]: which leftovers of gone agents the node janitor collects.
-//! - [`agent`]: the agent itself; [`api`]: its HTTP API; [`client`]: a
-//!   client of that API (tests, benchmarks, tools); [`logs_api`]: the
-//!   read-only logs API on the pod's loopback (`kubectl sandbox logs`).
+//! - [`agent`]: the agent itself; [`api`]: its HTTP API, served only to the
+//!   controller and the access server; [`client`]: a client of that API
+//!   (tests, benchmarks, tools).
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rust_2018_idioms)]
 
 pub mod agent;
 pub mod api;
+pub mod archive;
 pub mod cgroup;
 pub mod client;
 pub mod error;
 pub mod events;
+pub mod exec;
+pub mod fifo;
 pub mod image;
 pub mod janitor;
 pub mod logs;
-pub mod logs_api;
 pub mod metrics;
 pub mod ports;
+pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;

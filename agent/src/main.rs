@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use fast_sandbox_agent::api::Api;
-use fast_sandbox_agent::logs_api::LogsApi;
 use fast_sandbox_agent::metrics::Metrics;
 use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_agent::{Agent, Config, cgroup};
+use fast_sandbox_server::client_auth::AllowedNames;
 use fast_sandbox_server::tls::ServerTls;
 use fast_sandbox_server::{Ops, OpsArgs, Registry, telemetry};
 use tokio::net::TcpListener;
@@ -30,16 +30,6 @@ struct Args {
         default_value = "0.0.0.0:9443"
     )]
     listen: SocketAddr,
-    /// Address of the read-only logs API (plain HTTP; keep it on loopback:
-    /// `kubectl sandbox logs` reaches it through `kubectl port-forward`);
-    /// `off` disables it.
-    #[arg(
-        long,
-        env = "FAST_SANDBOX_AGENT_LOGS_LISTEN",
-        default_value = "127.0.0.1:9444",
-        value_parser = parse_logs_listen
-    )]
-    logs_listen: LogsListen,
     #[command(flatten)]
     tls: fast_sandbox_server::tls::ServingArgs,
     /// CA that client certificates must chain to (the Fast Sandbox CA).
@@ -49,6 +39,16 @@ struct Args {
         default_value = "/etc/fast-sandbox/tls/ca.crt"
     )]
     client_ca: PathBuf,
+    /// Common names of the client certificates served (comma separated):
+    /// the controller and the access server. A certificate of the CA with
+    /// any other name is refused.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_ALLOWED_CLIENTS",
+        value_delimiter = ',',
+        default_value = "fast-sandbox-controller,fast-sandbox-gateway"
+    )]
+    allowed_clients: Vec<String>,
     /// containerd socket.
     #[arg(
         long,
@@ -114,22 +114,15 @@ struct Args {
     /// are forwarded from ephemeral ports on it; loopback when unset.
     #[arg(long, env = "POD_IP")]
     pod_ip: Option<std::net::IpAddr>,
+    /// Largest file upload or tar extraction into a sandbox, in bytes; larger
+    /// ones are refused with 413.
+    #[arg(long, env = "FAST_SANDBOX_MAX_UPLOAD_BYTES", default_value_t = fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: u64,
     /// Seconds between SIGTERM and SIGKILL when a delete names no grace period.
     #[arg(long, env = "FAST_SANDBOX_GRACE_SECONDS", default_value_t = 10)]
     grace_seconds: u64,
     #[command(flatten)]
     ops: OpsArgs,
-}
-
-/// Where the logs API listens, if anywhere.
-#[derive(Clone, Copy, Debug)]
-struct LogsListen(Option<SocketAddr>);
-
-fn parse_logs_listen(s: &str) -> Result<LogsListen, std::net::AddrParseError> {
-    match s {
-        "" | "off" => Ok(LogsListen(None)),
-        _ => s.parse().map(|a| LogsListen(Some(a))),
-    }
 }
 
 async fn shutdown_signal(tx: watch::Sender<bool>) {
@@ -178,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         default_grace: Duration::from_secs(args.grace_seconds),
         proc_root: args.host_proc,
         advertise: args.pod_ip,
+        max_upload_bytes: args.max_upload_bytes,
     };
     tracing::info!(?cfg, "starting agent");
     let agent =
@@ -195,19 +189,6 @@ async fn main() -> anyhow::Result<()> {
     let api_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let logs_listener = match args.logs_listen.0 {
-        Some(addr) => {
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "the logs API has no authentication; serving it off loopback exposes every sandbox's output");
-            }
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding {addr}"))?,
-            )
-        }
-        None => None,
-    };
     let ops_listener = TcpListener::bind(args.ops.ops_listen)
         .await
         .with_context(|| format!("binding {}", args.ops.ops_listen))?;
@@ -218,21 +199,16 @@ async fn main() -> anyhow::Result<()> {
         api_listener,
         Some(tls),
         ops.clone(),
-        Arc::new(Api::new(agent.clone(), metrics.clone(), true)),
+        Arc::new(Api::new(
+            agent.clone(),
+            metrics.clone(),
+            Some(AllowedNames::new(args.allowed_clients)),
+        )),
         done(rx.clone()),
     );
-    let logs_server = {
-        let (ops, agent, stop) = (ops.clone(), agent.clone(), done(rx.clone()));
-        async move {
-            if let Some(listener) = logs_listener {
-                let handler = Arc::new(LogsApi::new(agent, metrics));
-                fast_sandbox_server::serve(listener, None, ops, handler, stop).await;
-            }
-        }
-    };
     let ops_server = fast_sandbox_server::serve_ops(ops_listener, ops, done(rx.clone()));
     tokio::spawn(shutdown_signal(tx));
-    tokio::join!(api, logs_server, ops_server);
+    tokio::join!(api, ops_server);
     events.abort();
     agent.release_warm().await;
     Ok(())

@@ -1,6 +1,8 @@
 //! The agent's Prometheus metrics: create latency by stage (so a regression
 //! points at its cause), sandboxes running, errors by code, containers the
-//! node janitor removed.
+//! node janitor removed, execs by outcome with their start latency and the
+//! bytes they streamed, file operations by op and outcome, and creates
+//! that met a dead task's directory left by a containerd crash.
 
 use fast_sandbox_api::agent::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -49,6 +51,22 @@ struct CodeLabel {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileOpLabel {
+    op: &'static str,
+    outcome: String,
+}
+
 /// Metric handles, registered once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -56,6 +74,11 @@ pub struct Metrics {
     running: Gauge,
     errors: Family<CodeLabel, Counter>,
     janitor_removed: Counter,
+    stale_task_directories: Counter,
+    execs: Family<ReasonLabel, Counter>,
+    exec_start_seconds: Histogram,
+    exec_bytes: Family<ChannelLabel, Counter>,
+    file_ops: Family<FileOpLabel, Counter>,
 }
 
 impl Metrics {
@@ -68,6 +91,11 @@ impl Metrics {
             running: Gauge::default(),
             errors: Family::default(),
             janitor_removed: Counter::default(),
+            stale_task_directories: Counter::default(),
+            execs: Family::default(),
+            exec_start_seconds: Histogram::new(fast_sandbox_server::metrics::latency_buckets()),
+            exec_bytes: Family::default(),
+            file_ops: Family::default(),
         };
         registry.with(|r| {
             r.register(
@@ -90,6 +118,31 @@ impl Metrics {
                 "Containers of gone agents removed by the node janitor",
                 m.janitor_removed.clone(),
             );
+            r.register(
+                "agent_stale_task_directories",
+                "Creates that found a dead task's directory under their container id and moved to a fresh id",
+                m.stale_task_directories.clone(),
+            );
+            r.register(
+                "agent_execs",
+                "Execs that ended, by ExecStatus reason",
+                m.execs.clone(),
+            );
+            r.register(
+                "agent_exec_start_seconds",
+                "From an exec request to its process running",
+                m.exec_start_seconds.clone(),
+            );
+            r.register(
+                "agent_exec_bytes",
+                "Bytes exec'd processes read and wrote, by channel",
+                m.exec_bytes.clone(),
+            );
+            r.register(
+                "agent_file_ops",
+                "File operations inside sandboxes, by op and outcome (ok or the error code)",
+                m.file_ops.clone(),
+            );
         });
         m
     }
@@ -108,9 +161,43 @@ impl Metrics {
         self.running.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// Counts a create that moved past a dead task's directory.
+    pub fn stale_task_directory(&self) {
+        self.stale_task_directories.inc();
+    }
+
     /// Counts containers the janitor removed.
     pub fn janitor_removed(&self, n: usize) {
         self.janitor_removed.inc_by(n as u64);
+    }
+
+    /// Counts an exec that ended with `reason`.
+    pub fn exec_finished(&self, reason: &str) {
+        self.execs
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records how long an exec took to start its process.
+    pub fn exec_started(&self, elapsed: std::time::Duration) {
+        self.exec_start_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts bytes an exec streamed on `channel` (`stdin`, `stdout`, `stderr`).
+    pub fn exec_bytes(&self, channel: &'static str, n: usize) {
+        self.exec_bytes
+            .get_or_create(&ChannelLabel { channel })
+            .inc_by(n as u64);
+    }
+
+    /// Counts a file operation and its outcome (`None`: it succeeded).
+    pub fn file_op(&self, op: &'static str, error: Option<ErrorCode>) {
+        let outcome = error.map_or_else(|| "ok".to_string(), |c| format!("{c:?}"));
+        self.file_ops
+            .get_or_create(&FileOpLabel { op, outcome })
+            .inc();
     }
 
     /// Counts an error answer.

@@ -1,5 +1,6 @@
 //! The agent's view of containerd: the handful of gRPC calls a sandbox's
-//! life needs, each in the agent's namespace, with typed errors.
+//! life needs, each in the agent's namespace, with typed errors (those of
+//! processes exec'd into a sandbox are in the `exec` submodule).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +28,10 @@ use tonic::metadata::MetadataValue;
 
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
+
+mod exec;
+
+pub use exec::{ExecStdio, PROCESS_TYPE_URL};
 
 /// Type URL containerd expects for an OCI runtime spec held as JSON.
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -484,12 +489,18 @@ impl Containerd {
 
     /// The task of container `id`, or `None` when it has none.
     pub async fn task(&self, id: &str) -> Result<Option<TaskInfo>> {
+        self.process(id, "").await
+    }
+
+    /// Process `exec_id` of container `id`'s task (`""`: its init), or
+    /// `None` when there is no such process.
+    pub async fn process(&self, id: &str, exec_id: &str) -> Result<Option<TaskInfo>> {
         let resp = self
             .client
             .tasks()
             .get(self.request(GetRequest {
                 container_id: id.to_string(),
-                exec_id: String::new(),
+                exec_id: exec_id.to_string(),
             }))
             .await;
         let process = match resp {

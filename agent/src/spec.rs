@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 
 use fast_sandbox_api::agent::{CreateSandboxRequest, ResourceLimits};
+use fast_sandbox_api::exec::ExecRequest;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, PosixRlimitBuilder,
@@ -197,6 +198,52 @@ pub fn build(req: &CreateSandboxRequest, image: &ExecConfig, cgroups_path: &str)
     Ok(spec)
 }
 
+/// The OCI `process` of a command exec'd into a sandbox, as JSON: the
+/// sandbox's own process (same user, capabilities, no-new-privileges,
+/// rlimits, AppArmor and SELinux labels, whatever fields it has) with argv,
+/// environment (the request's added to the sandbox's, replacing variables of
+/// the same name), working directory and terminal replaced. Seccomp and
+/// cgroups are the container's and apply to every process in it.
+pub fn exec_process(container_spec: &[u8], req: &ExecRequest) -> Result<Vec<u8>> {
+    let mut spec: serde_json::Value = serde_json::from_slice(container_spec)
+        .map_err(|e| Error::Spec(format!("the container's spec is not JSON: {e}")))?;
+    let Some(process) = spec.get_mut("process").and_then(|p| p.as_object_mut()) else {
+        return Err(Error::Spec("the container's spec has no process".into()));
+    };
+    let mut env: Vec<String> = process
+        .get("env")
+        .and_then(|e| e.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for var in &req.env {
+        let prefix = format!("{}=", var.name);
+        env.retain(|e| !e.starts_with(&prefix));
+        env.push(format!("{}={}", var.name, var.value));
+    }
+    process.insert("args".into(), serde_json::json!(req.command));
+    process.insert("env".into(), serde_json::json!(env));
+    if let Some(cwd) = &req.working_dir {
+        process.insert("cwd".into(), serde_json::json!(cwd));
+    }
+    process.insert("terminal".into(), serde_json::json!(req.tty));
+    match req.terminal_size.filter(|_| req.tty) {
+        Some(size) => {
+            process.insert(
+                "consoleSize".into(),
+                serde_json::json!({"height": size.height, "width": size.width}),
+            );
+        }
+        None => {
+            process.remove("consoleSize");
+        }
+    }
+    serde_json::to_vec(process).map_err(spec_err)
+}
+
 fn resources(limits: &ResourceLimits) -> Result<oci_spec::runtime::LinuxResources> {
     let deny_all = LinuxDeviceCgroupBuilder::default()
         .allow(false)
@@ -338,6 +385,62 @@ mod tests {
                 .iter()
                 .any(|c| c == "CAP_SYS_ADMIN" || c == "CAP_NET_RAW")
         );
+    }
+
+    #[test]
+    fn exec_keeps_the_sandbox_process_identity_and_replaces_argv_env_cwd() {
+        let mut r = req();
+        r.limits.pids = Some(8);
+        r.env = vec![EnvVar {
+            name: "A".into(),
+            value: "sandbox".into(),
+        }];
+        let spec = serde_json::to_vec(&build(&r, &image(), "/p/sandbox-u1").unwrap()).unwrap();
+        let exec = ExecRequest {
+            command: vec!["sh".into(), "-c".into(), "id".into()],
+            env: vec![
+                EnvVar {
+                    name: "A".into(),
+                    value: "exec".into(),
+                },
+                EnvVar {
+                    name: "B".into(),
+                    value: "1".into(),
+                },
+            ],
+            working_dir: Some("/tmp".into()),
+            tty: true,
+            terminal_size: Some(fast_sandbox_api::exec::TerminalSize {
+                width: 100,
+                height: 30,
+            }),
+            ..Default::default()
+        };
+        let p: serde_json::Value =
+            serde_json::from_slice(&exec_process(&spec, &exec).unwrap()).unwrap();
+        let original: serde_json::Value = serde_json::from_slice(&spec).unwrap();
+        let o = &original["process"];
+        assert_eq!(p["args"], serde_json::json!(["sh", "-c", "id"]));
+        assert_eq!(p["env"], serde_json::json!(["PATH=/bin", "A=exec", "B=1"]));
+        assert_eq!(p["cwd"], "/tmp");
+        assert_eq!(p["terminal"], true);
+        assert_eq!(
+            p["consoleSize"],
+            serde_json::json!({"height": 30, "width": 100})
+        );
+        for same in ["user", "capabilities", "noNewPrivileges", "rlimits"] {
+            assert_eq!(p[same], o[same], "{same}");
+        }
+        let plain = ExecRequest {
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let p: serde_json::Value =
+            serde_json::from_slice(&exec_process(&spec, &plain).unwrap()).unwrap();
+        assert_eq!(p["cwd"], o["cwd"]);
+        assert_eq!(p["terminal"], false);
+        assert!(p.get("consoleSize").is_none());
+        assert!(exec_process(b"{}", &plain).is_err());
     }
 
     #[test]

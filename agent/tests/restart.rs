@@ -1,7 +1,8 @@
 //! The built agent binary is killed while sandboxes run and started again:
 //! it rebuilds its state from containerd alone, the sandboxes are still
 //! listed and deletable, an exposed port is forwarded again, and nothing is
-//! left behind.
+//! left behind; an exec cut off by the restart fails clearly while its
+//! sandbox keeps running.
 
 mod support;
 
@@ -100,7 +101,7 @@ async fn wait_ready(ops: u16) {
 
 #[tokio::test]
 async fn killed_agent_rebuilds_its_state_from_containerd() {
-    let Some(env) = env() else { return };
+    let env = env();
     let pki = Pki::new("Fast Sandbox test CA");
     pki.issue("agent", &[SERVER_NAME]);
     let tls = pki.client("fast-sandbox-controller");
@@ -177,6 +178,141 @@ async fn killed_agent_rebuilds_its_state_from_containerd() {
     client.delete("keep", 0).await.unwrap().1.unwrap();
     client.delete("done", 0).await.unwrap().1.unwrap();
     assert!(client.list().await.unwrap().unwrap().sandboxes.is_empty());
+    let cd = Containerd::connect(
+        &env.socket,
+        &env.namespace,
+        "overlayfs",
+        "io.containerd.runc.v2",
+    )
+    .await
+    .unwrap();
+    support::assert_nothing_left(&cd, &pod_uid, &state.path().join(&pod_uid).join("logs")).await;
+}
+
+#[tokio::test]
+async fn an_exec_cut_off_by_an_agent_restart_fails_clearly_and_the_sandbox_keeps_running() {
+    use fast_sandbox_agent::client::ExecEvent;
+    let env = env();
+    let pki = Pki::new("Fast Sandbox test CA");
+    pki.issue("agent", &[SERVER_NAME]);
+    let tls = pki.client("fast-sandbox-gateway");
+    let state = tempfile::tempdir().unwrap();
+    let pod_uid = support::pod_uid("restart-exec");
+    let (api, ops) = (free_port(), free_port());
+    let addr: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+
+    let agent = spawn(&env, pki.dir.path(), state.path(), &pod_uid, api, ops);
+    wait_ready(ops).await;
+    let client = AgentClient::connect(addr, SERVER_NAME, tls.clone())
+        .await
+        .unwrap();
+    let keep = client
+        .create(&request(&env, "exec-keep", &["sleep", "100000"]))
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+    let start = |script: &str, detach: bool| {
+        let mut req = support::exec_request(&["sh", "-c", script]);
+        req.detach = detach;
+        let client = client.clone();
+        async move {
+            let mut s = client.exec("exec-keep", &req).await.unwrap().unwrap();
+            let mut seen = String::new();
+            while !seen.contains('\n') {
+                match s.output.next().await {
+                    Some(Ok(ExecEvent::Stdout(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let first_line = seen.lines().next().unwrap_or_default().trim().to_string();
+            (s, first_line)
+        }
+    };
+    let (mut attached, attached_pid) = start("echo $$; exec sleep 301", false).await;
+    // Writes 64 KiB blocks and counts them: it only advances while someone
+    // drains its output.
+    let (detached, detached_pid) = start(
+        "echo $$; i=0; while true; do head -c 65536 /dev/zero; i=$((i+1)); echo $i > /tmp/blocks; sleep 0.05; done",
+        true,
+    )
+    .await;
+
+    drop(agent); // SIGKILL, mid-exec.
+    let ended = tokio::time::timeout(Duration::from_secs(20), attached.output.next())
+        .await
+        .expect("the exec stream did not end when the agent died");
+    let e = match ended {
+        Some(Err(e)) => e,
+        other => panic!("expected a clear stream error, got {other:?}"),
+    };
+    assert!(
+        e.to_string().contains("before its status"),
+        "unclear error: {e}"
+    );
+    drop(detached);
+
+    let _agent = spawn(&env, pki.dir.path(), state.path(), &pod_uid, api, ops);
+    wait_ready(ops).await;
+    let client = AgentClient::connect(addr, SERVER_NAME, tls).await.unwrap();
+    let kept = client.get("exec-keep").await.unwrap().unwrap();
+    assert_eq!(kept.state, ContainerState::Running);
+    assert_eq!(kept.pid, keep.pid);
+    let alive = |pid: String| {
+        let client = client.clone();
+        async move {
+            support::exec(&client, "exec-keep", &["kill", "-0", &pid])
+                .await
+                .status
+                .success()
+        }
+    };
+    // The exec whose client left with the old agent is killed...
+    support::wait_for(
+        "the cut-off exec to be killed",
+        Duration::from_secs(20),
+        || {
+            let alive = alive(attached_pid.clone());
+            async move { !alive.await }
+        },
+    )
+    .await;
+    // ...the detached one runs on, its output drained by the new agent.
+    assert!(alive(detached_pid.clone()).await);
+    let blocks = || {
+        let client = client.clone();
+        async move {
+            support::stdout(&support::exec(&client, "exec-keep", &["cat", "/tmp/blocks"]).await)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        }
+    };
+    let first = blocks().await;
+    support::wait_for(
+        "the detached exec to keep writing",
+        Duration::from_secs(20),
+        || {
+            let b = blocks();
+            async move { b.await > first + 20 }
+        },
+    )
+    .await;
+    support::exec(&client, "exec-keep", &["kill", &detached_pid]).await;
+    let exec_dir = state.path().join(&pod_uid).join("exec");
+    support::wait_for("leftover FIFOs removed", Duration::from_secs(20), || {
+        let dir = exec_dir.clone();
+        async move {
+            std::fs::read_dir(&dir)
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+        }
+    })
+    .await;
+    let o = support::exec(&client, "exec-keep", &["echo", "still here"]).await;
+    assert_eq!(support::stdout(&o), "still here\n");
+
+    client.delete("exec-keep", 0).await.unwrap().1.unwrap();
     let cd = Containerd::connect(
         &env.socket,
         &env.namespace,

@@ -1,6 +1,7 @@
 //! Wire types of the agent's HTTPS API, version `v1`.
 //!
-//! The controller is the only client. Every request and response body is
+//! Its clients are the controller and the access server, each with a
+//! client certificate the agent checks by name. Every request and response body is
 //! JSON; the event stream is newline-delimited JSON. Every sandbox is named
 //! by the UID of its Sandbox object, the idempotency key at every hop.
 //!
@@ -15,6 +16,8 @@
 //! | GET | `/v1/images` | | [`ImageCacheReport`] |
 //! | GET | `/v1/info` | | [`AgentInfo`] |
 //! | POST | `/v1/janitor` | [`JanitorRequest`] | 200 [`JanitorReport`] |
+//! | POST | `/v1/sandboxes/{uid}/exec` | exec frames | 200 exec frames (see [`crate::exec`]) |
+//! | GET, PUT, POST, DELETE | `/v1/sandboxes/{uid}/files?path=P&op=…` | | see [`crate::files`] |
 //!
 //! Errors are [`ApiError`] with a machine-readable [`ErrorCode`].
 
@@ -22,6 +25,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::{EnvVar, ExposedPort};
+
+/// Largest payload of one exec frame (see [`crate::exec`]).
+pub use crate::exec::MAX_FRAME_PAYLOAD;
 
 /// Prefix of every versioned path.
 pub const API_PREFIX: &str = "/v1";
@@ -37,10 +43,6 @@ pub const PATH_INFO: &str = "/v1/info";
 pub const PATH_JANITOR: &str = "/v1/janitor";
 /// Port the agent serves its API on.
 pub const DEFAULT_PORT: u16 = 9443;
-/// Port of the agent's read-only logs API: plain HTTP on the agent pod's
-/// loopback, serving only `GET /v1/sandboxes/{uid}/logs`, reached through
-/// `kubectl port-forward` (`kubectl sandbox logs`).
-pub const LOGS_PORT: u16 = 9444;
 /// Content type of the event stream.
 pub const NDJSON: &str = "application/x-ndjson";
 
@@ -52,6 +54,11 @@ pub fn sandbox_path(uid: &str) -> String {
 /// Path of one sandbox's logs.
 pub fn logs_path(uid: &str) -> String {
     format!("{PATH_SANDBOXES}/{uid}/logs")
+}
+
+/// Path of an exec in one sandbox (see [`crate::exec`]).
+pub fn exec_path(uid: &str) -> String {
+    format!("{PATH_SANDBOXES}/{uid}/exec")
 }
 
 /// Ask an agent to start a sandbox. Sending the same `uid` twice returns the
@@ -338,6 +345,23 @@ pub enum ErrorCode {
     Unavailable,
     /// The client certificate is missing or not from the Fast Sandbox CA.
     Unauthenticated,
+    /// The sandbox exists but its process does not run (still being
+    /// created, or finished: the message says which, with the exit code),
+    /// so nothing can be executed in it nor its files reached.
+    SandboxNotRunning,
+    /// An upload is larger than the agent accepts (`--max-upload-bytes`).
+    PayloadTooLarge,
+    /// A file operation was refused by the sandbox's file permissions or a
+    /// read-only file system.
+    PermissionDenied,
+    /// A path component that must be a directory is not one.
+    NotADirectory,
+    /// The path is a directory where a file is needed.
+    IsADirectory,
+    /// Something other than a directory is already at the path.
+    AlreadyExists,
+    /// A directory to remove is not empty (and `recursive` was not set).
+    DirectoryNotEmpty,
     /// containerd or the agent failed.
     Internal,
 }
@@ -349,7 +373,14 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::NotFound => 404,
-            ErrorCode::Conflict | ErrorCode::ContainerExists => 409,
+            ErrorCode::PermissionDenied => 403,
+            ErrorCode::NotADirectory | ErrorCode::IsADirectory => 400,
+            ErrorCode::Conflict
+            | ErrorCode::ContainerExists
+            | ErrorCode::SandboxNotRunning
+            | ErrorCode::AlreadyExists
+            | ErrorCode::DirectoryNotEmpty => 409,
+            ErrorCode::PayloadTooLarge => 413,
             ErrorCode::ImageNotPresent | ErrorCode::StartFailed => 422,
             ErrorCode::CapacityExceeded => 429,
             ErrorCode::Internal => 500,

@@ -1,7 +1,8 @@
 //! The public API of Fast Sandbox: the `Sandbox` and `SandboxPool` custom
 //! resources (group `sandbox.fast.io`, version `v1alpha1`), the names every
 //! component agrees on, the pure validation shared by admission and the
-//! agent, image reference normalisation, and the agent's `/v1` wire types.
+//! agent, image reference normalisation, and the agent's `/v1` wire types (exec
+//! frames and files included).
 //!
 //! This crate does no I/O, so every component and test can depend on it.
 #![forbid(unsafe_code)]
@@ -11,7 +12,10 @@
 
 pub mod agent;
 pub mod crd;
+pub mod exec;
+pub mod files;
 pub mod image;
+pub mod policy;
 pub mod pool;
 pub mod quantity;
 pub mod sandbox;

@@ -60,9 +60,10 @@ pub struct SandboxPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
-    /// Template of the agent pods. The controller adds what an agent needs
-    /// (privilege, the containerd socket and state directory, the agent
-    /// certificate, labels, the owner reference) and turns hostNetwork off.
+    /// What the pool asks of its agent pods: scheduling, sizing, an agent
+    /// image the operator allows, labels and annotations. Agent pods run in
+    /// the operator's namespace, built from the operator's template; see
+    /// `fast_sandbox_api::policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::pod_template")]
     pub agent_template: Option<PodTemplateSpec>,

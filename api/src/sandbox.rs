@@ -68,8 +68,10 @@ pub struct SandboxSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub exposed_ports: Vec<ExposedPort>,
-    /// Absolute time after which the sandbox is stopped and deleted.
+    /// Absolute time after which the sandbox is stopped and deleted
+    /// (RFC 3339, at most nine fractional digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::date_time")]
     pub expire_time: Option<Time>,
     /// Seconds after the sandbox finishes (Succeeded or Failed) before it is
     /// deleted.

@@ -391,6 +391,41 @@ pub fn validate_create_request(req: &CreateSandboxRequest) -> Result<(), FieldEr
     errs.into_result()
 }
 
+/// Longest exec timeout accepted (a week): a larger one is a mistake.
+pub const MAX_EXEC_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+/// Validates the start frame of an exec; `field` paths are relative to it.
+pub fn validate_exec_request(req: &crate::exec::ExecRequest) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    if req.command.is_empty() {
+        errs.push("command", "is required");
+    }
+    check_exec(
+        &mut errs,
+        "",
+        &req.command,
+        &[],
+        &req.env,
+        req.working_dir.as_deref(),
+    );
+    match req.timeout_seconds {
+        Some(0) => errs.push("timeoutSeconds", "must be at least 1"),
+        Some(t) if t > MAX_EXEC_TIMEOUT_SECONDS => errs.push(
+            "timeoutSeconds",
+            format!("{t} is more than {MAX_EXEC_TIMEOUT_SECONDS}"),
+        ),
+        _ => {}
+    }
+    if let Some(size) = req.terminal_size {
+        if !req.tty {
+            errs.push("terminalSize", "needs tty");
+        } else if size.width == 0 || size.height == 0 {
+            errs.push("terminalSize", "width and height must be at least 1");
+        }
+    }
+    errs.into_result()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,6 +600,40 @@ mod tests {
         assert_eq!(
             fields(validate_create_request(&req)),
             ["uid", "command[0]", "limits.memory"]
+        );
+    }
+
+    #[test]
+    fn exec_requests_name_their_fields() {
+        use crate::exec::{ExecRequest, TerminalSize};
+        let ok = ExecRequest {
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        assert!(validate_exec_request(&ok).is_ok());
+        let bad = ExecRequest {
+            command: vec![],
+            working_dir: Some("tmp".into()),
+            timeout_seconds: Some(0),
+            terminal_size: Some(TerminalSize {
+                width: 80,
+                height: 24,
+            }),
+            env: vec![EnvVar {
+                name: "1X".into(),
+                value: String::new(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(validate_exec_request(&bad)),
+            [
+                "command",
+                "env[0].name",
+                "workingDir",
+                "timeoutSeconds",
+                "terminalSize"
+            ]
         );
     }
 

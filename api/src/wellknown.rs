@@ -5,18 +5,31 @@
 pub const GROUP: &str = "sandbox.fast.io";
 /// API version of the custom resources.
 pub const VERSION: &str = "v1alpha1";
+/// API group of the access API (an aggregated API server): sandboxes'
+/// `log`, `exec` and `files`, which a CRD cannot serve.
+pub const SUBRESOURCE_GROUP: &str = "subresources.sandbox.fast.io";
 /// Category that makes `kubectl get fast-sandbox` list pools and sandboxes.
 pub const CATEGORY: &str = "fast-sandbox";
 
 /// Finalizer the webhook adds at bind time; the controller removes it once
 /// the container is gone from the agent, so no container outlives its object.
 pub const FINALIZER: &str = "sandbox.fast.io/cleanup";
+/// Finalizer the controller puts on every SandboxPool; it removes it once
+/// the pool's agent pods (in the operator's namespace, where no owner
+/// reference can reach across) are gone.
+pub const POOL_FINALIZER: &str = "sandbox.fast.io/agents";
 
 /// Label on a Sandbox naming the agent pod it is bound to (selectable with
 /// `kubectl get sbx -l sandbox.fast.io/agent=<pod>`).
 pub const LABEL_AGENT: &str = "sandbox.fast.io/agent";
 /// Label on agent pods and sandboxes naming their pool.
 pub const LABEL_POOL: &str = "sandbox.fast.io/pool";
+/// Label on agent pods naming their pool's namespace: agent pods live in
+/// the operator's namespace, not their pool's.
+pub const LABEL_POOL_NAMESPACE: &str = "sandbox.fast.io/pool-namespace";
+/// Label on agent pods with the UID of their pool: a pool deleted and
+/// created again under the same name never adopts the old pool's agents.
+pub const LABEL_POOL_UID: &str = "sandbox.fast.io/pool-uid";
 /// Label on pods the pool controller creates; value [`ROLE_AGENT`].
 pub const LABEL_ROLE: &str = "sandbox.fast.io/role";
 /// Value of [`LABEL_ROLE`] for agent pods.
@@ -69,6 +82,8 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// Pool: the controller is adding or removing agents.
     pub const SCALING: &str = "Scaling";
+    /// Pool: growth stopped at the caps the operator set for its namespace.
+    pub const CAPACITY_LIMITED: &str = "CapacityLimited";
 }
 
 /// Machine-readable reasons for conditions, Events and `status.reason`.
@@ -96,6 +111,8 @@ pub mod reason {
     pub const START_ERROR: &str = "StartError";
     /// The agent refused the sandbox for lack of slots; it will be re-placed.
     pub const CAPACITY_EXCEEDED: &str = "CapacityExceeded";
+    /// The sandbox was bound to an agent of another pool; it is re-placed.
+    pub const AGENT_OF_ANOTHER_POOL: &str = "AgentOfAnotherPool";
     /// The agent pod is gone or unreachable past the grace period.
     pub const AGENT_LOST: &str = "AgentLost";
     /// `expireTime` or `ttlSecondsAfterFinished` passed.
@@ -108,4 +125,8 @@ pub mod reason {
     pub const POOL_READY: &str = "AgentsReady";
     /// Pool: fewer than `poolMin` agents are ready.
     pub const POOL_NOT_READY: &str = "AgentsNotReady";
+    /// Pool: the namespace holds as many agents or slots as its cap allows.
+    pub const NAMESPACE_CAP_REACHED: &str = "NamespaceCapReached";
+    /// Pool: its growth is within the namespace's caps.
+    pub const WITHIN_CAPS: &str = "WithinCaps";
 }

@@ -57,6 +57,19 @@ impl LeafSpec {
     }
 }
 
+impl LeafSpec {
+    /// A client certificate whose common name is the caller's identity.
+    pub fn client(secret: &str, name: &str) -> Self {
+        LeafSpec {
+            secret_name: secret.into(),
+            common_name: name.into(),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            usage: Usage::Client,
+        }
+    }
+}
+
 /// The certificates of a Fast Sandbox installation in `namespace`.
 pub fn standard(namespace: &str) -> Vec<LeafSpec> {
     let mut extender = LeafSpec::for_service("fast-sandbox-extender", namespace);
@@ -74,13 +87,14 @@ pub fn standard(namespace: &str) -> Vec<LeafSpec> {
             ip_addresses: Vec::new(),
             usage: Usage::Server,
         },
-        LeafSpec {
-            secret_name: "fast-sandbox-controller-client".into(),
-            common_name: "fast-sandbox-controller".into(),
-            dns_names: Vec::new(),
-            ip_addresses: Vec::new(),
-            usage: Usage::Client,
-        },
+        LeafSpec::client("fast-sandbox-controller-client", "fast-sandbox-controller"),
+        // The access server: served to the apiserver's aggregator, and a
+        // client of agents under a name of its own.
+        LeafSpec::for_service("fast-sandbox-gateway", namespace),
+        LeafSpec::client("fast-sandbox-gateway-client", "fast-sandbox-gateway"),
+        // For a second scheduler profile (deploy/scheduler/second-profile.yaml)
+        // calling the extender.
+        LeafSpec::client("fast-sandbox-scheduler-client", "fast-sandbox-scheduler"),
     ]
 }
 
@@ -228,9 +242,15 @@ mod tests {
                 "fast-sandbox-webhook-tls",
                 "fast-sandbox-extender-tls",
                 "fast-sandbox-agent-tls",
-                "fast-sandbox-controller-client"
+                "fast-sandbox-controller-client",
+                "fast-sandbox-gateway-tls",
+                "fast-sandbox-gateway-client",
+                "fast-sandbox-scheduler-client"
             ]
         );
+        let gw = &standard("fast-sandbox-system")[5];
+        assert_eq!(gw.common_name, "fast-sandbox-gateway");
+        assert_eq!(gw.usage, Usage::Client);
         let w = &standard("fast-sandbox-system")[0];
         assert_eq!(
             w.dns_names,

@@ -1,6 +1,7 @@
 //! Certificates for Fast Sandbox: one CA, and from it the serving
-//! certificates of the webhook, the scheduler extender and the agents, and
-//! the controller's client certificate for mutual TLS to agents.
+//! certificates of the webhook, the scheduler extender, the access server
+//! and the agents, and the client certificates agents accept (the
+//! controller's and the access server's, by name).
 //!
 //! - [`authority`]: the CA, generated once and reused.
 //! - [`leaf`]: what each certificate must say, and whether an existing one
@@ -9,15 +10,16 @@
 //!   local use.
 //! - [`reconcile`]: makes a store hold valid certificates, creating or
 //!   renewing only what is needed.
-//! - [`webhook_config`]: writes the CA into the MutatingWebhookConfiguration.
+//! - [`ca_bundle`]: writes the CA into the webhook configurations and the
+//!   access server's APIService.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rust_2018_idioms)]
 
 pub mod authority;
+pub mod ca_bundle;
 pub mod leaf;
 pub mod reconcile;
 pub mod store;
-pub mod webhook_config;
 
 /// Why certificates could not be made or read.
 #[derive(Debug, thiserror::Error)]

@@ -1,16 +1,19 @@
 //! `fast-sandbox-certs`: makes the CA and the certificates of a Fast Sandbox
 //! installation, stores them in Secrets, writes the CA into the webhook
-//! configuration, and optionally writes everything to a directory.
+//! configurations and the access server's APIService, and optionally writes
+//! everything to a directory.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use fast_sandbox_certs::ca_bundle::{
+    self, API_SERVICE, POLICY_CONFIGURATION, Target, WEBHOOK_CONFIGURATION,
+};
 use fast_sandbox_certs::leaf::{self, DEFAULT_RENEW_WITHIN_SECS};
 use fast_sandbox_certs::reconcile::{self, CA_CRT, Summary};
 use fast_sandbox_certs::store::{Files, Secrets, Store, write_atomically};
-use fast_sandbox_certs::webhook_config::{self, WEBHOOK_CONFIGURATION};
 use fast_sandbox_server::telemetry::{self, LogFormat};
 
 /// Create or renew the certificates of Fast Sandbox.
@@ -31,11 +34,19 @@ struct Args {
     /// Do not talk to a cluster: keep the certificates in --out-dir only.
     #[arg(long, env = "FAST_SANDBOX_CERTS_FILES_ONLY", requires = "out_dir")]
     files_only: bool,
-    /// MutatingWebhookConfiguration whose webhooks get the CA as caBundle.
+    /// MutatingWebhookConfiguration whose webhooks get the CA as caBundle
+    /// (empty: none).
     #[arg(long, env = "FAST_SANDBOX_WEBHOOK_CONFIGURATION", default_value = WEBHOOK_CONFIGURATION)]
     webhook_configuration: String,
-    /// How long to wait for the webhook configuration to appear (it may be
-    /// applied together with the Job that runs this).
+    /// ValidatingWebhookConfiguration whose webhooks get the CA (empty:
+    /// none).
+    #[arg(long, env = "FAST_SANDBOX_POLICY_CONFIGURATION", default_value = POLICY_CONFIGURATION)]
+    policy_configuration: String,
+    /// APIService of the access server that gets the CA (empty: none).
+    #[arg(long, env = "FAST_SANDBOX_API_SERVICE", default_value = API_SERVICE)]
+    api_service: String,
+    /// How long to wait for those objects to appear (they may be applied
+    /// together with the Job that runs this).
     #[arg(long, env = "FAST_SANDBOX_WEBHOOK_WAIT_SECONDS", default_value_t = 120)]
     webhook_wait_seconds: u64,
     /// Renew certificates that expire within this many days.
@@ -79,13 +90,20 @@ async fn main() -> anyhow::Result<()> {
         write_atomically(&dir.join(CA_CRT), summary.authority.cert_pem())?;
     }
     if let Some(client) = client {
-        inject(
-            client,
-            &args.webhook_configuration,
-            summary.authority.cert_pem(),
-            args.webhook_wait_seconds,
-        )
-        .await?;
+        let targets = [
+            Target::Mutating(args.webhook_configuration.clone()),
+            Target::Validating(args.policy_configuration.clone()),
+            Target::ApiService(args.api_service.clone()),
+        ];
+        for target in targets.iter().filter(|t| !t.name().is_empty()) {
+            inject(
+                client.clone(),
+                target,
+                summary.authority.cert_pem(),
+                args.webhook_wait_seconds,
+            )
+            .await?;
+        }
     }
     Ok(())
 }
@@ -100,22 +118,22 @@ async fn write_files(dir: &std::path::Path, summary: &Summary) -> anyhow::Result
 
 async fn inject(
     client: kube::Client,
-    name: &str,
+    target: &Target,
     ca_pem: &str,
     wait_seconds: u64,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_seconds);
     loop {
-        match webhook_config::inject(client.clone(), name, ca_pem).await {
+        match ca_bundle::inject(client.clone(), target, ca_pem).await {
             Ok(Some(changed)) => {
-                tracing::info!(configuration = name, changed, "caBundle up to date");
+                tracing::info!(%target, changed, "caBundle up to date");
                 return Ok(());
             }
-            Ok(None) => tracing::info!(configuration = name, "webhook configuration not found yet"),
-            Err(e) => tracing::warn!(configuration = name, error = %e, "injecting caBundle failed"),
+            Ok(None) => tracing::info!(%target, "not found yet"),
+            Err(e) => tracing::warn!(%target, error = %e, "injecting caBundle failed"),
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("MutatingWebhookConfiguration {name} did not take the CA within {wait_seconds}s");
+            bail!("{target} did not take the CA within {wait_seconds}s");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -201,13 +201,13 @@ mod tests {
         let first = ensure(&files, &specs, now(), DEFAULT_RENEW_WITHIN_SECS)
             .await
             .unwrap();
-        assert_eq!(actions(&first), vec![Action::Created; 5]);
+        assert_eq!(actions(&first), vec![Action::Created; 8]);
         assert!(files.path("fast-sandbox-webhook-tls", "tls.crt").exists());
 
         let second = ensure(&files, &specs, now(), DEFAULT_RENEW_WITHIN_SECS)
             .await
             .unwrap();
-        assert_eq!(actions(&second), vec![Action::Kept; 5]);
+        assert_eq!(actions(&second), vec![Action::Kept; 8]);
         assert_eq!(second.authority.cert_pem(), first.authority.cert_pem());
 
         // SANs changed for one: only that one is renewed, with the same CA.

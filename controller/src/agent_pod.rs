@@ -1,24 +1,31 @@
-//! Construction of an agent pod from a pool's `agentTemplate`: the template
-//! says what the user wants (image, resources, node selectors...), this adds
-//! what every agent needs to work.
+//! Construction of an agent pod. Agent pods are privileged and live in the
+//! operator's namespace, built from the operator's own template (below);
+//! from a pool they take only what [`AgentRequest`] allows: scheduling,
+//! sizing, an agent image the operator lists, and plain labels and
+//! annotations. No owner reference can cross namespaces, so the pool's
+//! labels (namespace, name and UID) tie an agent to its pool, and a
+//! finalizer on the pool removes its agents.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use fast_sandbox_api::SandboxPool;
 use fast_sandbox_api::agent::DEFAULT_PORT;
-use fast_sandbox_api::wellknown::{ANNOTATION_SLOTS, LABEL_POOL, LABEL_ROLE, ROLE_AGENT};
+use fast_sandbox_api::policy::{AGENT_CONTAINER, AgentRequest, Policy};
+use fast_sandbox_api::wellknown::{
+    ANNOTATION_SLOTS, LABEL_POOL, LABEL_POOL_NAMESPACE, LABEL_POOL_UID, LABEL_ROLE, ROLE_AGENT,
+};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource,
     ObjectFieldSelector, Pod, PodSpec, Probe, SecretVolumeSource, SecurityContext, Volume,
     VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
+use kube::ResourceExt;
 
 /// Name of the secret holding the agent's serving certificate, in the
-/// controller's namespace (source) and in every pool's namespace (copy).
+/// operator's namespace next to the agent pods that mount it.
 pub const AGENT_TLS_SECRET: &str = "fast-sandbox-agent-tls";
 /// Where the agent's certificate is mounted.
 pub const AGENT_TLS_DIR: &str = "/etc/fast-sandbox/tls";
@@ -31,10 +38,8 @@ pub const CONTAINERD_SOCKET_DIR_IN_POD: &str = "/run/fast-sandbox/containerd";
 pub const STATE_DIR_IN_POD: &str = "/var/lib/fast-sandbox/agents";
 /// Plain-HTTP port of the agent's `/healthz`, `/readyz` and `/metrics`.
 pub const OPS_PORT: u16 = 9090;
-/// Name of the agent container when the template does not name one `agent`.
-pub const AGENT_CONTAINER: &str = "agent";
-/// Image of the agent container when the template has no container.
-pub const DEFAULT_AGENT_IMAGE: &str = "fast-sandbox/agent:dev";
+/// Longest prefix of a generated pod name (Kubernetes adds 5 characters).
+const MAX_GENERATE_NAME: usize = 58;
 
 const VOLUME_SOCKET: &str = "containerd-socket";
 const VOLUME_STATE: &str = "agent-state";
@@ -43,12 +48,12 @@ const VOLUME_PROC: &str = "host-proc";
 /// Where the host's `/proc` is mounted in the agent: exposed ports are
 /// forwarded into sandboxes' network namespaces found there.
 pub const HOST_PROC_IN_POD: &str = "/host/proc";
-/// Volumes the controller owns in an agent pod.
-const OUR_VOLUMES: [&str; 4] = [VOLUME_SOCKET, VOLUME_STATE, VOLUME_TLS, VOLUME_PROC];
 
 /// Node-level settings every agent pod of this controller shares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentPodSettings {
+    /// Namespace agent pods are created in (the operator's).
+    pub namespace: String,
     /// Host path of containerd's socket.
     pub containerd_socket: String,
     /// Host path of the directory agents keep their state in (one subdir per
@@ -56,6 +61,11 @@ pub struct AgentPodSettings {
     pub state_dir: String,
     /// containerd namespace sandboxes run in.
     pub containerd_namespace: String,
+    /// Service account of agent pods (it needs no API access).
+    pub service_account: String,
+    /// Scheduler of agent pods (a second profile with the extender);
+    /// the cluster's default when unset.
+    pub scheduler_name: Option<String>,
 }
 
 impl AgentPodSettings {
@@ -76,16 +86,20 @@ impl AgentPodSettings {
     }
 }
 
-/// The labels that select a pool's agent pods.
-pub fn selector_labels(pool: &str) -> BTreeMap<String, String> {
+/// The labels that select the agent pods of the pool with this UID.
+pub fn selector_labels(pool: &SandboxPool) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (LABEL_POOL.to_string(), pool.to_string()),
         (LABEL_ROLE.to_string(), ROLE_AGENT.to_string()),
+        (
+            LABEL_POOL_UID.to_string(),
+            pool.metadata.uid.clone().unwrap_or_default(),
+        ),
     ])
 }
 
-/// The `/scale` label selector string of a pool.
-pub fn selector_string(pool: &str) -> String {
+/// The `/scale` label selector string of a pool (its agents live in the
+/// operator's namespace).
+pub fn selector_string(pool: &SandboxPool) -> String {
     selector_labels(pool)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -93,97 +107,59 @@ pub fn selector_string(pool: &str) -> String {
         .join(",")
 }
 
-/// Builds one agent pod of `pool` (named by `generateName`).
-pub fn build(pool: &SandboxPool, settings: &AgentPodSettings) -> Pod {
-    let pool_name = pool.metadata.name.clone().unwrap_or_default();
-    let template = pool.spec.agent_template.clone().unwrap_or_default();
-    let tmeta = template.metadata.unwrap_or_default();
-    let mut spec: PodSpec = template.spec.unwrap_or_default();
+/// The prefix of an agent pod's generated name: `<pool>-<namespace>-`,
+/// shortened to what Kubernetes accepts.
+fn name_prefix(pool: &str, namespace: &str) -> String {
+    let mut p = format!("{pool}-{namespace}");
+    p.truncate(MAX_GENERATE_NAME - 1);
+    let p = p.trim_end_matches(['-', '.']);
+    format!("{p}-")
+}
 
-    let mut labels = tmeta.labels.unwrap_or_default();
-    labels.extend(selector_labels(&pool_name));
-    let mut annotations = tmeta.annotations.unwrap_or_default();
+/// Builds one agent pod of `pool` (named by `generateName`).
+pub fn build(pool: &SandboxPool, policy: &Policy, settings: &AgentPodSettings) -> Pod {
+    let pool_name = pool.name_any();
+    let pool_ns = pool.namespace().unwrap_or_default();
+    let req = AgentRequest::from_template(pool.spec.agent_template.as_ref(), policy);
+
+    let mut labels = req.labels.clone();
+    labels.extend(selector_labels(pool));
+    labels.insert(LABEL_POOL.to_string(), pool_name.clone());
+    labels.insert(LABEL_POOL_NAMESPACE.to_string(), pool_ns.clone());
+    let mut annotations = req.annotations.clone();
     annotations.insert(
         ANNOTATION_SLOTS.to_string(),
         pool.spec.slots_per_agent().to_string(),
     );
 
-    let owner = OwnerReference {
-        api_version: SandboxPool::api_version(&()).to_string(),
-        kind: SandboxPool::kind(&()).to_string(),
-        name: pool_name.clone(),
-        uid: pool.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
+    let spec = PodSpec {
+        // Agents need a network namespace of their own: two agents of a
+        // node would fight over the same ports.
+        host_network: Some(false),
+        service_account_name: Some(settings.service_account.clone()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        node_selector: req.node_selector.clone(),
+        affinity: req.affinity.clone(),
+        tolerations: req.tolerations.clone(),
+        topology_spread_constraints: req.topology_spread_constraints.clone(),
+        priority_class_name: req.priority_class_name.clone(),
+        scheduler_name: settings.scheduler_name.clone(),
+        // Agents are replaced by the pool controller, never restarted in
+        // place onto a different identity; the kubelet may restart the
+        // container.
+        restart_policy: Some("Always".to_string()),
+        containers: vec![agent_container(pool, &req, settings)],
+        volumes: Some(volumes(settings)),
+        ..Default::default()
     };
-
-    // Agents need a network namespace of their own: their logs API listens
-    // on the pod's loopback, which on the host network any host-network pod
-    // of the node could reach, and two agents of a node would fight over
-    // the same ports.
-    spec.host_network = Some(false);
-
-    if spec.containers.is_empty() {
-        spec.containers.push(Container {
-            name: AGENT_CONTAINER.to_string(),
-            image: Some(DEFAULT_AGENT_IMAGE.to_string()),
-            ..Default::default()
-        });
-    }
-    let idx = spec
-        .containers
-        .iter()
-        .position(|c| c.name == AGENT_CONTAINER)
-        .unwrap_or(0);
-    equip_agent_container(&mut spec.containers[idx], pool, settings);
-
-    let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    volumes.retain(|v| !OUR_VOLUMES.contains(&v.name.as_str()));
-    volumes.push(Volume {
-        name: VOLUME_SOCKET.to_string(),
-        host_path: Some(HostPathVolumeSource {
-            path: settings.socket_dir(),
-            type_: Some("Directory".to_string()),
-        }),
-        ..Default::default()
-    });
-    volumes.push(Volume {
-        name: VOLUME_PROC.to_string(),
-        host_path: Some(HostPathVolumeSource {
-            path: "/proc".to_string(),
-            type_: Some("Directory".to_string()),
-        }),
-        ..Default::default()
-    });
-    volumes.push(Volume {
-        name: VOLUME_STATE.to_string(),
-        host_path: Some(HostPathVolumeSource {
-            path: settings.state_dir.clone(),
-            type_: Some("DirectoryOrCreate".to_string()),
-        }),
-        ..Default::default()
-    });
-    volumes.push(Volume {
-        name: VOLUME_TLS.to_string(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(AGENT_TLS_SECRET.to_string()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    // Agents are replaced by the pool controller, never restarted in place
-    // onto a different identity; the kubelet may restart the container.
-    if spec.restart_policy.is_none() {
-        spec.restart_policy = Some("Always".to_string());
-    }
 
     Pod {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{pool_name}-agent-")),
-            namespace: pool.metadata.namespace.clone(),
+            generate_name: Some(name_prefix(&pool_name, &pool_ns)),
+            namespace: Some(settings.namespace.clone()),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references: Some(vec![owner]),
             ..Default::default()
         },
         spec: Some(spec),
@@ -191,40 +167,45 @@ pub fn build(pool: &SandboxPool, settings: &AgentPodSettings) -> Pod {
     }
 }
 
-fn equip_agent_container(c: &mut Container, pool: &SandboxPool, settings: &AgentPodSettings) {
-    if c.image.is_none() {
-        c.image = Some(DEFAULT_AGENT_IMAGE.to_string());
-    }
-    let sc = c
-        .security_context
-        .get_or_insert_with(SecurityContext::default);
-    sc.privileged = Some(true);
+fn volumes(settings: &AgentPodSettings) -> Vec<Volume> {
+    let host = |name: &str, path: String, type_: &str| Volume {
+        name: name.to_string(),
+        host_path: Some(HostPathVolumeSource {
+            path,
+            type_: Some(type_.to_string()),
+        }),
+        ..Default::default()
+    };
+    vec![
+        host(VOLUME_SOCKET, settings.socket_dir(), "Directory"),
+        host(VOLUME_PROC, "/proc".to_string(), "Directory"),
+        host(
+            VOLUME_STATE,
+            settings.state_dir.clone(),
+            "DirectoryOrCreate",
+        ),
+        Volume {
+            name: VOLUME_TLS.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(AGENT_TLS_SECRET.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+}
 
-    let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-    mounts.retain(|m| !OUR_VOLUMES.contains(&m.name.as_str()));
-    mounts.push(VolumeMount {
-        name: VOLUME_SOCKET.to_string(),
-        mount_path: CONTAINERD_SOCKET_DIR_IN_POD.to_string(),
+fn agent_container(
+    pool: &SandboxPool,
+    req: &AgentRequest,
+    settings: &AgentPodSettings,
+) -> Container {
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: read_only.then_some(true),
         ..Default::default()
-    });
-    mounts.push(VolumeMount {
-        name: VOLUME_STATE.to_string(),
-        mount_path: STATE_DIR_IN_POD.to_string(),
-        ..Default::default()
-    });
-    mounts.push(VolumeMount {
-        name: VOLUME_PROC.to_string(),
-        mount_path: HOST_PROC_IN_POD.to_string(),
-        read_only: Some(true),
-        ..Default::default()
-    });
-    mounts.push(VolumeMount {
-        name: VOLUME_TLS.to_string(),
-        mount_path: AGENT_TLS_DIR.to_string(),
-        read_only: Some(true),
-        ..Default::default()
-    });
-
+    };
     let field = |path: &str| EnvVarSource {
         field_ref: Some(ObjectFieldSelector {
             field_path: path.to_string(),
@@ -232,86 +213,79 @@ fn equip_agent_container(c: &mut Container, pool: &SandboxPool, settings: &Agent
         }),
         ..Default::default()
     };
-    let ours = [
-        ("POD_NAME", None, Some(field("metadata.name"))),
-        ("POD_NAMESPACE", None, Some(field("metadata.namespace"))),
-        ("POD_UID", None, Some(field("metadata.uid"))),
-        ("NODE_NAME", None, Some(field("spec.nodeName"))),
-        ("POD_IP", None, Some(field("status.podIP"))),
-        (
-            "FAST_SANDBOX_HOST_PROC",
-            Some(HOST_PROC_IN_POD.to_string()),
-            None,
-        ),
-        ("SLOTS", Some(pool.spec.slots_per_agent().to_string()), None),
-        (
-            "FAST_SANDBOX_CONTAINERD_NAMESPACE",
-            Some(settings.containerd_namespace.clone()),
-            None,
-        ),
-        (
-            "CONTAINERD_SOCKET",
-            Some(format!(
-                "{CONTAINERD_SOCKET_DIR_IN_POD}/{}",
-                settings.socket_file()
-            )),
-            None,
-        ),
-        (
-            "FAST_SANDBOX_STATE_DIR",
-            Some(STATE_DIR_IN_POD.to_string()),
-            None,
-        ),
-        (
-            "FAST_SANDBOX_TLS_CERT",
-            Some(format!("{AGENT_TLS_DIR}/tls.crt")),
-            None,
-        ),
-        (
-            "FAST_SANDBOX_TLS_KEY",
-            Some(format!("{AGENT_TLS_DIR}/tls.key")),
-            None,
-        ),
-        (
-            "FAST_SANDBOX_CLIENT_CA",
-            Some(format!("{AGENT_TLS_DIR}/ca.crt")),
-            None,
-        ),
-    ];
-    let env = c.env.get_or_insert_with(Vec::new);
-    env.retain(|e| !ours.iter().any(|(n, _, _)| *n == e.name));
-    env.extend(ours.into_iter().map(|(name, value, value_from)| EnvVar {
+    let value = |name: &str, v: String| EnvVar {
         name: name.to_string(),
-        value,
-        value_from,
-    }));
-
-    let ports = c.ports.get_or_insert_with(Vec::new);
-    for (name, port) in [
-        ("api", i32::from(DEFAULT_PORT)),
-        ("ops", i32::from(OPS_PORT)),
-    ] {
-        if !ports.iter().any(|p| p.container_port == port) {
-            ports.push(ContainerPort {
-                name: Some(name.to_string()),
-                container_port: port,
-                protocol: Some("TCP".to_string()),
-                ..Default::default()
-            });
-        }
-    }
-
-    c.readiness_probe = Some(Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/readyz".to_string()),
-            port: IntOrString::Int(i32::from(OPS_PORT)),
-            scheme: Some("HTTP".to_string()),
+        value: Some(v),
+        value_from: None,
+    };
+    let from = |name: &str, path: &str| EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(field(path)),
+    };
+    Container {
+        name: AGENT_CONTAINER.to_string(),
+        image: Some(req.image.clone()),
+        image_pull_policy: req.image_pull_policy.clone(),
+        resources: req.resources.clone(),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
             ..Default::default()
         }),
-        period_seconds: Some(1),
-        failure_threshold: Some(3),
+        volume_mounts: Some(vec![
+            mount(VOLUME_SOCKET, CONTAINERD_SOCKET_DIR_IN_POD, false),
+            mount(VOLUME_STATE, STATE_DIR_IN_POD, false),
+            mount(VOLUME_PROC, HOST_PROC_IN_POD, true),
+            mount(VOLUME_TLS, AGENT_TLS_DIR, true),
+        ]),
+        env: Some(vec![
+            from("POD_NAME", "metadata.name"),
+            from("POD_NAMESPACE", "metadata.namespace"),
+            from("POD_UID", "metadata.uid"),
+            from("NODE_NAME", "spec.nodeName"),
+            from("POD_IP", "status.podIP"),
+            value("FAST_SANDBOX_HOST_PROC", HOST_PROC_IN_POD.to_string()),
+            value("SLOTS", pool.spec.slots_per_agent().to_string()),
+            value(
+                "FAST_SANDBOX_CONTAINERD_NAMESPACE",
+                settings.containerd_namespace.clone(),
+            ),
+            value(
+                "CONTAINERD_SOCKET",
+                format!("{CONTAINERD_SOCKET_DIR_IN_POD}/{}", settings.socket_file()),
+            ),
+            value("FAST_SANDBOX_STATE_DIR", STATE_DIR_IN_POD.to_string()),
+            value("FAST_SANDBOX_TLS_CERT", format!("{AGENT_TLS_DIR}/tls.crt")),
+            value("FAST_SANDBOX_TLS_KEY", format!("{AGENT_TLS_DIR}/tls.key")),
+            value("FAST_SANDBOX_CLIENT_CA", format!("{AGENT_TLS_DIR}/ca.crt")),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("api".to_string()),
+                container_port: i32::from(DEFAULT_PORT),
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("ops".to_string()),
+                container_port: i32::from(OPS_PORT),
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".to_string()),
+                port: IntOrString::Int(i32::from(OPS_PORT)),
+                scheme: Some("HTTP".to_string()),
+                ..Default::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
         ..Default::default()
-    });
+    }
 }
 
 #[cfg(test)]
@@ -322,36 +296,21 @@ mod tests {
 
     fn settings() -> AgentPodSettings {
         AgentPodSettings {
+            namespace: "fast-sandbox-system".into(),
             containerd_socket: "/var/lib/c/containerd.sock".into(),
             state_dir: "/var/lib/fast-sandbox/agents".into(),
             containerd_namespace: "k8s.io".into(),
+            service_account: "fast-sandbox-agent".into(),
+            scheduler_name: None,
         }
     }
 
-    fn pool() -> SandboxPool {
+    fn pool(template: serde_json::Value) -> SandboxPool {
         let mut p = SandboxPool::new(
             "default-pool",
             SandboxPoolSpec {
                 max_sandboxes_per_agent: Some(8),
-                agent_template: Some(PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(BTreeMap::from([("team".into(), "x".into())])),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: "agent".into(),
-                            image: Some("fast-sandbox/agent:dev".into()),
-                            env: Some(vec![EnvVar {
-                                name: "RUST_LOG".into(),
-                                value: Some("debug".into()),
-                                value_from: None,
-                            }]),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                }),
+                agent_template: Some(serde_json::from_value::<PodTemplateSpec>(template).unwrap()),
                 ..Default::default()
             },
         );
@@ -360,25 +319,40 @@ mod tests {
         p
     }
 
+    fn original() -> SandboxPool {
+        pool(serde_json::json!({
+            "metadata": {"labels": {"team": "x"}},
+            "spec": {"containers": [{"name": "agent", "image": "fast-sandbox/agent:dev"}]}
+        }))
+    }
+
     #[test]
-    fn agent_pod_has_everything_an_agent_needs() {
-        let pod = build(&pool(), &settings());
+    fn agent_pods_live_in_the_operators_namespace_tied_to_their_pool_by_labels() {
+        let pod = build(&original(), &Policy::default(), &settings());
         let meta = &pod.metadata;
-        assert_eq!(meta.generate_name.as_deref(), Some("default-pool-agent-"));
-        assert_eq!(meta.namespace.as_deref(), Some("team-a"));
+        assert_eq!(meta.namespace.as_deref(), Some("fast-sandbox-system"));
+        assert_eq!(meta.generate_name.as_deref(), Some("default-pool-team-a-"));
+        assert!(meta.owner_references.is_none(), "no cross-namespace owner");
         let labels = meta.labels.as_ref().unwrap();
         assert_eq!(labels[LABEL_POOL], "default-pool");
+        assert_eq!(labels[LABEL_POOL_NAMESPACE], "team-a");
+        assert_eq!(labels[LABEL_POOL_UID], "pool-uid");
         assert_eq!(labels[LABEL_ROLE], ROLE_AGENT);
         assert_eq!(labels["team"], "x");
         assert_eq!(meta.annotations.as_ref().unwrap()[ANNOTATION_SLOTS], "8");
-        let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!(owner.kind, "SandboxPool");
-        assert_eq!(owner.api_version, "sandbox.fast.io/v1alpha1");
-        assert_eq!(owner.uid, "pool-uid");
-        assert_eq!(owner.controller, Some(true));
+        assert_eq!(
+            selector_string(&original()),
+            "sandbox.fast.io/pool-uid=pool-uid,sandbox.fast.io/role=agent"
+        );
+    }
 
+    #[test]
+    fn agent_pod_has_everything_an_agent_needs() {
+        let pod = build(&original(), &Policy::default(), &settings());
         let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.containers.len(), 1);
         let c = &spec.containers[0];
+        assert_eq!(c.name, AGENT_CONTAINER);
         assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
         let mounts: Vec<(&str, &str)> = c
             .volume_mounts
@@ -394,25 +368,12 @@ mod tests {
         let socket = vols.iter().find(|v| v.name == VOLUME_SOCKET).unwrap();
         assert_eq!(socket.host_path.as_ref().unwrap().path, "/var/lib/c");
         let env = c.env.as_ref().unwrap();
-        let sock = env.iter().find(|e| e.name == "CONTAINERD_SOCKET").unwrap();
+        let get = |n: &str| env.iter().find(|e| e.name == n).unwrap();
         assert_eq!(
-            sock.value.as_deref(),
+            get("CONTAINERD_SOCKET").value.as_deref(),
             Some("/run/fast-sandbox/containerd/containerd.sock")
         );
-        let tls = vols.iter().find(|v| v.name == VOLUME_TLS).unwrap();
-        assert_eq!(
-            tls.secret.as_ref().unwrap().secret_name.as_deref(),
-            Some(AGENT_TLS_SECRET)
-        );
-
-        let env = c.env.as_ref().unwrap();
-        let get = |n: &str| env.iter().find(|e| e.name == n).unwrap();
-        assert_eq!(get("RUST_LOG").value.as_deref(), Some("debug"));
         assert_eq!(get("SLOTS").value.as_deref(), Some("8"));
-        assert_eq!(
-            get("FAST_SANDBOX_CONTAINERD_NAMESPACE").value.as_deref(),
-            Some("k8s.io")
-        );
         for (name, path) in [
             ("POD_NAME", "metadata.name"),
             ("POD_NAMESPACE", "metadata.namespace"),
@@ -436,41 +397,83 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(probe.path.as_deref(), Some("/readyz"));
-        assert_eq!(probe.port, IntOrString::Int(9090));
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("fast-sandbox-agent")
+        );
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn a_template_cannot_widen_the_pod() {
+        let evil = pool(serde_json::json!({
+            "metadata": {"labels": {"app.kubernetes.io/name": "fast-sandbox-webhook"}},
+            "spec": {
+                "hostNetwork": true, "hostPID": true, "nodeName": "n1",
+                "serviceAccountName": "fast-sandbox-controller",
+                "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+                "initContainers": [{"name": "i", "image": "evil"}],
+                "nodeSelector": {"disk": "ssd"},
+                "containers": [
+                    {"name": "agent", "image": "evil/root:1", "command": ["/bin/sh"],
+                     "env": [{"name": "FAST_SANDBOX_ALLOWED_CLIENTS", "value": "anyone"}],
+                     "volumeMounts": [{"name": "root", "mountPath": "/host"}],
+                     "resources": {"limits": {"memory": "1Gi"}}},
+                    {"name": "sidecar", "image": "evil"}
+                ]
+            }
+        }));
+        let pod = build(&evil, &Policy::default(), &settings());
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.host_network, Some(false));
+        assert_eq!(spec.host_pid, None);
+        assert_eq!(spec.node_name, None);
+        assert!(spec.init_containers.is_none());
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("fast-sandbox-agent")
+        );
+        assert_eq!(spec.containers.len(), 1);
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("fast-sandbox/agent:dev"));
+        assert!(c.command.is_none());
         assert!(
-            c.ports
+            c.env
                 .as_ref()
                 .unwrap()
                 .iter()
-                .any(|p| p.container_port == 9443)
+                .all(|e| e.name != "FAST_SANDBOX_ALLOWED_CLIENTS")
         );
-    }
-
-    #[test]
-    fn empty_template_still_makes_a_working_agent() {
-        let mut p = pool();
-        p.spec.agent_template = None;
-        let pod = build(&p, &settings());
-        let c = &pod.spec.as_ref().unwrap().containers[0];
-        assert_eq!(c.name, AGENT_CONTAINER);
-        assert_eq!(c.image.as_deref(), Some(DEFAULT_AGENT_IMAGE));
-    }
-
-    #[test]
-    fn host_network_in_the_template_is_turned_off() {
-        let mut p = pool();
-        if let Some(spec) = p.spec.agent_template.as_mut().and_then(|t| t.spec.as_mut()) {
-            spec.host_network = Some(true);
-        }
-        let pod = build(&p, &settings());
-        assert_eq!(pod.spec.unwrap().host_network, Some(false));
-    }
-
-    #[test]
-    fn selector_string_is_stable() {
-        assert_eq!(
-            selector_string("p"),
-            "sandbox.fast.io/pool=p,sandbox.fast.io/role=agent"
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|m| m.name != "root")
         );
+        assert!(
+            spec.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "root")
+        );
+        assert!(
+            !pod.metadata
+                .labels
+                .unwrap()
+                .contains_key("app.kubernetes.io/name")
+        );
+        // What a pool may choose is kept.
+        assert_eq!(spec.node_selector.as_ref().unwrap()["disk"], "ssd");
+        assert!(c.resources.is_some());
+    }
+
+    #[test]
+    fn long_names_are_shortened_for_generate_name() {
+        let p = name_prefix(&"p".repeat(100), "ns");
+        assert!(p.len() <= MAX_GENERATE_NAME, "{p}");
+        assert!(p.ends_with('-'));
+        assert_eq!(name_prefix("a", "b"), "a-b-");
     }
 }

@@ -5,8 +5,8 @@
 //! kept per agent and turned into reconcile triggers for the sandboxes
 //! concerned; nothing polls the agents.
 //!
-//! The same pod observations feed the placement index, so re-placement sees
-//! the agents admission sees.
+//! Agent pods all live in the operator's namespace, so an agent is known
+//! by its pod name; its pool (namespace and name) comes from its labels.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -15,20 +15,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fast_sandbox_api::agent::{EventKind, SandboxEvent, SandboxInfo};
-use fast_sandbox_api::wellknown::{
-    ANNOTATION_DRAINING, ANNOTATION_RESERVATION, ANNOTATION_SLOTS, LABEL_POOL,
-};
+use fast_sandbox_api::wellknown::{ANNOTATION_DRAINING, LABEL_POOL, LABEL_POOL_NAMESPACE};
 use fast_sandbox_api::{Sandbox, SandboxPool};
-use fast_sandbox_webhook::placement::{self, AgentState, Index};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
-use crate::agent_client::{AgentClient, ClientTls};
 use crate::janitor::Trigger;
 use crate::transition::info_after_event;
+use fast_sandbox_agent_client::{AgentClient, ClientTls};
 
 /// Deleted agent pod names remembered (pod names are generated, so a name
 /// is never reused in practice); the set is cleared when full.
@@ -53,7 +50,7 @@ pub struct View {
 /// One live agent pod.
 #[derive(Debug)]
 pub struct Agent {
-    /// Namespace of the pod.
+    /// Namespace of its pool (the pod itself is in the operator's).
     pub namespace: String,
     /// Pod name.
     pub name: String,
@@ -128,7 +125,6 @@ pub struct Agents {
     entries: Mutex<HashMap<String, Arc<Agent>>>,
     deleted: Mutex<HashSet<String>>,
     sandboxes: Store<Sandbox>,
-    index: Arc<Index>,
     sandbox_tx: UnboundedSender<ObjectRef<Sandbox>>,
     pool_tx: UnboundedSender<ObjectRef<SandboxPool>>,
     janitor_tx: UnboundedSender<Trigger>,
@@ -138,10 +134,6 @@ impl std::fmt::Debug for Agents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agents").field("port", &self.port).finish()
     }
-}
-
-fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
 }
 
 /// Whether the pod's `Ready` condition is true.
@@ -167,34 +159,21 @@ pub fn pod_draining(pod: &Pod) -> bool {
     pod.annotations().contains_key(ANNOTATION_DRAINING)
 }
 
-/// The placement index's view of an agent pod.
-pub fn agent_state(pod: &Pod) -> AgentState {
-    let ns = pod.namespace().unwrap_or_default();
-    AgentState {
-        pool_key: placement::pool_key(&ns, pod.labels().get(LABEL_POOL).map_or("", String::as_str)),
-        pod_name: pod.name_any(),
-        node_name: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        ready: pod_ready(pod) && !pod_gone(pod),
-        draining: pod_draining(pod),
-        slots_total: pod
-            .annotations()
-            .get(ANNOTATION_SLOTS)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(fast_sandbox_api::pool::DEFAULT_SLOTS_PER_AGENT as u32),
-        images: Vec::new(),
-    }
+/// The pool an agent pod belongs to: its namespace and name, from labels.
+pub fn pool_of(pod: &Pod) -> Option<(String, String)> {
+    let l = pod.labels();
+    Some((
+        l.get(LABEL_POOL_NAMESPACE)?.clone(),
+        l.get(LABEL_POOL)?.clone(),
+    ))
 }
 
-/// Whether a sandbox holds a slot in the placement index's terms: bound and
-/// not finished.
-pub fn holds_slot(sb: &Sandbox) -> bool {
-    sb.spec.agent_ref.is_some()
-        && !sb.phase().is_finished()
-        && sb.metadata.deletion_timestamp.is_none()
+/// The node of a pod, empty while unscheduled.
+pub fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
 }
 
 impl Agents {
@@ -205,7 +184,6 @@ impl Agents {
         tls: ClientTls,
         port: u16,
         sandboxes: Store<Sandbox>,
-        index: Arc<Index>,
         sandbox_tx: UnboundedSender<ObjectRef<Sandbox>>,
         pool_tx: UnboundedSender<ObjectRef<SandboxPool>>,
         janitor_tx: UnboundedSender<Trigger>,
@@ -216,7 +194,6 @@ impl Agents {
             entries: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashSet::new()),
             sandboxes,
-            index,
             sandbox_tx,
             pool_tx,
             janitor_tx,
@@ -235,9 +212,9 @@ impl Agents {
         }
     }
 
-    /// The live agent `namespace/name`, if any.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Agent>> {
-        self.entries().get(&key(namespace, name)).cloned()
+    /// The live agent of pod `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<Agent>> {
+        self.entries().get(name).cloned()
     }
 
     /// The live agents on `node`.
@@ -249,46 +226,39 @@ impl Agents {
             .collect()
     }
 
+    /// The live agents of pool `namespace/pool`.
+    pub fn of_pool(&self, namespace: &str, pool: &str) -> Vec<Arc<Agent>> {
+        self.entries()
+            .values()
+            .filter(|a| a.namespace == namespace && a.pool == pool)
+            .cloned()
+            .collect()
+    }
+
     fn agent_gone_from(&self, node: &str) {
         if !node.is_empty() {
             let _ = self.janitor_tx.send(Trigger::AgentGone(node.to_string()));
         }
     }
 
-    /// The placement index fed by this directory.
-    pub fn index(&self) -> &Arc<Index> {
-        &self.index
-    }
-
-    /// A sandbox changed (from the sandbox watch): keeps the index's slot
-    /// accounting in step.
-    pub fn observe_sandbox(&self, sb: &Sandbox) {
-        let Some(uid) = sb.metadata.uid.as_deref() else {
-            return;
-        };
-        let reservation = sb
-            .annotations()
-            .get(ANNOTATION_RESERVATION)
-            .map(String::as_str);
-        match (&sb.spec.agent_ref, holds_slot(sb)) {
-            (Some(r), true) => self.index.observe_bound(
-                uid,
-                reservation,
-                &sb.namespace().unwrap_or_default(),
-                &r.pod_name,
-            ),
-            _ => self.index.observe_unbound(uid, reservation),
-        }
-    }
-
-    /// A sandbox was deleted (from the sandbox watch).
+    /// A sandbox was deleted (from the sandbox watch): its pool may shrink
+    /// and, if it held a slot, sandboxes waiting for one may take it. If
+    /// its agent still holds its container (the object went without the
+    /// cleanup finalizer, say by force), the container goes too.
     pub fn forget_sandbox(&self, sb: &Sandbox) {
-        if let Some(uid) = sb.metadata.uid.as_deref() {
-            let reservation = sb
-                .annotations()
-                .get(ANNOTATION_RESERVATION)
-                .map(String::as_str);
-            self.index.observe_unbound(uid, reservation);
+        if let (Some(uid), Some(r)) = (sb.metadata.uid.clone(), sb.spec.agent_ref.as_ref())
+            && let Some(agent) = self.get(&r.pod_name)
+            && agent.view().sandboxes.contains_key(&uid)
+        {
+            tracing::info!(sandbox = %sb.name_any(), agent = %agent.name, "sandbox object gone with its container still on the agent; removing it");
+            tokio::spawn(async move {
+                match agent.client.delete(&uid).await {
+                    Ok(_) => agent.record_deleted(&uid),
+                    Err(e) => {
+                        tracing::warn!(agent = %agent.name, uid, error = %e, "cannot remove the container of a deleted sandbox; the agent's next listing retries")
+                    }
+                }
+            });
         }
         if let Some(ns) = sb.namespace() {
             let _ = self
@@ -302,33 +272,36 @@ impl Agents {
 
     /// An agent pod was added or changed (from the pod watch).
     pub fn observe_pod(self: &Arc<Self>, pod: &Pod) {
-        let (Some(ns), name) = (pod.namespace(), pod.name_any()) else {
+        let name = pod.name_any();
+        let Some((pool_ns, pool)) = pool_of(pod) else {
+            // Not an agent of any pool: nothing to follow.
+            if let Some(old) = self.entries().remove(&name) {
+                old.stop();
+            }
             return;
         };
-        self.index.upsert_agent(agent_state(pod));
         let ip = pod
             .status
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse::<IpAddr>().ok());
         let uid = pod.uid().unwrap_or_default();
-        let k = key(&ns, &name);
         match ip {
             Some(ip) if !pod_gone(pod) => {
                 let addr = SocketAddr::new(ip, self.port);
                 let fresh = {
                     let entries = self.entries();
                     !entries
-                        .get(&k)
+                        .get(&name)
                         .is_some_and(|a| a.uid == uid && a.client.addr() == addr)
                 };
                 if fresh {
                     let agent = Arc::new(Agent {
-                        namespace: ns.clone(),
+                        namespace: pool_ns.clone(),
                         name: name.clone(),
                         uid,
-                        node: agent_state(pod).node_name,
-                        pool: pod.labels().get(LABEL_POOL).cloned().unwrap_or_default(),
+                        node: node_of(pod),
+                        pool: pool.clone(),
                         client: AgentClient::new(addr, self.tls.clone()),
                         view: Mutex::new(View {
                             unreachable_since: Some(Utc::now()),
@@ -339,60 +312,58 @@ impl Agents {
                     let task = tokio::spawn(Arc::clone(self).follow(Arc::downgrade(&agent)));
                     *agent.task.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(task.abort_handle());
-                    if let Some(old) = self.entries().insert(k, agent) {
+                    if let Some(old) = self.entries().insert(name.clone(), agent) {
                         old.stop();
                     }
                 }
             }
             _ => {
-                if let Some(old) = self.entries().remove(&k) {
+                if let Some(old) = self.entries().remove(&name) {
                     old.stop();
                 }
             }
         }
         self.trigger_pod(
-            &ns,
+            &pool_ns,
             &name,
-            pod.labels().get(LABEL_POOL),
-            pod_ready(pod) && !pod_draining(pod),
+            Some(&pool),
+            pod_ready(pod) && !pod_draining(pod) && !pod_gone(pod),
         );
     }
 
-    /// Whether the pod watch saw agent pod `namespace/name` deleted, as
-    /// opposed to not having seen it yet.
-    pub fn was_deleted(&self, namespace: &str, name: &str) -> bool {
+    /// Whether the pod watch saw agent pod `name` deleted, as opposed to
+    /// not having seen it yet.
+    pub fn was_deleted(&self, name: &str) -> bool {
         self.deleted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&key(namespace, name))
+            .contains(name)
     }
 
-    fn remember_deleted(&self, namespace: &str, name: &str) {
+    fn remember_deleted(&self, name: &str) {
         let mut d = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
         if d.len() >= MAX_REMEMBERED_DELETIONS {
             d.clear();
         }
-        d.insert(key(namespace, name));
+        d.insert(name.to_string());
     }
 
     /// An agent pod was deleted (from the pod watch).
     pub fn forget_pod(&self, pod: &Pod) {
-        let (Some(ns), name) = (pod.namespace(), pod.name_any()) else {
-            return;
-        };
-        self.remember_deleted(&ns, &name);
-        self.index.remove_agent(&ns, &name);
-        if let Some(old) = self.entries().remove(&key(&ns, &name)) {
+        let name = pod.name_any();
+        self.remember_deleted(&name);
+        if let Some(old) = self.entries().remove(&name) {
             old.stop();
         }
-        self.trigger_pod(&ns, &name, pod.labels().get(LABEL_POOL), false);
-        self.agent_gone_from(&agent_state(pod).node_name);
+        if let Some((ns, pool)) = pool_of(pod) {
+            self.trigger_pod(&ns, &name, Some(&pool), false);
+        }
+        self.agent_gone_from(&node_of(pod));
     }
 
-    /// After a re-list of agent pods: forgets the ones not in `alive`
-    /// (`namespace/name` keys).
+    /// After a re-list of agent pods: forgets the ones not in `alive` (pod
+    /// names).
     pub fn retain_pods(&self, alive: &HashSet<String>) {
-        self.index.retain_agents(|k| alive.contains(k));
         let gone: Vec<Arc<Agent>> = {
             let mut entries = self.entries();
             let keys: Vec<String> = entries
@@ -404,7 +375,7 @@ impl Agents {
         };
         for a in gone {
             a.stop();
-            self.remember_deleted(&a.namespace, &a.name);
+            self.remember_deleted(&a.name);
             self.trigger_pod(&a.namespace, &a.name, Some(&a.pool), false);
             self.agent_gone_from(&a.node);
         }
@@ -583,25 +554,19 @@ impl Agents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fast_sandbox_api::{AgentRef, SandboxPhase, SandboxSpec, SandboxStatus};
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::BTreeMap;
 
-    fn pod(ready: bool, draining: bool) -> Pod {
-        let mut annotations = BTreeMap::from([(ANNOTATION_SLOTS.to_string(), "8".to_string())]);
-        if draining {
-            annotations.insert(
-                ANNOTATION_DRAINING.to_string(),
-                "2026-01-01T00:00:00Z".into(),
-            );
-        }
+    fn pod(ready: bool) -> Pod {
         Pod {
             metadata: ObjectMeta {
-                name: Some("p-agent-x".into()),
-                namespace: Some("ns".into()),
-                labels: Some(BTreeMap::from([(LABEL_POOL.to_string(), "p".to_string())])),
-                annotations: Some(annotations),
+                name: Some("p-ns-x".into()),
+                namespace: Some("fast-sandbox-system".into()),
+                labels: Some(BTreeMap::from([
+                    (LABEL_POOL.to_string(), "p".to_string()),
+                    (LABEL_POOL_NAMESPACE.to_string(), "team".to_string()),
+                ])),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -621,45 +586,22 @@ mod tests {
     }
 
     #[test]
-    fn agent_state_reads_pool_node_slots_and_draining() {
-        let s = agent_state(&pod(true, true));
-        assert_eq!(s.pool_key, "ns/p");
-        assert_eq!(s.pod_name, "p-agent-x");
-        assert_eq!(s.node_name, "node1");
-        assert_eq!(s.slots_total, 8);
-        assert!(s.ready && s.draining);
-        assert!(!agent_state(&pod(false, false)).ready);
+    fn the_pool_and_node_come_from_the_pod() {
+        let p = pod(true);
+        assert_eq!(pool_of(&p), Some(("team".into(), "p".into())));
+        assert_eq!(node_of(&p), "node1");
+        assert!(pod_ready(&p));
+        assert!(!pod_ready(&pod(false)));
+        let mut bare = p.clone();
+        bare.metadata.labels = None;
+        assert_eq!(pool_of(&bare), None);
     }
 
     #[test]
     fn terminating_or_failed_pods_are_gone() {
-        let mut p = pod(true, false);
+        let mut p = pod(true);
         assert!(!pod_gone(&p));
         p.status.as_mut().unwrap().phase = Some("Failed".into());
         assert!(pod_gone(&p));
-        assert!(!agent_state(&p).ready, "a gone pod is never schedulable");
-    }
-
-    #[test]
-    fn finished_or_unbound_sandboxes_hold_no_slot() {
-        let mut sb = Sandbox::new(
-            "s",
-            SandboxSpec {
-                agent_ref: Some(AgentRef {
-                    pod_name: "a".into(),
-                    node_name: String::new(),
-                }),
-                ..Default::default()
-            },
-        );
-        assert!(holds_slot(&sb));
-        sb.status = Some(SandboxStatus {
-            phase: Some(SandboxPhase::Succeeded),
-            ..Default::default()
-        });
-        assert!(!holds_slot(&sb));
-        sb.status = None;
-        sb.spec.agent_ref = None;
-        assert!(!holds_slot(&sb));
     }
 }

@@ -5,7 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use fast_sandbox_api::policy::Policy;
 use fast_sandbox_api::{Sandbox, SandboxPool, SandboxStatus};
+use fast_sandbox_k8s::policy::SharedPolicy;
+use fast_sandbox_placement::{Feed, Index};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Event, Recorder};
 use kube::runtime::reflector::{Lookup, ObjectRef, Store};
@@ -46,8 +49,11 @@ pub const FIELD_MANAGER: &str = "fast-sandbox-controller";
 /// Tunables of the reconcilers.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Namespace the controller runs in (source of the agent TLS secret).
+    /// Namespace the controller runs in (its Lease, the policy ConfigMap).
     pub namespace: String,
+    /// The one namespace whose pools and sandboxes are watched (`None`:
+    /// all).
+    pub watch_namespace: Option<String>,
     /// How long an agent may be unreachable before its sandboxes are Lost.
     pub agent_lost_grace: Duration,
     /// How long an agent stays marked draining before it may be deleted.
@@ -60,7 +66,8 @@ pub struct Settings {
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Agent pods (all namespaces, label `sandbox.fast.io/role=agent`).
+    /// Agent pods (the operator's namespace, label
+    /// `sandbox.fast.io/role=agent`).
     pub pods: Store<Pod>,
     /// Sandboxes.
     pub sandboxes: Store<Sandbox>,
@@ -68,6 +75,12 @@ pub struct Context {
     pub pools: Store<SandboxPool>,
     /// Live agents and their views.
     pub agents: Arc<Agents>,
+    /// The placement index (the same implementation admission uses).
+    pub index: Arc<Index>,
+    /// What feeds the index from the watches.
+    pub feed: Arc<Mutex<Feed>>,
+    /// The operator's policy: agent images, template rules, caps.
+    pub policy: SharedPolicy,
     /// Collects what gone agents left on their nodes.
     pub janitor: Arc<Janitor>,
     /// Metrics.
@@ -80,12 +93,13 @@ pub struct Context {
     pub pool_tx: UnboundedSender<ObjectRef<SandboxPool>>,
     /// Pods created or deleted whose change the pod cache has not shown yet.
     pub expectations: Expectations,
-    /// Namespaces whose agent TLS secret copy is known to be current.
-    pub tls_copied: Mutex<HashSet<String>>,
     /// Consecutive failures per object, for backoff.
     pub failures: Mutex<HashMap<String, u32>>,
     /// The last status written per sandbox.
     pub written: Arc<StatusCache>,
+    /// One pool of a namespace plans growth at a time, so concurrent
+    /// reconciles of its pools never overshoot the namespace's caps.
+    pub namespace_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -116,6 +130,16 @@ impl Context {
         store_ready(&self.pools).await;
     }
 
+    /// The lock under which pools of `namespace` plan their growth.
+    pub fn namespace_lock(&self, namespace: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .namespace_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(namespace.to_string()).or_default().clone()
+    }
+
     /// Backoff after the n-th consecutive failure of `key`.
     pub fn backoff(&self, key: &str) -> Duration {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,6 +147,19 @@ impl Context {
         *n = n.saturating_add(1);
         let ms = 100u64.saturating_mul(1 << (*n - 1).min(9));
         Duration::from_millis(ms.min(30_000))
+    }
+
+    /// The policy now.
+    pub fn policy(&self) -> Policy {
+        self.policy.get()
+    }
+
+    /// Applies a watch event to the placement index.
+    pub fn feed(&self, change: fast_sandbox_placement::Change) {
+        self.feed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(change);
     }
 
     /// Forgets the failures of `key` after a success.
@@ -203,6 +240,21 @@ impl Expectations {
             .or_default()
             .deleted
             .insert(pod.to_string(), Instant::now());
+    }
+
+    /// Pods created for pools whose key starts with `prefix` (a
+    /// namespace's, `ns/`) that the cache does not show yet.
+    pub fn created_in(&self, prefix: &str) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .flat_map(|(_, e)| {
+                e.created
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() < EXPECTATION_TIMEOUT)
+                    .map(|(n, _)| n.clone())
+            })
+            .collect()
     }
 
     /// Given the pods the cache shows for `pool` (`seen`, and which of them

@@ -1,6 +1,6 @@
 //! Errors of the reconcilers, with a short label per kind for metrics.
 
-use crate::agent_client::ClientError;
+use fast_sandbox_agent_client::ClientError;
 
 /// Why a reconcile failed; it is retried with backoff.
 #[derive(Debug, thiserror::Error)]

@@ -12,8 +12,8 @@
 //! The agent removes every managed container whose agent is not in the
 //! live list it is sent, so **the live list must never be partial**: an
 //! agent pod missing from it loses its sandboxes. The list is therefore
-//! built only from the pod cache after its first full list, and only when
-//! that cache covers every namespace (agents of every pool on the node);
+//! built only from the pod cache after its first full list (every agent pod
+//! lives in the operator's namespace, which the cache covers whole);
 //! otherwise the sweep is refused ([`Refusal`]). A pod counts as live while
 //! it exists at all, terminating or finished included.
 
@@ -27,9 +27,9 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::agent_client::ClientError;
 use crate::agents::Agents;
 use crate::metrics::Metrics;
+use fast_sandbox_agent_client::ClientError;
 
 /// Why the janitor should look at a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub enum SweepError {
     /// The agent could not be reached or refused.
     #[error("agent {agent}: {source}")]
     Agent {
-        /// `namespace/pod` of the agent asked.
+        /// The agent pod asked.
         agent: String,
         /// What went wrong.
         #[source]
@@ -90,23 +90,14 @@ pub fn live_agent_uids(pods: &[Arc<Pod>], node: &str) -> Vec<String> {
 }
 
 /// The janitor request for `node`, or why none may be sent: `synced` says
-/// whether the pod cache completed its first list, `scope` is the one
-/// namespace it covers (`None`: all).
-pub fn request_for(
-    synced: bool,
-    scope: Option<&str>,
-    pods: &[Arc<Pod>],
-    node: &str,
-) -> Result<JanitorRequest, Refusal> {
+/// whether the pod cache completed its first list.
+pub fn request_for(synced: bool, pods: &[Arc<Pod>], node: &str) -> Result<JanitorRequest, Refusal> {
     if !synced {
         return Err(Refusal::NotSynced);
     }
-    // A controller watching one namespace knows only that namespace's
-    // agents, so the sweep is scoped to it; agents of other namespaces on
-    // the node are never judged from a list that cannot contain them.
     Ok(JanitorRequest {
         live_agent_uids: live_agent_uids(pods, node),
-        namespace: scope.map(str::to_string),
+        namespace: None,
     })
 }
 
@@ -115,33 +106,24 @@ pub struct Janitor {
     pods: Store<Pod>,
     agents: Arc<Agents>,
     metrics: Arc<Metrics>,
-    scope: Option<String>,
     swept: Mutex<HashSet<String>>,
     running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Janitor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Janitor")
-            .field("scope", &self.scope)
-            .finish()
+        f.debug_struct("Janitor").finish_non_exhaustive()
     }
 }
 
 impl Janitor {
-    /// A janitor reading live agents from `pods` (a cache of agent pods
-    /// of `scope`, or of every namespace) and asking agents of `agents`.
-    pub fn new(
-        pods: Store<Pod>,
-        agents: Arc<Agents>,
-        metrics: Arc<Metrics>,
-        scope: Option<String>,
-    ) -> Arc<Self> {
+    /// A janitor reading live agents from `pods` (the cache of every agent
+    /// pod) and asking agents of `agents`.
+    pub fn new(pods: Store<Pod>, agents: Arc<Agents>, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             pods,
             agents,
             metrics,
-            scope,
             swept: Mutex::new(HashSet::new()),
             running: Mutex::new(HashMap::new()),
         })
@@ -170,7 +152,7 @@ impl Janitor {
             .wait_until_ready()
             .now_or_never()
             .is_some_and(|r| r.is_ok());
-        let req = request_for(synced, self.scope.as_deref(), &self.pods.state(), node)?;
+        let req = request_for(synced, &self.pods.state(), node)?;
         let agent = self
             .agents
             .on_node(node)
@@ -182,7 +164,7 @@ impl Janitor {
             .janitor(&req)
             .await
             .map_err(|source| SweepError::Agent {
-                agent: format!("{}/{}", agent.namespace, agent.name),
+                agent: agent.name.clone(),
                 source,
             })?;
         for r in &report.removed {
@@ -263,19 +245,9 @@ mod tests {
     #[test]
     fn no_request_from_a_partial_cache() {
         let pods = vec![pod("ns-a", "u1", Some("n1"))];
+        assert_eq!(request_for(false, &pods, "n1"), Err(Refusal::NotSynced));
         assert_eq!(
-            request_for(false, None, &pods, "n1"),
-            Err(Refusal::NotSynced)
-        );
-        assert_eq!(
-            request_for(true, Some("ns-a"), &pods, "n1"),
-            Ok(JanitorRequest {
-                live_agent_uids: vec!["u1".into()],
-                namespace: Some("ns-a".into()),
-            })
-        );
-        assert_eq!(
-            request_for(true, None, &pods, "n1"),
+            request_for(true, &pods, "n1"),
             Ok(JanitorRequest {
                 live_agent_uids: vec!["u1".into()],
                 namespace: None,
@@ -290,7 +262,7 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let (pool_tx, _pool_rx) = tokio::sync::mpsc::unbounded_channel();
         let (node_tx, _node_rx) = tokio::sync::mpsc::unbounded_channel();
-        let tls = crate::agent_client::ClientTls {
+        let tls = fast_sandbox_agent_client::ClientTls {
             cert: "/nonexistent".into(),
             key: "/nonexistent".into(),
             ca: "/nonexistent".into(),
@@ -299,13 +271,12 @@ mod tests {
             tls,
             fast_sandbox_api::agent::DEFAULT_PORT,
             sandboxes,
-            Arc::new(fast_sandbox_webhook::placement::Index::new()),
             tx,
             pool_tx,
             node_tx,
         );
         let metrics = Metrics::register(&fast_sandbox_server::Registry::default());
-        let janitor = Janitor::new(pods, agents, metrics, None);
+        let janitor = Janitor::new(pods, agents, metrics);
         assert!(matches!(
             janitor.sweep("n1").await,
             Err(SweepError::Refused(Refusal::NotSynced))

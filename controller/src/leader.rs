@@ -3,8 +3,16 @@
 //! renewed within its duration. Every write is a compare-and-swap on the
 //! lease's resourceVersion, so two replicas never both believe they lead
 //! from the same lease state.
+//!
+//! As in client-go, expiry is judged by this replica's own clock only: a
+//! follower takes the lease once the lease record has not changed for the
+//! lease duration since it *observed* it, never by comparing the holder's
+//! `renewTime` with the local time (clocks of two machines disagree). Every
+//! round is bounded by a timeout, so a call that hangs cannot keep a leader
+//! leading past its renew deadline.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -39,6 +47,14 @@ impl Default for Timing {
     }
 }
 
+impl Timing {
+    /// The longest one round may take: a hung call ends well before the
+    /// renew deadline, so a leader notices it could not renew in time.
+    pub fn round_timeout(&self) -> Duration {
+        (self.renew_deadline / 2).max(Duration::from_millis(100))
+    }
+}
+
 /// What to do with the lease as it is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -54,29 +70,71 @@ fn micro(t: DateTime<Utc>) -> MicroTime {
     MicroTime(Timestamp::from_microsecond(t.timestamp_micros()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-fn from_micro(t: &MicroTime) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(t.0.as_microsecond()).unwrap_or_default()
+/// The parts of a lease record that change when its holder renews or
+/// someone takes it over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    holder: Option<String>,
+    renew: Option<i64>,
+    acquire: Option<i64>,
+    transitions: Option<i32>,
+    duration: Option<i32>,
 }
 
-/// Decides from the lease spec, our identity and the time.
-pub fn decide(spec: &LeaseSpec, me: &str, now: DateTime<Utc>) -> Decision {
-    match spec.holder_identity.as_deref() {
+impl Record {
+    /// The record of `spec`.
+    pub fn of(spec: &LeaseSpec) -> Self {
+        Record {
+            holder: spec.holder_identity.clone(),
+            renew: spec.renew_time.as_ref().map(|t| t.0.as_microsecond()),
+            acquire: spec.acquire_time.as_ref().map(|t| t.0.as_microsecond()),
+            transitions: spec.lease_transitions,
+            duration: spec.lease_duration_seconds,
+        }
+    }
+}
+
+/// A lease record as this replica last saw it, and when (its own clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The record.
+    pub record: Record,
+    /// When it was first seen unchanged.
+    pub since: Instant,
+}
+
+/// Decides from the lease spec, our identity, what we observed before and
+/// our own clock; returns the decision and the observation to keep.
+pub fn decide(
+    spec: &LeaseSpec,
+    me: &str,
+    last: Option<&Observation>,
+    now: Instant,
+) -> (Decision, Observation) {
+    let record = Record::of(spec);
+    let since = match last {
+        Some(o) if o.record == record => o.since,
+        _ => now,
+    };
+    let observation = Observation {
+        record: record.clone(),
+        since,
+    };
+    let decision = match spec.holder_identity.as_deref() {
         Some(h) if h == me => Decision::Renew,
         None | Some("") => Decision::Take,
         Some(_) => {
-            let renewed = spec
-                .renew_time
-                .as_ref()
-                .or(spec.acquire_time.as_ref())
-                .map(from_micro);
-            let duration =
-                chrono::Duration::seconds(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-            match renewed {
-                Some(t) if t + duration > now => Decision::Follow,
-                _ => Decision::Take,
+            let duration = Duration::from_secs(u64::from(
+                spec.lease_duration_seconds.unwrap_or(15).max(1) as u32,
+            ));
+            if now.saturating_duration_since(since) >= duration {
+                Decision::Take
+            } else {
+                Decision::Follow
             }
         }
-    }
+    };
+    (decision, observation)
 }
 
 /// One replica's candidacy for the lease.
@@ -86,6 +144,7 @@ pub struct Elector {
     name: String,
     identity: String,
     timing: Timing,
+    observed: Arc<Mutex<Option<Observation>>>,
 }
 
 impl std::fmt::Debug for Elector {
@@ -110,6 +169,7 @@ impl Elector {
             name: name.into(),
             identity: identity.into(),
             timing,
+            observed: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -118,10 +178,15 @@ impl Elector {
         &self.identity
     }
 
+    fn observe(&self, o: Option<Observation>) {
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = o;
+    }
+
     /// One round: acquires or renews the lease if possible. `Ok(true)` when
     /// we hold it afterwards.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
-        let now = Utc::now();
+        let wall = Utc::now();
+        let now = Instant::now();
         let duration = self.timing.lease_duration.as_secs() as i32;
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -132,8 +197,8 @@ impl Elector {
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(duration),
-                    acquire_time: Some(micro(now)),
-                    renew_time: Some(micro(now)),
+                    acquire_time: Some(micro(wall)),
+                    renew_time: Some(micro(wall)),
                     lease_transitions: Some(0),
                     ..Default::default()
                 }),
@@ -145,16 +210,23 @@ impl Elector {
             };
         };
         let mut spec = lease.spec.clone().unwrap_or_default();
-        match decide(&spec, &self.identity, now) {
+        let last = self
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (decision, observation) = decide(&spec, &self.identity, last.as_ref(), now);
+        self.observe(Some(observation));
+        match decision {
             Decision::Follow => return Ok(false),
             Decision::Renew => {
-                spec.renew_time = Some(micro(now));
+                spec.renew_time = Some(micro(wall));
                 spec.lease_duration_seconds = Some(duration);
             }
             Decision::Take => {
                 spec.holder_identity = Some(self.identity.clone());
-                spec.acquire_time = Some(micro(now));
-                spec.renew_time = Some(micro(now));
+                spec.acquire_time = Some(micro(wall));
+                spec.renew_time = Some(micro(wall));
                 spec.lease_duration_seconds = Some(duration);
                 spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
             }
@@ -165,7 +237,15 @@ impl Elector {
             .replace(&self.name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                if let Some(spec) = written.spec.as_ref() {
+                    self.observe(Some(Observation {
+                        record: Record::of(spec),
+                        since: now,
+                    }));
+                }
+                Ok(true)
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
@@ -196,18 +276,24 @@ impl Elector {
 
     /// Runs the candidacy forever, publishing whether we lead on `tx`.
     pub async fn run(self, tx: watch::Sender<bool>) {
-        let mut last_renew: Option<std::time::Instant> = None;
+        let mut last_renew: Option<Instant> = None;
         loop {
             let leading = *tx.borrow();
-            let held = match self.try_acquire_or_renew().await {
-                Ok(h) => {
+            let round =
+                tokio::time::timeout(self.timing.round_timeout(), self.try_acquire_or_renew());
+            let held = match round.await {
+                Ok(Ok(h)) => {
                     if h {
-                        last_renew = Some(std::time::Instant::now());
+                        last_renew = Some(Instant::now());
                     }
                     h
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leader lease round failed");
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {:?}", self.timing.round_timeout()),
+                    };
+                    tracing::warn!(error = %why, "leader lease round failed");
                     // Keep leading through short API hiccups, but stop
                     // before the lease can expire under us.
                     leading && last_renew.is_some_and(|t| t.elapsed() < self.timing.renew_deadline)
@@ -251,27 +337,65 @@ mod tests {
 
     #[test]
     fn own_lease_is_renewed() {
-        assert_eq!(decide(&spec(Some("me"), 0), "me", t(100)), Decision::Renew);
+        let (d, _) = decide(&spec(Some("me"), 0), "me", None, Instant::now());
+        assert_eq!(d, Decision::Renew);
     }
 
     #[test]
-    fn valid_foreign_lease_is_respected_until_it_expires() {
-        assert_eq!(
-            decide(&spec(Some("other"), 0), "me", t(14)),
-            Decision::Follow
+    fn a_foreign_lease_expires_by_our_clock_since_we_saw_it_unchanged() {
+        let start = Instant::now();
+        let lease = spec(Some("other"), 0);
+        let (d, seen) = decide(&lease, "me", None, start);
+        assert_eq!(d, Decision::Follow, "first sight: wait a whole duration");
+        let (d, seen) = decide(&lease, "me", Some(&seen), start + Duration::from_secs(14));
+        assert_eq!(d, Decision::Follow);
+        assert_eq!(seen.since, start);
+        let (d, _) = decide(&lease, "me", Some(&seen), start + Duration::from_secs(15));
+        assert_eq!(d, Decision::Take);
+    }
+
+    #[test]
+    fn a_renewal_restarts_the_wait_whatever_the_clocks_say() {
+        let start = Instant::now();
+        // The holder's clock runs an hour behind ours: its renewTime looks
+        // long expired, yet it renews, so the lease stays its.
+        let (_, seen) = decide(&spec(Some("other"), -3600), "me", None, start);
+        let later = start + Duration::from_secs(10);
+        let (d, seen) = decide(&spec(Some("other"), -3590), "me", Some(&seen), later);
+        assert_eq!(d, Decision::Follow);
+        assert_eq!(seen.since, later);
+        let (d, _) = decide(
+            &spec(Some("other"), -3590),
+            "me",
+            Some(&seen),
+            later + Duration::from_secs(14),
         );
-        assert_eq!(decide(&spec(Some("other"), 0), "me", t(15)), Decision::Take);
+        assert_eq!(d, Decision::Follow);
+        // And a holder an hour ahead does not keep a dead lease alive.
+        let (_, seen) = decide(&spec(Some("dead"), 3600), "me", None, start);
+        let (d, _) = decide(
+            &spec(Some("dead"), 3600),
+            "me",
+            Some(&seen),
+            start + Duration::from_secs(15),
+        );
+        assert_eq!(d, Decision::Take);
     }
 
     #[test]
     fn released_lease_is_taken_at_once() {
-        assert_eq!(decide(&spec(None, 0), "me", t(1)), Decision::Take);
-        assert_eq!(decide(&spec(Some(""), 0), "me", t(1)), Decision::Take);
+        let now = Instant::now();
+        assert_eq!(decide(&spec(None, 0), "me", None, now).0, Decision::Take);
+        assert_eq!(
+            decide(&spec(Some(""), 0), "me", None, now).0,
+            Decision::Take
+        );
     }
 
     #[test]
-    fn micro_time_round_trips() {
-        let now = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
-        assert_eq!(from_micro(&micro(now)), now);
+    fn a_round_ends_well_before_the_renew_deadline() {
+        let t = Timing::default();
+        assert!(t.round_timeout() < t.renew_deadline);
+        assert!(t.renew_deadline < t.lease_duration);
     }
 }

@@ -6,7 +6,7 @@
 //!   ([`agent_pod`]).
 //! - The sandbox controller ([`sandbox_controller`]) turns every bound
 //!   Sandbox into a container on its agent over HTTPS with mutual TLS
-//!   ([`agent_client`]), follows each agent's event stream ([`agents`]) and
+//!   (`fast-sandbox-agent-client`), follows each agent's event stream ([`agents`]) and
 //!   mirrors it into the status by pure transitions ([`transition`]); it
 //!   deletes expired sandboxes at their instant ([`expiry`]) and re-places
 //!   sandboxes whose agent refused or died with the webhook's placement
@@ -18,7 +18,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rust_2018_idioms)]
 
-pub mod agent_client;
 pub mod agent_pod;
 pub mod agents;
 pub mod context;

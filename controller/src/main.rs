@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use fast_sandbox_controller::agent_client::ClientTls;
+use fast_sandbox_agent_client::ClientTls;
 use fast_sandbox_controller::agent_pod::AgentPodSettings;
 use fast_sandbox_controller::context::Settings;
 use fast_sandbox_controller::leader::{Elector, Timing};
 use fast_sandbox_controller::metrics::Metrics;
 use fast_sandbox_controller::term::Components;
+use fast_sandbox_k8s::decode::Undecodable;
+use fast_sandbox_k8s::policy::SharedPolicy;
 use fast_sandbox_server::{Ops, OpsArgs, telemetry};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
@@ -22,15 +24,31 @@ use kube::{Api, Client};
 struct Args {
     #[command(flatten)]
     ops: OpsArgs,
-    /// Namespace the controller runs in: home of its Lease and of the agent
-    /// TLS secret copied into pool namespaces.
+    /// Namespace the controller runs in: home of its Lease and of the
+    /// policy ConfigMap.
     #[arg(long, env = "POD_NAMESPACE", default_value = "fast-sandbox-system")]
     namespace: String,
+    /// Namespace agent pods run in (privileged: only the operator may use
+    /// it); the controller's own namespace when unset.
+    #[arg(long, env = "FAST_SANDBOX_AGENT_NAMESPACE")]
+    agent_namespace: Option<String>,
+    /// Service account of agent pods (they need no API access).
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_AGENT_SERVICE_ACCOUNT",
+        default_value = "fast-sandbox-agent"
+    )]
+    agent_service_account: String,
+    /// Scheduler of agent pods, e.g. a second profile that calls the
+    /// extender (deploy/scheduler/second-profile.yaml); the default when
+    /// unset.
+    #[arg(long, env = "FAST_SANDBOX_AGENT_SCHEDULER_NAME")]
+    agent_scheduler_name: Option<String>,
     /// This replica's identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Watch only this namespace (pools, sandboxes, agent pods); all
-    /// namespaces when unset.
+    /// Watch only this namespace's pools and sandboxes; all namespaces when
+    /// unset.
     #[arg(long, env = "FAST_SANDBOX_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// Name of the leader election Lease.
@@ -140,16 +158,34 @@ async fn main() -> anyhow::Result<()> {
     tls.config()
         .context("loading the agent client certificate")?;
 
+    let policy = SharedPolicy::register(&ops.registry);
+    let (policy_changes, _) = tokio::sync::watch::channel(());
+    tokio::spawn(fast_sandbox_k8s::policy::run(
+        client.clone(),
+        args.namespace.clone(),
+        policy.clone(),
+        {
+            let tx = policy_changes.clone();
+            move || tx.send_replace(())
+        },
+    ));
     let components = Components {
         client: client.clone(),
         settings: Settings {
             namespace: args.namespace.clone(),
+            watch_namespace: args.watch_namespace.clone(),
             agent_lost_grace: args.agent_lost_grace,
             drain_settle: args.drain_settle,
             agent_pod: AgentPodSettings {
+                namespace: args
+                    .agent_namespace
+                    .clone()
+                    .unwrap_or_else(|| args.namespace.clone()),
                 containerd_socket: args.containerd_socket,
                 state_dir: args.agent_state_dir,
                 containerd_namespace: args.containerd_namespace,
+                service_account: args.agent_service_account,
+                scheduler_name: args.agent_scheduler_name,
             },
         },
         tls,
@@ -157,7 +193,9 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         health: ops.health.clone(),
         identity: identity.clone(),
-        watch_namespace: args.watch_namespace.clone(),
+        policy,
+        policy_changes,
+        undecodable: Undecodable::register(&ops.registry),
     };
     let elector = Elector::new(
         Api::<Lease>::namespaced(client, &args.namespace),

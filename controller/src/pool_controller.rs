@@ -1,28 +1,44 @@
 //! The pool controller: keeps each SandboxPool's agent pods warm, managing
 //! the pods directly (no Deployment or ReplicaSet), and writes the pool's
 //! status, which also serves `/scale`.
+//!
+//! Agent pods live in the operator's namespace, tied to their pool by its
+//! UID label. A finalizer on the pool lets the controller remove them when
+//! the pool (or its namespace) goes; agents whose pool no longer exists are
+//! swept as orphans. Growth stops at the caps the operator set for the
+//! pool's namespace, and the pool says so in a condition.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use fast_sandbox_api::wellknown::{ANNOTATION_DRAINING, LABEL_POOL, condition, reason};
+use fast_sandbox_api::policy::Caps;
+use fast_sandbox_api::wellknown::{
+    ANNOTATION_DRAINING, ANNOTATION_SLOTS, LABEL_POOL_NAMESPACE, LABEL_POOL_UID, POOL_FINALIZER,
+    condition, reason,
+};
 use fast_sandbox_api::{SandboxPool, SandboxPoolStatus};
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{PatchOperation, ReplaceOperation, TestOperation};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::agent_pod::{self, AGENT_TLS_SECRET};
+use crate::agent_pod;
 use crate::agents::{pod_gone, pod_ready};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::Error;
 use crate::scale::{self, AgentState, ScaleInput, ScalePlan};
 use crate::time::from_k8s;
 use crate::transition::set_condition;
+
+/// How often a pool being deleted is looked at again while its agent pods
+/// terminate (their deletions also trigger it).
+const TEARDOWN_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reconciles one pool.
 pub async fn reconcile(pool: Arc<SandboxPool>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -42,14 +58,17 @@ pub fn error_policy(pool: Arc<SandboxPool>, err: &Error, ctx: Arc<Context>) -> A
     Action::requeue(delay)
 }
 
-/// Whether `pod` is an agent of `pool` (by label and controller owner).
+/// Whether `pod` is an agent of `pool`: by the pool's UID, so a pool
+/// deleted and created again under its name never adopts the old agents.
 pub fn owned_by(pod: &Pod, pool: &SandboxPool) -> bool {
-    pod.namespace() == pool.namespace()
-        && pod.labels().get(LABEL_POOL) == pool.metadata.name.as_ref()
-        && pod
-            .owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && Some(&o.uid) == pool.metadata.uid.as_ref())
+    pool.metadata.uid.is_some() && pod.labels().get(LABEL_POOL_UID) == pool.metadata.uid.as_ref()
+}
+
+fn slots_of(pod: &Pod) -> u32 {
+    pod.annotations()
+        .get(ANNOTATION_SLOTS)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(fast_sandbox_api::pool::DEFAULT_SLOTS_PER_AGENT as u32)
 }
 
 /// The draining mark's time; an unreadable mark counts as long ago.
@@ -63,17 +82,20 @@ fn draining_since(pod: &Pod) -> Option<DateTime<Utc>> {
 }
 
 async fn reconcile_inner(pool: &SandboxPool, ctx: &Context) -> Result<Action, Error> {
-    if pool.metadata.deletion_timestamp.is_some() {
-        // Agent pods go with their owner through garbage collection.
-        return Ok(Action::await_change());
-    }
     let ns = pool
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = pool.name_any();
     let pool_key = format!("{ns}/{name}");
+    if pool.metadata.deletion_timestamp.is_some() {
+        return teardown(pool, ctx, &ns, &pool_key).await;
+    }
+    if !pool.finalizers().iter().any(|f| f == POOL_FINALIZER) {
+        add_finalizer(pool, ctx, &ns).await?;
+        // The change comes back on the watch; continue from there.
+        return Ok(Action::await_change());
+    }
     let now = Utc::now();
-    ensure_tls_secret(ctx, &ns).await?;
 
     let pods: Vec<Arc<Pod>> = ctx
         .pods
@@ -115,11 +137,7 @@ async fn reconcile_inner(pool: &SandboxPool, ctx: &Context) -> Result<Action, Er
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|ph| ph == "Failed" || ph == "Succeeded");
-        let held = ctx
-            .agents
-            .get(&ns, &pname)
-            .and_then(|a| a.held())
-            .unwrap_or(0);
+        let held = ctx.agents.get(&pname).and_then(|a| a.held()).unwrap_or(0);
         agents.push(AgentState {
             name: pname.clone(),
             created: p
@@ -157,12 +175,26 @@ async fn reconcile_inner(pool: &SandboxPool, ctx: &Context) -> Result<Action, Er
     let mut plan = scale::plan(&input, &agents);
     // A pod just created is not in the cache yet: never drain or delete it.
     plan.drain.retain(|n| !expected_new.contains(n));
+
+    // Growth stops at the namespace's caps; pools of one namespace plan
+    // one at a time so together they never pass them.
+    let caps = ctx.policy().caps(&ns);
+    let lock = ctx.namespace_lock(&ns);
+    let _planning = lock.lock().await;
+    let room = room_in_namespace(ctx, &ns, caps, input.slots_per_agent);
+    let capped = plan.create > room;
+    if capped {
+        tracing::info!(pool = %name, namespace = %ns, wanted = plan.create, room, max_agents = caps.max_agents, max_slots = caps.max_slots, "pool growth stops at the namespace's cap");
+        plan.create = room;
+    }
     if !plan.is_noop() {
         tracing::info!(pool = %name, namespace = %ns, create = plan.create, drain = ?plan.drain, undrain = ?plan.undrain, delete = ?plan.delete, target = plan.target, "scaling pool");
     }
-    execute(pool, ctx, &ns, &pool_key, &plan).await?;
+    execute(pool, ctx, &pool_key, &plan).await?;
+    drop(_planning);
 
-    write_status(pool, ctx, &ns, &name, &agents, &plan, &bound, now).await?;
+    let limit = capped.then_some(caps);
+    write_status(pool, ctx, &ns, &name, &agents, &plan, &bound, limit, now).await?;
     Ok(match plan.recheck_at {
         Some(at) => Action::requeue(crate::expiry::wait_until(at, Utc::now())),
         None => Action::await_change(),
@@ -172,13 +204,14 @@ async fn reconcile_inner(pool: &SandboxPool, ctx: &Context) -> Result<Action, Er
 async fn execute(
     pool: &SandboxPool,
     ctx: &Context,
-    ns: &str,
     pool_key: &str,
     plan: &ScalePlan,
 ) -> Result<(), Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let agent_ns = &ctx.settings.agent_pod.namespace;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), agent_ns);
+    let policy = ctx.policy();
     for _ in 0..plan.create {
-        let pod = agent_pod::build(pool, &ctx.settings.agent_pod);
+        let pod = agent_pod::build(pool, &policy, &ctx.settings.agent_pod);
         let created = pods.create(&PostParams::default(), &pod).await?;
         let pname = created.name_any();
         ctx.expectations.created(pool_key, &pname);
@@ -210,20 +243,9 @@ async fn execute(
     for n in &plan.delete {
         let uid = ctx
             .pods
-            .get(&kube::runtime::reflector::ObjectRef::new(n).within(ns))
+            .get(&kube::runtime::reflector::ObjectRef::new(n).within(agent_ns))
             .and_then(|p| p.uid());
-        let dp = DeleteParams {
-            preconditions: uid.map(|uid| Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match pods.delete(n, &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_pod(&pods, n, uid).await?;
         ctx.expectations.deleted(pool_key, n);
         tracing::info!(pool = %pool.name_any(), agent = %n, "deleted agent pod");
     }
@@ -239,6 +261,7 @@ async fn write_status(
     agents: &[AgentState],
     plan: &ScalePlan,
     bound: &HashMap<String, u32>,
+    capped: Option<Caps>,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     let slots = pool.spec.slots_per_agent() as i32;
@@ -275,6 +298,29 @@ async fn write_status(
         generation,
         now,
     );
+    let (limited, limit_message) = match capped {
+        Some(c) => (
+            true,
+            format!(
+                "growth stopped: namespace {ns} may hold {} agents and {} slots (a cap the operator sets); sandboxes wait until one frees",
+                c.max_agents, c.max_slots
+            ),
+        ),
+        None => (false, "within the namespace's caps".to_string()),
+    };
+    set_condition(
+        &mut conditions,
+        condition::CAPACITY_LIMITED,
+        limited,
+        if limited {
+            reason::NAMESPACE_CAP_REACHED
+        } else {
+            reason::WITHIN_CAPS
+        },
+        &limit_message,
+        generation,
+        now,
+    );
     let scaling = !plan.is_noop() || live.len() as u32 != plan.target;
     set_condition(
         &mut conditions,
@@ -291,7 +337,7 @@ async fn write_status(
         draining_agents: draining,
         slots_total: schedulable * slots,
         slots_used: used as i32,
-        selector: Some(agent_pod::selector_string(name)),
+        selector: Some(agent_pod::selector_string(pool)),
         conditions,
         observed_generation: generation,
     };
@@ -342,54 +388,199 @@ async fn write_status(
     Ok(())
 }
 
-/// Copies the agent TLS secret from the controller's namespace into the
-/// pool's namespace, so agent pods can mount it. Done once per namespace
-/// until the source changes (a renewed certificate): the controller watches
-/// the source and then copies it again everywhere.
-async fn ensure_tls_secret(ctx: &Context, ns: &str) -> Result<(), Error> {
-    if ns == ctx.settings.namespace || tls_copied(ctx, ns) {
-        return Ok(());
+/// Slots-per-agent `slots`: how many more agents namespace `ns` may get
+/// under `caps`, counting every agent of its pools that is not going away
+/// and those just created.
+fn room_in_namespace(ctx: &Context, ns: &str, caps: Caps, slots: u32) -> u32 {
+    let mut agents = 0u32;
+    let mut used_slots = 0u64;
+    for p in ctx.pods.state() {
+        if p.labels().get(LABEL_POOL_NAMESPACE).map(String::as_str) != Some(ns) || pod_gone(&p) {
+            continue;
+        }
+        agents += 1;
+        used_slots += u64::from(slots_of(&p));
     }
-    let source_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    let Some(source) = source_api.get_opt(AGENT_TLS_SECRET).await? else {
-        tracing::warn!(namespace = %ctx.settings.namespace, secret = AGENT_TLS_SECRET, "agent TLS secret missing; agent pods cannot start");
-        return Ok(());
-    };
-    let copy = Secret {
-        metadata: ObjectMeta {
-            name: Some(AGENT_TLS_SECRET.to_string()),
-            namespace: Some(ns.to_string()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_string(),
-                FIELD_MANAGER.to_string(),
-            )])),
-            ..Default::default()
-        },
-        data: source.data.clone(),
-        type_: source.type_.clone(),
-        ..Default::default()
-    };
-    let target: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut body = serde_json::to_value(&copy)?;
-    body["apiVersion"] = json!("v1");
-    body["kind"] = json!("Secret");
-    target
-        .patch(
-            AGENT_TLS_SECRET,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
-    ctx.tls_copied
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(ns.to_string());
-    Ok(())
+    let just_created = ctx.expectations.created_in(&format!("{ns}/"));
+    agents += just_created.len() as u32;
+    used_slots += u64::from(slots) * just_created.len() as u64;
+    let by_agents = caps.max_agents.saturating_sub(agents);
+    let by_slots =
+        (u64::from(caps.max_slots).saturating_sub(used_slots) / u64::from(slots.max(1))) as u32;
+    by_agents.min(by_slots)
 }
 
-fn tls_copied(ctx: &Context, ns: &str) -> bool {
-    ctx.tls_copied
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(ns)
+async fn delete_pod(pods: &Api<Pod>, name: &str, uid: Option<String>) -> Result<(), Error> {
+    let dp = DeleteParams {
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match pods.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn add_finalizer(pool: &SandboxPool, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let patch = match &pool.metadata.finalizers {
+        None => json!([
+            {"op": "test", "path": "/metadata/uid", "value": pool.metadata.uid},
+            {"op": "add", "path": "/metadata/finalizers", "value": [POOL_FINALIZER]}
+        ]),
+        Some(_) => json!([
+            {"op": "test", "path": "/metadata/uid", "value": pool.metadata.uid},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": POOL_FINALIZER}
+        ]),
+    };
+    let patch: json_patch::Patch = serde_json::from_value(patch)?;
+    let api: Api<SandboxPool> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .patch(
+            &pool.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes one agent: first the sandboxes' containers it holds (a deleted
+/// pod takes nothing with it from the node's containerd), then the pod.
+async fn remove_agent(ctx: &Context, pod: &Pod) -> Result<(), Error> {
+    let name = pod.name_any();
+    if let Some(agent) = ctx.agents.get(&name)
+        && agent.view().reachable
+    {
+        for uid in agent.view().sandboxes.keys() {
+            if let Err(e) = agent.client.delete(uid).await {
+                tracing::warn!(agent = %name, sandbox = %uid, error = %e, "cannot remove a container before its agent goes; the node janitor collects it");
+            }
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.agent_pod.namespace);
+    delete_pod(&pods, &name, pod.uid()).await
+}
+
+/// A pool being deleted: its agents' sandboxes and then the agents go, then
+/// its finalizer.
+async fn teardown(
+    pool: &SandboxPool,
+    ctx: &Context,
+    ns: &str,
+    pool_key: &str,
+) -> Result<Action, Error> {
+    if !pool.finalizers().iter().any(|f| f == POOL_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| owned_by(p, pool))
+        .collect();
+    let none = HashSet::new();
+    let (expected_new, _) = ctx.expectations.pending(pool_key, &none, &none);
+    // Once every agent's deletion is under way the pool may go: Kubernetes
+    // finishes the pods' deletion (on a node that died, the pod garbage
+    // collector does), and none of them can be adopted by a new pool of
+    // the same name, which has another UID.
+    if pods.iter().all(|p| p.metadata.deletion_timestamp.is_some()) && expected_new.is_empty() {
+        let finalizers = pool.finalizers().to_vec();
+        let kept: Vec<&String> = finalizers.iter().filter(|f| *f != POOL_FINALIZER).collect();
+        let patch = json_patch::Patch(vec![
+            PatchOperation::Test(TestOperation {
+                path: PointerBuf::from_tokens(["metadata", "finalizers"]),
+                value: json!(finalizers),
+            }),
+            PatchOperation::Replace(ReplaceOperation {
+                path: PointerBuf::from_tokens(["metadata", "finalizers"]),
+                value: json!(kept),
+            }),
+        ]);
+        let api: Api<SandboxPool> = Api::namespaced(ctx.client.clone(), ns);
+        match api
+            .patch(
+                &pool.name_any(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(pool = %pool.name_any(), namespace = %ns, "pool deleted; its agents are gone");
+        return Ok(Action::await_change());
+    }
+    for p in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        remove_agent(ctx, p).await?;
+        ctx.expectations.deleted(pool_key, &p.name_any());
+        tracing::info!(pool = %pool.name_any(), namespace = %ns, agent = %p.name_any(), "deleted agent pod of a deleted pool");
+    }
+    Ok(Action::requeue(TEARDOWN_RECHECK))
+}
+
+/// Sweeps agents whose pool no longer exists each time `rx` asks (the pool
+/// list was read or a pool was deleted), once the caches are synced: a
+/// pool whose finalizer was removed by force, or that went while no
+/// controller ran, leaves no privileged pod behind.
+pub async fn sweep_orphans_on(ctx: Arc<Context>, mut rx: UnboundedReceiver<()>) {
+    while rx.recv().await.is_some() {
+        while rx.try_recv().is_ok() {}
+        ctx.wait_synced().await;
+        let pools: HashSet<String> = ctx.pools.state().iter().filter_map(|p| p.uid()).collect();
+        let scope = ctx.settings.watch_namespace.clone();
+        for pod in ctx.pods.state() {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let Some(ns) = &scope
+                && pod.labels().get(LABEL_POOL_NAMESPACE) != Some(ns)
+            {
+                continue;
+            }
+            let owner = pod.labels().get(LABEL_POOL_UID);
+            if owner.is_some_and(|uid| pools.contains(uid)) {
+                continue;
+            }
+            tracing::warn!(agent = %pod.name_any(), pool_uid = ?owner, "agent pod has no pool; removing it");
+            if let Err(e) = remove_agent(&ctx, &pod).await {
+                tracing::warn!(agent = %pod.name_any(), error = %e, "cannot remove an orphaned agent pod; retried at the next sweep");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn agents_belong_to_a_pool_by_uid_only() {
+        let mut pool = SandboxPool::new("p", Default::default());
+        pool.metadata.uid = Some("u1".into());
+        let mut pod = Pod::default();
+        pod.metadata.labels = Some(BTreeMap::from([(LABEL_POOL_UID.to_string(), "u1".into())]));
+        assert!(owned_by(&pod, &pool));
+        pool.metadata.uid = Some("u2".into());
+        assert!(
+            !owned_by(&pod, &pool),
+            "a pool created again is another pool"
+        );
+        pool.metadata.uid = None;
+        assert!(!owned_by(&pod, &pool));
+    }
 }

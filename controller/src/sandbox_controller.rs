@@ -15,8 +15,8 @@ use fast_sandbox_api::wellknown::{
     ANNOTATION_BOUND_AT, ANNOTATION_RESERVATION, FINALIZER, LABEL_AGENT, condition, reason,
 };
 use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase, SandboxStatus};
+use fast_sandbox_placement::{Choice, pool_key};
 use fast_sandbox_webhook::binding::{self, Binding};
-use fast_sandbox_webhook::placement::{self, Choice};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{PatchOperation, RemoveOperation, ReplaceOperation, TestOperation};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -191,29 +191,33 @@ async fn unbound(t: &Target<'_>, ctx: &Context) -> Result<Option<DateTime<Utc>>,
         write_status(t, ctx, &st).await?;
         return Ok(None);
     }
-    let pool_key = placement::pool_key(&t.ns, pool);
-    match ctx
-        .agents
-        .index()
-        .reserve(&pool_key, &t.sb.spec.image, &t.uid)
-    {
+    let pool_key = pool_key(&t.ns, pool);
+    match ctx.index.reserve(&pool_key, &t.sb.spec.image, &t.uid) {
         Ok(choice) => {
             bind(t, ctx, &choice).await?;
             Ok(None)
         }
         Err(_) => {
-            let st = transition::unbound(
-                &t.status(),
-                reason::NO_CAPACITY,
-                &format!("no ready agent of pool {pool} has a free slot; the pool grows"),
-                t.generation(),
-                t.now,
-            );
-            write_status(t, ctx, &st).await?;
-            let _ = ctx.pool_tx.send(ObjectRef::new(pool).within(&t.ns));
+            wait_for_capacity(t, ctx).await?;
             Ok(None)
         }
     }
+}
+
+/// No slot anywhere: the sandbox waits, visibly (Pending, Scheduled=False,
+/// NoCapacity), and the pool grows. It is placed as soon as a slot frees.
+async fn wait_for_capacity(t: &Target<'_>, ctx: &Context) -> Result<(), Error> {
+    let pool = &t.sb.spec.pool_ref;
+    let st = transition::unbound(
+        &t.status(),
+        reason::NO_CAPACITY,
+        &format!("no ready agent of pool {pool} has a free slot; waiting while the pool grows"),
+        t.generation(),
+        t.now,
+    );
+    write_status(t, ctx, &st).await?;
+    let _ = ctx.pool_tx.send(ObjectRef::new(pool).within(&t.ns));
+    Ok(())
 }
 
 /// Binds the sandbox to `choice` with the same patch admission uses.
@@ -230,7 +234,7 @@ async fn bind(t: &Target<'_>, ctx: &Context, choice: &Choice) -> Result<(), Erro
         .patch(&t.name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
     {
-        ctx.agents.index().release(&t.uid);
+        ctx.index.release(&t.uid);
         return Err(e.into());
     }
     tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %choice.pod_name, "sandbox placed by the controller");
@@ -261,26 +265,25 @@ async fn bound(
     let status = t.status();
     let want_rev = t.sb.spec.reset_revision.unwrap_or(0);
     let phase = t.phase();
-    if phase == SandboxPhase::Lost && t.sb.spec.failure_policy == FailurePolicy::AutoRecreate {
+    let agent_ns = &ctx.settings.agent_pod.namespace;
+    let auto_lost =
+        phase == SandboxPhase::Lost && t.sb.spec.failure_policy == FailurePolicy::AutoRecreate;
+    if auto_lost {
         let bound_agent_lives = ctx
             .pods
-            .get(&ObjectRef::new(pod).within(&t.ns))
+            .get(&ObjectRef::new(pod).within(agent_ns))
             .is_some_and(|p| !pod_gone(&p));
         if !bound_agent_lives {
             replace(t, ctx, pod, reason::AGENT_LOST).await?;
             return Ok(None);
         }
-        // Re-placed onto a live agent: start over from Bound; the status
-        // change comes back on the watch and the container is created then.
-        // (Re-placing again here would move the sandbox between agents
-        // forever.)
-        write_status(
-            t,
-            ctx,
-            &transition::bound(&status, pod, node, t.generation(), t.now),
-        )
-        .await?;
-        return Ok(None);
+        // Its agent lives (re-placed onto it, or back from a partition):
+        // only an agent that answers can say whether the old container is
+        // still there. Until then nothing is started anywhere; the follower
+        // triggers a reconcile as soon as it answers.
+        if !ctx.agents.get(pod).is_some_and(|a| a.view().reachable) {
+            return Ok(None);
+        }
     }
     // A Lost sandbox under the Manual policy is never started again, but
     // if its agent comes back with the container, the status recovers.
@@ -292,14 +295,37 @@ async fn bound(
     }
 
     let grace = chrono::Duration::from_std(ctx.settings.agent_lost_grace).unwrap_or_default();
-    let pod_obj = ctx.pods.get(&ObjectRef::new(pod).within(&t.ns));
-    let agent = ctx.agents.get(&t.ns, pod);
+    let pod_obj = ctx.pods.get(&ObjectRef::new(pod).within(agent_ns));
+    if let Some(p) = &pod_obj
+        && crate::agents::pool_of(p) != Some((t.ns.clone(), t.sb.spec.pool_ref.clone()))
+    {
+        // A sandbox of pool ns/p runs only on agents of ns/p, whatever its
+        // binding says.
+        tracing::warn!(sandbox = %t.name, namespace = %t.ns, agent = %pod, "bound to an agent of another pool; re-placing");
+        replace(t, ctx, pod, reason::AGENT_OF_ANOTHER_POOL).await?;
+        return Ok(None);
+    }
+    let agent = ctx.agents.get(pod);
     let agent = match (pod_obj, agent) {
         (Some(p), _) if pod_gone(&p) => {
-            return lost(t, ctx, pod, &format!("agent pod {pod} is terminating")).await;
+            return lost(
+                t,
+                ctx,
+                pod,
+                &format!("agent pod {pod} is terminating"),
+                Fence::AgentGone,
+            )
+            .await;
         }
-        (None, _) if ctx.agents.was_deleted(&t.ns, pod) => {
-            return lost(t, ctx, pod, &format!("agent pod {pod} was deleted")).await;
+        (None, _) if ctx.agents.was_deleted(pod) => {
+            return lost(
+                t,
+                ctx,
+                pod,
+                &format!("agent pod {pod} was deleted"),
+                Fence::AgentGone,
+            )
+            .await;
         }
         (None, _) => {
             // The pod cache may trail a binding made a moment ago.
@@ -313,7 +339,14 @@ async fn bound(
                 .await?;
                 return Ok(Some(since + grace));
             }
-            return lost(t, ctx, pod, &format!("agent pod {pod} does not exist")).await;
+            return lost(
+                t,
+                ctx,
+                pod,
+                &format!("agent pod {pod} does not exist"),
+                Fence::AgentGone,
+            )
+            .await;
         }
         (Some(p), None) => {
             // The pod has no IP yet or its agent has not started.
@@ -340,6 +373,7 @@ async fn bound(
                 ctx,
                 pod,
                 &format!("agent pod {pod} has no running agent"),
+                Fence::Unknown,
             )
             .await;
         }
@@ -355,9 +389,10 @@ async fn bound(
                 ctx,
                 pod,
                 &format!(
-                    "agent {pod} unreachable for {}s",
+                    "agent {pod} unreachable for {}s; its container may still run, so it is not started elsewhere until the agent answers or its pod goes",
                     (t.now - since).num_seconds()
                 ),
+                Fence::Unknown,
             )
             .await;
         }
@@ -378,18 +413,30 @@ async fn bound(
             observe(t, ctx, &agent, &info).await?;
             Ok(None)
         }
-        Some(_) if phase == SandboxPhase::Lost => Ok(None),
+        Some(_) if phase == SandboxPhase::Lost && !auto_lost => Ok(None),
         Some(_) => {
             // A new resetRevision: remove the old container, then start anew.
             delete_on_agent(t, &agent).await?;
             create(t, ctx, &agent, pod, want_rev).await
         }
-        None if phase == SandboxPhase::Lost => Ok(None),
+        // Manual: a lost sandbox is never started again.
+        None if phase == SandboxPhase::Lost && !auto_lost => Ok(None),
+        // AutoRecreate, the agent answers and holds no container: the old
+        // one is known gone, so it starts again (creates are idempotent by
+        // UID at the agent).
+        None if auto_lost && !synced => Ok(None),
         None if synced
             && phase == SandboxPhase::Running
             && status.observed_reset_revision == Some(want_rev) =>
         {
-            lost(t, ctx, pod, "the container no longer exists on its agent").await
+            lost(
+                t,
+                ctx,
+                pod,
+                "the container no longer exists on its agent",
+                Fence::ContainerGone,
+            )
+            .await
         }
         None => create(t, ctx, &agent, pod, want_rev).await,
     }
@@ -523,13 +570,15 @@ async fn create(
     }
     match result {
         Ok(info) => {
+            ctx.index.record_acceptance(pod);
             agent.record_created(info.clone());
             observe(t, ctx, agent, &info).await?;
             Ok(None)
         }
         Err(e) => match e.code() {
             Some(ErrorCode::CapacityExceeded) => {
-                tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %pod, "agent full; re-placing");
+                let until = ctx.index.record_refusal(pod, std::time::Instant::now());
+                tracing::info!(sandbox = %t.name, namespace = %t.ns, agent = %pod, skipped_for = ?until.map(|u| u.saturating_duration_since(std::time::Instant::now())), "agent full; re-placing");
                 replace(t, ctx, pod, reason::CAPACITY_EXCEEDED).await?;
                 Ok(None)
             }
@@ -575,7 +624,7 @@ async fn create(
                     }
                 }
                 Err(Error::Agent {
-                    agent: format!("{}/{pod}", t.ns),
+                    agent: pod.to_string(),
                     source: e,
                 })
             }
@@ -583,12 +632,27 @@ async fn create(
     }
 }
 
-/// Marks the sandbox Lost; with `AutoRecreate`, re-places it.
+/// What is known of a lost sandbox's old container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fence {
+    /// Its agent pod is gone or going: the kubelet kills what runs in the
+    /// pod's cgroup, sandboxes included.
+    AgentGone,
+    /// The agent reported it absent.
+    ContainerGone,
+    /// It may still run (the agent is unreachable: a partition, a crash
+    /// loop).
+    Unknown,
+}
+
+/// Marks the sandbox Lost; with `AutoRecreate`, re-places it, but only once
+/// the old container is known gone, so no sandbox ever runs twice.
 async fn lost(
     t: &Target<'_>,
     ctx: &Context,
     pod: &str,
     message: &str,
+    fence: Fence,
 ) -> Result<Option<DateTime<Utc>>, Error> {
     // Already Lost: keep the first account of why.
     let st = if t.phase() == SandboxPhase::Lost {
@@ -603,7 +667,7 @@ async fn lost(
             event(EventType::Warning, reason::AGENT_LOST, "Lose", message),
         );
     }
-    if t.sb.spec.failure_policy == FailurePolicy::AutoRecreate {
+    if t.sb.spec.failure_policy == FailurePolicy::AutoRecreate && fence != Fence::Unknown {
         replace(t, ctx, pod, reason::AGENT_LOST).await?;
     }
     Ok(None)
@@ -660,10 +724,9 @@ async fn replace(
             format!("unbound from agent {old_pod} to re-place"),
         ),
     );
-    let pool_key = placement::pool_key(&t.ns, &t.sb.spec.pool_ref);
+    let pool_key = pool_key(&t.ns, &t.sb.spec.pool_ref);
     match ctx
-        .agents
-        .index()
+        .index
         .reserve_avoiding(&pool_key, &t.sb.spec.image, &t.uid, old_pod)
     {
         Ok(choice) => {
@@ -679,10 +742,16 @@ async fn replace(
             bind(&t2, ctx, &choice).await
         }
         Err(_) => {
-            let _ = ctx
-                .pool_tx
-                .send(ObjectRef::new(&t.sb.spec.pool_ref).within(&t.ns));
-            Ok(())
+            let t2 = Target {
+                sb: &cleared,
+                api: t.api.clone(),
+                ns: t.ns.clone(),
+                name: t.name.clone(),
+                uid: t.uid.clone(),
+                now: Utc::now(),
+                written: t.written.clone(),
+            };
+            wait_for_capacity(&t2, ctx).await
         }
     }
 }
@@ -706,7 +775,7 @@ async fn delete_on_agent(t: &Target<'_>, agent: &Agent) -> Result<(), Error> {
             Ok(())
         }
         Err(e) => Err(Error::Agent {
-            agent: format!("{}/{}", agent.namespace, agent.name),
+            agent: agent.name.clone(),
             source: e,
         }),
     }
@@ -721,7 +790,7 @@ async fn finalize(t: &Target<'_>, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     if let Some(r) = &t.sb.spec.agent_ref
-        && let Some(agent) = ctx.agents.get(&t.ns, &r.pod_name)
+        && let Some(agent) = ctx.agents.get(&r.pod_name)
     {
         if t.phase() != SandboxPhase::Terminating {
             write_status(
@@ -762,6 +831,6 @@ async fn finalize(t: &Target<'_>, ctx: &Context) -> Result<Action, Error> {
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => return Err(e.into()),
     }
-    ctx.agents.index().release(&t.uid);
+    ctx.index.release(&t.uid);
     Ok(Action::await_change())
 }

@@ -1,28 +1,30 @@
 //! One leadership term: everything is rebuilt from the API and the agents
 //! when a replica becomes leader, and dropped when it stops leading. A term
-//! starts the watches (agent pods, sandboxes, pools), the agent directory
-//! and both controllers, and ends when `stop` resolves.
+//! starts the watches (agent pods, nodes, sandboxes, pools; each survives
+//! objects it cannot decode), the placement feed, the agent directory and
+//! both controllers, and ends when `stop` resolves.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fast_sandbox_agent_client::ClientTls;
 use fast_sandbox_api::wellknown::{LABEL_ROLE, ROLE_AGENT};
 use fast_sandbox_api::{Sandbox, SandboxPool};
+use fast_sandbox_k8s::decode::{self, Undecodable};
+use fast_sandbox_k8s::policy::SharedPolicy;
+use fast_sandbox_placement::{Change, Feed, Index};
 use fast_sandbox_server::Health;
-use fast_sandbox_webhook::placement::Index;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
-use tokio::sync::mpsc;
+use kube::{Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
 
-use crate::agent_client::ClientTls;
-use crate::agent_pod::AGENT_TLS_SECRET;
 use crate::agents::Agents;
 use crate::context::{Context, Expectations, FIELD_MANAGER, Settings, StatusCache, store_ready};
 use crate::janitor::Janitor;
@@ -49,9 +51,12 @@ pub struct Components {
     pub health: Health,
     /// This replica's identity (Events name it).
     pub identity: String,
-    /// Watch only this namespace (pools, sandboxes and agent pods); all
-    /// namespaces when `None`.
-    pub watch_namespace: Option<String>,
+    /// The operator's policy, kept current for the process's life.
+    pub policy: SharedPolicy,
+    /// Bumped whenever the policy changes.
+    pub policy_changes: watch::Sender<()>,
+    /// Where watches report objects they cannot decode.
+    pub undecodable: Arc<Undecodable>,
 }
 
 impl std::fmt::Debug for Components {
@@ -60,17 +65,6 @@ impl std::fmt::Debug for Components {
             .field("settings", &self.settings)
             .field("identity", &self.identity)
             .finish()
-    }
-}
-
-fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 
@@ -87,11 +81,18 @@ where
 {
     c.health.set_ready(false);
     let client = c.client.clone();
-    let scope = c.watch_namespace.as_deref();
+    let scope = c.settings.watch_namespace.as_deref();
+    let agent_ns = c.settings.agent_pod.namespace.clone();
     let index = Arc::new(Index::new());
+    let feed = Arc::new(Mutex::new(Feed::new(index.clone())));
+    let apply = {
+        let feed = feed.clone();
+        move |change: Change| feed.lock().unwrap_or_else(|p| p.into_inner()).apply(change)
+    };
     let (sandbox_tx, sandbox_rx) = mpsc::unbounded_channel::<ObjectRef<Sandbox>>();
     let (pool_tx, pool_rx) = mpsc::unbounded_channel::<ObjectRef<SandboxPool>>();
     let (janitor_tx, janitor_rx) = mpsc::unbounded_channel();
+    let (orphan_tx, orphan_rx) = mpsc::unbounded_channel::<()>();
 
     // Sandboxes: one watch feeds the store, the placement index and the
     // sandbox controller.
@@ -101,68 +102,70 @@ where
         c.tls.clone(),
         c.agent_port,
         sb_store.clone(),
-        index.clone(),
         sandbox_tx.clone(),
         pool_tx.clone(),
         janitor_tx,
     );
     let sb_events = {
         let agents = agents.clone();
-        let store = sb_store.clone();
         let pool_tx = pool_tx.clone();
         let written = written.clone();
-        watcher(
-            scoped::<Sandbox>(&client, scope),
+        let apply = apply.clone();
+        decode::watch::<Sandbox>(
+            client.clone(),
+            scope,
             watcher::Config::default(),
+            c.undecodable.clone(),
         )
         .default_backoff()
         .reflect(sb_writer)
-        .inspect(move |ev| match ev {
-            Ok(watcher::Event::Apply(sb) | watcher::Event::InitApply(sb)) => {
-                agents.observe_sandbox(sb);
-                if let Some(ns) = sb.namespace() {
-                    let _ = pool_tx.send(ObjectRef::new(&sb.spec.pool_ref).within(&ns));
+        .inspect(move |ev| {
+            let Ok(ev) = ev else { return };
+            apply(Change::Sandbox(ev.clone()));
+            match ev {
+                watcher::Event::Apply(sb) | watcher::Event::InitApply(sb) => {
+                    if let Some(ns) = sb.namespace() {
+                        let _ = pool_tx.send(ObjectRef::new(&sb.spec.pool_ref).within(&ns));
+                    }
                 }
-            }
-            Ok(watcher::Event::Delete(sb)) => {
-                agents.forget_sandbox(sb);
-                if let Some(uid) = sb.metadata.uid.as_deref() {
-                    written.forget(uid);
+                watcher::Event::Delete(sb) => {
+                    agents.forget_sandbox(sb);
+                    if let Some(uid) = sb.metadata.uid.as_deref() {
+                        written.forget(uid);
+                    }
                 }
+                _ => {}
             }
-            Ok(watcher::Event::InitDone) => {
-                let alive: HashSet<String> = store.state().iter().filter_map(|s| s.uid()).collect();
-                agents.index().retain_sandboxes(|uid| alive.contains(uid));
-            }
-            _ => {}
         })
         .applied_objects()
     };
 
-    // Agent pods: one watch feeds the store, the directory and the index.
+    // Agent pods, all in the operator's namespace: one watch feeds the
+    // store, the agent directory and the index.
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let pod_events = {
         let agents = agents.clone();
         let store = pod_store.clone();
+        let apply = apply.clone();
+        let orphan_tx = orphan_tx.clone();
         let cfg = watcher::Config::default().labels(&format!("{LABEL_ROLE}={ROLE_AGENT}"));
-        watcher(scoped::<Pod>(&client, scope), cfg)
+        decode::watch::<Pod>(client.clone(), Some(&agent_ns), cfg, c.undecodable.clone())
             .default_backoff()
             .reflect(pod_writer)
             .for_each(move |ev| {
+                if let Ok(ev) = &ev {
+                    apply(Change::Pod(ev.clone()));
+                }
                 match ev {
                     Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
                         agents.observe_pod(&p)
                     }
                     Ok(watcher::Event::Delete(p)) => agents.forget_pod(&p),
                     Ok(watcher::Event::InitDone) => {
-                        let alive: HashSet<String> = store
-                            .state()
-                            .iter()
-                            .map(|p| {
-                                format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
-                            })
-                            .collect();
+                        let alive: HashSet<String> =
+                            store.state().iter().map(|p| p.name_any()).collect();
                         agents.retain_pods(&alive);
+                        let _ = orphan_tx.send(());
                     }
                     Ok(watcher::Event::Init) => {}
                     Err(e) => tracing::warn!(error = %e, "agent pod watch failed"),
@@ -171,24 +174,54 @@ where
             })
     };
 
-    let janitor = Janitor::new(
-        pod_store.clone(),
-        agents.clone(),
-        c.metrics.clone(),
-        c.watch_namespace.clone(),
-    );
-    if let Some(ns) = &c.watch_namespace {
-        tracing::warn!(namespace = %ns, "watching one namespace: the node janitor is off (it needs every agent pod of a node)");
-    }
+    // Nodes: only their images, for image-aware placement.
+    let node_events = {
+        let apply = apply.clone();
+        decode::watch::<Node>(
+            client.clone(),
+            None,
+            watcher::Config::default(),
+            c.undecodable.clone(),
+        )
+        .default_backoff()
+        .for_each(move |ev| {
+            match ev {
+                Ok(ev) => apply(Change::Node(ev)),
+                Err(e) => tracing::warn!(error = %e, "node watch failed"),
+            }
+            futures::future::ready(())
+        })
+    };
+
+    // Pools: one watch feeds the store, the index and the pool controller.
+    let (pool_store, pool_writer) = reflector::store::<SandboxPool>();
+    let pool_events = {
+        let apply = apply.clone();
+        let orphan_tx = orphan_tx.clone();
+        decode::watch::<SandboxPool>(
+            client.clone(),
+            scope,
+            watcher::Config::default(),
+            c.undecodable.clone(),
+        )
+        .default_backoff()
+        .reflect(pool_writer)
+        .inspect(move |ev| {
+            let Ok(ev) = ev else { return };
+            if matches!(ev, watcher::Event::Delete(_) | watcher::Event::InitDone) {
+                let _ = orphan_tx.send(());
+            }
+            apply(Change::Pool(ev.clone()));
+        })
+        .applied_objects()
+    };
+
+    let janitor = Janitor::new(pod_store.clone(), agents.clone(), c.metrics.clone());
     let janitor_run = janitor.clone().run(janitor_rx);
 
-    let pool_ctl = Controller::new(
-        scoped::<SandboxPool>(&client, scope),
-        watcher::Config::default(),
-    )
-    .with_config(ControllerConfig::default().debounce(POOL_DEBOUNCE))
-    .reconcile_on(channel_stream(pool_rx));
-    let pool_store = pool_ctl.store();
+    let pool_ctl = Controller::for_stream(pool_events, pool_store.clone())
+        .with_config(ControllerConfig::default().debounce(POOL_DEBOUNCE))
+        .reconcile_on(channel_stream(pool_rx));
     let sandbox_ctl = Controller::for_stream(sb_events, sb_store.clone())
         .reconcile_on(channel_stream(sandbox_rx));
 
@@ -202,46 +235,34 @@ where
         sandboxes: sb_store.clone(),
         pools: pool_store.clone(),
         agents: agents.clone(),
+        index,
+        feed,
+        policy: c.policy.clone(),
         janitor,
         metrics: c.metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         settings: c.settings.clone(),
         pool_tx,
         expectations: Expectations::default(),
-        tls_copied: Mutex::new(HashSet::new()),
         failures: Mutex::new(Default::default()),
         written,
+        namespace_locks: Default::default(),
     });
 
-    // A rotated agent certificate (the certs CronJob renews it) reaches every
-    // pool namespace: each change of the source makes every copy stale and
-    // every pool reconcile, which copies it again.
-    let tls_source = {
+    // A policy change (caps, images) may change what every pool should do.
+    let policy_run = {
         let ctx = ctx.clone();
-        let pools = pool_store.clone();
-        let api: Api<Secret> = Api::namespaced(client.clone(), &c.settings.namespace);
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={AGENT_TLS_SECRET}"));
-        let mut seen: Option<String> = None;
-        watcher(api, cfg)
-            .default_backoff()
-            .applied_objects()
-            .for_each(move |secret| {
-                if let Ok(secret) = secret
-                    && secret.resource_version() != seen
-                {
-                    seen = secret.resource_version();
-                    ctx.tls_copied
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clear();
-                    for p in pools.state() {
-                        let _ = ctx.pool_tx.send(ObjectRef::from_obj(&*p));
-                    }
+        let mut changes = c.policy_changes.subscribe();
+        async move {
+            while changes.changed().await.is_ok() {
+                for p in ctx.pools.state() {
+                    let _ = ctx.pool_tx.send(ObjectRef::from_obj(&*p));
                 }
-                futures::future::ready(())
-            })
+            }
+        }
     };
-    let tls_run = until(tls_source, stop.clone());
+
+    let orphans_run = pool_controller::sweep_orphans_on(ctx.clone(), orphan_rx);
 
     let readiness = {
         let (pods, sbs, pools, health) = (
@@ -282,6 +303,9 @@ where
         )
         .for_each(|_| futures::future::ready(()));
     let pods_run = until(pod_events, stop.clone());
+    let nodes_run = until(node_events, stop.clone());
+    let policy_run = until(policy_run, stop.clone());
+    let orphans_run = until(orphans_run, stop.clone());
     let janitor_run = until(janitor_run, stop);
 
     tokio::join!(
@@ -289,8 +313,10 @@ where
         pools_run,
         sandboxes_run,
         pods_run,
+        nodes_run,
         janitor_run,
-        tls_run
+        policy_run,
+        orphans_run,
     );
     agents.shutdown();
     drop(sandbox_tx);

@@ -107,8 +107,17 @@ fn index(n: usize) -> Arc<Index> {
         idx.apply_agent_pod(&Pod {
             metadata: ObjectMeta {
                 name: Some(format!("agent-{a}")),
-                namespace: Some("team-a".into()),
-                labels: Some([("sandbox.fast.io/pool".to_string(), "pool".to_string())].into()),
+                namespace: Some("fast-sandbox-system".into()),
+                labels: Some(
+                    [
+                        ("sandbox.fast.io/pool".to_string(), "pool".to_string()),
+                        (
+                            "sandbox.fast.io/pool-namespace".to_string(),
+                            "team-a".to_string(),
+                        ),
+                    ]
+                    .into(),
+                ),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -126,8 +135,9 @@ fn request(n: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "Pod": {
             "metadata": {
-                "name": "agent-x", "namespace": "team-a", "uid": "7f0c2b8e",
-                "labels": {"sandbox.fast.io/role": "agent", "sandbox.fast.io/pool": "pool"},
+                "name": "agent-x", "namespace": "fast-sandbox-system", "uid": "7f0c2b8e",
+                "labels": {"sandbox.fast.io/role": "agent", "sandbox.fast.io/pool": "pool",
+                           "sandbox.fast.io/pool-namespace": "team-a"},
                 "annotations": {"sandbox.fast.io/slots": "16"},
                 "ownerReferences": [{"apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool", "name": "pool", "uid": "0e7d", "controller": true}]
             },
@@ -180,6 +190,7 @@ fn bench(c: &mut Criterion) {
             never_pulled: Vec::new(),
             // Named, so each call also records the assumed placement.
             name: "agent-1".into(),
+            namespace: "fast-sandbox-system".into(),
         };
         let names: Vec<String> = (0..n).map(|i| format!("node-{i:05}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();

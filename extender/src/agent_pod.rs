@@ -1,11 +1,12 @@
 //! Recognising the pods this extender cares about: agent pods of a pool.
 
 use fast_sandbox_api::image::normalize;
-use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT};
+use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_POOL_NAMESPACE, LABEL_ROLE, ROLE_AGENT};
 
 use crate::protocol::PodView;
 
-/// Identifies a SandboxPool: agent pods live in their pool's namespace.
+/// Identifies a SandboxPool. Agent pods live in the operator's namespace
+/// and name their pool's namespace and name in labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
     /// Namespace of the pool.
@@ -43,6 +44,8 @@ pub struct AgentPod {
     /// The pod's name (empty when the scheduler sent none): the node it
     /// scores best is assumed for it until the pod watch says where it went.
     pub name: String,
+    /// The pod's own namespace (the operator's).
+    pub namespace: String,
 }
 
 impl AgentPod {
@@ -54,6 +57,7 @@ impl AgentPod {
             return None;
         }
         let pool = labels.get(LABEL_POOL).filter(|p| !p.is_empty())?;
+        let pool_namespace = labels.get(LABEL_POOL_NAMESPACE).filter(|p| !p.is_empty())?;
         let namespace = if pod.metadata.namespace.is_empty() {
             "default"
         } else {
@@ -74,10 +78,11 @@ impl AgentPod {
             }
         }
         Some(AgentPod {
-            pool: PoolKey::new(namespace, pool.as_str()),
+            pool: PoolKey::new(pool_namespace.as_str(), pool.as_str()),
             images,
             never_pulled,
             name: pod.metadata.name.clone(),
+            namespace: namespace.to_string(),
         })
     }
 }
@@ -89,7 +94,7 @@ mod tests {
 
     fn pod(labels: &[(&str, &str)]) -> PodView {
         let mut p = PodView::default();
-        p.metadata.namespace = "team".into();
+        p.metadata.namespace = "fast-sandbox-system".into();
         for (k, v) in labels {
             p.metadata.labels.insert(k.to_string(), v.to_string());
         }
@@ -106,12 +111,21 @@ mod tests {
 
     #[test]
     fn agent_pods_need_role_and_pool() {
+        let ns = (LABEL_POOL_NAMESPACE, "team");
         assert!(AgentPod::recognise(&pod(&[])).is_none());
         assert!(AgentPod::recognise(&pod(&[(LABEL_ROLE, ROLE_AGENT)])).is_none());
-        assert!(AgentPod::recognise(&pod(&[(LABEL_POOL, "p")])).is_none());
-        assert!(AgentPod::recognise(&pod(&[(LABEL_ROLE, "other"), (LABEL_POOL, "p")])).is_none());
-        let a = AgentPod::recognise(&pod(&[(LABEL_ROLE, ROLE_AGENT), (LABEL_POOL, "p")])).unwrap();
+        assert!(AgentPod::recognise(&pod(&[(LABEL_POOL, "p"), ns])).is_none());
+        assert!(
+            AgentPod::recognise(&pod(&[(LABEL_ROLE, "other"), (LABEL_POOL, "p"), ns])).is_none()
+        );
+        assert!(
+            AgentPod::recognise(&pod(&[(LABEL_ROLE, ROLE_AGENT), (LABEL_POOL, "p")])).is_none(),
+            "an agent names its pool's namespace"
+        );
+        let a =
+            AgentPod::recognise(&pod(&[(LABEL_ROLE, ROLE_AGENT), (LABEL_POOL, "p"), ns])).unwrap();
         assert_eq!(a.pool, PoolKey::new("team", "p"));
+        assert_eq!(a.namespace, "fast-sandbox-system");
         assert_eq!(
             a.images,
             vec![

@@ -11,7 +11,7 @@ use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
 use fast_sandbox_api::image::normalize;
-use fast_sandbox_api::wellknown::LABEL_POOL;
+use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_POOL_NAMESPACE};
 use fast_sandbox_api::{Sandbox, SandboxPool};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -368,7 +368,7 @@ impl Index {
         // A pod scored again (the scheduler retries) does not count itself.
         let own = s
             .agents
-            .get(&(agent.pool.namespace.clone(), agent.name.clone()))
+            .get(&(agent.namespace.clone(), agent.name.clone()))
             .filter(|p| p.pool == agent.pool)
             .map(|p| p.node.as_str());
         nodes
@@ -451,12 +451,10 @@ impl State {
             return;
         };
         let key = (ns.clone(), name.clone());
-        let pool = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_POOL))
-            .filter(|p| !p.is_empty());
+        let labels = pod.metadata.labels.as_ref();
+        let pool = labels
+            .and_then(|l| Some((l.get(LABEL_POOL_NAMESPACE)?, l.get(LABEL_POOL)?)))
+            .filter(|(pns, p)| !pns.is_empty() && !p.is_empty());
         let node = pod
             .spec
             .as_ref()
@@ -473,8 +471,8 @@ impl State {
         }
         self.assumed.remove(&key);
         let placement = match (pool, node) {
-            (Some(pool), Some(node)) if live => Some(AgentPlacement {
-                pool: PoolKey::new(ns.as_str(), pool.as_str()),
+            (Some((pool_ns, pool)), Some(node)) if live => Some(AgentPlacement {
+                pool: PoolKey::new(pool_ns.as_str(), pool.as_str()),
                 node: node.clone(),
             }),
             _ => None,
@@ -508,7 +506,7 @@ impl State {
             self.assumed.remove(&k);
             self.uncount_agent(&k);
         }
-        let key = (agent.pool.namespace.clone(), agent.name.clone());
+        let key = (agent.namespace.clone(), agent.name.clone());
         if self.agents.contains_key(&key) && !self.assumed.contains_key(&key) {
             // The watch already saw it bound.
             return;
@@ -646,8 +644,14 @@ mod tests {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                namespace: Some("ns".into()),
-                labels: Some([(LABEL_POOL.to_string(), pool.to_string())].into()),
+                namespace: Some("fast-sandbox-system".into()),
+                labels: Some(
+                    [
+                        (LABEL_POOL.to_string(), pool.to_string()),
+                        (LABEL_POOL_NAMESPACE.to_string(), "ns".to_string()),
+                    ]
+                    .into(),
+                ),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -681,6 +685,7 @@ mod tests {
             images: images.iter().map(|i| normalize(i)).collect(),
             never_pulled: Vec::new(),
             name: String::new(),
+            namespace: "fast-sandbox-system".into(),
         }
     }
 
@@ -713,7 +718,7 @@ mod tests {
         idx.prioritize(&named("p-3"), &["a", "b"], now);
         let later = now + ASSUMED_FOR + chrono::Duration::seconds(1);
         idx.prioritize(&named("p-4"), &["a", "b"], later);
-        idx.delete_agent_pod("ns", "p-4");
+        idx.delete_agent_pod("fast-sandbox-system", "p-4");
         let s = idx.prioritize(&agent("p", &[]), &["a", "b"], later);
         assert_eq!(s[0], s[1], "p-3 no longer counts: {s:?}");
     }
@@ -743,7 +748,7 @@ mod tests {
         assert!(s[0] < s[1], "{s:?}");
         // Moving and deleting pods updates the counts.
         idx.apply_agent_pod(&agent_pod("x2", "p", Some("b")));
-        idx.delete_agent_pod("ns", "x1");
+        idx.delete_agent_pod("fast-sandbox-system", "x1");
         let s = idx.prioritize(&agent("p", &[]), &["a", "b"], Utc::now());
         assert!(s[0] > s[1], "{s:?}");
         assert_eq!(idx.stats().agents, 2);

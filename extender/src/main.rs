@@ -10,6 +10,8 @@ use clap::Parser;
 use fast_sandbox_extender::metrics::Metrics;
 use fast_sandbox_extender::routes::Routes;
 use fast_sandbox_extender::{Extender, Index, ScoringConfig, watch};
+use fast_sandbox_k8s::cluster_trust::ClientAuthArgs;
+use fast_sandbox_k8s::decode::Undecodable;
 use fast_sandbox_server::tls::ServerTls;
 use fast_sandbox_server::{Ops, OpsArgs, serve, serve_ops, telemetry};
 use tokio::net::TcpListener;
@@ -58,9 +60,22 @@ struct Args {
         action = clap::ArgAction::Set
     )]
     filter_missing_images: bool,
+    /// Namespace agent pods run in (the operator's).
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_AGENT_NAMESPACE",
+        default_value = "fast-sandbox-system"
+    )]
+    agent_namespace: String,
+    #[command(flatten)]
+    client_auth: ClientAuthArgs,
     #[command(flatten)]
     ops: OpsArgs,
 }
+
+/// The scheduler's client certificate name (its kubeconfig identity, which
+/// the local cluster also hands to the extender stanza's tlsConfig).
+const SCHEDULER_CLIENT: &str = "system:kube-scheduler";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -77,21 +92,40 @@ async fn main() -> anyhow::Result<()> {
     );
     let extender = Extender::new(index.clone(), Some(Metrics::register(&ops.registry)));
 
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            ServerTls {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: None,
-            }
-            .build()
-            .context("loading the serving certificate")?,
-        ),
-        _ => None,
-    };
     let client = kube::Client::try_default()
         .await
         .context("building the Kubernetes client (KUBECONFIG or in-cluster)")?;
+    let auth = args
+        .client_auth
+        .setup(&client, &[SCHEDULER_CLIENT])
+        .context("setting up client authentication")?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let serving = ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+            };
+            Some(
+                match &auth.verifier {
+                    Some(ca) => serving.build_with_client_ca(ca.clone()),
+                    None => serving.build(),
+                }
+                .context("loading the serving certificate")?,
+            )
+        }
+        _ => None,
+    };
+    let callers = if tls.is_some() {
+        auth.names.clone()
+    } else {
+        None
+    };
+    if callers.is_none() {
+        tracing::warn!(
+            "scheduler calls are not authenticated (no TLS or --client-auth=none); restrict the port with the NetworkPolicy in deploy/"
+        );
+    }
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -101,7 +135,27 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.ops.ops_listen))?;
     tracing::info!(listen = %args.listen, tls = tls.is_some(), ops = %args.ops.ops_listen, "serving");
 
-    let watches = tokio::spawn(watch::run(client, index, ops.health.clone()));
+    let health = fast_sandbox_server::Health::new();
+    let watches = tokio::spawn(watch::run(
+        client,
+        index,
+        health.clone(),
+        watch::Scope {
+            agent_namespace: args.agent_namespace.clone(),
+            undecodable: Undecodable::register(&ops.registry),
+        },
+    ));
+    {
+        // Ready once every watch listed and the callers can be verified.
+        let (auth, ready) = (auth.clone(), ops.health.clone());
+        tokio::spawn(async move {
+            auth.loaded().await;
+            while !health.is_ready() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ready.set_ready(true);
+        });
+    }
     let stop = fast_sandbox_server::shutdown::signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -112,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
             listener,
             tls,
             ops.clone(),
-            Arc::new(Routes::new(extender)),
+            Arc::new(Routes::new(extender, callers)),
             wait(stop_rx.clone()),
         ),
         serve_ops(ops_listener, ops.clone(), wait(stop_rx)),

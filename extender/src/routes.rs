@@ -1,10 +1,12 @@
 //! The HTTP side: `POST /filter` and `POST /prioritize` as kube-scheduler
-//! calls them (`urlPrefix` + `/` + verb). `/healthz`, `/readyz` and
+//! calls them (`urlPrefix` + `/` + verb), from the scheduler only: its
+//! client certificate's name is checked. `/healthz`, `/readyz` and
 //! `/metrics` are answered by the shared server before this handler.
 
 use bytes::Bytes;
 use chrono::Utc;
 use fast_sandbox_server::body::{self, Body};
+use fast_sandbox_server::client_auth::AllowedNames;
 use fast_sandbox_server::{Handler, Peer};
 use futures::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -26,12 +28,14 @@ pub const MAX_BODY_BYTES: usize = 256 << 20;
 #[derive(Clone, Debug)]
 pub struct Routes {
     extender: Extender,
+    callers: Option<AllowedNames>,
 }
 
 impl Routes {
-    /// Routes calls to `extender`.
-    pub fn new(extender: Extender) -> Self {
-        Self { extender }
+    /// Routes calls to `extender`; with `callers`, only clients whose
+    /// verified certificate bears one of those names.
+    pub fn new(extender: Extender, callers: Option<AllowedNames>) -> Self {
+        Self { extender, callers }
     }
 }
 
@@ -43,6 +47,12 @@ enum Route {
 
 impl Handler for Routes {
     fn call(&self, req: Request<Incoming>, peer: Peer) -> BoxFuture<'static, Response<Body>> {
+        if let Some(names) = &self.callers
+            && let Err(e) = names.check(&peer)
+        {
+            tracing::warn!(peer = %peer.addr, error = %e, "extender call from a caller that is not the scheduler refused");
+            return Box::pin(async move { body::text(StatusCode::FORBIDDEN, e.to_string()) });
+        }
         let route = match req.uri().path() {
             FILTER_PATH => Route::Filter,
             PRIORITIZE_PATH => Route::Prioritize,

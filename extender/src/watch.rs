@@ -1,21 +1,22 @@
-//! The watches that feed the [`Index`]: nodes, agent pods (by label),
-//! SandboxPools and Sandboxes, cluster-wide. The extender is ready once
-//! every watch has listed its objects once.
+//! The watches that feed the [`Index`]: nodes, agent pods (by label, in the
+//! operator's namespace), SandboxPools and Sandboxes. Each decodes objects
+//! one by one, so one our types cannot read is skipped and reported, never
+//! stopping the watch. The extender is ready once every watch has listed
+//! its objects once.
 
-use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Utc;
 use fast_sandbox_api::wellknown::{LABEL_ROLE, ROLE_AGENT};
 use fast_sandbox_api::{Sandbox, SandboxPool};
+use fast_sandbox_k8s::decode::{self, Undecodable, Watched};
 use fast_sandbox_server::Health;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Client;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event, watcher};
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::runtime::watcher::{self, Event};
 
 use crate::index::Index;
 
@@ -110,51 +111,70 @@ impl Synced {
     }
 }
 
+/// Where the watches look.
+pub struct Scope {
+    /// Namespace of the agent pods (the operator's).
+    pub agent_namespace: String,
+    /// Where objects that do not decode are reported.
+    pub undecodable: Arc<Undecodable>,
+}
+
 /// Runs the four watches until the process ends, marking `health` ready
 /// once all have synced. Watch errors are logged and retried with backoff.
-pub async fn run(client: Client, index: Arc<Index>, health: Health) {
+pub async fn run(client: Client, index: Arc<Index>, health: Health, scope: Scope) {
     let synced = Synced {
         done: Arc::new(AtomicUsize::new(0)),
         of: 4,
         health,
     };
     let agents = watcher::Config::default().labels(&format!("{LABEL_ROLE}={ROLE_AGENT}"));
+    let all = watcher::Config::default;
+    let u = &scope.undecodable;
     tokio::join!(
-        follow(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
+        follow::<Node, _>(
+            &client,
+            None,
+            all(),
+            u,
             Nodes(index.clone()),
-            synced.clone(),
+            synced.clone()
         ),
-        follow(
-            Api::<Pod>::all(client.clone()),
+        follow::<Pod, _>(
+            &client,
+            Some(&scope.agent_namespace),
             agents,
+            u,
             AgentPods(index.clone()),
             synced.clone(),
         ),
-        follow(
-            Api::<SandboxPool>::all(client.clone()),
-            watcher::Config::default(),
+        follow::<SandboxPool, _>(
+            &client,
+            None,
+            all(),
+            u,
             Pools(index.clone()),
-            synced.clone(),
+            synced.clone()
         ),
-        follow(
-            Api::<Sandbox>::all(client),
-            watcher::Config::default(),
-            Sandboxes(index),
-            synced,
-        ),
+        follow::<Sandbox, _>(&client, None, all(), u, Sandboxes(index), synced),
     );
 }
 
-async fn follow<K, F>(api: Api<K>, config: watcher::Config, feed: F, synced: Synced)
-where
-    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
-    K::DynamicType: Default,
+async fn follow<K, F>(
+    client: &Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+    undecodable: &Arc<Undecodable>,
+    feed: F,
+    synced: Synced,
+) where
+    K: Watched,
     F: Feed<K>,
 {
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+    let kind = K::kind(&()).into_owned();
+    let mut stream = std::pin::pin!(
+        decode::watch::<K>(client.clone(), namespace, config, undecodable.clone())
+            .default_backoff()
+    );
     let mut buffer: Vec<K> = Vec::new();
     let mut first = true;
     while let Some(event) = stream.next().await {

@@ -1,7 +1,8 @@
 //! The extender served for real: TLS with a CA-signed certificate over
 //! loopback, called the way kube-scheduler calls it (POST `<prefix>/filter`
-//! and `<prefix>/prioritize`, HTTP/2 or HTTP/1.1), plus the operational
-//! endpoints on the same port.
+//! and `<prefix>/prioritize`, HTTP/2 or HTTP/1.1, presenting the
+//! scheduler's client certificate), callers that are not the scheduler
+//! refused, plus the operational endpoints on the same port.
 
 mod common;
 
@@ -15,6 +16,7 @@ use common::*;
 use fast_sandbox_extender::Extender;
 use fast_sandbox_extender::metrics::Metrics;
 use fast_sandbox_extender::routes::Routes;
+use fast_sandbox_server::client_auth::{AllowedNames, ClientCa};
 use fast_sandbox_server::{Ops, serve, tls};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -29,7 +31,10 @@ const SERVER_NAME: &str = "fast-sandbox-extender.fast-sandbox-system.svc";
 const AGENT: &str = "docker.io/fast-sandbox/agent:dev";
 const WARM: &str = "docker.io/fast-sandbox/busybox:dev";
 
-/// Writes a CA and a serving certificate for the extender's Service names.
+const SCHEDULER: &str = "system:kube-scheduler";
+
+/// Writes a CA, a serving certificate for the extender's Service names and
+/// client certificates for the scheduler and for someone else.
 fn certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -50,12 +55,23 @@ fn certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     std::fs::write(&a, issuer.pem()).unwrap();
+    for who in [SCHEDULER, "someone-else"] {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, who);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{who}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{who}.key")), key.serialize_pem()).unwrap();
+    }
     (c, k, a)
 }
 
 struct Server {
     addr: SocketAddr,
     ca: PathBuf,
+    dir: PathBuf,
     ops: Ops,
     _stop: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
@@ -69,7 +85,7 @@ async fn start() -> Server {
         key,
         client_ca: None,
     }
-    .build()
+    .build_with_client_ca(ClientCa::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
     .unwrap();
     let nodes = vec![
         node("n-warm", &[(&[AGENT], 20 * MIB), (&[WARM], MIB)]),
@@ -92,7 +108,7 @@ async fn start() -> Server {
         listener,
         Some(config),
         ops.clone(),
-        Arc::new(Routes::new(extender)),
+        Arc::new(Routes::new(extender, Some(AllowedNames::new([SCHEDULER])))),
         async move {
             let _ = rx.await;
         },
@@ -100,13 +116,15 @@ async fn start() -> Server {
     Server {
         addr,
         ca,
+        dir: dir.path().to_path_buf(),
         ops,
         _stop: tx,
         _dir: dir,
     }
 }
 
-/// One request over a fresh TLS connection negotiating `alpn`.
+/// One request as the scheduler over a fresh TLS connection negotiating
+/// `alpn`.
 async fn call(
     server: &Server,
     alpn: &[u8],
@@ -114,8 +132,23 @@ async fn call(
     path: &str,
     body: Vec<u8>,
 ) -> (StatusCode, Bytes) {
+    call_as(server, SCHEDULER, alpn, method, path, body).await
+}
+
+async fn call_as(
+    server: &Server,
+    who: &str,
+    alpn: &[u8],
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Bytes) {
     let fut = async {
-        let mut config = (*tls::client_config(&server.ca, None).unwrap()).clone();
+        let (cert, key) = (
+            server.dir.join(format!("{who}.crt")),
+            server.dir.join(format!("{who}.key")),
+        );
+        let mut config = (*tls::client_config(&server.ca, Some((&cert, &key))).unwrap()).clone();
         config.alpn_protocols = vec![alpn.to_vec()];
         let tcp = TcpStream::connect(server.addr).await.unwrap();
         let stream = TlsConnector::from(Arc::new(config))
@@ -211,6 +244,49 @@ async fn scheduler_calls_over_tls() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     let (status, _) = call(&server, b"h2", Method::POST, "/bind", Vec::new()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn callers_other_than_the_scheduler_are_refused() {
+    let server = start().await;
+    let agent = pod(
+        "agent-1",
+        agent_labels("default-pool"),
+        "fast-sandbox/agent:dev",
+    );
+    let (status, body) = call_as(
+        &server,
+        "someone-else",
+        b"h2",
+        Method::POST,
+        "/prioritize",
+        names_args(&agent, &["n-warm"]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("someone-else") && text.contains(SCHEDULER),
+        "{text}"
+    );
+    // Without any client certificate the handshake itself fails.
+    let mut config = (*tls::client_config(&server.ca, None).unwrap()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let refused = async {
+        let mut tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+            .await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 16];
+        tls.read(&mut buf).await
+    };
+    assert!(
+        refused.await.is_err(),
+        "a caller without a client certificate must not get an answer"
+    );
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 #![deny(missing_docs, rust_2018_idioms)]
 
 pub mod body;
+pub mod client_auth;
 pub mod health;
 pub mod http;
 pub mod metrics;

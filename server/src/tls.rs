@@ -11,9 +11,12 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::client_auth::ClientCa;
 
 /// How often, at most, the certificate files are checked for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -183,23 +186,47 @@ impl ServerTls {
 
     /// Like [`ServerTls::build`] with a resolver the caller keeps (tests).
     pub fn build_with(&self, resolver: Arc<ReloadingCert>) -> Result<Arc<ServerConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-        let builder = match &self.client_ca {
+        let verifier: Option<Arc<dyn ClientCertVerifier>> = match &self.client_ca {
             Some(ca) => {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
                 let roots = Arc::new(read_roots(ca)?);
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
+                Some(
+                    WebPkiClientVerifier::builder_with_provider(roots, provider)
+                        .build()
+                        .map_err(|e| TlsError::Verifier(e.to_string()))?,
+                )
             }
-            None => builder.with_no_client_auth(),
+            None => None,
         };
-        let mut config = builder.with_cert_resolver(resolver);
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        server_config(resolver, verifier)
     }
+
+    /// Like [`ServerTls::build`], but clients must present a certificate
+    /// signed by whatever `client_ca` trusts at the time of the handshake
+    /// (`client_ca` in `self` is ignored).
+    pub fn build_with_client_ca(
+        &self,
+        client_ca: Arc<ClientCa>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let resolver = Arc::new(ReloadingCert::new(&self.cert, &self.key)?);
+        server_config(resolver, Some(client_ca))
+    }
+}
+
+fn server_config(
+    resolver: Arc<ReloadingCert>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Builds a client config that trusts only `ca` and, when given, presents a

@@ -14,7 +14,7 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
-use crate::placement::Choice;
+use fast_sandbox_placement::Choice;
 
 /// What admission decided for a new sandbox.
 #[derive(Clone, Debug, PartialEq, Eq)]

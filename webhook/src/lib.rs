@@ -4,14 +4,15 @@
 //! CRD schema cannot and answers with a JSON patch that binds the sandbox to a
 //! warm agent, before the object is stored. The pieces:
 //!
-//! - [`placement`]: the in-memory index of agents, slots and image caches and
-//!   the placement decision. Pure, no I/O; the controller uses the same index
-//!   to re-place sandboxes.
+//! - placement (the `fast-sandbox-placement` crate): the in-memory index of
+//!   agents, slots and image caches and the decision; the controller uses
+//!   the same implementation to re-place sandboxes.
 //! - [`watch`]: feeds the index from watches on agent pods, nodes, pools and
 //!   sandboxes.
 //! - [`binding`]: the JSON patch that binds a sandbox.
-//! - [`review`]: the AdmissionReview decision for CREATE and UPDATE, and the
-//!   wire format sent back to the apiserver.
+//! - [`review`]: the AdmissionReview envelope and wire format;
+//!   [`sandbox_review`] binds and guards Sandboxes, [`pool_review`] holds
+//!   SandboxPools to the operator's policy.
 //! - [`server`]: the HTTPS handler for `/mutate-sandbox`.
 //! - [`metrics`]: admission latency and placement hit counters.
 #![forbid(unsafe_code)]
@@ -19,7 +20,8 @@
 
 pub mod binding;
 pub mod metrics;
-pub mod placement;
+pub mod pool_review;
 pub mod review;
+pub mod sandbox_review;
 pub mod server;
 pub mod watch;

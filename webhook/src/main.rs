@@ -1,19 +1,26 @@
-//! `fast-sandbox-webhook`: the mutating admission webhook that binds every
-//! new Sandbox to a warm agent.
+//! `fast-sandbox-webhook`: the admission webhook that binds every new
+//! Sandbox to a warm agent and holds SandboxPools to the operator's policy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use fast_sandbox_k8s::cluster_trust::ClientAuthArgs;
+use fast_sandbox_k8s::decode::Undecodable;
+use fast_sandbox_k8s::policy::SharedPolicy;
+use fast_sandbox_placement::Index;
 use fast_sandbox_server::tls::ServerTls;
 use fast_sandbox_server::{Ops, OpsArgs, serve, serve_ops, telemetry};
 use fast_sandbox_webhook::metrics::Metrics;
-use fast_sandbox_webhook::placement::Index;
 use fast_sandbox_webhook::review::{DEFAULT_CONTROLLER_USERNAME, Reviewer};
 use fast_sandbox_webhook::server::Webhook;
 use fast_sandbox_webhook::watch::{self, ApiPools};
 use tokio::net::TcpListener;
+
+/// The apiserver's webhook client certificate name (see deploy/ and the
+/// local cluster's admission configuration).
+const APISERVER_CLIENT: &str = "kube-apiserver-webhook-client";
 
 /// Admission webhook of Fast Sandbox.
 #[derive(Parser, Debug)]
@@ -21,9 +28,19 @@ use tokio::net::TcpListener;
 struct Args {
     #[command(flatten)]
     tls: fast_sandbox_server::tls::ServingArgs,
-    /// HTTPS address kube-apiserver calls (`/mutate-sandbox`).
+    #[command(flatten)]
+    client_auth: ClientAuthArgs,
+    /// HTTPS address kube-apiserver calls (`/mutate-sandbox`,
+    /// `/validate-sandboxpool`).
     #[arg(long, env = "FAST_SANDBOX_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
+    /// Namespace the operator's components and agent pods run in (home of
+    /// the policy ConfigMap).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "fast-sandbox-system")]
+    namespace: String,
+    /// Namespace agent pods run in; `--namespace` when unset.
+    #[arg(long, env = "FAST_SANDBOX_AGENT_NAMESPACE")]
+    agent_namespace: Option<String>,
     /// Username of the controller's service account, the only one allowed
     /// to change a sandbox's binding.
     #[arg(long, env = "FAST_SANDBOX_CONTROLLER_USERNAME", default_value = DEFAULT_CONTROLLER_USERNAME)]
@@ -45,20 +62,60 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the cluster (in-cluster config or KUBECONFIG)")?;
 
-    let health = ops.health.clone();
-    tokio::spawn(watch::run(client.clone(), index.clone(), move || {
-        health.set_ready(true)
-    }));
+    let undecodable = Undecodable::register(&ops.registry);
+    let policy = SharedPolicy::register(&ops.registry);
+    tokio::spawn(fast_sandbox_k8s::policy::run(
+        client.clone(),
+        args.namespace.clone(),
+        policy.clone(),
+        || {},
+    ));
+    let auth = args
+        .client_auth
+        .setup(&client, &[APISERVER_CLIENT])
+        .context("setting up client authentication")?;
+    if auth.names.is_none() {
+        tracing::warn!(
+            "client authentication is off: any caller reaching this port is answered and reserves nothing; restrict it with the NetworkPolicy in deploy/"
+        );
+    }
+    let (index_synced_tx, mut index_synced) = tokio::sync::watch::channel(false);
+    tokio::spawn(watch::run(
+        client.clone(),
+        args.agent_namespace
+            .clone()
+            .unwrap_or_else(|| args.namespace.clone()),
+        index.clone(),
+        undecodable,
+        move || {
+            index_synced_tx.send_replace(true);
+        },
+    ));
+    {
+        let health = ops.health.clone();
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            // Ready once the index is synced (before, it would overbook
+            // agents) and the callers can be verified.
+            let _ = index_synced.wait_for(|s| *s).await;
+            auth.loaded().await;
+            health.set_ready(true);
+        });
+    }
 
     let reviewer = Reviewer::new(index, args.controller_username)
         .with_pool_lookup(Arc::new(ApiPools(client)))
-        .with_metrics(metrics.clone());
-    let tls = ServerTls {
+        .with_metrics(metrics.clone())
+        .with_policy(policy);
+    let serving = ServerTls {
         cert: args.tls.tls_cert,
         key: args.tls.tls_key,
         client_ca: None,
+    };
+    let tls = match &auth.verifier {
+        Some(ca) => serving.build_with_client_ca(ca.clone()),
+        None => serving.build(),
     }
-    .build()
     .context("loading the serving certificate")?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -86,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         Some(tls),
         ops,
-        Arc::new(Webhook::new(reviewer, metrics)),
+        Arc::new(Webhook::new(reviewer, metrics, auth.names.clone())),
         stopped(stop_rx),
     )
     .await;

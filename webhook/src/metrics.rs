@@ -21,6 +21,8 @@ pub enum Outcome {
     Denied,
     /// The request itself could not be read.
     Malformed,
+    /// The caller is not the apiserver.
+    Forbidden,
 }
 
 /// Result of one placement decision.

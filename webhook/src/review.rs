@@ -1,9 +1,11 @@
-//! The admission decision for Sandboxes, and the AdmissionReview wire format.
+//! The admission decision, and the AdmissionReview wire format.
 //!
-//! CREATE: validate what the CRD schema cannot, then bind the sandbox to an
-//! agent from the [`Index`] with a JSON patch. UPDATE: refuse changes to the
-//! binding and to the spec fields fixed at binding, except from the
-//! controller. Dry-run requests get the same answer and reserve nothing.
+//! Every review is read untyped first, then its object decoded by our types
+//! one field at a time: an object we could not read later is refused now,
+//! naming the field, so nothing is stored that a component cannot decode.
+//! Sandboxes are bound at CREATE and guarded at UPDATE
+//! ([`crate::sandbox_review`]); SandboxPools are held to the operator's
+//! policy ([`crate::pool_review`]).
 //!
 //! The response is written with our own type rather than kube's
 //! `AdmissionResponse`, whose `patch` (a `Vec<u8>`) serialises as an array of
@@ -12,19 +14,18 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use fast_sandbox_api::validation::validate_sandbox_spec;
-use fast_sandbox_api::{Sandbox, SandboxPhase};
+use fast_sandbox_api::SandboxPool;
+use fast_sandbox_k8s::decode;
+use fast_sandbox_k8s::policy::SharedPolicy;
+use fast_sandbox_placement::Index;
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::binding::{self, Binding};
-use crate::metrics::{Metrics, Outcome, Placement};
-use crate::placement::{Index, pool_key};
+use crate::metrics::{Metrics, Outcome};
 
 /// Username of the controller's service account, allowed to change a
 /// sandbox's binding (re-placement).
@@ -33,16 +34,6 @@ pub const DEFAULT_CONTROLLER_USERNAME: &str =
 
 /// `apiVersion` of the reviews we answer.
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
-
-/// Spec fields a user may change after binding (`agentRef` is checked on
-/// its own): recreating the container, and when the sandbox is deleted
-/// (a session kept alive moves its `expireTime` on).
-const MUTABLE_WHEN_BOUND: &[&str] = &[
-    "agentRef",
-    "expireTime",
-    "resetRevision",
-    "ttlSecondsAfterFinished",
-];
 
 /// A request body that is not an AdmissionReview we can answer; the server
 /// answers 400.
@@ -56,16 +47,23 @@ pub enum ReviewError {
     NoRequest,
 }
 
-/// Answers whether a pool exists when the index has not seen it yet (a pool
-/// and its first sandbox applied together race the watch).
+/// Looks pools up on the apiserver: whether one exists when the index has
+/// not seen it yet (a pool and its first sandbox applied together race the
+/// watch), and a namespace's pools (their sum must fit its caps).
 pub trait PoolLookup: Send + Sync {
-    /// `Ok(true)` if SandboxPool `namespace/name` exists; `Err` with a
-    /// message if that cannot be known now.
+    /// `Ok(true)` if SandboxPool `namespace/name` exists and is not being
+    /// deleted; `Err` with a message if that cannot be known now.
     fn exists<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<bool, String>>;
+
+    /// Every pool of `namespace` that our types can read.
+    fn in_namespace<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SandboxPool>, String>>;
 }
 
 /// The `response` of an AdmissionReview, as the apiserver reads it.
@@ -102,7 +100,7 @@ pub struct Status {
 }
 
 impl Response {
-    fn allow(uid: &str) -> Self {
+    pub(crate) fn allow(uid: &str) -> Self {
         Response {
             uid: uid.to_string(),
             allowed: true,
@@ -110,7 +108,7 @@ impl Response {
         }
     }
 
-    fn deny(uid: &str, code: u16, reason: &str, message: String) -> Self {
+    pub(crate) fn deny(uid: &str, code: u16, reason: &str, message: String) -> Self {
         Response {
             uid: uid.to_string(),
             allowed: false,
@@ -123,7 +121,7 @@ impl Response {
         }
     }
 
-    fn with_patch(mut self, patch: &json_patch::Patch) -> Self {
+    pub(crate) fn with_patch(mut self, patch: &json_patch::Patch) -> Self {
         // Serialising a patch of strings and JSON values cannot fail.
         let bytes = serde_json::to_vec(patch).unwrap_or_default();
         self.patch = Some(ByteString(bytes));
@@ -177,13 +175,37 @@ impl Verdict {
     }
 }
 
-/// Decides admission for Sandboxes.
+/// Who sent a review, as the TLS layer established it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller presented a client certificate of an allowed name (the
+    /// apiserver). Only such a review reserves a slot: anyone else reaching
+    /// the port could otherwise make pools look full.
+    pub authenticated: bool,
+}
+
+impl Caller {
+    /// The apiserver, authenticated by its client certificate.
+    pub const APISERVER: Caller = Caller {
+        authenticated: true,
+    };
+    /// A caller whose identity is not known (client authentication off).
+    pub const UNKNOWN: Caller = Caller {
+        authenticated: false,
+    };
+}
+
+/// A review request with its object still untyped.
+pub(crate) type Request = AdmissionRequest<DynamicObject>;
+
+/// Decides admission for Sandboxes and SandboxPools.
 #[derive(Clone)]
 pub struct Reviewer {
-    index: Arc<Index>,
-    controller_username: String,
-    pools: Option<Arc<dyn PoolLookup>>,
-    metrics: Metrics,
+    pub(crate) index: Arc<Index>,
+    pub(crate) controller_username: String,
+    pub(crate) pools: Option<Arc<dyn PoolLookup>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) policy: SharedPolicy,
 }
 
 impl Reviewer {
@@ -195,10 +217,12 @@ impl Reviewer {
             controller_username: controller_username.into(),
             pools: None,
             metrics: Metrics::new(),
+            policy: SharedPolicy::default(),
         }
     }
 
-    /// Asks `lookup` about pools the index has not seen.
+    /// Asks `lookup` about pools the index has not seen, and for a
+    /// namespace's pools.
     pub fn with_pool_lookup(mut self, lookup: Arc<dyn PoolLookup>) -> Self {
         self.pools = Some(lookup);
         self
@@ -210,238 +234,93 @@ impl Reviewer {
         self
     }
 
-    /// Answers one AdmissionReview body.
-    pub async fn review(&self, body: &[u8]) -> Result<Verdict, ReviewError> {
-        let req = match serde_json::from_slice::<AdmissionReview<Sandbox>>(body) {
-            Ok(r) => r.request.ok_or(ReviewError::NoRequest)?,
-            Err(typed) => {
-                // Mutating admission runs before schema validation, so the
-                // object may not fit our types. Admit it unchanged: the
-                // CRD schema, applied next, refuses it with the apiserver's
-                // own message naming the field (`spec.poolRef: Required
-                // value`). Nothing is reserved for it.
-                let dynamic: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
-                let req = dynamic.request.ok_or(ReviewError::NoRequest)?;
-                let mut response = Response::allow(&req.uid);
-                response.warnings = vec![format!(
-                    "not bound: the object does not fit the Sandbox schema ({typed})"
-                )];
-                return Ok(Verdict {
-                    response,
-                    outcome: Outcome::Allowed,
-                });
-            }
-        };
-        Ok(match req.operation {
-            Operation::Create => self.create(&req).await,
-            Operation::Update => self.update(&req),
-            _ => Verdict {
-                response: Response::allow(&req.uid),
-                outcome: Outcome::Allowed,
-            },
+    /// Holds pools to `policy`.
+    pub fn with_policy(mut self, policy: SharedPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Answers one AdmissionReview body from `caller`.
+    pub async fn review(&self, body: &[u8], caller: Caller) -> Result<Verdict, ReviewError> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+        let req = review.request.ok_or(ReviewError::NoRequest)?;
+        if req.operation != Operation::Create && req.operation != Operation::Update {
+            return Ok(allowed(&req.uid));
+        }
+        Ok(match req.kind.kind.as_str() {
+            "Sandbox" => self.review_sandbox(&req, caller).await,
+            "SandboxPool" => self.review_pool(&req).await,
+            other => denied(Response::deny(
+                &req.uid,
+                400,
+                "BadRequest",
+                format!("this webhook reviews Sandboxes and SandboxPools, not {other}"),
+            )),
         })
     }
 
-    fn is_controller(&self, req: &AdmissionRequest<Sandbox>) -> bool {
+    pub(crate) fn is_controller<T>(&self, req: &AdmissionRequest<T>) -> bool
+    where
+        T: kube::Resource,
+    {
         req.user_info.username.as_deref() == Some(self.controller_username.as_str())
     }
-
-    async fn create(&self, req: &AdmissionRequest<Sandbox>) -> Verdict {
-        let uid = req.uid.as_str();
-        let Some(sandbox) = &req.object else {
-            return denied(Response::deny(
-                uid,
-                400,
-                "BadRequest",
-                "CREATE without an object".into(),
-            ));
-        };
-        let spec = &sandbox.spec;
-        if spec.agent_ref.is_some() {
-            if self.is_controller(req) {
-                return allowed(uid);
-            }
-            return denied(Response::deny(
-                uid,
-                422,
-                "Invalid",
-                "spec.agentRef: is written by the scheduler at admission; leave it unset".into(),
-            ));
-        }
-        if let Err(errs) = validate_sandbox_spec(spec) {
-            return denied(Response::deny(uid, 422, "Invalid", errs.to_string()));
-        }
-        let namespace = req
-            .namespace
-            .as_deref()
-            .or(sandbox.metadata.namespace.as_deref())
-            .unwrap_or_default();
-        let key = pool_key(namespace, &spec.pool_ref);
-        if let Some(message) = self.missing_pool(namespace, &spec.pool_ref, &key).await {
-            return denied(Response::deny(uid, 422, "Invalid", message));
-        }
-
-        let choice = if req.dry_run {
-            self.index.choose(&key, &spec.image)
-        } else {
-            // The reservation is keyed by the request UID: a new object has
-            // no UID yet. The watch re-keys it once the object is stored.
-            self.index.reserve(&key, &spec.image, uid).ok()
-        };
-        self.metrics.observe_placement(match &choice {
-            Some(c) if c.image_hit => Placement::Hit,
-            Some(_) => Placement::Miss,
-            None => Placement::NoCapacity,
-        });
-        let mut warnings = Vec::new();
-        if choice.is_none() {
-            warnings.push(format!(
-                "no ready agent of pool {} has a free slot; the sandbox stays Pending until the pool grows",
-                spec.pool_ref
-            ));
-        }
-        let outcome = if choice.is_some() {
-            Outcome::Bound
-        } else {
-            Outcome::Unbound
-        };
-        let b = Binding {
-            pool: spec.pool_ref.clone(),
-            choice,
-            bound_at: Utc::now(),
-            reservation: uid.to_string(),
-        };
-        let mut response = Response::allow(uid).with_patch(&binding::patch(&sandbox.metadata, &b));
-        response.warnings = warnings;
-        Verdict { response, outcome }
-    }
-
-    /// `Some(message)` when the pool does not exist.
-    async fn missing_pool(&self, namespace: &str, pool: &str, key: &str) -> Option<String> {
-        if self.index.has_pool(key) {
-            return None;
-        }
-        let message =
-            format!("spec.poolRef: SandboxPool {pool:?} does not exist in namespace {namespace:?}");
-        let Some(lookup) = &self.pools else {
-            return Some(message);
-        };
-        match lookup.exists(namespace, pool).await {
-            Ok(true) => None,
-            Ok(false) => Some(message),
-            Err(e) => {
-                // Our own lookup failing must not block users; the
-                // controller reports PoolNotFound if the pool is missing.
-                tracing::warn!(namespace, pool, error = %e, "pool lookup failed; admitting");
-                None
-            }
-        }
-    }
-
-    fn update(&self, req: &AdmissionRequest<Sandbox>) -> Verdict {
-        let uid = req.uid.as_str();
-        if req.sub_resource.is_some() || self.is_controller(req) {
-            return allowed(uid);
-        }
-        let (Some(new), Some(old)) = (&req.object, &req.old_object) else {
-            return denied(Response::deny(
-                uid,
-                400,
-                "BadRequest",
-                "UPDATE without object and oldObject".into(),
-            ));
-        };
-        if new.spec.agent_ref != old.spec.agent_ref {
-            return denied(Response::deny(
-                uid,
-                403,
-                "Forbidden",
-                format!(
-                    "spec.agentRef: is set once at binding; only the controller ({}) may change it",
-                    self.controller_username
-                ),
-            ));
-        }
-        let finished = old
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(SandboxPhase::is_finished);
-        if (old.spec.agent_ref.is_some() || finished)
-            && let Some(field) = changed_fixed_field(old, new)
-        {
-            return denied(Response::deny(
-                uid,
-                403,
-                "Forbidden",
-                format!(
-                    "spec.{field}: cannot change once the sandbox is bound to an agent; only spec.resetRevision (bump it to recreate the container), spec.expireTime and spec.ttlSecondsAfterFinished may change"
-                ),
-            ));
-        }
-        if let Err(errs) = validate_sandbox_spec(&new.spec) {
-            return denied(Response::deny(uid, 422, "Invalid", errs.to_string()));
-        }
-        allowed(uid)
-    }
 }
 
-/// The first spec field, in name order, that differs and may not change
-/// after binding.
-fn changed_fixed_field(old: &Sandbox, new: &Sandbox) -> Option<String> {
-    let (Ok(Value::Object(o)), Ok(Value::Object(n))) = (
-        serde_json::to_value(&old.spec),
-        serde_json::to_value(&new.spec),
-    ) else {
-        return None;
-    };
-    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| !MUTABLE_WHEN_BOUND.contains(&k.as_str()))
-        .find(|k| o.get(*k) != n.get(*k))
-        .cloned()
+/// The request's object (or old object) decoded as `K`, or a denial that
+/// names the field our types cannot read.
+pub(crate) fn typed<K: DeserializeOwned>(
+    req: &Request,
+    obj: Option<&DynamicObject>,
+    what: &str,
+) -> Result<Option<K>, Box<Verdict>> {
+    let Some(obj) = obj else { return Ok(None) };
+    let value = serde_json::to_value(obj).map_err(|e| {
+        Box::new(denied(Response::deny(
+            &req.uid,
+            400,
+            "BadRequest",
+            format!("{what}: {e}"),
+        )))
+    })?;
+    decode::from_value::<K>(value).map(Some).map_err(|e| {
+        Box::new(denied(Response::deny(
+            &req.uid,
+            422,
+            "Invalid",
+            format!(
+                "{}: {}: Fast Sandbox cannot represent this value, so the object would be unreadable by its components",
+                e.path, e.message
+            ),
+        )))
+    })
 }
 
-fn allowed(uid: &str) -> Verdict {
+pub(crate) fn allowed(uid: &str) -> Verdict {
     Verdict {
         response: Response::allow(uid),
         outcome: Outcome::Allowed,
     }
 }
 
-fn denied(response: Response) -> Verdict {
+pub(crate) fn denied(response: Response) -> Verdict {
     Verdict {
         response,
         outcome: Outcome::Denied,
     }
 }
 
+/// Builders of review bodies shared by the review tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
-    use crate::placement::AgentState;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    const CONTROLLER: &str = DEFAULT_CONTROLLER_USERNAME;
+    /// The controller's user name in tests.
+    pub const CONTROLLER: &str = DEFAULT_CONTROLLER_USERNAME;
 
-    fn index() -> Arc<Index> {
-        let idx = Arc::new(Index::new());
-        idx.upsert_pool("team/default-pool");
-        idx.upsert_agent(AgentState {
-            pool_key: "team/default-pool".into(),
-            pod_name: "agent-1".into(),
-            node_name: "node-a".into(),
-            ready: true,
-            draining: false,
-            slots_total: 1,
-            images: vec!["busybox".into()],
-        });
-        idx
-    }
-
-    fn sandbox(spec: Value) -> Value {
+    /// A Sandbox object with `spec`.
+    pub fn sandbox(spec: Value) -> Value {
         json!({
             "apiVersion": "sandbox.fast.io/v1alpha1",
             "kind": "Sandbox",
@@ -450,17 +329,30 @@ mod tests {
         })
     }
 
-    fn review_body(op: &str, user: &str, object: Value, old: Value, dry_run: bool) -> Vec<u8> {
+    /// An AdmissionReview of `kind` (`Sandbox` or `SandboxPool`).
+    pub fn review_of(
+        kind: &str,
+        op: &str,
+        user: &str,
+        object: Value,
+        old: Value,
+        dry_run: bool,
+    ) -> Vec<u8> {
+        let resource = if kind == "Sandbox" {
+            "sandboxes"
+        } else {
+            "sandboxpools"
+        };
         serde_json::to_vec(&json!({
             "kind": "AdmissionReview",
             "apiVersion": "admission.k8s.io/v1",
             "request": {
                 "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-                "kind": {"group": "sandbox.fast.io", "version": "v1alpha1", "kind": "Sandbox"},
-                "resource": {"group": "sandbox.fast.io", "version": "v1alpha1", "resource": "sandboxes"},
-                "requestKind": {"group": "sandbox.fast.io", "version": "v1alpha1", "kind": "Sandbox"},
-                "requestResource": {"group": "sandbox.fast.io", "version": "v1alpha1", "resource": "sandboxes"},
-                "name": "sb",
+                "kind": {"group": "sandbox.fast.io", "version": "v1alpha1", "kind": kind},
+                "resource": {"group": "sandbox.fast.io", "version": "v1alpha1", "resource": resource},
+                "requestKind": {"group": "sandbox.fast.io", "version": "v1alpha1", "kind": kind},
+                "requestResource": {"group": "sandbox.fast.io", "version": "v1alpha1", "resource": resource},
+                "name": object["metadata"]["name"].as_str().or(old["metadata"]["name"].as_str()).unwrap_or("sb"),
                 "namespace": "team",
                 "operation": op,
                 "userInfo": {"username": user, "groups": ["system:authenticated"]},
@@ -473,360 +365,20 @@ mod tests {
         .unwrap()
     }
 
-    async fn run(r: &Reviewer, body: Vec<u8>) -> Verdict {
-        r.review(&body).await.expect("review answers")
+    /// A Sandbox review.
+    pub fn review_body(op: &str, user: &str, object: Value, old: Value, dry_run: bool) -> Vec<u8> {
+        review_of("Sandbox", op, user, object, old, dry_run)
     }
 
-    fn create(spec: Value) -> Vec<u8> {
+    /// The verdict on `body` from the apiserver.
+    pub async fn run(r: &Reviewer, body: Vec<u8>) -> Verdict {
+        r.review(&body, Caller::APISERVER)
+            .await
+            .expect("review answers")
+    }
+
+    /// A Sandbox CREATE by a user.
+    pub fn create(spec: Value) -> Vec<u8> {
         review_body("CREATE", "alice", sandbox(spec), Value::Null, false)
-    }
-
-    fn ok_spec() -> Value {
-        json!({"image": "busybox", "poolRef": "default-pool", "command": ["/bin/sleep", "100"]})
-    }
-
-    #[tokio::test]
-    async fn wire_shape_has_base64_patch_and_patch_type() {
-        let r = Reviewer::new(index(), CONTROLLER);
-        let v = run(&r, create(ok_spec())).await;
-        let wire: Value = serde_json::from_slice(&v.to_json()).unwrap();
-        assert_eq!(wire["apiVersion"], "admission.k8s.io/v1");
-        assert_eq!(wire["kind"], "AdmissionReview");
-        let resp = &wire["response"];
-        assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
-        assert_eq!(resp["allowed"], true);
-        assert_eq!(resp["patchType"], "JSONPatch");
-        let patch = resp["patch"]
-            .as_str()
-            .expect("patch is a string, not an array of numbers");
-        let decoded: ByteString = serde_json::from_value(json!(patch)).unwrap();
-        let ops: Value = serde_json::from_slice(&decoded.0).unwrap();
-        assert!(ops.as_array().is_some_and(|a| !a.is_empty()), "{ops}");
-        assert!(resp.get("status").is_none());
-    }
-
-    #[tokio::test]
-    async fn create_binds_and_patch_applies() {
-        let idx = index();
-        let metrics = Metrics::new();
-        let r = Reviewer::new(idx.clone(), CONTROLLER).with_metrics(metrics.clone());
-        let v = run(&r, create(ok_spec())).await;
-        assert_eq!(v.outcome, Outcome::Bound);
-        let mut doc = sandbox(ok_spec());
-        json_patch::patch(&mut doc, &v.response.patch_ops().unwrap()).unwrap();
-        assert_eq!(
-            doc["spec"]["agentRef"],
-            json!({"podName": "agent-1", "nodeName": "node-a"})
-        );
-        assert_eq!(
-            doc["metadata"]["labels"]["sandbox.fast.io/agent"],
-            "agent-1"
-        );
-        assert_eq!(
-            doc["metadata"]["labels"]["sandbox.fast.io/pool"],
-            "default-pool"
-        );
-        assert_eq!(
-            doc["metadata"]["finalizers"],
-            json!(["sandbox.fast.io/cleanup"])
-        );
-        let at = doc["metadata"]["annotations"]["sandbox.fast.io/bound-at"]
-            .as_str()
-            .unwrap();
-        assert!(
-            chrono::DateTime::parse_from_rfc3339(at).is_ok() && at.len() == 24,
-            "{at}"
-        );
-        assert_eq!(
-            doc["metadata"]["annotations"]["sandbox.fast.io/reservation"],
-            "705ab4f5-6393-11e8-b7cc-42010a800002"
-        );
-        assert_eq!(idx.used("team", "agent-1"), 1);
-        assert_eq!(metrics.placements(Placement::Hit), 1);
-        // Sandbox typed round trip: the patched object is still a Sandbox.
-        let typed: Sandbox = serde_json::from_value(doc).unwrap();
-        assert_eq!(typed.spec.agent_ref.unwrap().pod_name, "agent-1");
-    }
-
-    #[tokio::test]
-    async fn full_pool_admits_unbound_with_a_warning() {
-        let idx = index();
-        idx.reserve("team/default-pool", "busybox", "other")
-            .unwrap();
-        let metrics = Metrics::new();
-        let r = Reviewer::new(idx, CONTROLLER).with_metrics(metrics.clone());
-        let v = run(&r, create(ok_spec())).await;
-        assert_eq!(v.outcome, Outcome::Unbound);
-        assert!(v.response.allowed);
-        assert!(v.response.warnings[0].contains("no ready agent of pool default-pool"));
-        let ops = serde_json::to_value(v.response.patch_ops().unwrap()).unwrap();
-        assert_eq!(
-            ops,
-            json!([{"op": "add", "path": "/metadata/labels", "value": {"sandbox.fast.io/pool": "default-pool"}}])
-        );
-        assert_eq!(metrics.placements(Placement::NoCapacity), 1);
-    }
-
-    #[tokio::test]
-    async fn dry_run_answers_the_same_and_reserves_nothing() {
-        let idx = index();
-        let r = Reviewer::new(idx.clone(), CONTROLLER);
-        let body = review_body("CREATE", "alice", sandbox(ok_spec()), Value::Null, true);
-        let v = run(&r, body).await;
-        assert_eq!(v.outcome, Outcome::Bound);
-        let text = serde_json::to_string(&v.response.patch_ops().unwrap()).unwrap();
-        assert!(text.contains("agent-1"), "{text}");
-        assert_eq!(idx.used("team", "agent-1"), 0);
-    }
-
-    #[tokio::test]
-    async fn objects_that_do_not_fit_the_schema_pass_to_schema_validation_unbound() {
-        let r = Reviewer::new(index(), CONTROLLER);
-        for spec in [
-            json!({"image": "busybox"}),
-            json!({"image": 5, "poolRef": "default-pool"}),
-        ] {
-            let v = run(&r, create(spec.clone())).await;
-            assert!(
-                v.response.allowed,
-                "{spec} must reach the schema, which names the field"
-            );
-            assert_eq!(v.outcome, Outcome::Allowed);
-            assert!(v.response.patch.is_none(), "{spec} must not be bound");
-            assert!(v.response.warnings[0].contains("not bound"), "{spec}");
-        }
-    }
-
-    #[tokio::test]
-    async fn every_validation_message_names_its_field() {
-        let r = Reviewer::new(index(), CONTROLLER);
-        let cases = [
-            (
-                json!({"image": "busybox", "poolRef": "nope"}),
-                "spec.poolRef: SandboxPool \"nope\" does not exist in namespace \"team\"",
-            ),
-            (
-                json!({"image": "", "poolRef": "default-pool"}),
-                "spec.image: is required",
-            ),
-            (
-                json!({"image": "Not An Image", "poolRef": "default-pool"}),
-                "spec.image: ",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "Bad_Pool"}),
-                "spec.poolRef: \"Bad_Pool\" is not a valid object name",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "env": [{"name": "1BAD", "value": "x"}]}),
-                "spec.env[0].name: invalid environment variable name \"1BAD\"",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "command": ["a", ""]}),
-                "spec.command[1]: must not be empty",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "args": ["x".repeat(200_000)]}),
-                "spec.command: command, args and env total",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "workingDir": "tmp"}),
-                "spec.workingDir: must be an absolute path",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "resources": {"cpu": "lots"}}),
-                "spec.resources.cpu: ",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "resources": {"memory": "1Ki"}}),
-                "spec.resources.memory: must be between 6Mi and 1Ti",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "resources": {"cpu": "5000"}}),
-                "spec.resources.cpu: must be between",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "resources": {"pids": 0}}),
-                "spec.resources.pids: must be between 1 and",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "exposedPorts": [{"port": 0}]}),
-                "spec.exposedPorts[0].port: must be between 1 and 65535",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "ttlSecondsAfterFinished": -1}),
-                "spec.ttlSecondsAfterFinished: must not be negative",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "resetRevision": -1}),
-                "spec.resetRevision: must not be negative",
-            ),
-            (
-                json!({"image": "busybox", "poolRef": "default-pool", "agentRef": {"podName": "x"}}),
-                "spec.agentRef: is written by the scheduler",
-            ),
-        ];
-        for (spec, want) in cases {
-            let v = run(&r, create(spec.clone())).await;
-            assert!(!v.response.allowed, "{spec} was allowed");
-            assert_eq!(v.outcome, Outcome::Denied);
-            let msg = v.response.message().unwrap();
-            assert!(
-                msg.starts_with(want),
-                "{spec}: got {msg:?}, want prefix {want:?}"
-            );
-            assert_eq!(v.response.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
-        }
-    }
-
-    struct Pools(bool);
-    impl PoolLookup for Pools {
-        fn exists<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<bool, String>> {
-            Box::pin(async move { Ok(self.0) })
-        }
-    }
-
-    #[tokio::test]
-    async fn unseen_pool_is_looked_up() {
-        let spec = json!({"image": "busybox", "poolRef": "fresh-pool"});
-        let r = Reviewer::new(index(), CONTROLLER).with_pool_lookup(Arc::new(Pools(true)));
-        let v = run(&r, create(spec.clone())).await;
-        assert_eq!(v.outcome, Outcome::Unbound);
-        let r = Reviewer::new(index(), CONTROLLER).with_pool_lookup(Arc::new(Pools(false)));
-        assert_eq!(run(&r, create(spec)).await.outcome, Outcome::Denied);
-    }
-
-    fn bound(spec: Value) -> Value {
-        let mut s = spec;
-        s["agentRef"] = json!({"podName": "agent-1", "nodeName": "node-a"});
-        sandbox(s)
-    }
-
-    #[tokio::test]
-    async fn update_protects_the_binding_and_fixed_fields() {
-        let r = Reviewer::new(index(), CONTROLLER);
-        let old = bound(ok_spec());
-
-        let mut moved = old.clone();
-        moved["spec"]["agentRef"]["podName"] = json!("agent-2");
-        let v = run(
-            &r,
-            review_body("UPDATE", "alice", moved.clone(), old.clone(), false),
-        )
-        .await;
-        assert!(
-            v.response
-                .message()
-                .unwrap()
-                .starts_with("spec.agentRef: is set once at binding")
-        );
-        let v = run(
-            &r,
-            review_body("UPDATE", CONTROLLER, moved, old.clone(), false),
-        )
-        .await;
-        assert!(v.response.allowed);
-
-        let mut cleared = old.clone();
-        cleared["spec"].as_object_mut().unwrap().remove("agentRef");
-        let v = run(
-            &r,
-            review_body("UPDATE", "alice", cleared.clone(), old.clone(), false),
-        )
-        .await;
-        assert!(!v.response.allowed);
-        assert!(
-            run(
-                &r,
-                review_body("UPDATE", CONTROLLER, cleared, old.clone(), false)
-            )
-            .await
-            .response
-            .allowed
-        );
-
-        let mut image = old.clone();
-        image["spec"]["image"] = json!("nginx");
-        let v = run(
-            &r,
-            review_body("UPDATE", "alice", image, old.clone(), false),
-        )
-        .await;
-        assert!(
-            v.response
-                .message()
-                .unwrap()
-                .starts_with("spec.image: cannot change once the sandbox is bound")
-        );
-
-        let mut later = old.clone();
-        later["spec"]["expireTime"] = json!("2099-01-01T00:00:00Z");
-        let v = run(
-            &r,
-            review_body("UPDATE", "alice", later, old.clone(), false),
-        )
-        .await;
-        assert!(v.response.allowed, "expireTime may move: {:?}", v.response);
-
-        let mut reset = old.clone();
-        reset["spec"]["resetRevision"] = json!(1);
-        reset["metadata"]["labels"] = json!({"user": "label"});
-        let v = run(
-            &r,
-            review_body("UPDATE", "alice", reset, old.clone(), false),
-        )
-        .await;
-        assert!(v.response.allowed, "{:?}", v.response);
-    }
-
-    #[tokio::test]
-    async fn unbound_sandbox_spec_may_change_but_stays_valid() {
-        let r = Reviewer::new(index(), CONTROLLER);
-        let old = sandbox(ok_spec());
-        let mut new = old.clone();
-        new["spec"]["image"] = json!("nginx");
-        assert!(
-            run(
-                &r,
-                review_body("UPDATE", "alice", new.clone(), old.clone(), false)
-            )
-            .await
-            .response
-            .allowed
-        );
-        new["spec"]["env"] = json!([{"name": "a=b"}]);
-        let v = run(&r, review_body("UPDATE", "alice", new, old, false)).await;
-        assert!(
-            v.response
-                .message()
-                .unwrap()
-                .starts_with("spec.env[0].name")
-        );
-    }
-
-    #[tokio::test]
-    async fn malformed_bodies_are_errors_not_panics() {
-        let r = Reviewer::new(index(), CONTROLLER);
-        for body in [
-            &b""[..],
-            b"not json",
-            b"{}",
-            b"[]",
-            br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#,
-            br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":5}}"#,
-        ] {
-            assert!(
-                r.review(body).await.is_err(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-        // A DELETE (not registered, but harmless) is simply allowed.
-        let v = run(
-            &r,
-            review_body("DELETE", "alice", Value::Null, sandbox(ok_spec()), false),
-        )
-        .await;
-        assert!(v.response.allowed);
     }
 }

@@ -1,8 +1,9 @@
 //! The webhook over real HTTPS: AdmissionReview JSON as kube-apiserver sends
-//! it, a client that verifies our CA (certificates made by the certs
-//! library), HTTP/2 and HTTP/1.1, malformed bodies, concurrent admissions,
-//! and certificate rotation without restart. The placement index is fed
-//! directly; no apiserver is involved.
+//! it, a client that verifies our CA and presents the apiserver's client
+//! certificate (certificates made by the certs library), HTTP/2 and
+//! HTTP/1.1, malformed bodies, concurrent admissions, callers that are not
+//! the apiserver refused, and certificate rotation without restart. The
+//! placement index is fed directly; no apiserver is involved.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,12 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fast_sandbox_certs::authority::Authority;
-use fast_sandbox_certs::leaf::LeafSpec;
+use fast_sandbox_certs::leaf::{LeafSpec, Usage};
 use fast_sandbox_certs::store::write_atomically;
+use fast_sandbox_placement::{AgentState, Index};
+use fast_sandbox_server::client_auth::{AllowedNames, ClientCa};
 use fast_sandbox_server::tls::{ServerTls, client_config};
 use fast_sandbox_server::{Ops, serve};
 use fast_sandbox_webhook::metrics::{Metrics, Placement};
-use fast_sandbox_webhook::placement::{AgentState, Index};
 use fast_sandbox_webhook::review::{DEFAULT_CONTROLLER_USERNAME, Reviewer};
 use fast_sandbox_webhook::server::Webhook;
 use http::{Method, Request, StatusCode};
@@ -28,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 const SERVER_NAME: &str = "fast-sandbox-webhook.fast-sandbox-system.svc";
+const APISERVER: &str = "kube-apiserver-webhook-client";
 const FIXTURE: &str = include_str!("fixtures/create-sandbox.json");
 
 struct Server {
@@ -69,12 +72,19 @@ impl Server {
             key: dir.path().join("tls.key"),
             client_ca: None,
         }
-        .build()
+        .build_with_client_ca(ClientCa::from_pem(ca.cert_pem().as_bytes()).unwrap())
         .unwrap();
+        for name in [APISERVER, "someone-else"] {
+            client_cert(&ca, dir.path(), name);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handler = Arc::new(Webhook::new(reviewer, metrics.clone()));
+        let handler = Arc::new(Webhook::new(
+            reviewer,
+            metrics.clone(),
+            Some(AllowedNames::new([APISERVER])),
+        ));
         tokio::spawn(serve(listener, Some(tls), ops.clone(), handler, async {
             let _ = stopped.await;
         }));
@@ -94,13 +104,31 @@ impl Server {
     }
 
     async fn connect(&self, alpn: &[u8]) -> (Conn, CertificateDer<'static>) {
-        let mut config = (*client_config(&self.ca_path(), None).unwrap()).clone();
+        self.connect_as(alpn, Some(APISERVER))
+            .await
+            .expect("TLS handshake verifying our CA")
+    }
+
+    async fn connect_as(
+        &self,
+        alpn: &[u8],
+        who: Option<&str>,
+    ) -> std::io::Result<(Conn, CertificateDer<'static>)> {
+        let dir = self.dir.path();
+        let identity = who.map(|w| (dir.join(format!("{w}.crt")), dir.join(format!("{w}.key"))));
+        let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let mut config = (*client_config(&self.ca_path(), identity).unwrap()).clone();
         config.alpn_protocols = vec![alpn.to_vec()];
         let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let tls = TlsConnector::from(Arc::new(config))
+        let mut tls = TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+            .await?;
+        // TLS 1.3 reports a refused client certificate on the first read.
+        use tokio::io::AsyncReadExt;
+        let mut probe = [0u8; 0];
+        tokio::time::timeout(Duration::from_millis(50), tls.read(&mut probe))
             .await
-            .expect("TLS handshake verifying our CA");
+            .unwrap_or(Ok(0))?;
         let served = tls.get_ref().1.peer_certificates().unwrap()[0]
             .clone()
             .into_owned();
@@ -116,8 +144,22 @@ impl Server {
             tokio::spawn(conn);
             Conn::H1(send)
         };
-        (conn, served)
+        Ok((conn, served))
     }
+}
+
+fn client_cert(ca: &Authority, dir: &Path, name: &str) {
+    let leaf = ca
+        .issue(&LeafSpec {
+            secret_name: name.into(),
+            common_name: name.into(),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            usage: Usage::Client,
+        })
+        .unwrap();
+    write_atomically(&dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
+    write_atomically(&dir.join(format!("{name}.crt")), &leaf.cert_pem).unwrap();
 }
 
 fn issue(ca: &Authority, dir: &Path) {
@@ -215,7 +257,7 @@ async fn create_is_bound_over_h2_with_a_base64_json_patch() {
             .is_string()
     );
     assert!(object["metadata"]["annotations"]["sandbox.fast.io/bound-at"].is_string());
-    assert_eq!(server.index.used("default", "default-pool-agent-0"), 1);
+    assert_eq!(server.index.used("default-pool-agent-0"), 1);
     assert_eq!(server.metrics.placements(Placement::Hit), 1);
 
     // The operational endpoints answer on the TLS port too.
@@ -275,16 +317,18 @@ async fn malformed_requests_get_400_or_a_denial_and_the_server_lives_on() {
     let (status, _) = conn.send(Method::POST, "/elsewhere", vec![]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    // A well-formed review of an ill-typed object: admitted unbound and
-    // unchanged, so the CRD schema refuses it naming the field.
+    // A well-formed review of an ill-typed object: refused, naming the
+    // field, so nothing unreadable is ever stored.
     let mut v: Value = serde_json::from_str(FIXTURE).unwrap();
     v["request"]["object"]["spec"]["command"] = json!("not-a-list");
     let review = conn.review(serde_json::to_vec(&v).unwrap()).await;
-    assert_eq!(review["response"]["allowed"], true);
+    assert_eq!(review["response"]["allowed"], false);
     assert_eq!(
         review["response"]["uid"],
         "3f6c1c7e-9d0a-4f7e-8f67-2f4a5b1e0c11"
     );
+    let message = review["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("spec.command: "), "{message}");
     assert!(review["response"].get("patch").is_none(), "{review}");
 
     // Still serving.
@@ -316,7 +360,56 @@ async fn concurrent_admissions_never_overbook() {
         }
     }
     assert_eq!(bound, slots);
-    assert_eq!(server.index.used("default", "default-pool-agent-0"), slots);
+    assert_eq!(server.index.used("default-pool-agent-0"), slots);
+}
+
+#[tokio::test]
+async fn only_the_apiserver_is_answered_and_forgeries_reserve_nothing() {
+    let server = Server::start(4).await;
+    // No client certificate: the handshake itself fails.
+    assert!(
+        server.connect_as(b"h2", None).await.is_err(),
+        "a caller without a client certificate must not get through TLS"
+    );
+    // A certificate of our CA but another name: a clear 403.
+    let (mut conn, _) = server
+        .connect_as(b"h2", Some("someone-else"))
+        .await
+        .expect("a certificate of the trusted CA passes the handshake");
+    let (status, text) = conn
+        .send(Method::POST, "/mutate-sandbox", fixture("forged"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("someone-else") && text.contains(APISERVER),
+        "{text}"
+    );
+    assert_eq!(server.index.used("default-pool-agent-0"), 0);
+    // A certificate of another CA: refused in the handshake.
+    let other = Authority::generate().unwrap();
+    client_cert(
+        &other,
+        server.dir.path(),
+        "kube-apiserver-webhook-client-other",
+    );
+    std::fs::copy(
+        server
+            .dir
+            .path()
+            .join("kube-apiserver-webhook-client-other.crt"),
+        server.dir.path().join("impostor.crt"),
+    )
+    .unwrap();
+    std::fs::copy(
+        server
+            .dir
+            .path()
+            .join("kube-apiserver-webhook-client-other.key"),
+        server.dir.path().join("impostor.key"),
+    )
+    .unwrap();
+    assert!(server.connect_as(b"h2", Some("impostor")).await.is_err());
 }
 
 #[tokio::test]

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use fast_sandbox_agent::api::Api;
 use fast_sandbox_agent::client::AgentClient;
-use fast_sandbox_agent::logs_api::LogsApi;
 use fast_sandbox_agent::metrics::Metrics;
 use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_agent::{Agent, Config};
 use fast_sandbox_api::agent::{CreateSandboxRequest, SandboxEvent};
 use fast_sandbox_api::wellknown::container_labels as label;
+use fast_sandbox_server::client_auth::AllowedNames;
 use fast_sandbox_server::tls::{ServerTls, client_config};
 use fast_sandbox_server::{Ops, Registry};
 use http_body_util::BodyExt;
@@ -36,15 +36,14 @@ pub struct Env {
     pub image: String,
 }
 
-/// The environment, or `None` (with the reason printed) when the tests
-/// cannot run here: they need root and the containerd started by
-/// `agent/tests/containerd.sh`.
-pub fn env() -> Option<Env> {
+/// The environment the tests run in: root and the containerd started by
+/// `agent/tests/containerd.sh`. They exist to drive a real containerd, so
+/// without one they fail, saying how to run them, instead of passing.
+pub fn env() -> Env {
+    const HOW: &str =
+        "run through `agent/tests/containerd.sh run -- cargo test -p fast-sandbox-agent`";
     let Ok(socket) = std::env::var("FAST_SANDBOX_CONTAINERD_SOCK") else {
-        eprintln!(
-            "SKIP: FAST_SANDBOX_CONTAINERD_SOCK is not set; run through `agent/tests/containerd.sh run -- cargo test -p fast-sandbox-agent`"
-        );
-        return None;
+        panic!("FAST_SANDBOX_CONTAINERD_SOCK is not set; {HOW}");
     };
     // Root check from the Uid line of /proc/self/status.
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -52,21 +51,18 @@ pub fn env() -> Option<Env> {
         .lines()
         .find(|l| l.starts_with("Uid:"))
         .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        eprintln!("SKIP: the agent's integration tests need root");
-        return None;
-    }
-    if !Path::new(&socket).exists() {
-        eprintln!("SKIP: containerd socket {socket} does not exist");
-        return None;
-    }
-    Some(Env {
+    assert!(root, "the agent's integration tests need root; {HOW}");
+    assert!(
+        Path::new(&socket).exists(),
+        "containerd socket {socket} does not exist; {HOW}"
+    );
+    Env {
         socket: socket.into(),
         namespace: std::env::var("FAST_SANDBOX_TEST_NAMESPACE")
             .unwrap_or_else(|_| "fast-sandbox-test".into()),
         image: std::env::var("FAST_SANDBOX_TEST_IMAGE")
             .unwrap_or_else(|_| "docker.io/fast-sandbox/busybox:dev".into()),
-    })
+    }
 }
 
 /// A CA with a server certificate for the agent and a client certificate
@@ -122,12 +118,14 @@ pub fn pod_uid(test: &str) -> String {
     format!("{test}-{}", std::process::id())
 }
 
+/// The callers a deployed agent serves (the controller and the access
+/// server), by client certificate name.
+pub const ALLOWED_CLIENTS: [&str; 2] = ["fast-sandbox-controller", "fast-sandbox-gateway"];
+
 /// An agent served in-process.
 pub struct TestAgent {
     pub agent: Arc<Agent>,
     pub addr: SocketAddr,
-    /// The read-only logs API (plain HTTP on loopback).
-    pub logs_addr: SocketAddr,
     pub client: AgentClient,
     pub pki: Pki,
     pub cd: Containerd,
@@ -178,6 +176,7 @@ impl TestAgent {
             default_grace: Duration::from_secs(1),
             proc_root: "/proc".into(),
             advertise: None,
+            max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
         };
         tune(&mut cfg);
         let agent = Agent::new(cfg, cd.clone(), metrics.clone(), ops.health.clone()).unwrap();
@@ -197,12 +196,15 @@ impl TestAgent {
             listener,
             Some(tls),
             ops.clone(),
-            Arc::new(Api::new(agent.clone(), metrics.clone(), true)),
+            Arc::new(Api::new(
+                agent.clone(),
+                metrics.clone(),
+                Some(AllowedNames::new(ALLOWED_CLIENTS)),
+            )),
             async move {
                 let _ = done.wait_for(|s| *s).await;
             },
         ));
-        let logs_addr = serve_logs_api(agent.clone(), metrics, ops.clone(), &rx).await;
         let health = ops.health.clone();
         wait_for("agent ready", Duration::from_secs(20), || {
             let h = health.clone();
@@ -216,7 +218,6 @@ impl TestAgent {
         Self {
             agent,
             addr,
-            logs_addr,
             client,
             pki,
             cd,
@@ -267,50 +268,6 @@ pub async fn assert_nothing_left(cd: &Containerd, pod_uid: &str, log_dir: &Path)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(logs.is_empty(), "log files left: {logs:?}");
-}
-
-/// Serves the read-only logs API of `agent` on a free loopback port until
-/// `shutdown` turns true; returns its address.
-pub async fn serve_logs_api(
-    agent: Arc<Agent>,
-    metrics: Metrics,
-    ops: Ops,
-    shutdown: &watch::Receiver<bool>,
-) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut done = shutdown.clone();
-    tokio::spawn(fast_sandbox_server::serve(
-        listener,
-        None,
-        ops,
-        Arc::new(LogsApi::new(agent, metrics)),
-        async move {
-            let _ = done.wait_for(|s| *s).await;
-        },
-    ));
-    addr
-}
-
-/// One plain HTTP/1.1 request on a new connection to `addr`.
-pub async fn plain_request(
-    addr: SocketAddr,
-    method: http::Method,
-    path: &str,
-) -> http::Response<hyper::body::Incoming> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    sender.send_request(req).await.unwrap()
 }
 
 /// Polls `cond` every 50 ms until true or `timeout`, then fails naming `what`.
@@ -394,4 +351,44 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> 
         .ok()?
         .ok()?;
     (!out.is_empty()).then_some(out)
+}
+
+/// An exec request for `command`.
+pub fn exec_request(command: &[&str]) -> fast_sandbox_api::exec::ExecRequest {
+    fast_sandbox_api::exec::ExecRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Runs `command` in sandbox `uid` to its end (30 s at most).
+pub async fn exec(
+    client: &AgentClient,
+    uid: &str,
+    command: &[&str],
+) -> fast_sandbox_agent::client::ExecOutcome {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        client.exec_collect(uid, &exec_request(command), None),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("exec {command:?} did not end within 30s"))
+    .unwrap()
+    .unwrap()
+}
+
+/// Text of an exec's stdout.
+pub fn stdout(o: &fast_sandbox_agent::client::ExecOutcome) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The test image without a shell (only `/tool`, from
+/// `agent/tests/noshell/tool.c`). Fails, never skips, when the environment
+/// has containerd but not this image.
+pub fn noshell_image() -> String {
+    std::env::var("FAST_SANDBOX_TEST_NOSHELL_IMAGE").unwrap_or_else(|_| {
+        panic!(
+            "FAST_SANDBOX_TEST_NOSHELL_IMAGE is not set: start containerd with agent/tests/containerd.sh, which builds the image without a shell"
+        )
+    })
 }

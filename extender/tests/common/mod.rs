@@ -64,16 +64,13 @@ pub fn pod(name: &str, labels: Value, image: &str) -> Value {
     json!({
         "metadata": {
             "name": name,
-            "generateName": "agent-",
-            "namespace": "team-a",
+            "generateName": "default-pool-team-a-",
+            "namespace": "fast-sandbox-system",
             "uid": "7f0c2b8e-1d7a-4bd8-9d52-2f0e0c8d1a11",
             "resourceVersion": "812",
             "creationTimestamp": "2025-01-02T03:04:05Z",
             "labels": labels,
-            "annotations": {"sandbox.fast.io/slots": "16"},
-            "ownerReferences": [{"apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool",
-                                 "name": "default-pool", "uid": "0e7d", "controller": true,
-                                 "blockOwnerDeletion": true}]
+            "annotations": {"sandbox.fast.io/slots": "16"}
         },
         "spec": {
             "volumes": [{"name": "containerd", "hostPath": {"path": "/run/containerd/containerd.sock", "type": "Socket"}}],
@@ -104,7 +101,8 @@ pub fn pod(name: &str, labels: Value, image: &str) -> Value {
 }
 
 pub fn agent_labels(pool: &str) -> Value {
-    json!({"sandbox.fast.io/role": "agent", "sandbox.fast.io/pool": pool})
+    json!({"sandbox.fast.io/role": "agent", "sandbox.fast.io/pool": pool,
+           "sandbox.fast.io/pool-namespace": "team-a"})
 }
 
 /// `ExtenderArgs` with `nodeCacheCapable: true`.

@@ -409,6 +409,18 @@ pub async fn pods(client: &Client, ns: &str, selector: &str) -> Result<Vec<Pod>,
         .collect())
 }
 
+/// The label selector of the agent pods of pool `pool_ns/pool` (they live
+/// in [`SYSTEM_NAMESPACE`]).
+pub fn agent_selector(pool_ns: &str, pool: &str) -> String {
+    use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_POOL_NAMESPACE, LABEL_ROLE, ROLE_AGENT};
+    format!("{LABEL_ROLE}={ROLE_AGENT},{LABEL_POOL_NAMESPACE}={pool_ns},{LABEL_POOL}={pool}")
+}
+
+/// The live agent pods of pool `pool_ns/pool`.
+pub async fn agent_pods(client: &Client, pool_ns: &str, pool: &str) -> Result<Vec<Pod>, E2eError> {
+    pods(client, SYSTEM_NAMESPACE, &agent_selector(pool_ns, pool)).await
+}
+
 /// The containerd id of a pod's container and its restart count.
 pub fn container_of(pod: &Pod, container: &str) -> Option<(String, i32)> {
     pod.status
@@ -426,19 +438,30 @@ pub fn container_of(pod: &Pod, container: &str) -> Option<(String, i32)> {
 /// SIGKILLs the host process of a pod's container (found through
 /// containerd); the kubelet restarts the container in the same pod.
 pub async fn kill_container_process(pod: &Pod, container: &str) -> Result<u32, E2eError> {
+    signal_container_process(pod, container, "KILL").await
+}
+
+/// Sends `signal` (`KILL`, `STOP`, `CONT`) to the host process of a pod's
+/// container; returns its PID. `STOP` freezes it the way a partition looks
+/// from outside: nothing answers, nothing dies.
+pub async fn signal_container_process(
+    pod: &Pod,
+    container: &str,
+    signal: &str,
+) -> Result<u32, E2eError> {
     let (id, _) = container_of(pod, container)
         .ok_or_else(|| E2eError::Command(format!("pod has no running {container} container")))?;
     let pid = containerd::task_pid(&id)
         .await?
         .ok_or_else(|| E2eError::Command(format!("container {id} has no running task")))?;
     let out = Command::new("kill")
-        .args(["-9", &pid.to_string()])
+        .args([format!("-{signal}"), pid.to_string()])
         .output()
         .await
         .map_err(|e| E2eError::Command(format!("kill did not run: {e}")))?;
     if !out.status.success() {
         return Err(E2eError::Command(format!(
-            "kill -9 {pid}: {}",
+            "kill -{signal} {pid}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }

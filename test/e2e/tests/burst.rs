@@ -11,15 +11,13 @@ use fast_sandbox_e2e::scenario::{
     BurstShape, Stage, all_running, create_all, delete_all, latencies, latency_line, sleeper,
     stage, violations_of_running_once,
 };
-use fast_sandbox_e2e::{client_or_skip, delete_namespace};
+use fast_sandbox_e2e::{cluster_client, delete_namespace};
 
 const BURST: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_at_once_all_run_exactly_once_with_a_bounded_tail() {
-    let Some(client) = client_or_skip("burst").await else {
-        return;
-    };
+    let client = cluster_client("burst").await;
     let Stage { ns, sbx, history } = stage(&client, "e2e-burst", (2, 3), 50).await.unwrap();
 
     let names: BTreeSet<String> = (0..BURST).map(|i| format!("b-{i:03}")).collect();

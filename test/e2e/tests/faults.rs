@@ -14,18 +14,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT};
 use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase};
 use fast_sandbox_e2e::cluster;
 use fast_sandbox_e2e::containerd::{self, TaskExits};
 use fast_sandbox_e2e::history::{History, Tracks};
 use fast_sandbox_e2e::scenario::{
-    Burst, BurstShape, SYSTEM_NAMESPACE, Stage, all_running, container_of, create_all, delete_all,
-    deployment_settled, force_delete_pod, kill_container_process, latencies, latency_line,
-    lease_holder, lease_taken_over, names, pods, sleeper, stage, violations_of_running_once,
-    wait_created,
+    Burst, BurstShape, SYSTEM_NAMESPACE, Stage, agent_pods, all_running, container_of, create_all,
+    delete_all, deployment_settled, force_delete_pod, kill_container_process, latencies,
+    latency_line, lease_holder, lease_taken_over, names, pods, sleeper, stage,
+    violations_of_running_once, wait_created,
 };
-use fast_sandbox_e2e::{E2eError, client_or_skip, delete_namespace, wait_for};
+use fast_sandbox_e2e::{E2eError, cluster_client, delete_namespace, wait_for};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -98,9 +97,7 @@ async fn assert_once_then_clean(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_leader_killed_during_burst() {
-    let Some(client) = client_or_skip("controller leader kill").await else {
-        return;
-    };
+    let client = cluster_client("controller leader kill").await;
     settled(&client).await;
     let Stage { ns, sbx, history } = stage(&client, "e2e-kill-leader", (2, 3), 32).await.unwrap();
     let leader = lease_holder(&client, CONTROLLER)
@@ -153,9 +150,7 @@ async fn controller_leader_killed_during_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_replica_killed_during_burst() {
-    let Some(client) = client_or_skip("webhook kill").await else {
-        return;
-    };
+    let client = cluster_client("webhook kill").await;
     settled(&client).await;
     let Stage { ns, sbx, history } = stage(&client, "e2e-kill-webhook", (2, 3), 32)
         .await
@@ -214,9 +209,7 @@ async fn webhook_replica_killed_during_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_pod_killed_recreates_or_loses_by_policy() {
-    let Some(client) = client_or_skip("agent pod kill").await else {
-        return;
-    };
+    let client = cluster_client("agent pod kill").await;
     settled(&client).await;
     let Stage { ns, sbx, history } = stage(&client, "e2e-kill-agent", (2, 3), 8).await.unwrap();
 
@@ -260,7 +253,9 @@ async fn agent_pod_killed_recreates_or_loses_by_policy() {
         .cloned()
         .collect();
 
-    force_delete_pod(&client, &ns, &victim).await.unwrap();
+    force_delete_pod(&client, SYSTEM_NAMESPACE, &victim)
+        .await
+        .unwrap();
     let after = history
         .wait(
             Duration::from_secs(90),
@@ -314,9 +309,7 @@ async fn agent_pod_killed_recreates_or_loses_by_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
-    let Some(client) = client_or_skip("agent process kill").await else {
-        return;
-    };
+    let client = cluster_client("agent process kill").await;
     settled(&client).await;
     // One agent, so the restart touches every sandbox.
     let Stage { ns, sbx, history } = stage(&client, "e2e-kill-agent-proc", (1, 1), 40)
@@ -338,16 +331,12 @@ async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
         })
         .await
         .unwrap();
-    let agent = pods(
-        &client,
-        &ns,
-        &format!("{LABEL_ROLE}={ROLE_AGENT},{LABEL_POOL}=p"),
-    )
-    .await
-    .unwrap()
-    .into_iter()
-    .next()
-    .expect("the agent pod");
+    let agent = agent_pods(&client, &ns, "p")
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the agent pod");
     let agent_name = agent.metadata.name.clone().unwrap_or_default();
     let agent_uid = agent.metadata.uid.clone();
     let (_, restarts) = container_of(&agent, "agent").expect("the agent container");
@@ -361,7 +350,7 @@ async fn agent_process_killed_during_burst_keeps_running_sandboxes() {
     wait_created(&p, 5).await;
     let pid = kill_container_process(&agent, "agent").await.unwrap();
     let burst = creating.await.unwrap().unwrap();
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let restarted = wait_for(
         &pods_api,
         &agent_name,
@@ -432,9 +421,7 @@ async fn running_sleepers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_killed_during_burst() {
-    let Some(client) = client_or_skip("containerd kill").await else {
-        return;
-    };
+    let client = cluster_client("containerd kill").await;
     settled(&client).await;
     let Stage { ns, sbx, history } = stage(&client, "e2e-kill-containerd", (2, 3), 40)
         .await
@@ -486,9 +473,7 @@ async fn containerd_killed_during_burst() {
 /// the restart, and new sandboxes start as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_control_plane_restarted_under_running_sandboxes() {
-    let Some(client) = client_or_skip("control plane restart").await else {
-        return;
-    };
+    let client = cluster_client("control plane restart").await;
     settled(&client).await;
     let Stage { ns, sbx, history } = stage(&client, "e2e-restart-cp", (2, 3), 32).await.unwrap();
     let early = names("r", 20);
@@ -592,9 +577,7 @@ async fn whole_control_plane_restarted_under_running_sandboxes() {
 /// without a restart, and sandboxes keep starting over mutual TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_renewed_reach_pool_namespaces() {
-    let Some(client) = client_or_skip("certificate renewal").await else {
-        return;
-    };
+    let client = cluster_client("certificate renewal").await;
     settled(&client).await;
     let Stage { ns, sbx, history } = stage(&client, "e2e-renew", (1, 1), 16).await.unwrap();
     let copies: Api<Secret> = Api::namespaced(client.clone(), &ns);

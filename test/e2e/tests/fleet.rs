@@ -10,14 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT, condition, reason};
+use fast_sandbox_api::wellknown::{condition, reason};
 use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_e2e::history::{History, Tracks};
 use fast_sandbox_e2e::scenario::{
-    BUSYBOX, BurstShape, all_running, create_all, delete_all, names, pods, ready_pool,
+    BUSYBOX, BurstShape, agent_pods, all_running, create_all, delete_all, names, ready_pool,
     ready_pool_of, sleeper, violations_of_running_once,
 };
-use fast_sandbox_e2e::{client_or_skip, containerd, delete_namespace, namespace, wait_for};
+use fast_sandbox_e2e::{cluster_client, containerd, delete_namespace, namespace, wait_for};
 use futures::future::join_all;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -89,18 +89,14 @@ fn of_pool(names: &BTreeSet<String>, pool: &str, image: &str) -> Vec<Sandbox> {
         .collect()
 }
 
-/// Agent pod names of `pool` in `ns`.
+/// Agent pod names of pool `ns/pool`.
 async fn agents_of(client: &Client, ns: &str, pool: &str) -> BTreeSet<String> {
-    pods(
-        client,
-        ns,
-        &format!("{LABEL_ROLE}={ROLE_AGENT},{LABEL_POOL}={pool}"),
-    )
-    .await
-    .unwrap()
-    .into_iter()
-    .filter_map(|p| p.metadata.name)
-    .collect()
+    agent_pods(client, ns, pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect()
 }
 
 fn waiting_for_capacity(t: &Tracks, name: &str) -> bool {
@@ -115,9 +111,7 @@ fn waiting_for_capacity(t: &Tracks, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_and_pools_grow_place_and_expire() {
-    let Some(client) = client_or_skip("fleet").await else {
-        return;
-    };
+    let client = cluster_client("fleet").await;
     let tenants = [tenant(&client).await, tenant(&client).await];
     let small = names("s", 10);
     let other = names("o", 4);

@@ -8,7 +8,9 @@ use fast_sandbox_api::wellknown::{condition, reason};
 use fast_sandbox_api::{ExposedPort, Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool};
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_gone};
+use fast_sandbox_e2e::{
+    cluster_client, delete_namespace, impersonating, namespace, wait_for, wait_gone,
+};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -22,13 +24,13 @@ async fn pool(client: &Client, ns: &str, name: &str, slots: i32) -> Api<SandboxP
 }
 
 /// The suite's client, a namespace of its own with a ready pool `p` (4
-/// slots per agent), and the sandboxes there; `None` when the suite is off.
-async fn setup(test: &str, prefix: &str) -> Option<(Client, String, Api<Sandbox>)> {
-    let client = client_or_skip(test).await?;
+/// slots per agent), and the sandboxes there.
+async fn setup(test: &str, prefix: &str) -> (Client, String, Api<Sandbox>) {
+    let client = cluster_client(test).await;
     let ns = namespace(&client, prefix).await.unwrap();
     pool(&client, &ns, "p", 4).await;
     let sbx = Api::namespaced(client.clone(), &ns);
-    Some((client, ns, sbx))
+    (client, ns, sbx)
 }
 
 fn sandbox(name: &str, pool: &str, command: &[&str]) -> Sandbox {
@@ -69,9 +71,7 @@ fn containerd_ids() -> Vec<String> {
 
 #[tokio::test]
 async fn original_flow_pool_sandbox_running_then_deleted() {
-    let Some(client) = client_or_skip("original flow").await else {
-        return;
-    };
+    let client = cluster_client("original flow").await;
     let ns = namespace(&client, "e2e-flow").await.unwrap();
     pool(&client, &ns, "default-pool", 4).await;
     let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
@@ -147,9 +147,7 @@ async fn original_flow_pool_sandbox_running_then_deleted() {
 
 #[tokio::test]
 async fn exit_codes_become_phases() {
-    let Some((client, ns, sbx)) = setup("exit codes", "e2e-exit").await else {
-        return;
-    };
+    let (client, ns, sbx) = setup("exit codes", "e2e-exit").await;
     sbx.create(
         &PostParams::default(),
         &sandbox("ok", "p", &["/bin/sh", "-c", "exit 0"]),
@@ -214,9 +212,7 @@ async fn exit_codes_become_phases() {
 
 #[tokio::test]
 async fn admission_binds_dry_runs_reserve_nothing_and_refuses_bad_input() {
-    let Some(client) = client_or_skip("admission").await else {
-        return;
-    };
+    let client = cluster_client("admission").await;
     let ns = namespace(&client, "e2e-admission").await.unwrap();
     let pools = pool(&client, &ns, "p", 1).await;
     let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
@@ -274,21 +270,12 @@ async fn admission_binds_dry_runs_reserve_nothing_and_refuses_bad_input() {
     delete_namespace(&client, &ns).await;
 }
 
-/// A client of the suite's cluster acting as `user` (impersonation).
-async fn impersonating(user: &str) -> Client {
-    let mut cfg = kube::Config::infer().await.unwrap();
-    cfg.auth_info.impersonate = Some(user.to_string());
-    Client::try_from(cfg).unwrap()
-}
-
 /// `kubectl sandbox logs` (the plugin built from `cli/`) for a sandbox on a
 /// real agent: stdout and stderr apart, after the end and followed live
 /// until the process exits.
 #[tokio::test]
 async fn logs_through_kubectl_sandbox() {
-    let Some((client, ns, sbx)) = setup("logs", "e2e-logs").await else {
-        return;
-    };
+    let (client, ns, sbx) = setup("logs", "e2e-logs").await;
     sbx.create(
         &PostParams::default(),
         &sandbox(
@@ -426,9 +413,7 @@ async fn logs_through_kubectl_sandbox() {
 /// sandbox.
 #[tokio::test]
 async fn exposed_port_is_reachable_at_the_status_endpoint() {
-    let Some((client, ns, sbx)) = setup("exposed ports", "e2e-ports").await else {
-        return;
-    };
+    let (client, ns, sbx) = setup("exposed ports", "e2e-ports").await;
     let mut web = sandbox(
         "web",
         "p",

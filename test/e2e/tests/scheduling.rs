@@ -10,9 +10,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_ROLE, ROLE_AGENT};
+use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_POOL_NAMESPACE, LABEL_ROLE, ROLE_AGENT};
 use fast_sandbox_api::{Sandbox, SandboxPool};
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace, wait_for, wait_for_set};
+use fast_sandbox_e2e::scenario::{SYSTEM_NAMESPACE, agent_selector};
+use fast_sandbox_e2e::{cluster_client, delete_namespace, namespace, wait_for, wait_for_set};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -54,12 +55,16 @@ async fn fake_node(nodes: &Api<Node>, name: &str, images: &[(&str, u64)]) {
         .unwrap();
 }
 
-async fn force_delete_pods(pods: &Api<Pod>) {
+async fn force_delete_pods(pods: &Api<Pod>, selector: &str) {
     let now = DeleteParams {
         grace_period_seconds: Some(0),
         ..Default::default()
     };
-    for p in pods.list(&ListParams::default()).await.unwrap() {
+    for p in pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+    {
         let _ = pods
             .delete(&p.metadata.name.unwrap_or_default(), &now)
             .await;
@@ -68,9 +73,7 @@ async fn force_delete_pods(pods: &Api<Pod>) {
 
 #[tokio::test]
 async fn agent_pods_land_where_the_warm_images_are() {
-    let Some(client) = client_or_skip("scheduling with the extender").await else {
-        return;
-    };
+    let client = cluster_client("scheduling with the extender").await;
     let nodes: Api<Node> = Api::all(client.clone());
     let suffix = std::process::id();
     let (a, b, c) = (
@@ -100,10 +103,12 @@ async fn agent_pods_land_where_the_warm_images_are() {
     let outcome = std::panic::AssertUnwindSafe(scenario(&client, &ns, [&a, &b, &c]))
         .catch_unwind()
         .await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let agents: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let plain: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pools: Api<SandboxPool> = Api::namespaced(client.clone(), &ns);
     let _ = pools.delete("warm", &DeleteParams::default()).await;
-    force_delete_pods(&pods).await;
+    force_delete_pods(&agents, &agent_selector(&ns, "warm")).await;
+    force_delete_pods(&plain, "").await;
     for n in [&a, &b, &c] {
         let _ = nodes.delete(n, &DeleteParams::default()).await;
     }
@@ -137,8 +142,8 @@ async fn scenario(client: &Client, ns: &str, [a, b, c]: [&String; 3]) {
         .await
         .unwrap();
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = format!("{LABEL_ROLE}={ROLE_AGENT},{LABEL_POOL}=warm");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let selector = agent_selector(ns, "warm");
     let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
     let agents = wait_for_set(
         &pods,
@@ -170,6 +175,7 @@ async fn scenario(client: &Client, ns: &str, [a, b, c]: [&String; 3]) {
     );
 
     sandboxes_follow_their_images(client, ns, &agents, a, b).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
 
     // A plain pod is scheduled as before, and still is with the extender
     // gone (ignorable: true).
@@ -246,7 +252,7 @@ async fn sandboxes_follow_their_images(
     a: &str,
     b: &str,
 ) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let ready = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
     for p in agents {
         pods.patch_status(
@@ -294,11 +300,24 @@ async fn sandboxes_follow_their_images(
     }
 }
 
-/// The cluster's CA, which signed the extender's certificate.
+fn state_dir() -> String {
+    std::env::var("FAST_SANDBOX_STATE")
+        .unwrap_or_else(|_| "/var/lib/fast-sandbox-cluster".to_string())
+}
+
+/// The Fast Sandbox CA, which signed the extender's certificate.
 fn cluster_ca() -> String {
-    let state = std::env::var("FAST_SANDBOX_STATE")
-        .unwrap_or_else(|_| "/var/lib/fast-sandbox-cluster".to_string());
-    format!("{state}/fast-sandbox-ca.crt")
+    format!("{}/fast-sandbox-ca.crt", state_dir())
+}
+
+/// The scheduler's client certificate and key, the only caller the
+/// extender answers.
+fn scheduler_identity() -> (String, String) {
+    let pki = format!("{}/pki", state_dir());
+    (
+        format!("{pki}/scheduler.crt"),
+        format!("{pki}/scheduler.key"),
+    )
 }
 
 /// Waits until the extender (asked the way kube-scheduler asks it, at the
@@ -306,14 +325,17 @@ fn cluster_ca() -> String {
 /// `cold` for an agent of pool `warm` in `ns`.
 async fn extender_prefers(ns: &str, warm: [&str; 2], cold: &str) {
     let args = json!({
-        "Pod": {"metadata": {"namespace": ns, "labels": {LABEL_ROLE: ROLE_AGENT, LABEL_POOL: "warm"}},
+        "Pod": {"metadata": {"namespace": SYSTEM_NAMESPACE,
+                             "labels": {LABEL_ROLE: ROLE_AGENT, LABEL_POOL: "warm", LABEL_POOL_NAMESPACE: ns}},
                 "spec": {"containers": [{"name": "agent", "image": AGENT_IMAGE}]}},
         "NodeNames": [warm[0], warm[1], cold]
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
+        let (cert, key) = scheduler_identity();
         let out = tokio::process::Command::new("curl")
             .args(["-sf", "--max-time", "2", "--cacert", &cluster_ca()])
+            .args(["--cert", &cert, "--key", &key])
             .args(["-X", "POST", "https://10.96.0.50:443/prioritize", "-d"])
             .arg(args.to_string())
             .output()

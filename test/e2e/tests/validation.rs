@@ -2,7 +2,7 @@
 //! field, and accepts the original README's manifests (server dry-run).
 
 use fast_sandbox_api::{Sandbox, SandboxPool};
-use fast_sandbox_e2e::{client_or_skip, delete_namespace, namespace};
+use fast_sandbox_e2e::{cluster_client, delete_namespace, namespace};
 use kube::api::{DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, Client};
@@ -30,9 +30,7 @@ async fn create(api: &Api<DynamicObject>, obj: Value) -> Result<(), String> {
 
 #[tokio::test]
 async fn server_accepts_original_manifests_and_refuses_invalid_ones() {
-    let Some(client) = client_or_skip("server validation").await else {
-        return;
-    };
+    let client = cluster_client("server validation").await;
     let ns = namespace(&client, "e2e-validation").await.unwrap();
     let pools = api(&client, &ns, "SandboxPool");
     let sandboxes = api(&client, &ns, "Sandbox");

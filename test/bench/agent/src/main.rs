@@ -11,6 +11,10 @@
 //! ```
 //!
 //! Prints a Markdown table and writes it with a JSON copy to `--out-dir`.
+//!
+//! With `--mode interactive` it measures the exec round trip of `/bin/true`
+//! through the agent's API against `ctr task exec` into the same container
+//! (same containerd), and file write/read throughput (1 MiB and 100 MiB).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +36,8 @@ use fast_sandbox_server::{Ops, Registry};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+mod interactive;
 
 /// Benchmark settings.
 #[derive(Parser, Debug, Clone)]
@@ -66,6 +72,9 @@ struct Args {
     /// Where the Markdown and JSON results go.
     #[arg(long, default_value = "target/bench-agent")]
     out_dir: PathBuf,
+    /// `create` (create to running) or `interactive` (exec and files).
+    #[arg(long, default_value = "create")]
+    mode: String,
 }
 
 /// Changes one lever of an agent configuration.
@@ -130,6 +139,7 @@ async fn start_agent(
         default_grace: Duration::ZERO,
         proc_root: "/proc".into(),
         advertise: None,
+        max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
     };
     tune(&mut cfg);
     let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())?;
@@ -148,7 +158,13 @@ async fn start_agent(
         listener,
         Some(tls),
         ops.clone(),
-        Arc::new(Api::new(agent.clone(), metrics, true)),
+        Arc::new(Api::new(
+            agent.clone(),
+            metrics,
+            Some(fast_sandbox_server::client_auth::AllowedNames::new([
+                "fast-sandbox-controller",
+            ])),
+        )),
         async move {
             let _ = done.wait_for(|s| *s).await;
         },
@@ -240,9 +256,78 @@ async fn agent_series(
     Ok(all)
 }
 
+/// Exec round trips (agent API vs `ctr task exec`) and file throughput.
+async fn interactive_bench(args: &Args) -> anyhow::Result<()> {
+    let a = start_agent(args, "interactive", |_| {}).await?;
+    let uid = "interactive";
+    a.client
+        .create(&request(args, uid))
+        .await?
+        .1
+        .map_err(|e| anyhow::anyhow!("create failed: {e}"))?;
+    let container = Agent::container_id(uid, 0);
+    let ctr = Ctr {
+        socket: args.socket.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+    };
+    let mut results = Vec::new();
+    for &c in &args.concurrency {
+        let samples =
+            interactive::ctr_exec_series(ctr.clone(), container.clone(), args.runs, args.warmup, c)
+                .await?;
+        let s = interactive::series("ctr task exec", c, &samples);
+        eprintln!(
+            "ctr task exec c={c}: p50 {:.1} ms p99 {:.1} ms",
+            s.p50_ms, s.p99_ms
+        );
+        results.push(s);
+        let samples = interactive::exec_series(&a.client, uid, args.runs, args.warmup, c).await?;
+        let s = interactive::series("agent exec", c, &samples);
+        eprintln!(
+            "agent exec c={c}: p50 {:.1} ms p99 {:.1} ms",
+            s.p50_ms, s.p99_ms
+        );
+        results.push(s);
+    }
+    let mut rows = Vec::new();
+    for (size, reps) in [(1usize << 20, 10), (100 << 20, 3)] {
+        let (w, r) = interactive::file_throughput(&a.client, uid, size, reps).await?;
+        eprintln!(
+            "files {} MiB: write {w:.0} MB/s, read {r:.0} MB/s",
+            size >> 20
+        );
+        rows.push((size, w, r));
+    }
+    a.client
+        .delete(uid, 0)
+        .await?
+        .1
+        .map_err(|e| anyhow::anyhow!("delete failed: {e}"))?;
+    a.shutdown.send_replace(true);
+    let md = format!(
+        "{}\n{}",
+        markdown(&results, "ctr task exec"),
+        interactive::throughput_table(&rows)
+    );
+    println!("{md}");
+    std::fs::create_dir_all(&args.out_dir)?;
+    std::fs::write(args.out_dir.join("agent-interactive.md"), &md)?;
+    std::fs::write(
+        args.out_dir.join("agent-interactive.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    match args.mode.as_str() {
+        "create" => {}
+        "interactive" => return interactive_bench(&args).await,
+        other => bail!("unknown --mode {other:?}: create or interactive"),
+    }
     let variants: Vec<(&str, Tune)> = vec![
         ("agent (all levers)", Box::new(|_: &mut Config| {})),
         (

@@ -105,6 +105,56 @@ impl Ctr {
     }
 }
 
+impl Ctr {
+    /// Times one `ctr task exec --exec-id <id> <container> /bin/true`
+    /// (from the command's start to its exit, the exec'd process reaped).
+    pub fn exec_once(&self, container: &str, exec_id: &str) -> Result<Duration, CtrError> {
+        let t = Instant::now();
+        self.run(&["task", "exec", "--exec-id", exec_id, container, "/bin/true"])?;
+        Ok(t.elapsed())
+    }
+
+    /// `runs` timed `ctr task exec`s of `/bin/true` in `container` (after
+    /// `warmup` untimed ones per worker) with `concurrency` workers.
+    pub fn exec_series(
+        &self,
+        container: &str,
+        runs: usize,
+        warmup: usize,
+        concurrency: usize,
+    ) -> Result<Vec<Duration>, CtrError> {
+        let per_worker = runs.div_ceil(concurrency.max(1));
+        let results: Vec<Result<Vec<Duration>, CtrError>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..concurrency.max(1))
+                .map(|w| {
+                    s.spawn(move || {
+                        let mut samples = Vec::new();
+                        for i in 0..warmup + per_worker {
+                            let id =
+                                format!("bench-{}-c{concurrency}-w{w}-{i}", std::process::id());
+                            let d = self.exec_once(container, &id)?;
+                            if i >= warmup {
+                                samples.push(d);
+                            }
+                        }
+                        Ok(samples)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Ok(Vec::new())))
+                .collect()
+        });
+        let mut all = Vec::new();
+        for r in results {
+            all.extend(r?);
+        }
+        all.truncate(runs);
+        Ok(all)
+    }
+}
+
 /// Whether `socket` looks like a containerd socket we can use.
 pub fn available(socket: &Path) -> bool {
     socket.exists()

@@ -1,6 +1,6 @@
 //! Shared set-up of the webhook benchmarks: a large placement index.
 
-use fast_sandbox_webhook::placement::{AgentState, Index};
+use fast_sandbox_placement::{AgentState, Index};
 
 /// Pool key used by the benchmarks.
 pub const POOL: &str = "bench/pool";

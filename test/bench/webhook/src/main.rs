@@ -12,6 +12,7 @@ use fast_sandbox_bench_webhook::{LARGE, Shape, index};
 use fast_sandbox_certs::authority::Authority;
 use fast_sandbox_certs::leaf::LeafSpec;
 use fast_sandbox_certs::store::write_atomically;
+use fast_sandbox_server::client_auth::{AllowedNames, ClientCa};
 use fast_sandbox_server::tls::{ServerTls, client_config};
 use fast_sandbox_server::{Ops, serve};
 use fast_sandbox_webhook::metrics::Metrics;
@@ -77,6 +78,9 @@ fn review(uid: &str, image: &str) -> Vec<u8> {
     .expect("review serialises")
 }
 
+/// The apiserver's webhook client identity.
+const APISERVER: &str = "kube-apiserver-webhook-client";
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -118,12 +122,16 @@ async fn main() -> anyhow::Result<()> {
     write_atomically(&dir.path().join("ca.crt"), ca.cert_pem())?;
     write_atomically(&dir.path().join("tls.key"), &leaf.key_pem)?;
     write_atomically(&dir.path().join("tls.crt"), &leaf.cert_pem)?;
+    // The apiserver's webhook client certificate, checked as in production.
+    let apiserver = ca.issue(&LeafSpec::client(APISERVER, APISERVER))?;
+    write_atomically(&dir.path().join("client.key"), &apiserver.key_pem)?;
+    write_atomically(&dir.path().join("client.crt"), &apiserver.cert_pem)?;
     let tls = ServerTls {
         cert: dir.path().join("tls.crt"),
         key: dir.path().join("tls.key"),
         client_ca: None,
     }
-    .build()?;
+    .build_with_client_ca(ClientCa::from_pem(ca.cert_pem().as_bytes())?)?;
     let metrics = Metrics::new();
     let reviewer =
         Reviewer::new(idx.clone(), DEFAULT_CONTROLLER_USERNAME).with_metrics(metrics.clone());
@@ -134,14 +142,24 @@ async fn main() -> anyhow::Result<()> {
         listener,
         Some(tls),
         Ops::default(),
-        Arc::new(Webhook::new(reviewer, metrics)),
+        Arc::new(Webhook::new(
+            reviewer,
+            metrics,
+            Some(AllowedNames::new([APISERVER])),
+        )),
         async {
             let _ = stopped.await;
         },
     ));
 
     // One HTTP/2 connection, as kube-apiserver keeps to a webhook.
-    let config = client_config(&dir.path().join("ca.crt"), None)?;
+    let config = client_config(
+        &dir.path().join("ca.crt"),
+        Some((
+            &dir.path().join("client.crt"),
+            &dir.path().join("client.key"),
+        )),
+    )?;
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let tls = TlsConnector::from(config)

@@ -1,4 +1,6 @@
-//! The client side of the agent's HTTPS API (see `fast_sandbox_api::agent`).
+//! The client side of the agent's HTTPS API (see `fast_sandbox_api::agent`),
+//! for the controller and the access server: each presents its own client
+//! certificate, which agents check by name.
 //!
 //! One long-lived HTTP/2 connection per agent, over mutual TLS, carries
 //! every request and the event stream: no TLS handshake per sandbox. The
@@ -17,7 +19,7 @@ use fast_sandbox_api::agent::{
     sandbox_path,
 };
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -89,7 +91,7 @@ impl ClientError {
     }
 }
 
-/// Where the controller's client certificate and the agents' CA are; read
+/// Where the caller's client certificate and the agents' CA are; read
 /// again for each new connection so rotated files take effect.
 #[derive(Clone, Debug)]
 pub struct ClientTls {
@@ -109,11 +111,14 @@ impl ClientTls {
     }
 }
 
+/// A request body: whole, or a stream (exec input, a file upload).
+pub type RequestBody = fast_sandbox_server::Body;
+
 /// A client of one agent, holding its one HTTP/2 connection.
 pub struct AgentClient {
     addr: SocketAddr,
     tls: ClientTls,
-    sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    sender: Mutex<Option<SendRequest<RequestBody>>>,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -140,7 +145,7 @@ impl AgentClient {
         self.addr
     }
 
-    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    async fn sender(&self) -> Result<SendRequest<RequestBody>, ClientError> {
         let mut guard = self.sender.lock().await;
         if let Some(s) = guard.as_ref()
             && !s.is_closed()
@@ -154,7 +159,7 @@ impl AgentClient {
         Ok(s)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, ClientError> {
         let config = self.tls.config()?;
         let tcp = TcpStream::connect(self.addr)
             .await
@@ -195,18 +200,72 @@ impl AgentClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<hyper::Response<Incoming>, ClientError> {
+        let content_type = body.is_some().then_some("application/json");
+        let body = fast_sandbox_server::body::full(Bytes::from(body.unwrap_or_default()));
+        self.send_body(method, path, content_type, body).await
+    }
+
+    /// Sends one request with any body, a stream included, and returns the
+    /// answer as it starts (its body streams on).
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: RequestBody,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
         let mut sender = self.sender().await?;
         let mut req = Request::builder()
             .method(method)
             .uri(format!("https://{}{}", self.addr, path));
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
         }
         let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(body)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         sender.ready().await?;
         Ok(sender.send_request(req).await?)
+    }
+
+    /// `POST /v1/sandboxes/{uid}/exec` with `frames` as the request body
+    /// (the start frame first; see `fast_sandbox_api::exec`): the agent's
+    /// output frames once it started the process, or its refusal.
+    pub async fn exec(&self, uid: &str, frames: RequestBody) -> Result<Incoming, ClientError> {
+        let path = fast_sandbox_api::agent::exec_path(uid);
+        let fut = self.send_body(
+            Method::POST,
+            &path,
+            Some(fast_sandbox_api::exec::EXEC_CONTENT_TYPE),
+            frames,
+        );
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        error_of(resp).await
+    }
+
+    /// A files request (`fast_sandbox_api::files`) passed through: `query`
+    /// as built by the caller, `body` streamed. The answer's status and
+    /// headers once they arrive, its body streaming on; an agent refusal is
+    /// [`ClientError::Api`].
+    pub async fn files(
+        &self,
+        method: Method,
+        query: &str,
+        uid: &str,
+        content_type: Option<&str>,
+        body: RequestBody,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
+        let path = format!("{}/files?{query}", sandbox_path(uid));
+        let fut = self.send_body(method, &path, content_type, body);
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(error_of(resp).await.err().unwrap_or(ClientError::Timeout))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -252,7 +311,7 @@ impl AgentClient {
     }
 
     /// Asks the agent to collect the containers of agent pods not in
-    /// `req` (see [`crate::janitor`] for the fencing rule on the list).
+    /// `req` (the controller's janitor states the fencing rule).
     pub async fn janitor(&self, req: &JanitorRequest) -> Result<JanitorReport, ClientError> {
         let body = serde_json::to_vec(req)?;
         Ok(self.call(Method::POST, PATH_JANITOR, Some(body)).await?.1)
@@ -263,24 +322,56 @@ impl AgentClient {
         Ok(self.call(Method::GET, PATH_SANDBOXES, None).await?.1)
     }
 
-    /// Opens the event stream, starting after event `since`.
-    pub async fn events(&self, since: u64) -> Result<EventStream, ClientError> {
-        let path = format!("{PATH_EVENTS}?since={since}");
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, &path, None))
+    /// One output of sandbox `uid` (`stdout` or `stderr`) as it is so far;
+    /// with `follow`, the body stays open until the process exits. The
+    /// body is passed on as it arrives, never held whole.
+    pub async fn logs(
+        &self,
+        uid: &str,
+        stream: &str,
+        follow: bool,
+    ) -> Result<Incoming, ClientError> {
+        let path = format!(
+            "{}?stream={stream}&follow={follow}",
+            fast_sandbox_api::agent::logs_path(uid)
+        );
+        self.open(&path).await
+    }
+
+    /// A GET whose answer is a stream: the headers within the request
+    /// deadline, the body for as long as it lasts.
+    async fn open(&self, path: &str) -> Result<Incoming, ClientError> {
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, None))
             .await
             .map_err(|_| ClientError::Timeout)??;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            let error = serde_json::from_slice::<ApiError>(&bytes)
-                .unwrap_or_else(|_| ApiError::new(code_of_status(status), "event stream refused"));
-            return Err(ClientError::Api { status, error });
-        }
+        error_of(resp).await
+    }
+
+    /// Opens the event stream, starting after event `since`.
+    pub async fn events(&self, since: u64) -> Result<EventStream, ClientError> {
+        let body = self.open(&format!("{PATH_EVENTS}?since={since}")).await?;
         Ok(EventStream {
-            body: resp.into_body(),
+            body,
             buf: BytesMut::new(),
         })
     }
+}
+
+/// The body of a successful answer, or the agent's error as
+/// [`ClientError::Api`].
+async fn error_of(resp: hyper::Response<Incoming>) -> Result<Incoming, ClientError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp.into_body());
+    }
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+        ApiError::new(
+            code_of_status(status),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    });
+    Err(ClientError::Api { status, error })
 }
 
 fn code_of_status(status: StatusCode) -> ErrorCode {

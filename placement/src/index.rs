@@ -10,15 +10,21 @@
 //! # The rule
 //!
 //! Candidates are the agents of the sandbox's pool that are ready, not
-//! draining and have a free slot. An agent whose node holds the image wins,
-//! the one that most recently ran that image first (its layers are hottest).
-//! Otherwise the least loaded agent wins; among equally loaded agents the one
-//! chosen longest ago, so new sandboxes spread round-robin.
+//! draining, have a free slot and did not refuse a sandbox a moment ago
+//! ([`Index::record_refusal`], with backoff). An agent whose node holds the
+//! image wins, the one that most recently ran that image first (its layers
+//! are hottest). Otherwise the least loaded agent wins; among equally loaded
+//! agents the one chosen longest ago, so new sandboxes spread round-robin.
+//! While some node of the pool holds the image, an agent on a node known to
+//! lack it is never chosen: nothing is pulled, so the sandbox would fail
+//! there; it waits for a slot on a holder instead.
 //!
 //! # Slots
 //!
 //! Slot use is counted from bindings keyed by sandbox UID, so replaying a
-//! watch is idempotent. A reservation made at admission is keyed by a token
+//! watch is idempotent. A bound sandbox holds its slot until its object is
+//! deleted, finished or not, as its agent counts it: the agent keeps a
+//! finished sandbox's container (and logs) until then. A reservation made at admission is keyed by a token
 //! (the object has no UID yet) and stays *tentative* until the sandbox is seen
 //! bound on the watch; tentative reservations whose object never shows up
 //! (the apiserver rejected it after admission) are dropped by
@@ -44,18 +50,26 @@ use lru::LruCache;
 /// a miss that falls back to the least loaded agent.
 pub const DEFAULT_IMAGES_PER_POOL: usize = 65_536;
 
-/// The key of a pool: `namespace/name`. Agent pods live in their pool's
-/// namespace and sandboxes name a pool of their own namespace.
+/// The key of a pool: `namespace/name`. Sandboxes name a pool of their own
+/// namespace; the pool's agent pods live in the operator's namespace and
+/// carry the pool's namespace and name as labels.
 pub fn pool_key(namespace: &str, pool: &str) -> String {
     format!("{namespace}/{pool}")
 }
+
+/// Longest an agent that refused a sandbox for lack of slots is skipped.
+pub const MAX_REFUSAL_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an agent is skipped after its first refusal; doubled for each
+/// refusal in a row.
+pub const FIRST_REFUSAL_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What the index knows about one agent pod, as observed on its watch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentState {
     /// `namespace/pool` of the pool the agent belongs to.
     pub pool_key: String,
-    /// Name of the agent pod (unique within the pool's namespace).
+    /// Name of the agent pod (unique: every agent pod lives in the
+    /// operator's namespace).
     pub pod_name: String,
     /// Node the pod runs on; empty while unscheduled.
     pub node_name: String,
@@ -68,12 +82,6 @@ pub struct AgentState {
     /// Images held by the agent's node, in any spelling; the index
     /// normalises them.
     pub images: Vec<String>,
-}
-
-impl AgentState {
-    fn namespace(&self) -> &str {
-        self.pool_key.split_once('/').map_or("", |(ns, _)| ns)
-    }
 }
 
 /// The agent chosen for a sandbox.
@@ -143,11 +151,19 @@ struct Agent {
     /// Value of the index's turn counter when this agent was last chosen;
     /// ties in load go to the smallest, which spreads sandboxes round-robin.
     turn: u64,
+    /// Refusals in a row (the agent said it was full).
+    refusals: u32,
+    /// Skipped until then after a refusal.
+    refused_until: Option<Instant>,
 }
 
 impl Agent {
     fn has_free_slot(&self) -> bool {
         self.state.ready && !self.state.draining && self.used < self.state.slots_total
+    }
+
+    fn available(&self, now: Instant) -> bool {
+        self.has_free_slot() && self.refused_until.is_none_or(|until| until <= now)
     }
 
     fn free_entry(&self, id: AgentId) -> (u32, u64, AgentId) {
@@ -193,7 +209,7 @@ struct State {
     agent_ids: HashMap<String, AgentId>,
     /// Sandbox UID or reservation token -> the slot it holds.
     bindings: HashMap<String, Slot>,
-    /// Agent key (`namespace/pod`) -> slots held, including agents not (yet)
+    /// Agent pod name -> slots held, including agents not (yet)
     /// known, so a sandbox watch that runs ahead of the pod watch still counts.
     used: HashMap<String, u32>,
     turn: u64,
@@ -261,13 +277,11 @@ impl Index {
 
     /// Forgets an agent pod. Sandboxes bound to it keep their bindings until
     /// they are re-placed or deleted.
-    pub fn remove_agent(&self, namespace: &str, pod_name: &str) {
-        let mut s = self.lock();
-        let key = format!("{namespace}/{pod_name}");
-        s.remove_agent(&key);
+    pub fn remove_agent(&self, pod_name: &str) {
+        self.lock().remove_agent(pod_name);
     }
 
-    /// Keeps only the agents for which `keep(namespace/pod)` is true; used
+    /// Keeps only the agents for which `keep(pod name)` is true; used
     /// after a watch re-list.
     pub fn retain_agents(&self, mut keep: impl FnMut(&str) -> bool) {
         let mut s = self.lock();
@@ -314,8 +328,7 @@ impl Index {
         let image = image::normalize(image);
         let mut s = self.lock();
         s.release(key);
-        let ns = pool_key.split_once('/').map_or("", |(ns, _)| ns);
-        let avoid = s.agent_ids.get(&format!("{ns}/{avoid_pod}")).copied();
+        let avoid = s.agent_ids.get(avoid_pod).copied();
         s.reserve(pool_key, &image, key, avoid)
     }
 
@@ -324,23 +337,18 @@ impl Index {
         self.lock().release(key);
     }
 
-    /// The watch saw sandbox `uid` bound to agent pod `namespace/pod_name`
-    /// and holding a slot. Confirms (and re-keys from `reservation` to `uid`)
+    /// The watch saw sandbox `uid` bound to agent pod `pod_name` and holding
+    /// a slot (bound and not yet deleted: the agent keeps a finished
+    /// sandbox's container, and its slot, until the object goes). Confirms (and re-keys from `reservation` to `uid`)
     /// a reservation made for it. Idempotent.
-    pub fn observe_bound(
-        &self,
-        uid: &str,
-        reservation: Option<&str>,
-        namespace: &str,
-        pod_name: &str,
-    ) {
+    pub fn observe_bound(&self, uid: &str, reservation: Option<&str>, pod_name: &str) {
         let mut s = self.lock();
         if let Some(token) = reservation
             && token != uid
         {
             s.release(token);
         }
-        let agent_key = format!("{namespace}/{pod_name}");
+        let agent_key = pod_name.to_string();
         match s.bindings.get_mut(uid) {
             Some(slot) if slot.agent_key == agent_key => slot.tentative_since = None,
             _ => {
@@ -394,13 +402,38 @@ impl Index {
         stale.len()
     }
 
-    /// Slots held on agent pod `namespace/pod_name`.
-    pub fn used(&self, namespace: &str, pod_name: &str) -> u32 {
-        let s = self.lock();
-        s.used
-            .get(&format!("{namespace}/{pod_name}"))
-            .copied()
-            .unwrap_or(0)
+    /// Slots held on agent pod `pod_name`.
+    pub fn used(&self, pod_name: &str) -> u32 {
+        self.lock().used.get(pod_name).copied().unwrap_or(0)
+    }
+
+    /// The agent `pod_name` refused a sandbox for lack of slots at `now`
+    /// (its own count is the truth; ours was behind). It is skipped until
+    /// the returned instant: a backoff that doubles with each refusal in a
+    /// row, so re-placement does not hammer a full agent.
+    pub fn record_refusal(&self, pod_name: &str, now: Instant) -> Option<Instant> {
+        let mut s = self.lock();
+        let &id = s.agent_ids.get(pod_name)?;
+        let agent = s.agents[id as usize].as_mut()?;
+        agent.refusals = agent.refusals.saturating_add(1);
+        let factor = 1u32 << (agent.refusals - 1).min(16);
+        let backoff = FIRST_REFUSAL_BACKOFF
+            .saturating_mul(factor)
+            .min(MAX_REFUSAL_BACKOFF);
+        let until = now + backoff;
+        agent.refused_until = Some(until);
+        Some(until)
+    }
+
+    /// The agent `pod_name` accepted a sandbox: its refusal backoff ends.
+    pub fn record_acceptance(&self, pod_name: &str) {
+        let mut s = self.lock();
+        if let Some(&id) = s.agent_ids.get(pod_name)
+            && let Some(agent) = s.agents[id as usize].as_mut()
+        {
+            agent.refusals = 0;
+            agent.refused_until = None;
+        }
     }
 
     /// Totals of one pool.
@@ -444,17 +477,26 @@ impl State {
 
     fn pick(&self, pool_key: &str, image: &str, avoid: Option<AgentId>) -> Option<(AgentId, bool)> {
         let pool = self.pools.get(pool_key)?;
+        let now = Instant::now();
         if let Some(holders) = pool.images.peek(image) {
             for (&id, ()) in holders.iter() {
-                if Some(id) != avoid && self.agent(id).has_free_slot() {
+                if Some(id) != avoid && self.agent(id).available(now) {
                     return Some((id, true));
                 }
             }
         }
+        // While some node of the pool holds the image, an agent whose node
+        // is known to lack it is never chosen: nothing is pulled, so the
+        // sandbox would fail there for good. It waits for a slot on a
+        // holder instead. Nodes whose images are not known stay candidates.
+        let held_in_pool = pool.images.peek(image).is_some_and(|h| !h.is_empty());
         pool.free
             .iter()
             .map(|&(_, _, id)| id)
-            .find(|&id| Some(id) != avoid)
+            .find(|&id| {
+                let a = self.agent(id);
+                Some(id) != avoid && a.available(now) && (!held_in_pool || a.images.is_empty())
+            })
             .map(|id| (id, false))
     }
 
@@ -547,7 +589,7 @@ impl State {
     }
 
     fn upsert_agent(&mut self, state: AgentState) {
-        let key = format!("{}/{}", state.namespace(), state.pod_name);
+        let key = state.pod_name.clone();
         let mut images: Vec<String> = state.images.iter().map(|i| image::normalize(i)).collect();
         images.sort_unstable();
         images.dedup();
@@ -600,6 +642,8 @@ impl State {
             images: Vec::new(),
             used,
             turn: 0,
+            refusals: 0,
+            refused_until: None,
         };
         let pool = self
             .pools
@@ -830,13 +874,13 @@ mod tests {
         idx.upsert_agent(agent("a", 1, &[]));
         assert!(idx.choose(POOL, "i").is_some());
         assert!(idx.choose(POOL, "i").is_some());
-        assert_eq!(idx.used("ns", "a"), 0);
+        assert_eq!(idx.used("a"), 0);
         let c = idx.reserve(POOL, "i", "uid").unwrap();
         assert_eq!(idx.reserve(POOL, "i", "uid").unwrap().pod_name, c.pod_name);
-        assert_eq!(idx.used("ns", "a"), 1);
+        assert_eq!(idx.used("a"), 1);
         idx.release("uid");
         idx.release("uid");
-        assert_eq!(idx.used("ns", "a"), 0);
+        assert_eq!(idx.used("a"), 0);
     }
 
     #[test]
@@ -844,26 +888,26 @@ mod tests {
         let idx = Index::new();
         idx.upsert_agent(agent("a", 2, &[]));
         let c = idx.reserve(POOL, "i", "token").unwrap();
-        assert_eq!(idx.used("ns", &c.pod_name), 1);
+        assert_eq!(idx.used(&c.pod_name), 1);
         for _ in 0..3 {
-            idx.observe_bound("uid", Some("token"), "ns", "a");
+            idx.observe_bound("uid", Some("token"), "a");
         }
-        assert_eq!(idx.used("ns", "a"), 1);
+        assert_eq!(idx.used("a"), 1);
         // Confirmed bindings survive expiry; tentative ones do not.
         idx.reserve(POOL, "i", "lost-token").unwrap();
-        assert_eq!(idx.used("ns", "a"), 2);
+        assert_eq!(idx.used("a"), 2);
         let later = Instant::now() + Duration::from_secs(60);
         assert_eq!(idx.expire_tentative(later, Duration::from_secs(30)), 1);
-        assert_eq!(idx.used("ns", "a"), 1);
+        assert_eq!(idx.used("a"), 1);
         idx.observe_unbound("uid", Some("token"));
         idx.observe_unbound("uid", Some("token"));
-        assert_eq!(idx.used("ns", "a"), 0);
+        assert_eq!(idx.used("a"), 0);
     }
 
     #[test]
     fn sandboxes_seen_before_their_agent_still_count() {
         let idx = Index::new();
-        idx.observe_bound("u1", None, "ns", "a");
+        idx.observe_bound("u1", None, "a");
         idx.upsert_agent(agent("a", 1, &[]));
         assert_eq!(idx.choose(POOL, "i"), None);
         idx.retain_sandboxes(|uid| uid != "u1");
@@ -879,7 +923,7 @@ mod tests {
         assert!(!idx.choose(POOL, "busybox").unwrap().image_hit);
         idx.upsert_agent(agent("b", 1, &["busybox"]));
         assert_eq!(idx.choose(POOL, "busybox").unwrap().pod_name, "b");
-        idx.remove_agent("ns", "b");
+        idx.remove_agent("b");
         let c = idx.choose(POOL, "busybox").unwrap();
         assert_eq!((c.pod_name.as_str(), c.image_hit), ("a", false));
         idx.retain_agents(|_| false);
@@ -899,9 +943,9 @@ mod tests {
                 .pod_name,
             "b"
         );
-        assert_eq!((idx.used("ns", "a"), idx.used("ns", "b")), (0, 1));
+        assert_eq!((idx.used("a"), idx.used("b")), (0, 1));
         assert!(idx.reserve_avoiding(POOL, "busybox", "u", "b").is_ok());
-        assert_eq!((idx.used("ns", "a"), idx.used("ns", "b")), (1, 0));
+        assert_eq!((idx.used("a"), idx.used("b")), (1, 0));
     }
 
     #[test]
@@ -965,8 +1009,74 @@ mod tests {
         let won: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(won, agents * slots, "every slot taken exactly once");
         for i in 0..agents {
-            assert_eq!(idx.used("ns", &format!("a{i}")), slots);
+            assert_eq!(idx.used(&format!("a{i}")), slots);
         }
         assert_eq!(idx.pool_usage(POOL).slots_used, agents * slots);
+    }
+
+    #[test]
+    fn an_agent_that_refused_is_skipped_with_growing_backoff() {
+        let idx = Index::new();
+        idx.upsert_agent(agent("a", 4, &[]));
+        idx.upsert_agent(agent("b", 4, &[]));
+        let now = Instant::now();
+        let first = idx.record_refusal("a", now).unwrap();
+        assert_eq!(first - now, FIRST_REFUSAL_BACKOFF);
+        for i in 0..4 {
+            assert_eq!(
+                idx.reserve(POOL, "i", &i.to_string()).unwrap().pod_name,
+                "b"
+            );
+        }
+        assert!(
+            idx.reserve(POOL, "i", "5").is_err(),
+            "a is still backing off"
+        );
+        let second = idx.record_refusal("a", now).unwrap();
+        assert_eq!(second - now, FIRST_REFUSAL_BACKOFF * 2);
+        for _ in 0..20 {
+            idx.record_refusal("a", now);
+        }
+        assert_eq!(
+            idx.record_refusal("a", now).unwrap() - now,
+            MAX_REFUSAL_BACKOFF
+        );
+        // A refusal long ago no longer counts; acceptance resets the streak.
+        idx.record_refusal("a", now - Duration::from_secs(120));
+        assert_eq!(idx.reserve(POOL, "i", "6").unwrap().pod_name, "a");
+        idx.record_acceptance("a");
+        assert_eq!(
+            idx.record_refusal("a", now).unwrap() - now,
+            FIRST_REFUSAL_BACKOFF
+        );
+        assert_eq!(idx.record_refusal("unknown", now), None);
+    }
+
+    #[test]
+    fn a_node_known_to_lack_the_image_is_never_chosen_while_another_holds_it() {
+        let idx = Index::new();
+        idx.upsert_agent(agent("holder", 1, &["busybox"]));
+        idx.upsert_agent(agent("lacks", 4, &["nginx"]));
+        idx.upsert_agent(agent("unknown", 1, &[]));
+        assert_eq!(
+            idx.reserve(POOL, "busybox", "1").unwrap().pod_name,
+            "holder"
+        );
+        // The holder is full: a node whose images are unknown may still have it.
+        let c = idx.reserve(POOL, "busybox", "2").unwrap();
+        assert_eq!((c.pod_name.as_str(), c.image_hit), ("unknown", false));
+        // Only a node known to lack it has room: wait for the holder.
+        assert!(idx.reserve(POOL, "busybox", "3").is_err());
+        assert!(
+            idx.reserve_avoiding(POOL, "busybox", "3", "holder")
+                .is_err()
+        );
+        // An image no node of the pool holds goes to the least loaded agent.
+        assert_eq!(idx.reserve(POOL, "redis", "4").unwrap().pod_name, "lacks");
+        idx.release("1");
+        assert_eq!(
+            idx.reserve(POOL, "busybox", "3").unwrap().pod_name,
+            "holder"
+        );
     }
 }

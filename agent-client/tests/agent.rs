@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fast_sandbox_agent_client::{AgentClient, ClientTls};
 use fast_sandbox_api::agent::{
     AgentInfo, ApiError, ContainerState, CreateSandboxRequest, ErrorCode, EventKind,
     ListSandboxesResponse, PATH_EVENTS, PATH_SANDBOXES, SandboxEvent, SandboxInfo,
 };
-use fast_sandbox_controller::agent_client::{AgentClient, ClientTls};
 use fast_sandbox_server::{Handler, Ops, Peer, body, serve, tls};
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};

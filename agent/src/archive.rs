@@ -1,0 +1,554 @@
+//! Tar streams of trees inside a sandbox, each way, for `cp -r`: no tar
+//! (nor shell) is needed in the image.
+//!
+//! Writing walks the tree from a directory resolved inside the sandbox's
+//! root, each step one name opened without following anything and without
+//! leaving the root filesystem (a mount point is stored as an empty
+//! directory). Symlinks are stored as symlinks. Entries are named under the
+//! tree's base name, like `tar -C dirname -c basename`.
+//!
+//! Extracting resolves each entry's parent below the destination with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`: an entry with an absolute path
+//! or `..` is refused, and a symlink (one the archive made, or one that was
+//! there) is never followed to place a later entry. Files are written to a
+//! temporary name and renamed over their destination; modes and times are
+//! kept, directories get theirs once everything inside them is written;
+//! everything is owned by the sandbox's user. Devices and FIFOs are refused.
+//!
+//! Everything here blocks: callers run it on blocking threads.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path};
+
+use fast_sandbox_api::files::{FileInfo, FileType};
+use rustix::fs::{
+    AtFlags, Mode, OFlags, Timespec, Timestamps, fchmod, fstat, futimens, linkat, mkdirat, openat2,
+    readlinkat, renameat, statat, symlinkat,
+};
+use rustix::io::Errno;
+use tar::{EntryType, Header};
+
+use crate::api::invalid;
+use crate::error::{Error, Result};
+use crate::rootfs::{
+    self, BENEATH, MAX_DEPTH, SandboxPath, SandboxRoot, chown, file_err, file_type, open_child_dir,
+    temp_name,
+};
+
+fn tar_err(path: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(format!("writing the tar stream of {path}"), e)
+}
+
+/// Writes the tree at `path` as an uncompressed tar stream into `out`.
+pub fn write_tree(root: &SandboxRoot, path: &SandboxPath, out: impl Write) -> Result<()> {
+    let mut tar = tar::Builder::new(out);
+    tar.mode(tar::HeaderMode::Complete);
+    let (dir, name, entry_name) = if path.is_root() {
+        let fd = root.open_path(path, OFlags::PATH | OFlags::DIRECTORY)?;
+        (fd, ".".to_string(), ".".to_string())
+    } else {
+        let parent_path = path.parent().unwrap_or_else(|| path.clone());
+        let fd = root.open_path(&parent_path, OFlags::PATH | OFlags::DIRECTORY)?;
+        (fd, path.name().to_string(), path.name().to_string())
+    };
+    let st = statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(file_err("stat", &path.display))?;
+    append(&mut tar, &dir, &name, &entry_name, path, &st, 0)?;
+    tar.into_inner()
+        .map_err(tar_err(&path.display))?
+        .flush()
+        .map_err(tar_err(&path.display))
+}
+
+#[allow(clippy::unnecessary_cast)]
+fn header(st: &rustix::fs::Stat, kind: EntryType) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode((st.st_mode as u32) & 0o7777);
+    h.set_uid(st.st_uid as u64);
+    h.set_gid(st.st_gid as u64);
+    h.set_mtime(u64::try_from(st.st_mtime as i64).unwrap_or(0));
+    h.set_size(0);
+    h
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &OwnedFd,
+    name: &str,
+    entry: &str,
+    path: &SandboxPath,
+    st: &rustix::fs::Stat,
+    depth: usize,
+) -> Result<()> {
+    let write = tar_err(&path.display);
+    match file_type(st) {
+        FileType::Symlink => {
+            let target =
+                readlinkat(dir, name, Vec::new()).map_err(file_err("readlink", &path.display))?;
+            let target = String::from_utf8_lossy(target.as_bytes()).into_owned();
+            let mut h = header(st, EntryType::Symlink);
+            tar.append_link(&mut h, entry, &target).map_err(write)?;
+        }
+        FileType::File => {
+            let fd = openat2(
+                dir,
+                name,
+                OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::CLOEXEC
+                    | OFlags::NOCTTY,
+                Mode::empty(),
+                BENEATH,
+            )
+            .map_err(file_err("open", &path.display))?;
+            let now = fstat(&fd).map_err(file_err("stat", &path.display))?;
+            if file_type(&now) != FileType::File {
+                return Ok(());
+            }
+            #[allow(clippy::unnecessary_cast)]
+            let size = now.st_size as u64;
+            let mut h = header(&now, EntryType::Regular);
+            h.set_size(size);
+            // Exactly `size` bytes, even if the file changes meanwhile.
+            let data = std::fs::File::from(fd)
+                .take(size)
+                .chain(std::io::repeat(0))
+                .take(size);
+            tar.append_data(&mut h, entry, data).map_err(write)?;
+        }
+        FileType::Directory => {
+            let mut h = header(st, EntryType::Directory);
+            tar.append_data(&mut h, format!("{entry}/"), std::io::empty())
+                .map_err(write)?;
+            if depth >= MAX_DEPTH {
+                return Err(invalid(
+                    "path",
+                    format!("{} is nested deeper than {MAX_DEPTH} levels", path.display),
+                ));
+            }
+            let child_dir = match open_child_dir(dir, name, &path.display) {
+                Ok(d) => d,
+                // A mount point: its content is another file system.
+                Err(Error::File {
+                    code: fast_sandbox_api::agent::ErrorCode::InvalidArgument,
+                    ..
+                }) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for child in rootfs::names(&child_dir, &path.display)? {
+                let child_path = path.child(&child);
+                let st = match statat(&child_dir, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(file_err("stat", &child_path.display)(e)),
+                };
+                let child_entry = if entry == "." {
+                    child.clone()
+                } else {
+                    format!("{entry}/{child}")
+                };
+                append(
+                    tar,
+                    &child_dir,
+                    &child,
+                    &child_entry,
+                    &child_path,
+                    &st,
+                    depth + 1,
+                )?;
+            }
+        }
+        FileType::Other => {
+            tracing::debug!(path = %path.display, "not archiving a device, FIFO or socket");
+        }
+    }
+    Ok(())
+}
+
+/// The checked components of an archive entry's path (`None`: the entry
+/// names the destination itself).
+fn entry_parts(path: &Path) -> Result<Option<Vec<String>>> {
+    let shown = path.display().to_string();
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => match n.to_str() {
+                Some(n) => parts.push(n.to_string()),
+                None => {
+                    return Err(invalid(
+                        "body",
+                        format!("archive entry {shown:?} is not UTF-8"),
+                    ));
+                }
+            },
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(invalid(
+                    "body",
+                    format!("archive entry {shown:?} is an absolute path"),
+                ));
+            }
+            Component::ParentDir => {
+                return Err(invalid(
+                    "body",
+                    format!("archive entry {shown:?} contains '..'"),
+                ));
+            }
+        }
+    }
+    Ok((!parts.is_empty()).then_some(parts))
+}
+
+/// Opens the parent of entry `parts` below `dest`, following nothing and
+/// creating missing directories (owned by `owner`), as tar does for
+/// archives without directory entries.
+fn entry_parent(
+    dest: &OwnedFd,
+    parts: &[String],
+    shown: &str,
+    owner: (u32, u32),
+) -> Result<OwnedFd> {
+    let refused = |e: Errno| match e {
+        Errno::LOOP | Errno::XDEV | Errno::NOTDIR => invalid(
+            "body",
+            format!(
+                "archive entry {shown:?} would be placed through a symlink, a file or outside the destination"
+            ),
+        ),
+        e => Error::file("extract", shown, e),
+    };
+    let open = |dir: &OwnedFd, name: &str| {
+        openat2(
+            dir,
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            BENEATH,
+        )
+    };
+    let mut cur = open(dest, ".").map_err(refused)?;
+    for part in &parts[..parts.len() - 1] {
+        cur = match open(&cur, part) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                match mkdirat(&cur, part.as_str(), Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(refused(e)),
+                }
+                let made = open(&cur, part).map_err(refused)?;
+                // O_PATH descriptors cannot be chowned; the name can.
+                rustix::fs::chownat(
+                    &cur,
+                    part.as_str(),
+                    Some(rustix::fs::Uid::from_raw(owner.0)),
+                    Some(rustix::fs::Gid::from_raw(owner.1)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(refused)?;
+                made
+            }
+            Err(e) => return Err(refused(e)),
+        };
+    }
+    Ok(cur)
+}
+
+fn times(mtime: u64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: i64::try_from(mtime).unwrap_or(0),
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Extracts the tar stream `input` into existing directory `dest`.
+pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Result<FileInfo> {
+    let dest_fd = root.open_path(dest, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let owner = root.owner();
+    let bad = |e: std::io::Error| invalid("body", format!("not a tar stream: {e}"));
+    let mut archive = tar::Archive::new(input);
+    // Directories get their modes last, deepest first, so a read-only
+    // directory does not stop what goes inside it.
+    let mut dirs: Vec<(OwnedFd, u32, u64)> = Vec::new();
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let entry_path = entry.path().map_err(bad)?.into_owned();
+        let shown = format!(
+            "{}/{}",
+            dest.display.trim_end_matches('/'),
+            entry_path.display()
+        );
+        let Some(parts) = entry_parts(&entry_path)? else {
+            continue;
+        };
+        let name = parts[parts.len() - 1].clone();
+        let parent = entry_parent(&dest_fd, &parts, &shown, owner)?;
+        let h = entry.header();
+        let mode = h.mode().map_err(bad)? & 0o7777;
+        let mtime = h.mtime().map_err(bad)?;
+        match h.entry_type() {
+            EntryType::Regular | EntryType::Continuous => {
+                let tmp = temp_name(&name);
+                let fd = rustix::fs::openat(
+                    &parent,
+                    tmp.as_str(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(file_err("extract", &shown))?;
+                let mut file = std::fs::File::from(fd);
+                let copied = std::io::copy(&mut entry, &mut file);
+                let done = copied
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::Other | std::io::ErrorKind::UnexpectedEof => bad(e),
+                        _ => Error::file(
+                            "extract",
+                            &shown,
+                            Errno::from_io_error(&e).unwrap_or(Errno::IO),
+                        ),
+                    })
+                    .and_then(|_| {
+                        fchmod(&file, Mode::from_raw_mode(mode))
+                            .map_err(file_err("chmod", &shown))?;
+                        chown(&file, owner).map_err(file_err("chown", &shown))?;
+                        futimens(&file, &times(mtime)).map_err(file_err("utimes", &shown))?;
+                        renameat(&parent, tmp.as_str(), &parent, name.as_str())
+                            .map_err(file_err("extract", &shown))
+                    });
+                if done.is_err() {
+                    let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+                }
+                done?;
+            }
+            EntryType::Directory => {
+                match mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        let st = statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(file_err("extract", &shown))?;
+                        if file_type(&st) != FileType::Directory {
+                            return Err(Error::file("extract", &shown, Errno::EXIST));
+                        }
+                    }
+                    Err(e) => return Err(file_err("extract", &shown)(e)),
+                }
+                let fd = open_child_dir(&parent, &name, &shown)?;
+                chown(&fd, owner).map_err(file_err("chown", &shown))?;
+                dirs.push((fd, mode, mtime));
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .ok_or_else(|| invalid("body", format!("symlink {shown:?} has no target")))?
+                    .into_owned();
+                let tmp = temp_name(&name);
+                symlinkat(target.as_path(), &parent, tmp.as_str())
+                    .map_err(file_err("extract", &shown))?;
+                let placed = rustix::fs::chownat(
+                    &parent,
+                    tmp.as_str(),
+                    Some(rustix::fs::Uid::from_raw(owner.0)),
+                    Some(rustix::fs::Gid::from_raw(owner.1)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .and_then(|()| renameat(&parent, tmp.as_str(), &parent, name.as_str()));
+                if let Err(e) = placed {
+                    let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+                    return Err(file_err("extract", &shown)(e));
+                }
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .ok_or_else(|| invalid("body", format!("hard link {shown:?} has no target")))?
+                    .into_owned();
+                let Some(target_parts) = entry_parts(&target)? else {
+                    return Err(invalid(
+                        "body",
+                        format!("hard link {shown:?} names the destination"),
+                    ));
+                };
+                let target_parent = entry_parent(&dest_fd, &target_parts, &shown, owner)?;
+                let target_name = &target_parts[target_parts.len() - 1];
+                let tmp = temp_name(&name);
+                linkat(
+                    &target_parent,
+                    target_name.as_str(),
+                    &parent,
+                    tmp.as_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(file_err("extract", &shown))?;
+                if let Err(e) = renameat(&parent, tmp.as_str(), &parent, name.as_str()) {
+                    let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+                    return Err(file_err("extract", &shown)(e));
+                }
+            }
+            EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink => {}
+            other => {
+                return Err(invalid(
+                    "body",
+                    format!(
+                        "archive entry {shown:?} is a {other:?}: devices, FIFOs and other special files are not extracted"
+                    ),
+                ));
+            }
+        }
+    }
+    for (fd, mode, mtime) in dirs.into_iter().rev() {
+        let _ = fchmod(&fd, Mode::from_raw_mode(mode));
+        let _ = futimens(fd.as_fd(), &times(mtime));
+    }
+    root.stat(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fast_sandbox_api::agent::ErrorCode;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tree() -> (tempfile::TempDir, SandboxRoot) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("src/sub")).unwrap();
+        std::fs::create_dir_all(root.join("dst")).unwrap();
+        std::fs::write(root.join("src/a.bin"), [0u8, 1, 2, 255]).unwrap();
+        std::fs::set_permissions(
+            root.join("src/a.bin"),
+            std::fs::Permissions::from_mode(0o751),
+        )
+        .unwrap();
+        std::fs::write(root.join("src/sub/deep"), "deep").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("src/link")).unwrap();
+        std::fs::set_permissions(root.join("src/sub"), std::fs::Permissions::from_mode(0o555))
+            .unwrap();
+        let r = SandboxRoot::at(&root, (0, 0)).unwrap();
+        (t, r)
+    }
+
+    fn p(s: &str) -> SandboxPath {
+        SandboxPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_tree_goes_out_and_back_in_with_modes_and_links() {
+        let (t, r) = tree();
+        let mut out = Vec::new();
+        write_tree(&r, &p("/src"), &mut out).unwrap();
+        let names: Vec<String> = tar::Archive::new(&out[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["src/", "src/a.bin", "src/link", "src/sub/", "src/sub/deep"]
+        );
+        extract(&r, &p("/dst"), &out[..]).unwrap();
+        let dst = t.path().join("root/dst/src");
+        assert_eq!(std::fs::read(dst.join("a.bin")).unwrap(), [0u8, 1, 2, 255]);
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dst.join("a.bin")), 0o751);
+        assert_eq!(mode(&dst.join("sub")), 0o555);
+        assert_eq!(
+            std::fs::read_to_string(dst.join("sub/deep")).unwrap(),
+            "deep"
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("link")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        // A single file archives as one entry under its name.
+        let mut one = Vec::new();
+        write_tree(&r, &p("/src/a.bin"), &mut one).unwrap();
+        assert_eq!(tar::Archive::new(&one[..]).entries().unwrap().count(), 1);
+    }
+
+    fn archive(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn raw_entry(
+        b: &mut tar::Builder<Vec<u8>>,
+        name: &[u8],
+        kind: EntryType,
+        link: Option<&str>,
+        data: &[u8],
+    ) {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        // Written raw: the tar crate refuses to build `..` and absolute names.
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        let (t, r) = tree();
+        let outside = t.path().join("escaped");
+        for (name, why) in [(&b"../../escaped"[..], "'..'"), (b"/escaped", "absolute")] {
+            let a = archive(|b| raw_entry(b, name, EntryType::Regular, None, b"x"));
+            let e = extract(&r, &p("/dst"), &a[..]).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        // A symlink in the archive, then an entry through it: refused.
+        let a = archive(|b| {
+            raw_entry(b, b"esc", EntryType::Symlink, Some("../.."), b"");
+            raw_entry(b, b"esc/escaped", EntryType::Regular, None, b"x");
+        });
+        let e = extract(&r, &p("/dst"), &a[..]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+        // A symlink pointing outside is stored, and never followed by a
+        // later file of the same name: the link itself is replaced.
+        let a = archive(|b| {
+            raw_entry(
+                b,
+                b"out",
+                EntryType::Symlink,
+                Some(outside.to_str().unwrap()),
+                b"",
+            );
+            raw_entry(b, b"out", EntryType::Regular, None, b"inside");
+        });
+        extract(&r, &p("/dst"), &a[..]).unwrap();
+        assert!(!outside.exists());
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("root/dst/out")).unwrap(),
+            "inside"
+        );
+        let a = archive(|b| raw_entry(b, b"dev", EntryType::Char, None, b""));
+        assert_eq!(
+            extract(&r, &p("/dst"), &a[..]).unwrap_err().code(),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            extract(&r, &p("/nope"), &a[..]).unwrap_err().code(),
+            ErrorCode::NotFound
+        );
+    }
+}

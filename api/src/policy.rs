@@ -1,0 +1,636 @@
+//! What the operator allows tenants' pools: which agent images may run, which
+//! parts of an agent pod a pool may choose, and how many agents and slots
+//! each namespace may hold.
+//!
+//! Agent pods are privileged and live in the operator's namespace, outside
+//! every tenant's ResourceQuota. So a pool's `agentTemplate` is a *request*:
+//! it may choose scheduling (node selector, affinity, tolerations, topology
+//! spread, a priority class the operator allows), sizing (the agent
+//! container's resources), an agent image the operator lists, and labels and
+//! annotations outside the reserved domains. Everything else is refused at
+//! admission, naming the field, and never copied by the controller even if
+//! admission was bypassed.
+//!
+//! The policy is operator configuration (a ConfigMap in the operator's
+//! namespace, key [`POLICY_KEY`]); the webhook and the controller read the
+//! same one.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, PodTemplateSpec, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::image;
+use crate::pool::SandboxPoolSpec;
+use crate::validation::FieldErrors;
+
+/// Name of the ConfigMap holding the policy, in the operator's namespace.
+pub const POLICY_CONFIG_MAP: &str = "fast-sandbox-policy";
+/// Key of the policy document in that ConfigMap (YAML or JSON).
+pub const POLICY_KEY: &str = "policy.yaml";
+/// The agent image used when the operator lists none.
+pub const DEFAULT_AGENT_IMAGE: &str = "fast-sandbox/agent:dev";
+/// Agents per namespace when the operator sets no cap.
+pub const DEFAULT_MAX_AGENTS: u32 = 50;
+/// Slots per namespace when the operator sets no cap.
+pub const DEFAULT_MAX_SLOTS: u32 = 1000;
+
+/// Label and annotation domains a pool may not set on agent pods: ours,
+/// Kubernetes' own (a tenant label `app.kubernetes.io/name` could make an
+/// agent an endpoint of an operator Service) and CNI attachment.
+pub const RESERVED_DOMAINS: &[&str] =
+    &["sandbox.fast.io", "kubernetes.io", "k8s.io", "cni.cncf.io"];
+
+/// Fields of `agentTemplate.spec` a pool may set.
+pub const ALLOWED_POD_FIELDS: &[&str] = &[
+    "containers",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "topologySpreadConstraints",
+    "priorityClassName",
+];
+/// Fields of the agent container a pool may set.
+pub const ALLOWED_CONTAINER_FIELDS: &[&str] = &["name", "image", "imagePullPolicy", "resources"];
+/// Fields of `agentTemplate.metadata` a pool may set.
+pub const ALLOWED_METADATA_FIELDS: &[&str] = &["labels", "annotations"];
+/// The one container of an agent pod.
+pub const AGENT_CONTAINER: &str = "agent";
+
+/// Caps on what the pools of one namespace hold together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceCaps {
+    /// Agent pods over all pools of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_agents: Option<u32>,
+    /// Slots (agents × `maxSandboxesPerAgent`) over all its pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slots: Option<u32>,
+}
+
+/// The operator's policy document.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    /// Agent images pools may ask for; the first is used when a pool names
+    /// none. Empty: only [`DEFAULT_AGENT_IMAGE`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_images: Vec<String>,
+    /// PriorityClasses agent pods may use. Empty: any class whose name does
+    /// not start with `system-`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priority_classes: Vec<String>,
+    /// Caps of every namespace not listed in `namespaces`.
+    #[serde(default)]
+    pub namespace_defaults: NamespaceCaps,
+    /// Caps of particular namespaces; unset fields fall back to
+    /// `namespaceDefaults`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, NamespaceCaps>,
+}
+
+/// The caps of one namespace with every default applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Agent pods over all pools of the namespace.
+    pub max_agents: u32,
+    /// Slots over all pools of the namespace.
+    pub max_slots: u32,
+}
+
+/// Why a policy document was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} of ConfigMap {POLICY_CONFIG_MAP}: {message}")]
+pub struct PolicyError {
+    /// The key read.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Policy {
+    /// Parses a policy document (YAML, so JSON too).
+    pub fn parse(doc: &str) -> Result<Self, PolicyError> {
+        let p: Policy = serde_yaml::from_str(doc).map_err(|e| PolicyError {
+            key: POLICY_KEY,
+            message: e.to_string(),
+        })?;
+        for (i, img) in p.agent_images.iter().enumerate() {
+            if let Err(e) = image::ImageRef::parse(img) {
+                return Err(PolicyError {
+                    key: POLICY_KEY,
+                    message: format!("agentImages[{i}]: {e}"),
+                });
+            }
+        }
+        Ok(p)
+    }
+
+    /// The caps of `namespace`.
+    pub fn caps(&self, namespace: &str) -> Caps {
+        let own = self.namespaces.get(namespace).copied().unwrap_or_default();
+        let d = self.namespace_defaults;
+        Caps {
+            max_agents: own
+                .max_agents
+                .or(d.max_agents)
+                .unwrap_or(DEFAULT_MAX_AGENTS),
+            max_slots: own.max_slots.or(d.max_slots).unwrap_or(DEFAULT_MAX_SLOTS),
+        }
+    }
+
+    /// The image agent pods get when a pool names none.
+    pub fn default_agent_image(&self) -> &str {
+        self.agent_images
+            .first()
+            .map_or(DEFAULT_AGENT_IMAGE, String::as_str)
+    }
+
+    /// Whether agent pods may run `image`.
+    pub fn allows_image(&self, image: &str) -> bool {
+        let want = image::normalize(image);
+        if self.agent_images.is_empty() {
+            return want == image::normalize(DEFAULT_AGENT_IMAGE);
+        }
+        self.agent_images
+            .iter()
+            .any(|i| image::normalize(i) == want)
+    }
+
+    /// Whether agent pods may use PriorityClass `name`.
+    pub fn allows_priority_class(&self, name: &str) -> bool {
+        if self.priority_classes.is_empty() {
+            !name.starts_with("system-")
+        } else {
+            self.priority_classes.iter().any(|c| c == name)
+        }
+    }
+}
+
+/// Whether a label or annotation key lies in a reserved domain.
+pub fn is_reserved_key(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else {
+        return false;
+    };
+    let prefix = prefix.to_ascii_lowercase();
+    RESERVED_DOMAINS
+        .iter()
+        .any(|d| prefix == *d || prefix.ends_with(&format!(".{d}")))
+}
+
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+fn refuse_other_fields(errs: &mut FieldErrors, at: &str, obj: &Value, allowed: &[&str], why: &str) {
+    if let Value::Object(m) = obj {
+        for (k, v) in m {
+            if !allowed.contains(&k.as_str()) && !is_unset(v) {
+                errs.0.push(crate::validation::FieldError {
+                    field: format!("{at}.{k}"),
+                    message: why.to_string(),
+                });
+            }
+        }
+    }
+}
+
+const NOT_CHOSEN_BY_POOLS: &str = "may not be set: agent pods are built by the operator; a pool may choose only scheduling (nodeSelector, affinity, tolerations, topologySpreadConstraints, priorityClassName), the agent container's resources and image (from the operator's list), and labels and annotations";
+
+/// Checks a pool's `agentTemplate` as sent (JSON, so fields our types do
+/// not know are seen too) against `policy`. Every refusal names its field.
+pub fn check_agent_template(template: &Value, policy: &Policy) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    let at = "spec.agentTemplate";
+    if is_unset(template) {
+        return Ok(());
+    }
+    if !template.is_object() {
+        errs.0.push(crate::validation::FieldError {
+            field: at.into(),
+            message: "must be an object".into(),
+        });
+        return Err(errs);
+    }
+    refuse_other_fields(
+        &mut errs,
+        at,
+        template,
+        &["metadata", "spec"],
+        NOT_CHOSEN_BY_POOLS,
+    );
+    let meta = &template["metadata"];
+    refuse_other_fields(
+        &mut errs,
+        &format!("{at}.metadata"),
+        meta,
+        ALLOWED_METADATA_FIELDS,
+        NOT_CHOSEN_BY_POOLS,
+    );
+    for map in ["labels", "annotations"] {
+        if let Value::Object(m) = &meta[map] {
+            for k in m.keys() {
+                if is_reserved_key(k) {
+                    errs.0.push(crate::validation::FieldError {
+                        field: format!("{at}.metadata.{map}[{k}]"),
+                        message: format!(
+                            "keys in the domains {} are reserved for the operator",
+                            RESERVED_DOMAINS.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let spec = &template["spec"];
+    let sat = format!("{at}.spec");
+    refuse_other_fields(
+        &mut errs,
+        &sat,
+        spec,
+        ALLOWED_POD_FIELDS,
+        NOT_CHOSEN_BY_POOLS,
+    );
+    if let Some(pc) = spec["priorityClassName"].as_str()
+        && !pc.is_empty()
+        && !policy.allows_priority_class(pc)
+    {
+        errs.0.push(crate::validation::FieldError {
+            field: format!("{sat}.priorityClassName"),
+            message: format!("PriorityClass {pc:?} is not allowed for agent pods by the operator"),
+        });
+    }
+    if let Value::Array(containers) = &spec["containers"] {
+        for (i, c) in containers.iter().enumerate() {
+            let cat = format!("{sat}.containers[{i}]");
+            if i > 0 {
+                errs.0.push(crate::validation::FieldError {
+                    field: cat,
+                    message: format!(
+                        "an agent pod has exactly one container, {AGENT_CONTAINER:?}; extra containers may not be added"
+                    ),
+                });
+                continue;
+            }
+            refuse_other_fields(
+                &mut errs,
+                &cat,
+                c,
+                ALLOWED_CONTAINER_FIELDS,
+                NOT_CHOSEN_BY_POOLS,
+            );
+            if let Some(name) = c["name"].as_str()
+                && !name.is_empty()
+                && name != AGENT_CONTAINER
+            {
+                errs.0.push(crate::validation::FieldError {
+                    field: format!("{cat}.name"),
+                    message: format!("must be {AGENT_CONTAINER:?}"),
+                });
+            }
+            if let Some(img) = c["image"].as_str()
+                && !img.is_empty()
+                && !policy.allows_image(img)
+            {
+                let allowed = if policy.agent_images.is_empty() {
+                    DEFAULT_AGENT_IMAGE.to_string()
+                } else {
+                    policy.agent_images.join(", ")
+                };
+                errs.0.push(crate::validation::FieldError {
+                    field: format!("{cat}.image"),
+                    message: format!(
+                        "{img:?} is not an agent image the operator allows (allowed: {allowed})"
+                    ),
+                });
+            }
+        }
+    }
+    if errs.0.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// Checks a pool's size against its namespace's caps. `others` are the
+/// namespace's other pools (their `poolMin` agents are kept whatever
+/// happens, so together they must fit).
+pub fn check_caps(
+    spec: &SandboxPoolSpec,
+    others: &[&SandboxPoolSpec],
+    caps: Caps,
+    namespace: &str,
+) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    let c = spec.capacity.effective();
+    let slots = spec.slots_per_agent();
+    let push = |errs: &mut FieldErrors, field: &str, message: String| {
+        errs.0.push(crate::validation::FieldError {
+            field: field.into(),
+            message,
+        })
+    };
+    let others_min: u64 = others
+        .iter()
+        .map(|o| u64::from(o.capacity.effective().pool_min))
+        .sum();
+    let others_min_slots: u64 = others
+        .iter()
+        .map(|o| u64::from(o.capacity.effective().pool_min) * u64::from(o.slots_per_agent()))
+        .sum();
+    if spec.capacity.pool_max.is_some() && c.pool_max > caps.max_agents {
+        push(
+            &mut errs,
+            "spec.capacity.poolMax",
+            format!(
+                "{} exceeds the {} agents namespace {namespace} may hold (a cap the operator sets)",
+                c.pool_max, caps.max_agents
+            ),
+        );
+    }
+    let too_many_agents = u64::from(c.pool_min) + others_min > u64::from(caps.max_agents);
+    if too_many_agents {
+        push(
+            &mut errs,
+            "spec.capacity.poolMin",
+            format!(
+                "{} more agents kept warm would exceed the {} agents namespace {namespace} may hold ({others_min} kept by its other pools)",
+                c.pool_min, caps.max_agents
+            ),
+        );
+    }
+    if u64::from(slots) > u64::from(caps.max_slots) {
+        push(
+            &mut errs,
+            "spec.maxSandboxesPerAgent",
+            format!(
+                "{slots} exceeds the {} slots namespace {namespace} may hold",
+                caps.max_slots
+            ),
+        );
+    } else if !too_many_agents
+        && u64::from(c.pool_min) * u64::from(slots) + others_min_slots > u64::from(caps.max_slots)
+    {
+        push(
+            &mut errs,
+            "spec.capacity.poolMin",
+            format!(
+                "{} agents of {slots} slots kept warm would exceed the {} slots namespace {namespace} may hold ({others_min_slots} kept by its other pools)",
+                c.pool_min, caps.max_slots
+            ),
+        );
+    }
+    if let Some(r) = spec.replicas
+        && r.max(0) as u32 > caps.max_agents
+    {
+        push(
+            &mut errs,
+            "spec.replicas",
+            format!(
+                "{r} exceeds the {} agents namespace {namespace} may hold",
+                caps.max_agents
+            ),
+        );
+    }
+    if errs.0.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// The part of an agent pod a pool chose, as the controller copies it: only
+/// what [`check_agent_template`] allows, whatever the template holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentRequest {
+    /// Pod labels (reserved domains dropped).
+    pub labels: BTreeMap<String, String>,
+    /// Pod annotations (reserved domains dropped).
+    pub annotations: BTreeMap<String, String>,
+    /// Node selector.
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Affinity.
+    pub affinity: Option<Affinity>,
+    /// Tolerations.
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Topology spread constraints.
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// PriorityClass, if the operator allows it.
+    pub priority_class_name: Option<String>,
+    /// The agent container's resources.
+    pub resources: Option<ResourceRequirements>,
+    /// The agent image: the one asked for if allowed, else the default.
+    pub image: String,
+    /// Image pull policy.
+    pub image_pull_policy: Option<String>,
+}
+
+impl AgentRequest {
+    /// What `template` asks for, filtered by `policy`.
+    pub fn from_template(template: Option<&PodTemplateSpec>, policy: &Policy) -> Self {
+        let keep = |m: Option<&BTreeMap<String, String>>| -> BTreeMap<String, String> {
+            m.map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !is_reserved_key(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let meta = template.and_then(|t| t.metadata.as_ref());
+        let spec = template.and_then(|t| t.spec.as_ref());
+        let container = spec.and_then(|s| s.containers.first());
+        let image = container
+            .and_then(|c| c.image.as_deref())
+            .filter(|i| policy.allows_image(i))
+            .unwrap_or_else(|| policy.default_agent_image())
+            .to_string();
+        AgentRequest {
+            labels: keep(meta.and_then(|m| m.labels.as_ref())),
+            annotations: keep(meta.and_then(|m| m.annotations.as_ref())),
+            node_selector: spec.and_then(|s| s.node_selector.clone()),
+            affinity: spec.and_then(|s| s.affinity.clone()),
+            tolerations: spec.and_then(|s| s.tolerations.clone()),
+            topology_spread_constraints: spec.and_then(|s| s.topology_spread_constraints.clone()),
+            priority_class_name: spec
+                .and_then(|s| s.priority_class_name.clone())
+                .filter(|p| policy.allows_priority_class(p)),
+            resources: container.and_then(|c| c.resources.clone()),
+            image,
+            image_pull_policy: container.and_then(|c| c.image_pull_policy.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy() -> Policy {
+        Policy::parse(
+            "agentImages: [fast-sandbox/agent:dev]\nnamespaceDefaults: {maxAgents: 5, maxSlots: 40}\nnamespaces:\n  big: {maxAgents: 100}\n",
+        )
+        .unwrap()
+    }
+
+    fn fields(r: Result<(), FieldErrors>) -> Vec<String> {
+        r.err()
+            .map(|e| e.0.into_iter().map(|e| e.field).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_original_manifest_is_allowed() {
+        let t =
+            json!({"spec": {"containers": [{"name": "agent", "image": "fast-sandbox/agent:dev"}]}});
+        assert_eq!(check_agent_template(&t, &policy()), Ok(()));
+        let t = json!({"spec": {"containers": [{"name": "agent", "image": "docker.io/fast-sandbox/agent:dev"}]}});
+        assert_eq!(
+            check_agent_template(&t, &policy()),
+            Ok(()),
+            "spellings of one image"
+        );
+        assert_eq!(check_agent_template(&Value::Null, &policy()), Ok(()));
+    }
+
+    #[test]
+    fn scheduling_sizing_and_plain_labels_are_allowed() {
+        let t = json!({
+            "metadata": {"labels": {"team": "a"}, "annotations": {"example.com/x": "y"}},
+            "spec": {
+                "nodeSelector": {"pool": "fast"},
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "affinity": {"nodeAffinity": {}},
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+                "priorityClassName": "high",
+                "containers": [{"name": "agent", "resources": {"limits": {"memory": "1Gi"}}}]
+            }
+        });
+        assert_eq!(check_agent_template(&t, &policy()), Ok(()));
+    }
+
+    #[test]
+    fn every_widening_field_is_refused_by_name() {
+        let t = json!({
+            "metadata": {"labels": {"app.kubernetes.io/name": "fast-sandbox-webhook"}, "annotations": {"sandbox.fast.io/draining": "x"}},
+            "spec": {
+                "hostNetwork": true, "hostPID": true, "volumes": [{"name": "root"}],
+                "securityContext": {"runAsUser": 0}, "serviceAccountName": "x", "nodeName": "n",
+                "initContainers": [{"name": "i"}], "priorityClassName": "system-node-critical",
+                "containers": [
+                    {"name": "evil", "image": "evil/root:1", "command": ["sh"], "args": ["-c"],
+                     "securityContext": {"privileged": true}, "volumeMounts": [{"name": "root", "mountPath": "/h"}],
+                     "env": [{"name": "FAST_SANDBOX_X", "value": "1"}]},
+                    {"name": "sidecar"}
+                ]
+            }
+        });
+        let got = fields(check_agent_template(&t, &policy()));
+        for want in [
+            "spec.agentTemplate.metadata.labels[app.kubernetes.io/name]",
+            "spec.agentTemplate.metadata.annotations[sandbox.fast.io/draining]",
+            "spec.agentTemplate.spec.hostNetwork",
+            "spec.agentTemplate.spec.hostPID",
+            "spec.agentTemplate.spec.volumes",
+            "spec.agentTemplate.spec.securityContext",
+            "spec.agentTemplate.spec.serviceAccountName",
+            "spec.agentTemplate.spec.nodeName",
+            "spec.agentTemplate.spec.initContainers",
+            "spec.agentTemplate.spec.priorityClassName",
+            "spec.agentTemplate.spec.containers[0].name",
+            "spec.agentTemplate.spec.containers[0].image",
+            "spec.agentTemplate.spec.containers[0].command",
+            "spec.agentTemplate.spec.containers[0].args",
+            "spec.agentTemplate.spec.containers[0].securityContext",
+            "spec.agentTemplate.spec.containers[0].volumeMounts",
+            "spec.agentTemplate.spec.containers[0].env",
+            "spec.agentTemplate.spec.containers[1]",
+        ] {
+            assert!(
+                got.iter().any(|g| g == want),
+                "{want} not refused; got {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_controller_copies_only_what_is_allowed() {
+        let t: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"team": "a", "app.kubernetes.io/name": "x"}},
+            "spec": {"hostNetwork": true, "priorityClassName": "system-node-critical",
+                     "containers": [{"name": "agent", "image": "evil/root:1", "command": ["sh"]}]}
+        }))
+        .unwrap();
+        let r = AgentRequest::from_template(Some(&t), &policy());
+        assert_eq!(r.image, "fast-sandbox/agent:dev");
+        assert_eq!(r.labels, BTreeMap::from([("team".into(), "a".into())]));
+        assert_eq!(r.priority_class_name, None);
+    }
+
+    #[test]
+    fn caps_default_and_override_per_namespace() {
+        let p = policy();
+        assert_eq!(
+            p.caps("team"),
+            Caps {
+                max_agents: 5,
+                max_slots: 40
+            }
+        );
+        assert_eq!(
+            p.caps("big"),
+            Caps {
+                max_agents: 100,
+                max_slots: 40
+            }
+        );
+        assert_eq!(
+            Policy::default().caps("x"),
+            Caps {
+                max_agents: DEFAULT_MAX_AGENTS,
+                max_slots: DEFAULT_MAX_SLOTS
+            }
+        );
+        assert!(Policy::parse("agentImages: [\"not an image\"]").is_err());
+        assert!(Policy::parse("unknownKey: 1").is_err(), "typos are refused");
+    }
+
+    #[test]
+    fn pools_past_their_namespace_cap_are_refused_by_field() {
+        let caps = policy().caps("team");
+        let mut spec = SandboxPoolSpec::default();
+        spec.capacity.pool_min = Some(1000);
+        spec.capacity.pool_max = Some(1000);
+        let got = fields(check_caps(&spec, &[], caps, "team"));
+        assert!(
+            got.contains(&"spec.capacity.poolMin".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&"spec.capacity.poolMax".to_string()),
+            "{got:?}"
+        );
+        let mut ok = SandboxPoolSpec {
+            max_sandboxes_per_agent: Some(8),
+            ..Default::default()
+        };
+        ok.capacity.pool_min = Some(2);
+        assert_eq!(check_caps(&ok, &[], caps, "team"), Ok(()));
+        // Two such pools keep 4 agents of 8 slots: 32 of 40 slots.
+        assert_eq!(check_caps(&ok, &[&ok], caps, "team"), Ok(()));
+        let got = fields(check_caps(&ok, &[&ok, &ok], caps, "team"));
+        assert_eq!(got, ["spec.capacity.poolMin"]);
+        let wide = SandboxPoolSpec {
+            max_sandboxes_per_agent: Some(64),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(check_caps(&wide, &[], caps, "team")),
+            ["spec.maxSandboxesPerAgent"]
+        );
+    }
+}

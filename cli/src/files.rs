@@ -1,0 +1,449 @@
+//! `kubectl sandbox cp`: files and directories in and out of a running
+//! sandbox through the access API, like `kubectl cp` but with no tar (or
+//! anything else) needed in the image: the agent reads and writes the
+//! sandbox's root filesystem itself. Reading needs `get` on
+//! `sandboxes/files`, writing `create`.
+//!
+//! Directories travel as tar streams that this command makes and unpacks
+//! itself. Downloads stream to disk; an upload is read into memory first
+//! (the Kubernetes client sends whole bodies).
+
+use std::path::{Path, PathBuf};
+
+use fast_sandbox_api::files::{FileInfo, FileList, FileType};
+use futures::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::access::{self, AccessError};
+
+/// One side of a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A local path.
+    Local(PathBuf),
+    /// `[namespace/]sandbox:/absolute/path`.
+    Remote {
+        /// Namespace, when the spec names one.
+        namespace: Option<String>,
+        /// Sandbox name.
+        sandbox: String,
+        /// Absolute path inside the sandbox.
+        path: String,
+    },
+}
+
+impl Location {
+    /// Parses a `kubectl sandbox cp` argument: `sandbox:/path` and
+    /// `namespace/sandbox:/path` are remote, anything else local (`./a:b`
+    /// names a local file).
+    pub fn parse(arg: &str) -> Result<Self, AccessError> {
+        let local = || Ok(Location::Local(PathBuf::from(arg)));
+        if arg.starts_with('.') || arg.starts_with('/') {
+            return local();
+        }
+        let Some((who, path)) = arg.split_once(':') else {
+            return local();
+        };
+        if !path.starts_with('/') {
+            return Err(AccessError::Usage(format!(
+                "{arg:?}: the path inside the sandbox must be absolute ({who}:/{path})"
+            )));
+        }
+        let (namespace, sandbox) = match who.split_once('/') {
+            Some((ns, sb)) => (Some(ns.to_string()), sb.to_string()),
+            None => (None, who.to_string()),
+        };
+        if sandbox.is_empty() {
+            return Err(AccessError::Usage(format!(
+                "{arg:?}: no sandbox name before ':'"
+            )));
+        }
+        Ok(Location::Remote {
+            namespace,
+            sandbox,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// A files request against sandbox `namespace/name`.
+fn files_path(
+    namespace: &str,
+    name: &str,
+    path: &str,
+    op: &str,
+    extra: &[(&str, String)],
+) -> String {
+    let mut q = vec![("path", path.to_string()), ("op", op.to_string())];
+    q.extend(extra.iter().cloned());
+    access::path(namespace, name, "files", &q)
+}
+
+fn request(
+    method: http::Method,
+    uri: String,
+    body: Vec<u8>,
+) -> Result<http::Request<Vec<u8>>, AccessError> {
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .map_err(|e| AccessError::Kube(kube::Error::HttpError(e)))
+}
+
+async fn json<T: serde::de::DeserializeOwned>(
+    client: &kube::Client,
+    method: http::Method,
+    uri: String,
+    body: Vec<u8>,
+) -> Result<T, AccessError> {
+    let text = client
+        .request_text(request(method, uri, body)?)
+        .await
+        .map_err(access::api_error)?;
+    serde_json::from_str(&text)
+        .map_err(|e| AccessError::Protocol(format!("unexpected answer: {e}")))
+}
+
+/// What `path` is in the sandbox, or `None` when nothing is there.
+pub async fn stat(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    path: &str,
+) -> Result<Option<FileInfo>, AccessError> {
+    match json::<FileInfo>(
+        client,
+        http::Method::GET,
+        files_path(ns, name, path, "stat", &[]),
+        Vec::new(),
+    )
+    .await
+    {
+        Ok(i) => Ok(Some(i)),
+        Err(AccessError::Api(m)) if m.contains("not found") || m.contains("No such file") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The entries of directory `path` in the sandbox.
+pub async fn list(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    path: &str,
+) -> Result<FileList, AccessError> {
+    json(
+        client,
+        http::Method::GET,
+        files_path(ns, name, path, "list", &[]),
+        Vec::new(),
+    )
+    .await
+}
+
+fn base_name(path: &str) -> String {
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn join_remote(dir: &str, name: &str) -> String {
+    format!("{}/{name}", dir.trim_end_matches('/'))
+}
+
+#[cfg(unix)]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o7777
+}
+
+/// A tar of local `dir`'s contents (entries relative to it), symlinks kept.
+fn tar_dir(dir: &Path) -> Result<Vec<u8>, AccessError> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir)
+        .map_err(|source| AccessError::Read {
+            what: dir.display().to_string(),
+            source,
+        })?;
+    b.into_inner().map_err(|source| AccessError::Read {
+        what: dir.display().to_string(),
+        source,
+    })
+}
+
+/// Copies local `src` into the sandbox at `dst`. A directory lands at
+/// `dst` if `dst` does not exist, else inside it (as `cp -r`); so does a
+/// file.
+pub async fn upload(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    src: &Path,
+    dst: &str,
+) -> Result<(), AccessError> {
+    let meta = tokio::fs::symlink_metadata(src)
+        .await
+        .map_err(|source| AccessError::Read {
+            what: src.display().to_string(),
+            source,
+        })?;
+    let local_name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let existing = stat(client, ns, name, dst).await?;
+    let into_dir = existing
+        .as_ref()
+        .is_some_and(|i| i.file_type == FileType::Directory);
+    let target = if into_dir && !local_name.is_empty() {
+        join_remote(dst, &local_name)
+    } else {
+        dst.to_string()
+    };
+    if meta.is_dir() {
+        let src = src.to_path_buf();
+        let archive = tokio::task::spawn_blocking(move || tar_dir(&src))
+            .await
+            .map_err(|e| AccessError::Protocol(e.to_string()))??;
+        let mode = format!("{:o}", mode_of(&meta));
+        json::<FileInfo>(
+            client,
+            http::Method::POST,
+            files_path(ns, name, &target, "mkdir", &[("mode", mode)]),
+            Vec::new(),
+        )
+        .await?;
+        json::<FileInfo>(
+            client,
+            http::Method::PUT,
+            files_path(ns, name, &target, "untar", &[]),
+            archive,
+        )
+        .await?;
+        return Ok(());
+    }
+    let data = tokio::fs::read(src)
+        .await
+        .map_err(|source| AccessError::Read {
+            what: src.display().to_string(),
+            source,
+        })?;
+    let mode = format!("{:o}", mode_of(&meta));
+    json::<FileInfo>(
+        client,
+        http::Method::PUT,
+        files_path(ns, name, &target, "write", &[("mode", mode)]),
+        data,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Copies `src` out of the sandbox to local `dst`, streaming: a file to
+/// `dst` (inside it if it is a directory), a directory as a tree at `dst`
+/// (inside it if it exists).
+pub async fn download(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    src: &str,
+    dst: &Path,
+) -> Result<(), AccessError> {
+    let info = stat(client, ns, name, src).await?.ok_or_else(|| {
+        AccessError::Api(format!(
+            "{src}: no such file or directory in sandbox {name}"
+        ))
+    })?;
+    let local_is_dir = tokio::fs::metadata(dst)
+        .await
+        .map(|m| m.is_dir())
+        .unwrap_or(false);
+    let write_err = |p: &Path| {
+        let what = p.display().to_string();
+        move |source| AccessError::Write { what, source }
+    };
+    if info.file_type == FileType::Directory {
+        let uri = files_path(ns, name, src, "tar", &[]);
+        let reader = client
+            .request_stream(request(http::Method::GET, uri, Vec::new())?)
+            .await
+            .map_err(access::api_error)?;
+        // Entries come under the directory's own name: unpack them into
+        // `dst` when it exists, else into a new `dst` without that name.
+        let (into, strip) = if local_is_dir {
+            (dst.to_path_buf(), false)
+        } else {
+            (dst.to_path_buf(), true)
+        };
+        tokio::fs::create_dir_all(&into)
+            .await
+            .map_err(write_err(&into))?;
+        let sync = tokio_util::io::SyncIoBridge::new(reader.compat());
+        return tokio::task::spawn_blocking(move || unpack(sync, &into, strip))
+            .await
+            .map_err(|e| AccessError::Protocol(e.to_string()))?;
+    }
+    let target = if local_is_dir {
+        dst.join(base_name(src))
+    } else {
+        dst.to_path_buf()
+    };
+    let uri = files_path(ns, name, src, "read", &[]);
+    let reader = client
+        .request_stream(request(http::Method::GET, uri, Vec::new())?)
+        .await
+        .map_err(access::api_error)?;
+    let mut reader = std::pin::pin!(reader);
+    let mut file = tokio::fs::File::create(&target)
+        .await
+        .map_err(write_err(&target))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| AccessError::Protocol(format!("the download broke: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])
+            .await
+            .map_err(write_err(&target))?;
+    }
+    file.flush().await.map_err(write_err(&target))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ =
+            tokio::fs::set_permissions(&target, std::fs::Permissions::from_mode(info.mode)).await;
+    }
+    Ok(())
+}
+
+/// Where entry `rel` lands under `into`, refusing any that would leave it:
+/// an absolute path, a `..`, or a path through a symlink (an archive may
+/// hold `link -> /etc` and then `link/passwd`).
+fn destination(into: &Path, rel: &Path) -> Result<PathBuf, AccessError> {
+    use std::path::Component;
+    let refuse = || {
+        AccessError::Protocol(format!(
+            "the archive holds {}, which would land outside {}",
+            rel.display(),
+            into.display()
+        ))
+    };
+    let mut dest = into.to_path_buf();
+    let parts: Vec<Component<'_>> = rel.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        match c {
+            Component::Normal(n) => dest.push(n),
+            Component::CurDir => continue,
+            _ => return Err(refuse()),
+        }
+        let last = i + 1 == parts.len();
+        if !last && std::fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(refuse());
+        }
+    }
+    Ok(dest)
+}
+
+/// Unpacks a tar stream under `into`, dropping the first path component
+/// when `strip`; every entry stays under `into`.
+fn unpack(reader: impl std::io::Read, into: &Path, strip: bool) -> Result<(), AccessError> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    let broken =
+        |e: std::io::Error| AccessError::Protocol(format!("the tar stream is unreadable: {e}"));
+    for entry in archive.entries().map_err(broken)? {
+        let mut entry = entry.map_err(broken)?;
+        let path = entry.path().map_err(broken)?.into_owned();
+        let rel: PathBuf = if strip {
+            path.components().skip(1).collect()
+        } else {
+            path
+        };
+        if rel.as_os_str().is_empty() || rel == Path::new(".") {
+            continue;
+        }
+        let dest = destination(into, &rel)?;
+        let write_err = |source| AccessError::Write {
+            what: dest.display().to_string(),
+            source,
+        };
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(write_err)?;
+        }
+        entry.unpack(&dest).map_err(write_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_specs_parse() {
+        assert_eq!(
+            Location::parse("sb:/tmp/a").unwrap(),
+            Location::Remote {
+                namespace: None,
+                sandbox: "sb".into(),
+                path: "/tmp/a".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("team/sb:/").unwrap(),
+            Location::Remote {
+                namespace: Some("team".into()),
+                sandbox: "sb".into(),
+                path: "/".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("./a:b").unwrap(),
+            Location::Local("./a:b".into())
+        );
+        assert_eq!(
+            Location::parse("file.txt").unwrap(),
+            Location::Local("file.txt".into())
+        );
+        assert!(Location::parse("sb:relative").is_err());
+        assert!(Location::parse(":/x").is_err());
+    }
+
+    #[test]
+    fn a_directory_tars_and_unpacks_without_its_own_name() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("d")).unwrap();
+        std::fs::write(src.path().join("d/f"), b"x").unwrap();
+        let tar = tar_dir(src.path()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        unpack(&tar[..], out.path(), false).unwrap();
+        assert_eq!(std::fs::read(out.path().join("d/f")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn entries_never_leave_the_destination() {
+        let out = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", out.path().join("link")).unwrap();
+        assert!(destination(out.path(), Path::new("link/passwd")).is_err());
+        assert!(destination(out.path(), Path::new("../x")).is_err());
+        assert!(destination(out.path(), Path::new("/abs")).is_err());
+        assert_eq!(
+            destination(out.path(), Path::new("./a/b")).unwrap(),
+            out.path().join("a/b")
+        );
+        // The symlink itself may be replaced (it is the last component).
+        assert!(destination(out.path(), Path::new("link")).is_ok());
+    }
+}

@@ -1,0 +1,86 @@
+//! `sandboxes/{name}/files?path=P&op=...`: the agent's files API passed
+//! through under RBAC (see `fast_sandbox_api::files` for the operations):
+//! reading (`GET`: read, stat, list, tar) needs `get` on `sandboxes/files`,
+//! changing (`PUT` write and untar, `POST` mkdir, `DELETE`) needs
+//! `create`. Bodies stream both ways; the agent bounds uploads.
+
+use fast_sandbox_agent_client::ClientError;
+use fast_sandbox_server::body::Body;
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::logs::agent_error;
+use crate::resolve::Resolved;
+use crate::status::GatewayError;
+
+/// The RBAC verb a files request needs.
+pub fn verb(method: &Method) -> Result<&'static str, GatewayError> {
+    match *method {
+        Method::GET => Ok("get"),
+        Method::PUT | Method::POST | Method::DELETE => Ok("create"),
+        ref m => Err(GatewayError::BadRequest(format!(
+            "method {m} is not supported on sandboxes/files (GET, PUT, POST, DELETE)"
+        ))),
+    }
+}
+
+/// Passes the request to the sandbox's agent and its answer back.
+pub async fn serve(r: &Resolved, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let method = req.method().clone();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = req.into_body().map_err(std::io::Error::other).boxed();
+    let answer = r
+        .agent
+        .files(method, &query, &r.uid, content_type.as_deref(), body)
+        .await;
+    let resp = match answer {
+        Ok(resp) => resp,
+        Err(ClientError::Api { status, error }) => {
+            let e = match status.as_u16() {
+                400 => GatewayError::BadRequest(error.message),
+                403 => GatewayError::Forbidden(error.message),
+                404 => GatewayError::NotFound(error.message),
+                409 => GatewayError::Conflict(error.message),
+                413 => GatewayError::TooLarge(error.message),
+                _ => GatewayError::Unavailable(format!("agent {}: {}", r.agent_pod, error.message)),
+            };
+            return Err(e);
+        }
+        Err(e) => return Err(agent_error(r, e)),
+    };
+    let (parts, incoming) = resp.into_parts();
+    let mut out = Response::new(incoming.map_err(std::io::Error::other).boxed());
+    *out.status_mut() = parts.status;
+    for h in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+        if let Some(v) = parts.headers.get(&h) {
+            out.headers_mut().insert(h, v.clone());
+        }
+    }
+    if !out.headers().contains_key(header::CONTENT_TYPE) {
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_needs_get_and_changing_needs_create() {
+        assert_eq!(verb(&Method::GET).unwrap(), "get");
+        for m in [Method::PUT, Method::POST, Method::DELETE] {
+            assert_eq!(verb(&m).unwrap(), "create");
+        }
+        assert!(verb(&Method::PATCH).is_err());
+    }
+}
