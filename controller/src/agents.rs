@@ -486,6 +486,12 @@ impl Agents {
         loop {
             let Some(a) = agent.upgrade() else { return };
             match a.client.list().await {
+                // A restarted agent answers before it has rebuilt its table
+                // from containerd: an empty list then does not mean its
+                // sandboxes are gone. Not synced until it is ready.
+                Ok(list) if !list.agent.ready => {
+                    tracing::debug!(agent = %a.name, "agent not ready (rebuilding its state); listing again")
+                }
                 Ok(list) => {
                     {
                         let mut v = a.view_mut();

@@ -39,6 +39,9 @@ fi
 # The same version stamps upstream's Makefile sets.
 ldflags="-s -w -X $module/version.Version=$version -X $module/version.Revision=$version"
 ldflags+=" -X $module/version.Package=github.com/containerd/containerd/v2"
+# A build cache of its own, deleted once every binary is built: the binaries
+# are what is kept (several GiB of compiled packages are not).
+export GOCACHE="$work/gocache"
 for b in "${binaries[@]}"; do
   [[ -x "$bin/$b" ]] && continue
   log "building $b $version (cold: a few minutes on two cores)"
@@ -46,5 +49,6 @@ for b in "${binaries[@]}"; do
     -ldflags "$ldflags" -o "$bin/$b.tmp" "$module/cmd/$b"
   mv "$bin/$b.tmp" "$bin/$b"
 done
+rm -rf "$GOCACHE"
 log "done"
 echo "$bin"

@@ -65,11 +65,15 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
+# A build cache of its own, deleted once every binary is built: the binaries
+# are what is kept (several GiB of compiled packages are not).
+export GOCACHE="$work/gocache"
 for b in "${binaries[@]}"; do
   [[ -x "$bin/$b" ]] && continue
   log "building $b $version (cold: several minutes on two cores)"
   CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$bin/$b.tmp" "k8s.io/kubernetes/cmd/$b"
   mv "$bin/$b.tmp" "$bin/$b"
 done
+rm -rf "$GOCACHE"
 log "done"
 echo "$bin"

@@ -490,12 +490,13 @@ volumePluginDir: $N_KUBELET_DIR/volume-plugins
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 # These machines keep most of the root filesystem's blocks reserved (df
-# shows about a tenth of it available), which the default thresholds
-# (imagefs 15 %, nodefs 10 %) read as disk pressure on an idle node.
+# shows a tenth of it available at best, less while builds fill it), which
+# the default thresholds (imagefs 15 %, nodefs 10 %) read as disk pressure
+# on an idle node: absolute floors instead.
 evictionHard:
   memory.available: "100Mi"
-  nodefs.available: "2%"
-  imagefs.available: "2%"
+  nodefs.available: "1Gi"
+  imagefs.available: "1Gi"
   nodefs.inodesFree: "2%"
 EOF
 

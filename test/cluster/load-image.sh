@@ -132,4 +132,14 @@ for address in "${addresses[@]}"; do
   images="$("$ctr" -a "$address" -n "$ns" images ls -q)"
   grep -qxF "$ref" <<<"$images" || die "import of $ref into $address failed"
   log "imported $ref ($size) into containerd $address namespace $ns"
+  # The CRI plugin keeps every image it saw by ID (sha256:<config>) and the
+  # kubelet's image GC is off: drop the ID names no tagged name points to
+  # any more (what this import replaced), so the space is collected.
+  stale="$("$ctr" -a "$address" -n "$ns" images ls | awk 'NR > 1 {
+      if ($1 ~ /^sha256:/) id[$1] = $3; else named[$3] = 1 }
+    END { for (r in id) if (!(id[r] in named)) print r }')"
+  if [[ -n "$stale" ]]; then
+    "$ctr" -a "$address" -n "$ns" images rm $stale >/dev/null
+    log "removed $(wc -w <<<"$stale") replaced image(s) from $address"
+  fi
 done

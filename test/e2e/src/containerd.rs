@@ -43,6 +43,15 @@ pub fn sockets() -> Vec<(String, String)> {
     vec![(String::new(), single)]
 }
 
+/// The name of the first real node, when `cluster.sh env` named the nodes.
+pub fn first_node() -> Option<String> {
+    sockets()
+        .into_iter()
+        .next()
+        .map(|(name, _)| name)
+        .filter(|n| !n.is_empty())
+}
+
 /// Runs `ctr -a <socket> -n k8s.io <args>` and returns its stdout.
 pub async fn ctr_on(socket: &str, args: &[&str]) -> Result<String, E2eError> {
     let out = Command::new("ctr")

@@ -48,18 +48,37 @@ pub async fn ready_pool_of(
     client: &Client,
     ns: &str,
     name: &str,
-    (min, max): (i32, i32),
+    bounds: (i32, i32),
     slots: i32,
     image: &str,
     timeout: Duration,
 ) -> Result<Api<SandboxPool>, E2eError> {
+    ready_pool_on(client, ns, name, bounds, slots, image, None, timeout).await
+}
+
+/// [`ready_pool_of`] whose agents all run on `node` when one is named.
+#[allow(clippy::too_many_arguments)]
+pub async fn ready_pool_on(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    (min, max): (i32, i32),
+    slots: i32,
+    image: &str,
+    node: Option<&str>,
+    timeout: Duration,
+) -> Result<Api<SandboxPool>, E2eError> {
     let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
+    let mut template = json!({"containers": [{"name": "agent", "image": AGENT_IMAGE}]});
+    if let Some(node) = node {
+        template["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+    }
     let p: SandboxPool = serde_json::from_value(json!({
         "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool",
         "metadata": {"name": name},
         "spec": {"capacity": {"poolMin": min, "poolMax": max}, "maxSandboxesPerAgent": slots,
                  "warmImages": [image],
-                 "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": AGENT_IMAGE}]}}}
+                 "agentTemplate": {"spec": template}}
     }))
     .map_err(|e| E2eError::Command(e.to_string()))?;
     pools.create(&PostParams::default(), &p).await?;
@@ -93,8 +112,20 @@ pub async fn stage(
     bounds: (i32, i32),
     slots: i32,
 ) -> Result<Stage, E2eError> {
+    stage_on(client, prefix, bounds, slots, None).await
+}
+
+/// [`stage`] with every agent of the pool on `node` when one is named.
+pub async fn stage_on(
+    client: &Client,
+    prefix: &str,
+    bounds: (i32, i32),
+    slots: i32,
+    node: Option<&str>,
+) -> Result<Stage, E2eError> {
     let ns = crate::namespace(client, prefix).await?;
-    ready_pool(client, &ns, "p", bounds, slots, Duration::from_secs(120)).await?;
+    let wait = Duration::from_secs(120);
+    ready_pool_on(client, &ns, "p", bounds, slots, BUSYBOX, node, wait).await?;
     let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
     let history = History::start(sbx.clone(), Duration::from_secs(10)).await?;
     Ok(Stage { ns, sbx, history })
