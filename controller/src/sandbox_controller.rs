@@ -269,13 +269,19 @@ async fn bound(
     let auto_lost =
         phase == SandboxPhase::Lost && t.sb.spec.failure_policy == FailurePolicy::AutoRecreate;
     if auto_lost {
-        let bound_agent_lives = ctx
-            .pods
-            .get(&ObjectRef::new(pod).within(agent_ns))
-            .is_some_and(|p| !pod_gone(&p));
-        if !bound_agent_lives {
-            replace(t, ctx, pod, reason::AGENT_LOST).await?;
-            return Ok(None);
+        match ctx.pods.get(&ObjectRef::new(pod).within(agent_ns)) {
+            // The pod object is gone: the kubelet removes it only once the
+            // pod's cgroup, the sandboxes' parent, is reclaimed (or someone
+            // forced it, asserting the same), so the old container is gone.
+            None => {
+                replace(t, ctx, pod, reason::AGENT_LOST).await?;
+                return Ok(None);
+            }
+            // Terminating or finished, but its cgroup may still hold the
+            // container (a partitioned node keeps running it): wait until
+            // the pod object goes.
+            Some(p) if pod_gone(&p) => return Ok(None),
+            Some(_) => {}
         }
         // Its agent lives (re-placed onto it, or back from a partition):
         // only an agent that answers can say whether the old container is
@@ -312,8 +318,8 @@ async fn bound(
                 t,
                 ctx,
                 pod,
-                &format!("agent pod {pod} is terminating"),
-                Fence::AgentGone,
+                &format!("agent pod {pod} is terminating or finished; its sandboxes stop with it"),
+                Fence::Unknown,
             )
             .await;
         }
@@ -635,13 +641,14 @@ async fn create(
 /// What is known of a lost sandbox's old container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fence {
-    /// Its agent pod is gone or going: the kubelet kills what runs in the
-    /// pod's cgroup, sandboxes included.
+    /// Its agent pod object is gone: the kubelet deletes it only after
+    /// reclaiming the pod's cgroup, sandboxes included.
     AgentGone,
     /// The agent reported it absent.
     ContainerGone,
     /// It may still run (the agent is unreachable: a partition, a crash
-    /// loop).
+    /// loop; or its pod is terminating, which on a partitioned node may
+    /// never finish).
     Unknown,
 }
 
