@@ -67,7 +67,7 @@ if [[ $with_cluster == 1 ]]; then
   FAST_SANDBOX_PROFILE=debug hack/deploy.sh
   step "end-to-end suite"
   cargo test -p fast-sandbox-e2e --no-fail-fast \
-    --test lifecycle --test validation --test scheduling --test fleet --test tenant --test interactive -- --test-threads=2
+    --test lifecycle --test validation --test scheduling --test fleet --test tenant --test interactive --test nodes -- --test-threads=2
   # The fault tests kill components, so they run one at a time.
   step "end-to-end fault tests"
   cargo test -p fast-sandbox-e2e --no-fail-fast \
