@@ -3,7 +3,9 @@
 //! running. Three series in the same run, on the same node and containerd:
 //! Sandboxes through Fast Sandbox, plain Pods of the same image, and
 //! `ctr run -d` (the naive floor). Writes JSON, a Markdown table and an SVG
-//! plot of the distributions.
+//! plot of the distributions, and for each Sandbox series where its time
+//! went, stage by stage (the create call, then the components' own
+//! histograms; see `stages`).
 //!
 //! Run against the local cluster with Fast Sandbox deployed:
 //! `eval "$(test/cluster/cluster.sh env)"; cargo run --release -p fast-sandbox-bench-e2e`
@@ -24,6 +26,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde_json::json;
 use tokio::sync::oneshot;
+
+mod stages;
 
 /// Compares Sandbox, plain Pod and `ctr run -d` start latency.
 #[derive(Parser, Debug, Clone)]
@@ -118,7 +122,8 @@ fn pod_running(p: &Pod) -> bool {
 }
 
 /// Creates `n` objects with `concurrency` in flight, timing each from the
-/// create call to its Running event, then deletes them all. They stay until
+/// create call to its Running event (and the create call alone: the
+/// apiserver's write with admission), then deletes them all. They stay until
 /// the series ends so that deletions (a sandbox's process gets its grace
 /// period) never compete with the creations being timed.
 async fn run_series<K>(
@@ -128,7 +133,7 @@ async fn run_series<K>(
     n: usize,
     concurrency: usize,
     make: impl Fn(&str) -> K + Send + Sync + 'static,
-) -> anyhow::Result<Vec<Duration>>
+) -> anyhow::Result<Vec<(Duration, Duration)>>
 where
     K: Resource
         + Clone
@@ -152,10 +157,11 @@ where
                 api.create(&PostParams::default(), &make(&name))
                     .await
                     .with_context(|| format!("creating {name}"))?;
+                let created = start.elapsed();
                 let at = tokio::time::timeout(Duration::from_secs(120), rx)
                     .await
                     .with_context(|| format!("{name} not running after 120 s"))??;
-                anyhow::Ok(at - start)
+                anyhow::Ok((created, at - start))
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -258,9 +264,12 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
         image: args.image.clone(),
     };
     let mut results = Vec::new();
+    let mut stage_tables = Vec::new();
+    let mut stage_json = Vec::new();
     for &c in &args.concurrency {
         let image = args.image.clone();
         eprintln!("sandboxes: {} at concurrency {c}", args.sandboxes);
+        let before = stages::snapshot(client).await?;
         let s = run_series(&sandboxes, &arrivals, &format!("sbx-c{c}"), args.sandboxes, c, move |name| {
             serde_json::from_value(json!({
                 "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox", "metadata": {"name": name},
@@ -269,7 +278,23 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
             .unwrap_or_default()
         })
         .await?;
-        results.push(Series::new("sandbox", c, &s));
+        let after = stages::snapshot(client).await?;
+        let calls: Vec<Duration> = s.iter().map(|(call, _)| *call).collect();
+        let totals: Vec<Duration> = s.iter().map(|(_, total)| *total).collect();
+        let call = Series::new("create call", c, &calls);
+        let mut table = format!(
+            "| client: the create call (apiserver write, webhook) | {} | {:.1} | {:.1} |\n",
+            call.runs, call.p50_ms, call.p99_ms
+        );
+        let parts = stages::between(&before, &after);
+        table = stages::table(
+            &format!("Where a Sandbox's time went at concurrency {c} (the create call measured here; the rest from the components' histograms, as bucket bounds)"),
+            &parts,
+        )
+        .replacen("|---|---:|---:|---:|\n", &format!("|---|---:|---:|---:|\n{table}"), 1);
+        stage_tables.push(table);
+        stage_json.push(json!({"concurrency": c, "create_call": call, "stages": parts}));
+        results.push(Series::new("sandbox", c, &totals));
         wait_slots_free(&pools, Duration::from_secs(120)).await?;
 
         let image = args.image.clone();
@@ -283,6 +308,7 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
             .unwrap_or_default()
         })
         .await?;
+        let p: Vec<Duration> = p.iter().map(|(_, total)| *total).collect();
         results.push(Series::new("plain Pod", c, &p));
 
         eprintln!("ctr run -d: {} at concurrency {c}", args.ctr_runs);
@@ -309,10 +335,14 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
             table.push_str(&format!("At concurrency {c}, a Sandbox reaches Running {:.1}x faster than a plain Pod at p50.\n", p / s));
         }
     }
+    for t in &stage_tables {
+        table.push('\n');
+        table.push_str(t);
+    }
     std::fs::write(args.out.join("results.md"), &table)?;
     std::fs::write(
         args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
+        serde_json::to_string_pretty(&json!({"series": results, "stages": stage_json}))?,
     )?;
     std::fs::write(
         args.out.join("latency.svg"),
