@@ -6,6 +6,10 @@
 #
 #   hack/test.sh              everything
 #   hack/test.sh --no-cluster skip the end-to-end suite
+#   hack/test.sh --cgroup2    only the cgroup v2 leg: the agent's containerd
+#                             tests in a cgroup v2 + systemd VM under
+#                             software emulation (test/cgroup2/; slow, so
+#                             not part of the default run)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -13,6 +17,13 @@ with_cluster=1
 [[ "${1:-}" == "--no-cluster" ]] && with_cluster=0
 step() { printf '[%s] == %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 start=$SECONDS
+if [[ "${1:-}" == "--cgroup2" ]]; then
+  hack/install-deps.sh
+  step "agent containerd tests on cgroup v2 with systemd (VM, software emulation)"
+  test/cgroup2/agent-tests.sh
+  step "cgroup v2 leg passed in $((SECONDS - start)) s"
+  exit 0
+fi
 
 step "installing what this machine lacks"
 hack/install-deps.sh
@@ -52,8 +63,10 @@ if [[ $with_cluster == 1 ]]; then
   step "local cluster with the Fast Sandbox images"
   FAST_SANDBOX_PROFILE=debug hack/deploy.sh --images
   eval "$(test/cluster/cluster.sh env)"
-  step "cluster smoke test (plain Pod)"
+  step "cluster smoke test (plain Pods on every node)"
   test/cluster/smoke.sh
+  step "apiserver client identities (front proxy, webhook client certificate)"
+  test/cluster/auth-check.sh
   # The controller's own cluster tests run their controller in-process, so
   # they go before the deployed controller exists.
   if [[ $cluster_was_up == 0 ]]; then
