@@ -34,10 +34,13 @@ from . import _protocol, _spec
 from ._protocol import GROUP, PLURAL, VERSION, ExecReader, Source
 from .client import Client, default_client
 from .errors import (
+    ApiError,
     CommandTimeoutError,
     ExecError,
+    FastSandboxError,
     NotFoundError,
     SandboxDeletedError,
+    SandboxNotRunningError,
     SandboxTimeoutError,
     ServerError,
 )
@@ -343,6 +346,55 @@ class Sandbox:
             _content_type="application/merge-patch+json",
         )
 
+    def wait_exit(self, timeout: float = CREATE_TIMEOUT) -> SandboxStatus:
+        """Waits (on a watch) until the sandbox's own process has ended, and
+        returns its final status (``Succeeded`` or ``Failed``, with
+        ``exit_code`` and ``reason``, e.g. ``OOMKilled``). A sandbox deleted or
+        lost meanwhile raises its error."""
+        deadline = time.monotonic() + timeout
+        watch = self.client.watch(self.namespace)
+
+        def decide(obj: Mapping[str, Any] | None) -> _spec.Progress | None:
+            if obj is None:
+                return _spec.Progress(
+                    self.status,
+                    failure=SandboxDeletedError(
+                        f"sandbox {self.name} was deleted", name=self.name, status=self.status
+                    ),
+                )
+            p = _spec.progress(obj)
+            if p.status.phase in ("Succeeded", "Failed"):
+                return _spec.Progress(p.status)
+            return p if p.failure else None
+
+        decision, last = watch.wait(self._obj, decide, deadline)
+        if last is not None:
+            self._obj = dict(last)
+        if decision is None:
+            raise SandboxTimeoutError(
+                f"sandbox {self.name} is still {self.phase} after {timeout:g} s",
+                name=self.name,
+                status=self.status,
+            )
+        if decision.failure is not None:
+            raise decision.failure
+        return decision.status
+
+    def _explain(self, e: ApiError) -> FastSandboxError:
+        """Why the sandbox could not serve a command or a file: its own failure
+        (``OOMKilledError``, ``SandboxExitedError``...) when it has one, else ``e``."""
+        if not isinstance(e, SandboxNotRunningError) and e.code != 503:
+            return e
+        try:
+            self.refresh()
+        except FastSandboxError:
+            return e
+        failure = _spec.progress(self._obj).failure
+        if failure is None:
+            return e
+        failure.__cause__ = e
+        return failure
+
     def _delete_after(self, cause: BaseException) -> None:
         """Deletes the sandbox because of ``cause``; a failure to do so is noted on it."""
         try:
@@ -509,7 +561,10 @@ class CommandStream:
             raise ExecError("the command's stream is closed")
         sb = self._sandbox
         path = _protocol.access_path(sb.namespace, sb.name, "exec", self._query)
-        ws = sb.client.websocket(path, timeout=sb.client.request_timeout)
+        try:
+            ws = sb.client.websocket(path, timeout=sb.client.request_timeout)
+        except ApiError as e:
+            raise sb._explain(e)  # noqa: B904 - the cause is set to e when it explains e
         self._ws = ws
         self._v5 = ws.getsubprotocol() != _protocol.PROTOCOLS[1]
         if self._timeout is not None:
@@ -670,6 +725,18 @@ class Files:
             sb.namespace, sb.name, "files", _protocol.files_query(path, op, **extra)
         )
 
+    def _request(self, method: str, path: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
+        try:
+            return self._sandbox.client.request(method, path, **kwargs)
+        except ApiError as e:
+            raise self._sandbox._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return self._sandbox.client.request_json(method, path, **kwargs)
+        except ApiError as e:
+            raise self._sandbox._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+
     def read(self, path: str) -> bytes:
         """The bytes of file ``path``."""
         return b"".join(self.iter_read(path))
@@ -680,7 +747,7 @@ class Files:
 
     def iter_read(self, path: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         """The bytes of file ``path`` as they arrive, never held whole."""
-        resp = self._sandbox.client.request("GET", self._path(path, "read"))
+        resp = self._request("GET", self._path(path, "read"))
         return _chunks(resp, chunk_size)
 
     def download(self, path: str, dest: str | os.PathLike[str] | IO[bytes]) -> int:
@@ -708,7 +775,7 @@ class Files:
             body = bytes(data)
         else:
             body = _protocol.iter_chunks(data, READ_CHUNK)
-        answer = self._sandbox.client.request_json(
+        answer = self._json(
             "PUT",
             self._path(path, "write", **extra),
             body=body,
@@ -729,9 +796,7 @@ class Files:
     def stat(self, path: str) -> FileInfo:
         """What ``path`` is (a symlink is not followed); raises
         :class:`~fast_sandbox.errors.PathNotFoundError` if nothing is there."""
-        return FileInfo.from_dict(
-            self._sandbox.client.request_json("GET", self._path(path, "stat"))
-        )
+        return FileInfo.from_dict(self._json("GET", self._path(path, "stat")))
 
     def exists(self, path: str) -> bool:
         """Whether anything is at ``path``."""
@@ -743,26 +808,22 @@ class Files:
 
     def list(self, path: str = "/") -> builtins.list[FileInfo]:
         """The entries of directory ``path``, sorted by name."""
-        answer = self._sandbox.client.request_json("GET", self._path(path, "list"))
+        answer = self._json("GET", self._path(path, "list"))
         return [FileInfo.from_dict(i) for i in answer.get("items") or ()]
 
     def mkdir(self, path: str, *, mode: int | None = None) -> FileInfo:
         """Creates directory ``path`` and any missing parents (``mkdir -p``)."""
         extra = {"mode": format(mode, "o")} if mode is not None else {}
-        return FileInfo.from_dict(
-            self._sandbox.client.request_json("POST", self._path(path, "mkdir", **extra))
-        )
+        return FileInfo.from_dict(self._json("POST", self._path(path, "mkdir", **extra)))
 
     def remove(self, path: str, *, recursive: bool = False) -> FileInfo:
         """Removes ``path`` (a directory with its contents only if ``recursive``)."""
         extra = {"recursive": "true"} if recursive else {}
-        return FileInfo.from_dict(
-            self._sandbox.client.request_json("DELETE", self._path(path, None, **extra))
-        )
+        return FileInfo.from_dict(self._json("DELETE", self._path(path, None, **extra)))
 
     def tar(self, path: str) -> Iterator[bytes]:
         """An uncompressed tar stream of ``path``'s tree (entries under its base name)."""
-        return _chunks(self._sandbox.client.request("GET", self._path(path, "tar")))
+        return _chunks(self._request("GET", self._path(path, "tar")))
 
     def untar(self, path: str, archive: Source) -> FileInfo:
         """Extracts a tar stream into directory ``path`` (created if missing)."""
@@ -772,7 +833,7 @@ class Files:
             else _protocol.iter_chunks(archive, READ_CHUNK)
         )
         return FileInfo.from_dict(
-            self._sandbox.client.request_json(
+            self._json(
                 "PUT", self._path(path, "untar"), body=body, content_type="application/x-tar"
             )
         )

@@ -135,6 +135,18 @@ class State:
             self.emit("MODIFIED", cur)
         return created
 
+    def fail_sandbox(self, name: str, reason: str, code: int) -> None:
+        with self.cond:
+            cur = json.loads(json.dumps(self.objects[name]))
+        cur["status"] = {
+            "phase": "Failed",
+            "reason": reason,
+            "exitCode": code,
+            "message": f"exited with code {code}",
+            "conditions": [{"type": "Ready", "status": "False", "reason": reason}],
+        }
+        self.emit("MODIFIED", cur)
+
     def delete(self, name: str) -> dict[str, Any] | None:
         with self.cond:
             obj = self.objects.get(name)
@@ -283,6 +295,16 @@ class Handler(BaseHTTPRequestHandler):
             )
         with st.cond:
             known = name in st.objects
+            phase = (st.objects.get(name, {}).get("status") or {}).get("phase")
+        if phase == "Failed":
+            # As the access server answers today when the agent says the
+            # sandbox's process does not run.
+            self.body()
+            return self.fail(
+                503,
+                f"agent a-1: sandbox {name} is not running: it exited with code 137",
+                "ServiceUnavailable",
+            )
         if not known:
             self.body()
             return self.fail(

@@ -14,6 +14,7 @@ from fast_sandbox import (
     ForbiddenError,
     ImageNotPresentError,
     NoCapacityError,
+    OOMKilledError,
     PathNotFoundError,
 )
 from fast_sandbox.aio import Client, Sandbox
@@ -72,6 +73,10 @@ def test_await_create_and_errors(server: Server) -> None:
             await secret.commands.run("true")
         with pytest.raises(PathNotFoundError):
             await sb.files.stat("/nope")
+        server.state.fail_sandbox(sb.name, "OOMKilled", 137)
+        assert (await sb.wait_exit(timeout=5)).reason == "OOMKilled"
+        with pytest.raises(OOMKilledError):
+            await sb.commands.run("true")
         await sb.delete()
         assert sb.name in deleted(server)
 

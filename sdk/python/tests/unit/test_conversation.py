@@ -209,3 +209,15 @@ def test_twenty_threads_create_at_once(client: Client, server: Server) -> None:
     assert errors == []
     assert len({s.name for s in made}) == 20
     assert all(s.status.ready for s in made)
+
+
+def test_a_sandbox_killed_later_explains_why_commands_fail(client: Client, server: Server) -> None:
+    sb = Sandbox.create("p", "ok", client=client)
+    server.state.fail_sandbox(sb.name, "OOMKilled", 137)
+    final = sb.wait_exit(timeout=5)
+    assert (final.phase, final.reason, final.exit_code) == ("Failed", "OOMKilled", 137)
+    with pytest.raises(OOMKilledError, match="exited with code 137") as e:
+        sb.commands.run("true")
+    assert e.value.__cause__ is not None, "the server's refusal is kept as the cause"
+    with pytest.raises(OOMKilledError):
+        sb.files.read("/etc/hostname")

@@ -28,10 +28,13 @@ from .. import _protocol, _spec
 from .. import sandbox as _sync
 from .._protocol import GROUP, PLURAL, VERSION, ExecReader, Source
 from ..errors import (
+    ApiError,
     CommandTimeoutError,
     ExecError,
+    FastSandboxError,
     NotFoundError,
     SandboxDeletedError,
+    SandboxNotRunningError,
     SandboxTimeoutError,
     ServerError,
 )
@@ -308,6 +311,52 @@ class Sandbox:
             _content_type="application/merge-patch+json",
         )
 
+    async def wait_exit(self, timeout: float = CREATE_TIMEOUT) -> SandboxStatus:
+        """Waits until the sandbox's own process has ended; its final status
+        (as :meth:`fast_sandbox.Sandbox.wait_exit`)."""
+        deadline = time.monotonic() + timeout
+        watch = await self.client.watch(self.namespace)
+
+        def decide(obj: Mapping[str, Any] | None) -> _spec.Progress | None:
+            if obj is None:
+                return _spec.Progress(
+                    self.status,
+                    failure=SandboxDeletedError(
+                        f"sandbox {self.name} was deleted", name=self.name, status=self.status
+                    ),
+                )
+            p = _spec.progress(obj)
+            if p.status.phase in ("Succeeded", "Failed"):
+                return _spec.Progress(p.status)
+            return p if p.failure else None
+
+        decision, last = await watch.wait(self._obj, decide, deadline)
+        if last is not None:
+            self._obj = dict(last)
+        if decision is None:
+            raise SandboxTimeoutError(
+                f"sandbox {self.name} is still {self.phase} after {timeout:g} s",
+                name=self.name,
+                status=self.status,
+            )
+        if decision.failure is not None:
+            raise decision.failure
+        return decision.status
+
+    async def _explain(self, e: ApiError) -> FastSandboxError:
+        """Why the sandbox could not serve: its own failure when it has one."""
+        if not isinstance(e, SandboxNotRunningError) and e.code != 503:
+            return e
+        try:
+            await self.refresh()
+        except FastSandboxError:
+            return e
+        failure = _spec.progress(self._obj).failure
+        if failure is None:
+            return e
+        failure.__cause__ = e
+        return failure
+
     async def _delete_after(self, cause: BaseException) -> None:
         try:
             await self.delete()
@@ -484,7 +533,10 @@ class CommandStream:
             raise ExecError("the command's stream is closed")
         sb = self._sandbox
         path = _protocol.access_path(sb.namespace, sb.name, "exec", self._query)
-        ws = await sb.client.websocket(path, timeout=sb.client.request_timeout)
+        try:
+            ws = await sb.client.websocket(path, timeout=sb.client.request_timeout)
+        except ApiError as e:
+            raise await sb._explain(e)  # noqa: B904 - the cause is set to e when it explains e
         self._ws = ws
         self._v5 = ws.protocol != _protocol.PROTOCOLS[1]
         if self._timeout is not None:
@@ -628,6 +680,18 @@ class Files:
             sb.namespace, sb.name, "files", _protocol.files_query(path, op, **extra)
         )
 
+    async def _request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        try:
+            return await self._sandbox.client.request(method, path, **kwargs)
+        except ApiError as e:
+            raise await self._sandbox._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return await self._sandbox.client.request_json(method, path, **kwargs)
+        except ApiError as e:
+            raise await self._sandbox._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+
     async def read(self, path: str) -> bytes:
         """The bytes of file ``path``."""
         return b"".join([c async for c in self.iter_read(path)])
@@ -638,7 +702,7 @@ class Files:
 
     async def iter_read(self, path: str, chunk_size: int = READ_CHUNK) -> AsyncIterator[bytes]:
         """The bytes of file ``path`` as they arrive."""
-        resp = await self._sandbox.client.request("GET", self._path(path, "read"))
+        resp = await self._request("GET", self._path(path, "read"))
         async for chunk in _chunks(resp, chunk_size):
             yield chunk
 
@@ -656,7 +720,7 @@ class Files:
     async def write(self, path: str, data: AsyncSource, *, mode: int | None = None) -> FileInfo:
         """Creates or replaces file ``path`` with ``data``, streamed."""
         extra = {"mode": format(mode, "o")} if mode is not None else {}
-        answer = await self._sandbox.client.request_json(
+        answer = await self._json(
             "PUT",
             self._path(path, "write", **extra),
             body=_body(data),
@@ -675,9 +739,7 @@ class Files:
 
     async def stat(self, path: str) -> FileInfo:
         """What ``path`` is; raises :class:`~fast_sandbox.errors.PathNotFoundError`."""
-        return FileInfo.from_dict(
-            await self._sandbox.client.request_json("GET", self._path(path, "stat"))
-        )
+        return FileInfo.from_dict(await self._json("GET", self._path(path, "stat")))
 
     async def exists(self, path: str) -> bool:
         """Whether anything is at ``path``."""
@@ -689,33 +751,29 @@ class Files:
 
     async def list(self, path: str = "/") -> builtins.list[FileInfo]:
         """The entries of directory ``path``, sorted by name."""
-        answer = await self._sandbox.client.request_json("GET", self._path(path, "list"))
+        answer = await self._json("GET", self._path(path, "list"))
         return [FileInfo.from_dict(i) for i in answer.get("items") or ()]
 
     async def mkdir(self, path: str, *, mode: int | None = None) -> FileInfo:
         """Creates directory ``path`` and any missing parents."""
         extra = {"mode": format(mode, "o")} if mode is not None else {}
-        return FileInfo.from_dict(
-            await self._sandbox.client.request_json("POST", self._path(path, "mkdir", **extra))
-        )
+        return FileInfo.from_dict(await self._json("POST", self._path(path, "mkdir", **extra)))
 
     async def remove(self, path: str, *, recursive: bool = False) -> FileInfo:
         """Removes ``path`` (a directory with its contents only if ``recursive``)."""
         extra = {"recursive": "true"} if recursive else {}
-        return FileInfo.from_dict(
-            await self._sandbox.client.request_json("DELETE", self._path(path, None, **extra))
-        )
+        return FileInfo.from_dict(await self._json("DELETE", self._path(path, None, **extra)))
 
     async def tar(self, path: str) -> AsyncIterator[bytes]:
         """An uncompressed tar stream of ``path``'s tree."""
-        resp = await self._sandbox.client.request("GET", self._path(path, "tar"))
+        resp = await self._request("GET", self._path(path, "tar"))
         async for chunk in _chunks(resp):
             yield chunk
 
     async def untar(self, path: str, archive: AsyncSource) -> FileInfo:
         """Extracts a tar stream into directory ``path``."""
         return FileInfo.from_dict(
-            await self._sandbox.client.request_json(
+            await self._json(
                 "PUT",
                 self._path(path, "untar"),
                 body=_body(archive),
