@@ -21,10 +21,10 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import EllipsisType, TracebackType
-from typing import IO, Any, Literal, NoReturn
+from typing import IO, Any, Literal, NoReturn, TypeVar
 
 import urllib3
 import websocket
@@ -48,6 +48,8 @@ from .models import CommandResult, ExecEvent, FileInfo, SandboxStatus
 
 __all__ = ["Sandbox", "Commands", "CommandStream", "Files"]
 
+T = TypeVar("T")
+
 #: Seconds a command's stream may outlast its timeout before the client gives
 #: up on hearing the server's verdict and cuts the connection itself.
 TIMEOUT_GRACE = 3.0
@@ -55,6 +57,10 @@ TIMEOUT_GRACE = 3.0
 CREATE_TIMEOUT = 60.0
 #: Default seconds ``commands.run`` lets a command run.
 RUN_TIMEOUT = 60.0
+#: Retries of a refusal by an access server whose cache lags (see
+#: ``Sandbox._access``), and the first pause between them (doubling).
+STALE_RETRIES = 4
+STALE_RETRY_PAUSE = 0.05
 #: Bytes per read of a streamed file or log.
 READ_CHUNK = 256 * 1024
 
@@ -380,6 +386,30 @@ class Sandbox:
             raise decision.failure
         return decision.status
 
+    def _access(self, call: Callable[[], T], *, retry: bool = True) -> T:
+        """Makes an access API call, with the refusals explained.
+
+        The access server finds sandboxes through its own watch, which may
+        still hold the version from before the sandbox ran when this client
+        already saw it Ready; it then refuses with "... does not exist yet".
+        Such a refusal of a sandbox seen Ready is retried a few times, after
+        short pauses (there is nothing the client can watch for), unless the
+        call sent a stream it cannot send again (``retry=False``).
+        """
+        pause = STALE_RETRY_PAUSE
+        for attempt in range(STALE_RETRIES + 1):
+            try:
+                return call()
+            except SandboxNotRunningError as e:
+                stale = retry and self.status.ready and "yet" in e.message
+                if not stale or attempt == STALE_RETRIES:
+                    raise self._explain(e)  # noqa: B904 - the cause is set when it explains e
+            except ApiError as e:
+                raise self._explain(e)  # noqa: B904 - the cause is set when it explains e
+            time.sleep(pause)
+            pause *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _explain(self, e: ApiError) -> FastSandboxError:
         """Why the sandbox could not serve a command or a file: its own failure
         (``OOMKilledError``, ``SandboxExitedError``...) when it has one, else ``e``."""
@@ -443,7 +473,7 @@ class Sandbox:
         )
         # A followed log may be quiet for as long as the process likes.
         read: float | EllipsisType | None = timeout if timeout is not None or follow else ...
-        resp = self.client.request("GET", path, timeout=read)
+        resp = self._access(lambda: self.client.request("GET", path, timeout=read))
         return _text_lines(_chunks(resp))
 
 
@@ -561,10 +591,7 @@ class CommandStream:
             raise ExecError("the command's stream is closed")
         sb = self._sandbox
         path = _protocol.access_path(sb.namespace, sb.name, "exec", self._query)
-        try:
-            ws = sb.client.websocket(path, timeout=sb.client.request_timeout)
-        except ApiError as e:
-            raise sb._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+        ws = sb._access(lambda: sb.client.websocket(path, timeout=sb.client.request_timeout))
         self._ws = ws
         self._v5 = ws.getsubprotocol() != _protocol.PROTOCOLS[1]
         if self._timeout is not None:
@@ -726,16 +753,18 @@ class Files:
         )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
-        try:
-            return self._sandbox.client.request(method, path, **kwargs)
-        except ApiError as e:
-            raise self._sandbox._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+        client = self._sandbox.client
+        replayable = isinstance(kwargs.get("body"), (bytes, type(None)))
+        return self._sandbox._access(
+            lambda: client.request(method, path, **kwargs), retry=replayable
+        )
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            return self._sandbox.client.request_json(method, path, **kwargs)
-        except ApiError as e:
-            raise self._sandbox._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+        client = self._sandbox.client
+        replayable = isinstance(kwargs.get("body"), (bytes, type(None)))
+        return self._sandbox._access(
+            lambda: client.request_json(method, path, **kwargs), retry=replayable
+        )
 
     def read(self, path: str) -> bytes:
         """The bytes of file ``path``."""

@@ -64,6 +64,8 @@ class State:
         self.stdin_seen: list[bytes] = []
         self.queries: list[list[tuple[str, str]]] = []
         self.watches = 0
+        #: Refusals left per sandbox, as an access server whose cache lags answers.
+        self.stale: dict[str, int] = {}
         self.closing = False
 
     def emit(self, kind: str, obj: dict[str, Any]) -> None:
@@ -304,6 +306,14 @@ class Handler(BaseHTTPRequestHandler):
                 503,
                 f"agent a-1: sandbox {name} is not running: it exited with code 137",
                 "ServiceUnavailable",
+            )
+        if st.stale.get(name):
+            st.stale[name] -= 1
+            self.body()
+            return self.fail(
+                409,
+                f"sandbox {name} is Bound on agent a-1: its container does not exist yet",
+                "Conflict",
             )
         if not known:
             self.body()

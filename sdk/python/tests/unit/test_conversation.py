@@ -20,6 +20,7 @@ from fast_sandbox import (
     PathNotFoundError,
     Sandbox,
     SandboxNotFoundError,
+    SandboxNotRunningError,
     StartError,
 )
 
@@ -221,3 +222,22 @@ def test_a_sandbox_killed_later_explains_why_commands_fail(client: Client, serve
     assert e.value.__cause__ is not None, "the server's refusal is kept as the cause"
     with pytest.raises(OOMKilledError):
         sb.files.read("/etc/hostname")
+
+
+def test_a_lagging_access_server_is_retried_for_a_ready_sandbox(
+    client: Client, server: Server
+) -> None:
+    sb = Sandbox.create("p", "ok", client=client)
+    server.state.stale[sb.name] = 2
+    assert sb.commands.run("echo hi; exit 3").exit_code == 3
+    server.state.stale[sb.name] = 2
+    sb.files.write("/tmp/a", b"bytes can be sent again")
+    # A streamed body cannot be sent again: the refusal is raised.
+    server.state.stale[sb.name] = 1
+    with pytest.raises(SandboxNotRunningError, match="does not exist yet"):
+        sb.files.write("/tmp/a", io.BytesIO(b"streamed"))
+    # A sandbox not seen Ready is not retried either.
+    pending = Sandbox.create("p", "full", wait=False, client=client)
+    server.state.stale[pending.name] = 1
+    with pytest.raises(SandboxNotRunningError):
+        pending.commands.run("true")

@@ -16,10 +16,18 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from types import EllipsisType, TracebackType
-from typing import IO, Any, Literal, NoReturn
+from typing import IO, Any, Literal, NoReturn, TypeVar
 
 import aiohttp
 from kubernetes.aio.client import V1DeleteOptions
@@ -43,6 +51,8 @@ from ..sandbox import CREATE_TIMEOUT, READ_CHUNK, RUN_TIMEOUT, _selectors
 from .client import Client, default_client
 
 __all__ = ["Sandbox", "Commands", "CommandStream", "Files"]
+
+T = TypeVar("T")
 
 #: What feeds stdin or a file in the async API: what the sync API takes, or
 #: an async iterable of chunks.
@@ -343,6 +353,23 @@ class Sandbox:
             raise decision.failure
         return decision.status
 
+    async def _access(self, call: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """An access API call with refusals explained, and a refusal by a lagging
+        access server retried (as :meth:`fast_sandbox.Sandbox._access`)."""
+        pause = _sync.STALE_RETRY_PAUSE
+        for attempt in range(_sync.STALE_RETRIES + 1):
+            try:
+                return await call()
+            except SandboxNotRunningError as e:
+                stale = retry and self.status.ready and "yet" in e.message
+                if not stale or attempt == _sync.STALE_RETRIES:
+                    raise await self._explain(e)  # noqa: B904 - the cause is set when it explains e
+            except ApiError as e:
+                raise await self._explain(e)  # noqa: B904 - the cause is set when it explains e
+            await asyncio.sleep(pause)
+            pause *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _explain(self, e: ApiError) -> FastSandboxError:
         """Why the sandbox could not serve: its own failure when it has one."""
         if not isinstance(e, SandboxNotRunningError) and e.code != 503:
@@ -406,7 +433,7 @@ class Sandbox:
             self.namespace, self.name, "log", _protocol.log_query(stream, follow)
         )
         read: float | EllipsisType | None = timeout if timeout is not None or follow else ...
-        resp = await self.client.request("GET", path, timeout=read)
+        resp = await self._access(lambda: self.client.request("GET", path, timeout=read))
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         buf = ""
         async for chunk in _chunks(resp):
@@ -533,10 +560,7 @@ class CommandStream:
             raise ExecError("the command's stream is closed")
         sb = self._sandbox
         path = _protocol.access_path(sb.namespace, sb.name, "exec", self._query)
-        try:
-            ws = await sb.client.websocket(path, timeout=sb.client.request_timeout)
-        except ApiError as e:
-            raise await sb._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+        ws = await sb._access(lambda: sb.client.websocket(path, timeout=sb.client.request_timeout))
         self._ws = ws
         self._v5 = ws.protocol != _protocol.PROTOCOLS[1]
         if self._timeout is not None:
@@ -681,16 +705,18 @@ class Files:
         )
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
-        try:
-            return await self._sandbox.client.request(method, path, **kwargs)
-        except ApiError as e:
-            raise await self._sandbox._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+        client = self._sandbox.client
+        replayable = isinstance(kwargs.get("body"), (bytes, type(None)))
+        return await self._sandbox._access(
+            lambda: client.request(method, path, **kwargs), retry=replayable
+        )
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            return await self._sandbox.client.request_json(method, path, **kwargs)
-        except ApiError as e:
-            raise await self._sandbox._explain(e)  # noqa: B904 - the cause is set to e when it explains e
+        client = self._sandbox.client
+        replayable = isinstance(kwargs.get("body"), (bytes, type(None)))
+        return await self._sandbox._access(
+            lambda: client.request_json(method, path, **kwargs), retry=replayable
+        )
 
     async def read(self, path: str) -> bytes:
         """The bytes of file ``path``."""
