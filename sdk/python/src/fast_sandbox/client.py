@@ -484,8 +484,8 @@ class _NamespaceWatch:
                     self._cond.notify_all()
         finally:
             self._resp = None
-            resp.release_conn()
             resp.close()
+            resp.release_conn()
 
     def wait(
         self,

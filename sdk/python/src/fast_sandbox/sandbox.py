@@ -892,13 +892,19 @@ def _selectors(
 def _chunks(resp: Any, size: int = READ_CHUNK) -> Iterator[bytes]:
     """The body of a streamed response as it arrives; the connection is
     released at the end or when the consumer stops early."""
+    complete = False
     try:
         for chunk in resp.stream(size, decode_content=True):
             if chunk:
                 yield bytes(chunk)
+        complete = True
     except urllib3.exceptions.HTTPError as e:
         raise ServerError(f"the stream broke: {e}") from e
     finally:
+        if not complete:
+            # Left early (a followed log, a partial read): the rest of the
+            # answer is still coming, so the connection cannot be reused.
+            resp.close()
         resp.release_conn()
 
 

@@ -42,7 +42,7 @@ def test_the_issue_s_example(stage: Stage) -> None:
         r = sb.commands.run("echo hi; exit 3", timeout=10)
         assert (r.exit_code, r.stdout) == (3, "hi\n")
         assert sb.commands.run("echo $A").stdout == "1\n", "the sandbox's env"
-        assert sb.object["spec"]["resources"] == {"memory": "256Mi"}
+        assert sb.object["spec"]["resources"]["memory"] == "256Mi"
         assert "expireTime" in sb.object["spec"]
 
         seen = []

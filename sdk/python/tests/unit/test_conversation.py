@@ -241,3 +241,14 @@ def test_a_lagging_access_server_is_retried_for_a_ready_sandbox(
     server.state.stale[pending.name] = 1
     with pytest.raises(SandboxNotRunningError):
         pending.commands.run("true")
+
+
+def test_a_log_left_early_does_not_spoil_the_connection(client: Client) -> None:
+    sb = Sandbox.create("p", "ok", client=client)
+    lines = sb.iter_logs(follow=True)
+    assert next(lines) == "line one\n"
+    del lines
+    # The next calls on the same pool still read their own answers.
+    for _ in range(5):
+        assert sb.commands.run("echo hi; exit 3").stdout == "hi\n"
+        assert sb.logs() == "line one\nline two\ntail"
