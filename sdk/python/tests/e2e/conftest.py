@@ -165,7 +165,7 @@ def tenant(admin: Client, namespace: str, account: str) -> Client:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def admin() -> Iterator[Client]:
     """The kubeconfig's client, after checking the cluster answers and runs Fast Sandbox."""
     try:
@@ -205,7 +205,7 @@ class Stage:
         return f"system:serviceaccount:{self.other_ns}:stranger"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stage(admin: Client) -> Iterator[Stage]:
     ns = new_namespace(admin, "sdk-e2e")
     other = new_namespace(admin, "sdk-e2e-other")

@@ -57,7 +57,7 @@ class Client:
         self.request_timeout = request_timeout
         self.custom = CustomObjectsApi(api_client)
         api_client.user_agent = USER_AGENT
-        self._session: aiohttp.ClientSession | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._watchers: dict[str, _NamespaceWatch] = {}
         self._closed = False
 
@@ -159,9 +159,9 @@ class Client:
         self._watchers.clear()
         for w in watchers:
             await w.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         await self.api_client.close()
 
     async def __aenter__(self) -> Client:
@@ -206,16 +206,16 @@ class Client:
             h.update(extra)
         return h
 
-    def session(self) -> aiohttp.ClientSession:
-        """The aiohttp session of raw requests, trusting what the client trusts."""
+    def http(self) -> aiohttp.ClientSession:
+        """The aiohttp client of raw requests, trusting what the client trusts."""
         if self._closed:
             raise FastSandboxError("the client is closed")
-        if self._session is None or self._session.closed:
+        if self._http is None or self._http.closed:
             connector = aiohttp.TCPConnector(
                 ssl=_config.ssl_context(self.configuration), limit=_config.POOL_SIZE
             )
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
-        return self._session
+            self._http = aiohttp.ClientSession(connector=connector, trust_env=True)
+        return self._http
 
     def _request_options(self) -> dict[str, Any]:
         cfg = self.configuration
@@ -243,7 +243,7 @@ class Client:
             headers["Content-Type"] = content_type
         read = self.request_timeout if timeout is ... else timeout
         try:
-            resp = await self.session().request(
+            resp = await self.http().request(
                 method,
                 self.host.rstrip("/") + path,
                 data=body,
@@ -284,7 +284,7 @@ class Client:
         an error answer to the upgrade is raised typed, with the server's message."""
         url = _protocol.websocket_url(self.host, path)
         try:
-            return await self.session().ws_connect(
+            return await self.http().ws_connect(
                 url,
                 protocols=_protocol.PROTOCOLS,
                 headers=await self.headers(),
@@ -347,7 +347,7 @@ _explicit: Client | None = None
 async def default_client() -> Client:
     """The client calls use when they name none: the one set with
     :func:`set_default_client`, else :meth:`Client.auto`, built once per
-    event loop (aiohttp sessions belong to one loop)."""
+    event loop (aiohttp connections belong to one loop)."""
     if _explicit is not None:
         return _explicit
     loop = asyncio.get_running_loop()
