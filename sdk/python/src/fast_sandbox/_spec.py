@@ -226,12 +226,16 @@ def progress(obj: Mapping[str, Any]) -> Progress:
 
 
 def timeout_error(
-    name: str, status: SandboxStatus | None, timeout: float
+    name: str, status: SandboxStatus | None, timeout: float, trouble: str | None = None
 ) -> errors.SandboxTimeoutError:
-    """The error for a sandbox not Ready after ``timeout`` seconds, by what it waited for."""
+    """The error for a sandbox not Ready after ``timeout`` seconds, by what it waited
+    for; ``trouble`` says why the watch was down, if it was (then the status
+    may be older than the sandbox's)."""
     status = status or SandboxStatus()
     reason = status.reason or ""
     message = f"{_describe(name, status)}: not Ready after {timeout:g} s"
+    if trouble:
+        message += f" (the watch of sandboxes was failing: {trouble})"
     if reason == "NoCapacity":
         return errors.NoCapacityError(message, reason=reason, name=name, status=status)
     if reason == "PoolNotFound":

@@ -379,6 +379,8 @@ class _NamespaceWatch:
         self._resp: urllib3.BaseHTTPResponse | None = None
         self._start_lock = threading.Lock()
         self.failed = False
+        #: Why the watch is down right now (it retries), for timeout messages.
+        self.trouble: str | None = None
 
     def start(self) -> None:
         """Reads the resourceVersion to watch from (so every change after this
@@ -441,6 +443,7 @@ class _NamespaceWatch:
     def _fail_or_wait(self, e: FastSandboxError, backoff: float) -> None:
         if self._stop.is_set():
             return
+        self.trouble = str(e)
         if isinstance(e, ApiError) and e.code in (401, 403, 404):
             # Not allowed to watch, or no such resource: waiting cannot fix it.
             with self._cond:
@@ -464,6 +467,7 @@ class _NamespaceWatch:
             query.append(("resourceVersion", self._rv))
         path = _protocol.sandboxes_path(self._namespace) + "?" + _protocol.encode_query(query)
         resp = self._client.request("GET", path, timeout=self.RENEW + 30, access_api=False)
+        self.trouble = None
         self._resp = resp
         try:
             for line in _lines(resp):

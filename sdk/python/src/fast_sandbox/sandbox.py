@@ -292,7 +292,7 @@ class Sandbox:
         if last is not None:
             self._obj = dict(last)
         if decision is None:
-            raise _spec.timeout_error(self.name, self.status, timeout)
+            raise _spec.timeout_error(self.name, self.status, timeout, watch.trouble)
         if decision.failure is not None:
             raise decision.failure
         return self

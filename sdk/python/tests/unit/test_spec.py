@@ -196,3 +196,8 @@ def test_a_timeout_says_what_it_waited_for() -> None:
     other = _spec.timeout_error("sb", None, 1)
     assert type(other) is errors.SandboxTimeoutError
     assert isinstance(other, TimeoutError)
+
+
+def test_a_timeout_says_when_the_watch_was_down() -> None:
+    err = _spec.timeout_error("sb", None, 3, "cannot reach the Kubernetes API")
+    assert "the watch of sandboxes was failing: cannot reach the Kubernetes API" in str(err)

@@ -382,6 +382,8 @@ class _NamespaceWatch:
         self._start_lock = asyncio.Lock()
         self._stopped = asyncio.Event()
         self.failed = False
+        #: Why the watch is down right now (it retries), for timeout messages.
+        self.trouble: str | None = None
 
     async def start(self) -> None:
         """Reads the resourceVersion to watch from, then leaves the watch to its task."""
@@ -431,6 +433,7 @@ class _NamespaceWatch:
                 err = e
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 err = ServerError(f"watching sandboxes: {e}")
+            self.trouble = str(err)
             if isinstance(err, ApiError) and err.code in (401, 403, 404):
                 async with self._cond:
                     self._error = err
@@ -453,6 +456,7 @@ class _NamespaceWatch:
             query.append(("resourceVersion", self._rv))
         path = _protocol.sandboxes_path(self._namespace) + "?" + _protocol.encode_query(query)
         resp = await self._client.request("GET", path, timeout=self.RENEW + 30, access_api=False)
+        self.trouble = None
         try:
             async for line in _lines(resp):
                 kind, obj = parse_event(line)
