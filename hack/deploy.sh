@@ -6,6 +6,8 @@
 #
 #   hack/deploy.sh           build, cluster up, load images, apply, wait
 #   hack/deploy.sh --images  stop after loading the images
+#   hack/deploy.sh --apply   only apply and wait: the images of an earlier
+#                            --images are already on every node
 #
 # Environment: FAST_SANDBOX_PROFILE=release|debug (default release): which
 # cargo build the images are made from.
@@ -15,30 +17,40 @@ cd "$root"
 profile="${FAST_SANDBOX_PROFILE:-release}"
 step() { printf '[%s] == %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-hack/install-deps.sh
-step "building the Fast Sandbox binaries ($profile)"
-if [[ $profile == release ]]; then cargo build --release --workspace --bins; else cargo build --workspace --bins; fi
-bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+mode="${1:-all}"
+case "$mode" in
+  all|--images|--apply) ;;
+  *) echo "unknown argument: $mode (hack/deploy.sh [--images|--apply])" >&2; exit 2 ;;
+esac
 
-step "bringing the local cluster up"
-test/cluster/cluster.sh up
-eval "$(test/cluster/cluster.sh env)"
+if [[ $mode != --apply ]]; then
+  hack/install-deps.sh
+  step "building the Fast Sandbox binaries ($profile)"
+  if [[ $profile == release ]]; then cargo build --release --workspace --bins; else cargo build --workspace --bins; fi
+  bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 
-step "loading images into every node's containerd"
-# The agent image carries busybox too: the original README's sandbox runs
-# /bin/sleep from it.
-test/cluster/load-image.sh --busybox fast-sandbox/agent:dev "$bin/fast-sandbox-agent"
-for c in webhook controller extender gateway certs; do
-  test/cluster/load-image.sh "fast-sandbox/$c:dev" "$bin/fast-sandbox-$c"
-done
-test/cluster/build-busybox-image.sh
-# An application image with no shell or coreutils: exec and file copies must
-# work without them (test/e2e interactive).
-tool_dir="$(mktemp -d)"
-gcc -static -Os -o "$tool_dir/tool" agent/tests/noshell/tool.c
-test/cluster/load-image.sh --entrypoint /tool --cmd sleep fast-sandbox/noshell:dev "$tool_dir/tool=/tool"
-rm -rf "$tool_dir"
-[[ "${1:-}" == "--images" ]] && exit 0
+  step "bringing the local cluster up"
+  test/cluster/cluster.sh up
+  eval "$(test/cluster/cluster.sh env)"
+
+  step "loading images into every node's containerd"
+  # The agent image carries busybox too: the original README's sandbox runs
+  # /bin/sleep from it.
+  test/cluster/load-image.sh --busybox fast-sandbox/agent:dev "$bin/fast-sandbox-agent"
+  for c in webhook controller extender gateway certs; do
+    test/cluster/load-image.sh "fast-sandbox/$c:dev" "$bin/fast-sandbox-$c"
+  done
+  test/cluster/build-busybox-image.sh
+  # An application image with no shell or coreutils: exec and file copies must
+  # work without them (test/e2e interactive).
+  tool_dir="$(mktemp -d)"
+  gcc -static -Os -o "$tool_dir/tool" agent/tests/noshell/tool.c
+  test/cluster/load-image.sh --entrypoint /tool --cmd sleep fast-sandbox/noshell:dev "$tool_dir/tool=/tool"
+  rm -rf "$tool_dir"
+  [[ $mode == --images ]] && exit 0
+else
+  eval "$(test/cluster/cluster.sh env)"
+fi
 
 step "kubectl apply -k deploy/"
 kubectl apply --server-side --force-conflicts -k deploy/ >/dev/null

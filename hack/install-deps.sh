@@ -12,6 +12,7 @@ packages=(
   gcc libc6-dev          # the static program of the test image without a shell
   iptables conntrack socat ebtables ethtool iproute2 kmod
   openssl jq curl
+  python3 python3-venv   # the Python SDK's checks and end-to-end tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -50,6 +50,10 @@ step "unit and integration tests (agent tests against a private containerd 2)"
 agent/tests/containerd.sh --containerd 2 run -- cargo test --workspace --exclude fast-sandbox-e2e --no-fail-fast
 step "agent integration tests against a private containerd 1.6 (Debian's)"
 agent/tests/containerd.sh --containerd 1.6 run -- cargo test -p fast-sandbox-agent --no-fail-fast
+if [[ $with_cluster == 0 ]]; then
+  step "Python SDK: ruff, mypy --strict, unit tests"
+  sdk/python/test.sh
+fi
 
 if [[ $with_cluster == 1 ]]; then
   cluster_was_up=0
@@ -77,10 +81,12 @@ if [[ $with_cluster == 1 ]]; then
     step "controller tests on the cluster: skipped (they need a cluster without a deployed controller; run test/cluster/cluster.sh down first)"
   fi
   step "deploying Fast Sandbox with kubectl apply -k deploy/"
-  FAST_SANDBOX_PROFILE=debug hack/deploy.sh
+  FAST_SANDBOX_PROFILE=debug hack/deploy.sh --apply
   step "end-to-end suite"
   cargo test -p fast-sandbox-e2e --no-fail-fast \
     --test lifecycle --test validation --test scheduling --test fleet --test tenant --test interactive --test nodes -- --test-threads=2
+  step "Python SDK: ruff, mypy --strict, unit and end-to-end tests"
+  sdk/python/test.sh --e2e
   # The fault tests kill components, so they run one at a time.
   step "end-to-end fault tests"
   cargo test -p fast-sandbox-e2e --no-fail-fast \

@@ -145,5 +145,11 @@ mod tests {
             AccessError::Api(m) => assert!(m.contains("\"x\" not found")),
             other => panic!("{other:?}"),
         }
+        // A path missing inside the sandbox is the agent's answer, not a
+        // missing API.
+        assert!(matches!(
+            api_error(status(404, "stat /tmp/x: No such file or directory")),
+            AccessError::Api(_)
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! `kubectl sandbox exec`: a command in a running sandbox through the
 //! access API, in the Kubernetes streaming protocol over WebSocket
 //! (`v5.channel.k8s.io`, `v4` as a fallback): stdin in, stdout and stderr
-//! apart, the exit code back. Needs `create` on `sandboxes/exec`.
+//! apart, the exit code back. Needs `get` (the apiserver's check of the
+//! WebSocket upgrade) and `create` on `sandboxes/exec`.
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! sandbox through the access API, like `kubectl cp` but with no tar (or
 //! anything else) needed in the image: the agent reads and writes the
 //! sandbox's root filesystem itself. Reading needs `get` on
-//! `sandboxes/files`, writing `create`.
+//! `sandboxes/files`, writing `update` (and `create` to make directories).
 //!
 //! Directories travel as tar streams that this command makes and unpacks
 //! itself. Downloads stream to disk; an upload is read into memory first

@@ -48,7 +48,7 @@ enum Command {
     /// `sandboxes/log` in group subresources.sandbox.fast.io).
     Logs(LogsArgs),
     /// Run a command in a running sandbox; its exit code is ours (needs
-    /// `create` on `sandboxes/exec`).
+    /// `get` and `create` on `sandboxes/exec`).
     Exec(ExecArgs),
     /// Copy files or directories in or out of a sandbox, no tar needed in
     /// the image: `kubectl sandbox cp ./src sb:/dst`, `cp sb:/src ./dst`.

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 /// The subresources served, with the verbs RBAC checks for each.
 pub const RESOURCES: &[(&str, &[&str])] = &[
     ("sandboxes/log", &["get"]),
-    ("sandboxes/exec", &["create"]),
-    ("sandboxes/files", &["get", "create"]),
+    ("sandboxes/exec", &["get", "create"]),
+    ("sandboxes/files", &["get", "create", "update", "delete"]),
 ];
 
 fn group_version() -> String {

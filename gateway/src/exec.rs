@@ -22,7 +22,8 @@ use fast_sandbox_api::exec::{
     encode_split, reason,
 };
 use fast_sandbox_server::body::{self, Body};
-use futures::{SinkExt, StreamExt};
+use futures::future::FusedFuture;
+use futures::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -44,6 +45,8 @@ use crate::status::GatewayError;
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// Messages queued towards the agent before the WebSocket reader waits.
 const INPUT_QUEUE: usize = 8;
+/// How long the connection waits for the client's Close after ours.
+const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest `timeoutSeconds` accepted (a day).
 const MAX_TIMEOUT_SECONDS: u64 = 86_400;
 
@@ -326,11 +329,22 @@ async fn pump(
             }
         }
     };
-    // Output ends the exchange; input stops with it (or keeps feeding the
-    // agent until the client goes).
-    tokio::select! {
-        () = outbound => {},
-        () = async { inbound.await; std::future::pending::<()>().await } => {},
+    // Output ends the exchange; input keeps feeding the agent until then
+    // (or until the client goes).
+    let mut inbound = std::pin::pin!(inbound.fuse());
+    let mut outbound = std::pin::pin!(outbound.fuse());
+    loop {
+        tokio::select! {
+            () = &mut outbound => break,
+            () = &mut inbound => {}
+        }
+    }
+    // The closing handshake: our Close is sent; read until the client's own
+    // arrives. A connection dropped with the client's last frames unread is
+    // reset, and a reset makes the client's kernel discard what it has not
+    // read yet: the exit status and our Close.
+    if !inbound.is_terminated() {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, &mut inbound).await;
     }
 }
 

@@ -1,8 +1,10 @@
 //! `sandboxes/{name}/files?path=P&op=...`: the agent's files API passed
 //! through under RBAC (see `fast_sandbox_api::files` for the operations):
-//! reading (`GET`: read, stat, list, tar) needs `get` on `sandboxes/files`,
-//! changing (`PUT` write and untar, `POST` mkdir, `DELETE`) needs
-//! `create`. Bodies stream both ways; the agent bounds uploads.
+//! each method needs the verb the apiserver itself authorised before it
+//! proxied the request (`GET` read, stat, list, tar: `get`; `PUT` write and
+//! untar: `update`; `POST` mkdir: `create`; `DELETE`: `delete` on
+//! `sandboxes/files`), so one RBAC rule means the same at both gates.
+//! Bodies stream both ways; the agent bounds uploads.
 
 use fast_sandbox_agent_client::ClientError;
 use fast_sandbox_server::body::Body;
@@ -14,11 +16,13 @@ use crate::logs::agent_error;
 use crate::resolve::Resolved;
 use crate::status::GatewayError;
 
-/// The RBAC verb a files request needs.
+/// The RBAC verb a files request needs: the apiserver's for the method.
 pub fn verb(method: &Method) -> Result<&'static str, GatewayError> {
     match *method {
         Method::GET => Ok("get"),
-        Method::PUT | Method::POST | Method::DELETE => Ok("create"),
+        Method::PUT => Ok("update"),
+        Method::POST => Ok("create"),
+        Method::DELETE => Ok("delete"),
         ref m => Err(GatewayError::BadRequest(format!(
             "method {m} is not supported on sandboxes/files (GET, PUT, POST, DELETE)"
         ))),
@@ -45,7 +49,7 @@ pub async fn serve(r: &Resolved, req: Request<Incoming>) -> Result<Response<Body
             let e = match status.as_u16() {
                 400 => GatewayError::BadRequest(error.message),
                 403 => GatewayError::Forbidden(error.message),
-                404 => GatewayError::NotFound(error.message),
+                404 => GatewayError::PathNotFound(error.message),
                 409 => GatewayError::Conflict(error.message),
                 413 => GatewayError::TooLarge(error.message),
                 _ => GatewayError::Unavailable(format!("agent {}: {}", r.agent_pod, error.message)),
@@ -76,11 +80,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reading_needs_get_and_changing_needs_create() {
+    fn each_method_needs_the_apiservers_verb() {
         assert_eq!(verb(&Method::GET).unwrap(), "get");
-        for m in [Method::PUT, Method::POST, Method::DELETE] {
-            assert_eq!(verb(&m).unwrap(), "create");
-        }
+        assert_eq!(verb(&Method::PUT).unwrap(), "update");
+        assert_eq!(verb(&Method::POST).unwrap(), "create");
+        assert_eq!(verb(&Method::DELETE).unwrap(), "delete");
         assert!(verb(&Method::PATCH).is_err());
     }
 }

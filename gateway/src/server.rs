@@ -187,6 +187,6 @@ mod tests {
         assert!(verb(Subresource::Log, &Method::DELETE).is_err());
         assert_eq!(verb(Subresource::Exec, &Method::GET).unwrap(), "create");
         assert_eq!(verb(Subresource::Files, &Method::GET).unwrap(), "get");
-        assert_eq!(verb(Subresource::Files, &Method::PUT).unwrap(), "create");
+        assert_eq!(verb(Subresource::Files, &Method::PUT).unwrap(), "update");
     }
 }

@@ -14,6 +14,9 @@ pub enum GatewayError {
     /// No such route.
     #[error("the server could not find the requested resource ({0})")]
     NotFound(String),
+    /// The agent found no file at the path asked for (its own message).
+    #[error("{0}")]
+    PathNotFound(String),
     /// The caller is not the apiserver's front proxy, or named no user.
     #[error("{0}")]
     Unauthorized(String),
@@ -48,9 +51,9 @@ impl GatewayError {
     /// HTTP status and `Status.reason`.
     pub fn code(&self) -> (StatusCode, &'static str) {
         match self {
-            GatewayError::NotFound(_) | GatewayError::SandboxNotFound { .. } => {
-                (StatusCode::NOT_FOUND, "NotFound")
-            }
+            GatewayError::NotFound(_)
+            | GatewayError::PathNotFound(_)
+            | GatewayError::SandboxNotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             GatewayError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),

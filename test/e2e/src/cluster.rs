@@ -45,3 +45,11 @@ pub async fn kill(components: &[&str]) -> Result<(), E2eError> {
 pub async fn up() -> Result<(), E2eError> {
     run(&["up"], Duration::from_secs(300)).await
 }
+
+/// SIGTERMs the named components (`kubelet-2`, ...) and returns once they
+/// have exited: a clean stop. [`up`] starts them again.
+pub async fn stop(components: &[&str]) -> Result<(), E2eError> {
+    let mut args = vec!["stop"];
+    args.extend_from_slice(components);
+    run(&args, Duration::from_secs(60)).await
+}

@@ -1,7 +1,7 @@
 //! Faults on the real cluster: the controller leader, a webhook replica, an
 //! agent pod, the agent process, the node's containerd or the whole control
-//! plane SIGKILLed while sandboxes are created or running, and every
-//! certificate renewed at once. After each, every sandbox ends as its
+//! plane SIGKILLed while sandboxes are created or running, a node's kubelet
+//! stopped under running sandboxes, and every certificate renewed at once. After each, every sandbox ends as its
 //! failure policy says with exactly one container in containerd (nothing
 //! lost, nothing run twice), and deleting them leaves no container behind.
 //!
@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase};
+use fast_sandbox_api::{FailurePolicy, Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_e2e::cluster;
 use fast_sandbox_e2e::containerd::{self, TaskExits};
-use fast_sandbox_e2e::history::{History, Tracks};
+use fast_sandbox_e2e::history::{History, Tracks, census};
 use fast_sandbox_e2e::scenario::{
     Burst, BurstShape, SYSTEM_NAMESPACE, Stage, agent_pods, all_running, container_of, create_all,
     delete_all, deployment_settled, force_delete_pod, kill_container_process, latencies,
@@ -26,7 +26,7 @@ use fast_sandbox_e2e::scenario::{
 };
 use fast_sandbox_e2e::{E2eError, cluster_client, delete_namespace, wait_for};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -579,20 +579,138 @@ async fn whole_control_plane_restarted_under_running_sandboxes() {
     delete_namespace(&client, &ns).await;
 }
 
+/// A node's kubelet stopped cleanly while sandboxes run there (an upgrade,
+/// a crash-looping kubelet): the node goes NotReady and its agent pods not
+/// ready, but the agents and their sandboxes keep running, so nothing is
+/// re-placed, whatever the failure policy (the agent pod object still
+/// exists: its sandboxes may be running, and here they are). When the
+/// kubelet is back every sandbox is still Running once, in its first
+/// container, and deletes clean up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_stopped_under_running_sandboxes() {
+    let client = cluster_client("kubelet stop").await;
+    settled(&client).await;
+    let nodes = containerd::sockets();
+    assert!(
+        nodes.len() >= 2,
+        "this test needs a second real node (test/cluster/cluster.sh env sets FAST_SANDBOX_NODE_CONTAINERD); got {nodes:?}"
+    );
+    let node = nodes[1].0.clone();
+    let kubelet = "kubelet-2";
+    let Stage { ns, sbx, history } = stage_on(&client, "e2e-kubelet", (1, 2), 10, Some(&node))
+        .await
+        .unwrap();
+    let auto = names("auto", 3);
+    let manual = names("manual", 3);
+    let mut batch = sleepers(&auto, "p", FailurePolicy::AutoRecreate);
+    batch.extend(sleepers(&manual, "p", FailurePolicy::Manual));
+    let all: BTreeSet<String> = auto.union(&manual).cloned().collect();
+    create_all(&sbx, batch, BurstShape::default(), None)
+        .await
+        .unwrap();
+    let before = history
+        .wait(Duration::from_secs(60), "all 6 Running", |t| {
+            all_running(t, &all)
+        })
+        .await
+        .unwrap();
+
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let pools: Api<SandboxPool> = Api::namespaced(client.clone(), &ns);
+    let stopped_at = Instant::now();
+    cluster::stop(&[kubelet]).await.unwrap();
+    let outage = async {
+        // The node lifecycle controller notices after its grace period.
+        wait_for(
+            &nodes_api,
+            &node,
+            Duration::from_secs(120),
+            "the node NotReady",
+            |n: &Node| !node_ready(n),
+        )
+        .await?;
+        // Its agent pods are marked not ready, and the controller sees that.
+        wait_for(
+            &pools,
+            "p",
+            Duration::from_secs(60),
+            "the pool counting no ready agent",
+            |p: &SandboxPool| p.status.as_ref().is_some_and(|s| s.ready_agents == 0),
+        )
+        .await?;
+        Ok::<_, E2eError>(history.snapshot())
+    }
+    .await;
+    let restarted = cluster::up().await;
+    let during = outage.unwrap();
+    restarted.unwrap();
+    wait_for(
+        &nodes_api,
+        &node,
+        Duration::from_secs(120),
+        "the node Ready again",
+        node_ready,
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "{kubelet} stopped for {:?}; during the outage: {}",
+        stopped_at.elapsed(),
+        census(&during)
+    );
+    for n in &all {
+        assert!(
+            during[n].phase() == SandboxPhase::Running && during[n].times_running == 1,
+            "{n} moved while its agent still ran it: {:?} {:?}",
+            during[n].phases,
+            during[n].sandbox.status
+        );
+    }
+    let after = history
+        .wait(
+            Duration::from_secs(60),
+            "all 6 Running after the kubelet is back",
+            |t| all_running(t, &all),
+        )
+        .await
+        .unwrap();
+    for n in &all {
+        assert_eq!(
+            after[n].container_ids, before[n].container_ids,
+            "{n} kept its container"
+        );
+    }
+    assert_once_then_clean(&ns, &sbx, &history, &after, &all).await;
+    delete_namespace(&client, &ns).await;
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Every leaf certificate renewed at once by the renewal CronJob's own
 /// program (asked to renew anything valid for less than 400 days, which is
-/// every leaf): the renewed agent certificate reaches the pool's namespace
-/// without a restart, and sandboxes keep starting over mutual TLS.
+/// every leaf): the agent serves the renewed certificate from its mounted
+/// Secret without a restart, and sandboxes keep starting over mutual TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_renewed_reach_pool_namespaces() {
+async fn certificates_renewed_reach_running_agents() {
     let client = cluster_client("certificate renewal").await;
     settled(&client).await;
     let Stage { ns, sbx, history } = stage(&client, "e2e-renew", (1, 1), 16).await.unwrap();
-    let copies: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let sources: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let cert_of = |s: &Secret| s.data.as_ref().and_then(|d| d.get("tls.crt")).cloned();
-    let before = cert_of(&copies.get(AGENT_TLS).await.unwrap()).expect("a copied certificate");
+    let before = cert_of(&secrets.get(AGENT_TLS).await.unwrap()).expect("an agent certificate");
     running_sleepers(&sbx, &history, &names("before", 5)).await;
+    let agent = agent_pods(&client, &ns, "p").await.unwrap().remove(0);
+    let restarts = container_of(&agent, "agent").map(|(_, n)| n);
+    let ip = agent
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("the agent has an IP");
 
     let cron: Api<CronJob> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let template = cron
@@ -631,17 +749,32 @@ async fn certificates_renewed_reach_pool_namespaces() {
     )
     .await
     .unwrap();
-    let renewed = cert_of(&sources.get(AGENT_TLS).await.unwrap()).expect("a source certificate");
+    let renewed = cert_of(&secrets.get(AGENT_TLS).await.unwrap()).expect("a renewed certificate");
     assert_ne!(renewed, before, "the agent certificate was renewed");
-    wait_for(
-        &copies,
-        AGENT_TLS,
-        Duration::from_secs(60),
-        "the renewed agent certificate copied into the pool's namespace",
-        |s: &Secret| cert_of(s).as_ref() == Some(&renewed),
-    )
-    .await
-    .unwrap();
+    let want = fingerprint(&renewed.0);
+    // The kubelet refreshes Secret volumes on its own period (about a
+    // minute); nothing announces it, so ask the agent what it serves.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut served = served_fingerprint(&ip).await;
+    while served.as_deref() != Some(want.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "agent {} still serves {served:?} 180 s after the renewal, not {want}",
+            agent.metadata.name.as_deref().unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        served = served_fingerprint(&ip).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let now = pods
+        .get(agent.metadata.name.as_deref().unwrap_or_default())
+        .await
+        .unwrap();
+    assert_eq!(
+        container_of(&now, "agent").map(|(_, n)| n),
+        restarts,
+        "the agent took the renewed certificate without restarting"
+    );
 
     let after = names("after", 5);
     running_sleepers(&sbx, &history, &after).await;
@@ -649,4 +782,39 @@ async fn certificates_renewed_reach_pool_namespaces() {
         .delete(&job_name, &kube::api::DeleteParams::background())
         .await;
     delete_namespace(&client, &ns).await;
+}
+
+/// SHA-256 fingerprint of the first certificate of a PEM bundle.
+fn fingerprint(pem: &[u8]) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(pem)
+        .expect("openssl reads the certificate");
+    let out = child.wait_with_output().expect("openssl runs");
+    assert!(out.status.success(), "openssl x509 of {pem:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The fingerprint of the certificate the agent at `ip` serves now, if it
+/// answers.
+async fn served_fingerprint(ip: &str) -> Option<String> {
+    let out = tokio::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("{ip}:9443"), "-showcerts"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text[start..].find("-----END CERTIFICATE-----")? + start + 25;
+    Some(fingerprint(text[start..end].as_bytes()))
 }

@@ -329,7 +329,7 @@ async fn files_round_trip_and_never_leave_the_sandbox() {
     )
     .await
     .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out), "abba.txt\n");
+    assert_eq!(String::from_utf8_lossy(&out), "aba.txt\n");
     let copy = local.path().join("copy");
     files::download(&editor, &ns, "sb", "/srv/tree", &copy)
         .await

@@ -380,6 +380,13 @@ async fn internal_endpoints_answer_only_their_named_callers() {
             .expect("openssl runs");
         assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
     };
+    // An X.509 v3 client certificate (without extensions `openssl x509
+    // -req` makes a v1 one, which TLS refuses before any name is checked).
+    std::fs::write(
+        path("ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
     openssl(&[
         "req",
         "-newkey",
@@ -404,6 +411,8 @@ async fn internal_endpoints_answer_only_their_named_callers() {
         "-CAcreateserial",
         "-days",
         "1",
+        "-extfile",
+        &path("ext.cnf"),
         "-out",
         &path("i.crt"),
     ]);

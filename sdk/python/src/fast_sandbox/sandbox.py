@@ -19,6 +19,8 @@ import collections
 import contextlib
 import json
 import os
+import select
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,6 +55,10 @@ T = TypeVar("T")
 #: Seconds a command's stream may outlast its timeout before the client gives
 #: up on hearing the server's verdict and cuts the connection itself.
 TIMEOUT_GRACE = 3.0
+#: How long one turn at the connection lasts while stdin may be sent from
+#: another thread: reads and writes take turns, because a TLS connection
+#: must never be read and written by two threads at once.
+IO_TURN = 0.02
 #: Default seconds ``Sandbox.create`` waits until Ready.
 CREATE_TIMEOUT = 60.0
 #: Default seconds ``commands.run`` lets a command run.
@@ -576,6 +582,10 @@ class CommandStream:
         self._deadline: float | None = None
         self._feeder: threading.Thread | None = None
         self._feed_error: BaseException | None = None
+        # Held by whoever uses the connection (the reader, the stdin feeder,
+        # close): OpenSSL objects are not safe for concurrent use, and a
+        # read racing a write loses data or reads a spurious end of stream.
+        self._io = threading.Lock()
         self._closed = False
         #: The exit code, once the command ended.
         self.exit_code: int | None = None
@@ -610,9 +620,9 @@ class CommandStream:
             for chunk in _protocol.iter_chunks(source):
                 if self._closed:
                     return
-                ws.send(_protocol.stdin_message(chunk), opcode=websocket.ABNF.OPCODE_BINARY)
+                self._send(ws, _protocol.stdin_message(chunk))
             if self._v5:
-                ws.send(_protocol.close_stdin_message(), opcode=websocket.ABNF.OPCODE_BINARY)
+                self._send(ws, _protocol.close_stdin_message())
         except (OSError, websocket.WebSocketException):
             # The command ended, or stopped reading: as a pipe, input is dropped.
             return
@@ -626,7 +636,7 @@ class CommandStream:
             raise ValueError("write() needs a command started with stdin=True")
         ws = self._open()
         for chunk in _protocol.iter_chunks(data):
-            ws.send(_protocol.stdin_message(chunk), opcode=websocket.ABNF.OPCODE_BINARY)
+            self._send(ws, _protocol.stdin_message(chunk))
 
     def close_stdin(self) -> None:
         """Closes the command's stdin: it reads end of file (v5 protocol only)."""
@@ -635,12 +645,35 @@ class CommandStream:
         ws = self._open()
         if not self._v5:
             raise ExecError("the server speaks v4.channel.k8s.io, which cannot close stdin")
-        ws.send(_protocol.close_stdin_message(), opcode=websocket.ABNF.OPCODE_BINARY)
+        self._send(ws, _protocol.close_stdin_message())
+
+    def _send(self, ws: websocket.WebSocket, payload: bytes) -> None:
+        """Sends one binary message without ever blocking while holding the
+        connection: the reader must keep draining output, or a command that
+        writes while it reads would stall both directions."""
+        message = websocket.ABNF.create_frame(payload, websocket.ABNF.OPCODE_BINARY)
+        frame = memoryview(message.format())
+        while frame:
+            if self._closed:
+                raise websocket.WebSocketConnectionClosedException("the command's stream is closed")
+            with self._io:
+                sock = ws.sock
+                if sock is None:
+                    raise websocket.WebSocketConnectionClosedException("the connection is closed")
+                sock.settimeout(0.0)
+                try:
+                    sent = sock.send(frame)
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    sent = 0
+            if sent:
+                frame = frame[sent:]
+            else:
+                select.select([], [sock], [], IO_TURN)
 
     def _abort(self) -> None:
         ws = self._ws
         if ws is not None:
-            with contextlib.suppress(Exception):  # closing a broken socket
+            with self._io, contextlib.suppress(Exception):  # closing a broken socket
                 ws.shutdown()
 
     def close(self) -> None:
@@ -651,13 +684,19 @@ class CommandStream:
         ws = self._ws
         if ws is None:
             return
+        # A reader blocked without a deadline holds the connection: shut it
+        # down under it, which is what wakes that reader.
+        held = self._io.acquire(timeout=10 * IO_TURN)
         try:
-            if self._reader.status is None:
+            if self._reader.status is None or not held:
                 ws.shutdown()
             else:
                 ws.close(timeout=1)
         except Exception:  # noqa: BLE001 - closing a broken socket
             pass
+        finally:
+            if held:
+                self._io.release()
 
     def __enter__(self) -> CommandStream:
         self._open()
@@ -684,20 +723,28 @@ class CommandStream:
 
     def _receive(self) -> bytes:
         ws = self._open()
-        if self._deadline is not None:
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                self._timed_out()
-            ws.settimeout(remaining)
-        try:
-            opcode, data = ws.recv_data()
-        except websocket.WebSocketTimeoutException:
-            self._timed_out()
-        except (OSError, websocket.WebSocketException) as e:
-            self.close()
-            if self._feed_error is not None:
-                raise self._feed_error from None
-            raise ExecError(f"the command's stream broke: {e}") from e
+        # With stdin to send, hold the connection one short turn at a time
+        # (an unfinished frame is resumed on the next turn); otherwise block.
+        shared = self._stdin is not None and self._stdin is not False
+        while True:
+            wait: float | None = IO_TURN if shared else None
+            if self._deadline is not None:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    self._timed_out()
+                wait = remaining if wait is None else min(wait, remaining)
+            try:
+                with self._io:
+                    ws.settimeout(wait)
+                    opcode, data = ws.recv_data()
+                break
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (OSError, websocket.WebSocketException) as e:
+                self.close()
+                if self._feed_error is not None:
+                    raise self._feed_error from None
+                raise ExecError(f"the command's stream broke: {e}") from e
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             self.close()
             if self._feed_error is not None:
@@ -741,7 +788,8 @@ class Files:
     """Files inside a sandbox (``sandbox.files``), reached by its agent with
     nothing needed in the image (no shell, no tar). Paths are absolute inside
     the sandbox and never reach outside it. Reading needs ``get`` on
-    ``sandboxes/files``, changing ``create``."""
+    ``sandboxes/files``; writing ``update``, making directories ``create``,
+    removing ``delete``."""
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
