@@ -52,6 +52,29 @@ fn sleepers(names: &BTreeSet<String>, pool: &str, policy: FailurePolicy) -> Vec<
     names.iter().map(|n| sleeper(n, pool, policy)).collect()
 }
 
+/// Three `AutoRecreate` and three `Manual` sleepers of pool `p`, all
+/// Running: (auto, manual, all, the record then).
+async fn both_policies_running(
+    sbx: &Api<Sandbox>,
+    history: &History,
+) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>, Tracks) {
+    let auto = names("auto", 3);
+    let manual = names("manual", 3);
+    let mut batch = sleepers(&auto, "p", FailurePolicy::AutoRecreate);
+    batch.extend(sleepers(&manual, "p", FailurePolicy::Manual));
+    let all: BTreeSet<String> = auto.union(&manual).cloned().collect();
+    create_all(sbx, batch, BurstShape::default(), None)
+        .await
+        .unwrap();
+    let before = history
+        .wait(Duration::from_secs(60), "all 6 Running", |t| {
+            all_running(t, &all)
+        })
+        .await
+        .unwrap();
+    (auto, manual, all, before)
+}
+
 type Progress = (Arc<AtomicUsize>, Arc<Notify>);
 
 fn progress() -> Progress {
@@ -221,20 +244,7 @@ async fn agent_pod_killed_recreates_or_loses_by_policy() {
             .await
             .unwrap();
 
-    let auto = names("auto", 3);
-    let manual = names("manual", 3);
-    let mut batch = sleepers(&auto, "p", FailurePolicy::AutoRecreate);
-    batch.extend(sleepers(&manual, "p", FailurePolicy::Manual));
-    let all: BTreeSet<String> = auto.union(&manual).cloned().collect();
-    create_all(&sbx, batch, BurstShape::default(), None)
-        .await
-        .unwrap();
-    let before = history
-        .wait(Duration::from_secs(60), "all 6 Running", |t| {
-            all_running(t, &all)
-        })
-        .await
-        .unwrap();
+    let (auto, manual, all, before) = both_policies_running(&sbx, &history).await;
     let bad = violations_of_running_once(&ns, &before, &all, true)
         .await
         .unwrap();
@@ -600,20 +610,7 @@ async fn kubelet_stopped_under_running_sandboxes() {
     let Stage { ns, sbx, history } = stage_on(&client, "e2e-kubelet", (1, 2), 10, Some(&node))
         .await
         .unwrap();
-    let auto = names("auto", 3);
-    let manual = names("manual", 3);
-    let mut batch = sleepers(&auto, "p", FailurePolicy::AutoRecreate);
-    batch.extend(sleepers(&manual, "p", FailurePolicy::Manual));
-    let all: BTreeSet<String> = auto.union(&manual).cloned().collect();
-    create_all(&sbx, batch, BurstShape::default(), None)
-        .await
-        .unwrap();
-    let before = history
-        .wait(Duration::from_secs(60), "all 6 Running", |t| {
-            all_running(t, &all)
-        })
-        .await
-        .unwrap();
+    let (_, _, all, before) = both_policies_running(&sbx, &history).await;
 
     let nodes_api: Api<Node> = Api::all(client.clone());
     let pools: Api<SandboxPool> = Api::namespaced(client.clone(), &ns);

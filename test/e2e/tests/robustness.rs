@@ -91,6 +91,30 @@ async fn restart_all(client: &Client) {
     }
 }
 
+/// A namespace `prefix-…` with a pool `p` of one agent of `slots` slots,
+/// and sandbox `name` running `command` there.
+async fn one_running(
+    client: &Client,
+    prefix: &str,
+    slots: i32,
+    name: &str,
+    command: &[&str],
+) -> (String, Api<Sandbox>, Sandbox) {
+    let ns = namespace(client, prefix).await.unwrap();
+    ready_pool(client, &ns, "p", (1, 1), slots, WAIT)
+        .await
+        .unwrap();
+    let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    sandboxes
+        .create(&PostParams::default(), &job(name, "p", command))
+        .await
+        .unwrap();
+    let sb = wait_for(&sandboxes, name, WAIT, "Running", running)
+        .await
+        .unwrap();
+    (ns, sandboxes, sb)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_objects_present_while_every_component_restarts() {
     let client = cluster_client("odd objects").await;
@@ -264,21 +288,8 @@ async fn finished_sandboxes_hold_their_slots_and_waiting_is_visible() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finalizer_removed_by_force_still_takes_the_container_along() {
     let client = cluster_client("finalizer removal").await;
-    let ns = namespace(&client, "e2e-final").await.unwrap();
-    ready_pool(&client, &ns, "p", (1, 1), 2, WAIT)
-        .await
-        .unwrap();
-    let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
-    sandboxes
-        .create(
-            &PostParams::default(),
-            &job("s", "p", &["/bin/sleep", "600"]),
-        )
-        .await
-        .unwrap();
-    let s = wait_for(&sandboxes, "s", WAIT, "Running", running)
-        .await
-        .unwrap();
+    let (ns, sandboxes, s) =
+        one_running(&client, "e2e-final", 2, "s", &["/bin/sleep", "600"]).await;
     let uid = s.uid().unwrap();
     assert_eq!(
         sandbox_containers(&ns)
@@ -419,21 +430,14 @@ async fn an_unreachable_agent_is_not_replaced_while_its_container_may_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_during_an_exec_fails_it_clearly_and_keeps_the_sandbox() {
     let client = cluster_client("agent restart during exec").await;
-    let ns = namespace(&client, "e2e-exec-restart").await.unwrap();
-    ready_pool(&client, &ns, "p", (1, 1), 4, WAIT)
-        .await
-        .unwrap();
-    let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
-    sandboxes
-        .create(
-            &PostParams::default(),
-            &job("sb", "p", &["/bin/sleep", "3600"]),
-        )
-        .await
-        .unwrap();
-    let before = wait_for(&sandboxes, "sb", WAIT, "Running", running)
-        .await
-        .unwrap();
+    let (ns, sandboxes, before) = one_running(
+        &client,
+        "e2e-exec-restart",
+        4,
+        "sb",
+        &["/bin/sleep", "3600"],
+    )
+    .await;
     let opts = fast_sandbox_cli::exec::ExecOptions {
         command: vec!["sh".into(), "-c".into(), "echo started; sleep 600".into()],
         ..Default::default()
