@@ -21,6 +21,16 @@ pub(super) fn start_failure(e: &Error, command: &str) -> Option<(String, ExecSta
     };
     let (_, why) = status.message().split_once(START_MARK)?;
     let why = why.trim_end_matches(": unknown").trim();
+    // runc's start helper died inside the sandbox before the command ran:
+    // in practice, it could not make its threads under the pids limit.
+    let why = if why.contains("init-p") {
+        format!(
+            "{why} (the runtime's start helper died inside the sandbox; a tight resources.pids leaves it no room for its threads)"
+        )
+    } else {
+        why.to_string()
+    };
+    let why = why.as_str();
     let not_found = why.starts_with("exec: ")
         && (why.contains("not found in $PATH") || why.contains("no such file or directory"));
     let (code, reason, line) = if not_found {
@@ -152,6 +162,12 @@ mod tests {
         assert_eq!(st.exit_code, Some(126));
         assert!(st.message.starts_with("chdir to cwd"), "{st:?}");
         assert!(start_failure(&containerd_error("shim died"), "sh").is_none());
+        let e = containerd_error(
+            "OCI runtime exec failed: exec failed: unable to start container process: read init-p: connection reset by peer: unknown",
+        );
+        let st = start_failure(&e, "sh").unwrap().1;
+        assert_eq!(st.exit_code, Some(126));
+        assert!(st.message.contains("resources.pids"), "{st:?}");
     }
 
     #[test]
