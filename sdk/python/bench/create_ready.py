@@ -33,6 +33,7 @@ from typing import Any
 
 from kubernetes import watch
 from kubernetes.client import CoreV1Api, CustomObjectsApi, V1Namespace, V1ObjectMeta
+from kubernetes.client.exceptions import ApiException
 
 from fast_sandbox import Client, Sandbox
 
@@ -71,18 +72,24 @@ def watch_pool(
     deadline = time.monotonic() + timeout
     while (remaining := deadline - time.monotonic()) > 0:
         w = watch.Watch()
-        for ev in w.stream(
-            api.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            ns,
-            "sandboxpools",
-            field_selector="metadata.name=bench",
-            timeout_seconds=max(1, math.ceil(remaining)),
-        ):
-            if pred(ev["raw_object"]):
-                w.stop()
-                return
+        try:
+            for ev in w.stream(
+                api.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                ns,
+                "sandboxpools",
+                field_selector="metadata.name=bench",
+                timeout_seconds=max(1, math.ceil(remaining)),
+            ):
+                if pred(ev["raw_object"]):
+                    w.stop()
+                    return
+        except ApiException as e:
+            # A resumed watch ahead of the apiserver's watch cache (504
+            # "Too large resource version") or behind it (410): list anew.
+            if e.status not in (410, 504):
+                raise
     sys.exit(f"pool bench: {what} not reached in {timeout:g} s")
 
 
@@ -176,7 +183,8 @@ def main() -> None:
 def bench(
     args: argparse.Namespace, levels: list[int], client: Client, ns: str
 ) -> list[dict[str, Any]]:
-    slots = max(1, math.ceil(args.sandboxes / AGENTS))
+    # One more than the series needs: the warm-up sandbox holds a slot too.
+    slots = math.ceil((args.sandboxes + 1) / AGENTS)
     client.call(
         client.custom.create_namespaced_custom_object,
         GROUP,
@@ -264,7 +272,10 @@ def bench(
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rust: dict[int, dict[str, Any]] = {}
     if args.rust:
-        for r in json.loads(args.rust.read_text()):
+        written = json.loads(args.rust.read_text())
+        # The Rust benchmark writes {"series": [...], "stages": ...}.
+        series_rows = written["series"] if isinstance(written, dict) else written
+        for r in series_rows:
             if r.get("name") == "sandbox":
                 rust[int(r["concurrency"])] = r
     rows = list(results)

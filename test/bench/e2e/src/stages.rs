@@ -17,35 +17,35 @@ const OPS_PORT: u16 = 9090;
 /// The histograms read, with what each measures, in hot-path order.
 pub const STAGES: [(&str, &str); 8] = [
     (
-        "webhook_admission_duration_seconds",
+        "fast_sandbox_webhook_admission_duration_seconds",
         "webhook: answer the AdmissionReview (placement)",
     ),
     (
-        "controller_sandbox_watch_delay_seconds",
+        "fast_sandbox_controller_sandbox_watch_delay_seconds",
         "binding → the controller's reconcile",
     ),
     (
-        "controller_agent_create_seconds",
+        "fast_sandbox_controller_agent_create_seconds",
         "controller: the agent's create call",
     ),
     (
-        "agent_create_seconds{stage=\"snapshot\"}",
+        "fast_sandbox_agent_create_seconds{stage=\"snapshot\"}",
         "agent: rootfs snapshot",
     ),
     (
-        "agent_create_seconds{stage=\"task_create\"}",
+        "fast_sandbox_agent_create_seconds{stage=\"task_create\"}",
         "agent: task create (shim, runc create)",
     ),
     (
-        "agent_create_seconds{stage=\"task_start\"}",
+        "fast_sandbox_agent_create_seconds{stage=\"task_start\"}",
         "agent: task start",
     ),
     (
-        "controller_status_write_seconds",
+        "fast_sandbox_controller_status_write_seconds",
         "controller: status write",
     ),
     (
-        "controller_sandbox_create_to_running_seconds",
+        "fast_sandbox_controller_sandbox_create_to_running_seconds",
         "binding → status Running written",
     ),
 ];
@@ -210,20 +210,23 @@ mod tests {
     use super::*;
 
     const TEXT: &str = r#"
-# HELP agent_create_seconds Sandbox create latency by stage
-agent_create_seconds_bucket{stage="task_create",le="0.01"} 2
-agent_create_seconds_bucket{stage="task_create",le="0.025"} 9
-agent_create_seconds_bucket{stage="task_create",le="+Inf"} 10
-agent_create_seconds_bucket{stage="snapshot",le="0.01"} 10
-agent_create_seconds_bucket{stage="snapshot",le="+Inf"} 10
-agent_create_seconds_bucket{stage="task_create",le="0.01"} 1
-agent_create_seconds_bucket{stage="task_create",le="0.025"} 1
-agent_create_seconds_bucket{stage="task_create",le="+Inf"} 1
+# HELP fast_sandbox_agent_create_seconds Sandbox create latency by stage
+fast_sandbox_agent_create_seconds_bucket{stage="task_create",le="0.01"} 2
+fast_sandbox_agent_create_seconds_bucket{stage="task_create",le="0.025"} 9
+fast_sandbox_agent_create_seconds_bucket{stage="task_create",le="+Inf"} 10
+fast_sandbox_agent_create_seconds_bucket{stage="snapshot",le="0.01"} 10
+fast_sandbox_agent_create_seconds_bucket{stage="snapshot",le="+Inf"} 10
+fast_sandbox_agent_create_seconds_bucket{stage="task_create",le="0.01"} 1
+fast_sandbox_agent_create_seconds_bucket{stage="task_create",le="0.025"} 1
+fast_sandbox_agent_create_seconds_bucket{stage="task_create",le="+Inf"} 1
 "#;
 
     #[test]
     fn buckets_sum_over_pods_and_pick_the_label() {
-        let b = buckets(TEXT, "agent_create_seconds{stage=\"task_create\"}");
+        let b = buckets(
+            TEXT,
+            "fast_sandbox_agent_create_seconds{stage=\"task_create\"}",
+        );
         assert_eq!(b, vec![(0.01, 3.0), (0.025, 10.0), (f64::INFINITY, 11.0)]);
         assert_eq!(quantile(&b, 0.5), 0.025);
         assert_eq!(quantile(&b, 0.99), f64::INFINITY);
@@ -233,12 +236,12 @@ agent_create_seconds_bucket{stage="task_create",le="+Inf"} 1
     fn a_series_is_the_difference() {
         let mut before = Snapshot::default();
         before.0.insert(
-            "controller_status_write_seconds",
+            "fast_sandbox_controller_status_write_seconds",
             vec![(0.005, 5.0), (f64::INFINITY, 5.0)],
         );
         let mut after = Snapshot::default();
         after.0.insert(
-            "controller_status_write_seconds",
+            "fast_sandbox_controller_status_write_seconds",
             vec![(0.005, 6.0), (f64::INFINITY, 15.0)],
         );
         let st = between(&before, &after);
