@@ -291,7 +291,7 @@ mod tests {
             entrypoint: Some(vec!["/entry".into()]),
             cmd: Some(vec!["default".into()]),
             env: Some(vec!["PATH=/bin".into(), "A=image".into()]),
-            working_dir: Some("/work".into()),
+            working_dir: Some("/app".into()),
             user: None,
         }
     }
@@ -352,7 +352,7 @@ mod tests {
         let spec = build(&r, &image(), "/parent/sandbox-u1").unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["hostname"], "my-sandbox");
-        assert_eq!(json["process"]["cwd"], "/work");
+        assert_eq!(json["process"]["cwd"], "/app");
         assert_eq!(json["process"]["noNewPrivileges"], true);
         assert_eq!(json["root"]["path"], "rootfs");
         let linux = &json["linux"];

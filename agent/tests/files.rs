@@ -126,21 +126,21 @@ async fn stat_list_mkdir_and_remove() {
     sandbox(&a, &env, "fo").await;
     let c = &a.client;
     let made = c
-        .mkdir("fo", "/work/a/b", Some(0o750))
+        .mkdir("fo", "/data/a/b", Some(0o750))
         .await
         .unwrap()
         .unwrap();
     assert_eq!((made.file_type, made.mode), (FileType::Directory, 0o750));
-    c.write_file("fo", "/work/a/z.txt", None, body("z"))
+    c.write_file("fo", "/data/a/z.txt", None, body("z"))
         .await
         .unwrap()
         .unwrap();
-    c.write_file("fo", "/work/a/y b+c.txt", Some(0o600), body("y"))
+    c.write_file("fo", "/data/a/y b+c.txt", Some(0o600), body("y"))
         .await
         .unwrap()
         .unwrap();
-    exec(c, "fo", &["ln", "-s", "/etc/passwd", "/work/a/link"]).await;
-    let list = c.list_dir("fo", "/work/a").await.unwrap().unwrap();
+    exec(c, "fo", &["ln", "-s", "/etc/passwd", "/data/a/link"]).await;
+    let list = c.list_dir("fo", "/data/a").await.unwrap().unwrap();
     let names: Vec<_> = list
         .items
         .iter()
@@ -155,15 +155,15 @@ async fn stat_list_mkdir_and_remove() {
             ("z.txt", FileType::File)
         ]
     );
-    let link = c.stat("fo", "/work/a/link").await.unwrap().unwrap();
+    let link = c.stat("fo", "/data/a/link").await.unwrap().unwrap();
     assert_eq!(link.link_target.as_deref(), Some("/etc/passwd"));
-    assert_eq!(link.path, "/work/a/link");
-    let e = c.stat("fo", "/work/nope").await.unwrap().unwrap_err();
+    assert_eq!(link.path, "/data/a/link");
+    let e = c.stat("fo", "/data/nope").await.unwrap().unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
-    assert!(e.message.contains("/work/nope"), "{e:?}");
-    let e = read(c, "fo", "/work/a").await.unwrap_err();
+    assert!(e.message.contains("/data/nope"), "{e:?}");
+    let e = read(c, "fo", "/data/a").await.unwrap_err();
     assert_eq!(e.code, ErrorCode::IsADirectory);
-    assert!(e.message.contains("/work/a"), "{e:?}");
+    assert!(e.message.contains("/data/a"), "{e:?}");
     let e = c
         .write_file("fo", "/no/dir/f", None, body("x"))
         .await
@@ -172,23 +172,23 @@ async fn stat_list_mkdir_and_remove() {
     assert_eq!(e.code, ErrorCode::NotFound);
     assert!(e.message.contains("/no/dir"), "{e:?}");
     let e = c
-        .list_dir("fo", "/work/a/z.txt")
+        .list_dir("fo", "/data/a/z.txt")
         .await
         .unwrap()
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotADirectory, "{e:?}");
-    let e = c.remove("fo", "/work", false).await.unwrap().unwrap_err();
+    let e = c.remove("fo", "/data", false).await.unwrap().unwrap_err();
     assert_eq!(e.code, ErrorCode::DirectoryNotEmpty);
     assert_eq!(ErrorCode::DirectoryNotEmpty.http_status(), 409);
-    c.remove("fo", "/work/a/link", false)
+    c.remove("fo", "/data/a/link", false)
         .await
         .unwrap()
         .unwrap();
     // The link went, not its target.
     assert!(read(c, "fo", "/etc/passwd").await.is_ok());
-    c.remove("fo", "/work", true).await.unwrap().unwrap();
+    c.remove("fo", "/data", true).await.unwrap().unwrap();
     assert!(
-        !exec(c, "fo", &["test", "-e", "/work"])
+        !exec(c, "fo", &["test", "-e", "/data"])
             .await
             .status
             .success()
