@@ -75,6 +75,9 @@ impl Webhook {
     }
 }
 
+/// The most of a refused caller's request read before answering it.
+const REFUSED_BODY_LIMIT: usize = 64 * 1024;
+
 impl Handler for Webhook {
     fn call(&self, req: Request<Incoming>, peer: Peer) -> BoxFuture<'static, Response<Body>> {
         let this = self.clone();
@@ -86,6 +89,14 @@ impl Handler for Webhook {
                     Err(e) => {
                         this.metrics.observe_admission(Outcome::Forbidden, 0.0);
                         tracing::warn!(peer = %peer.addr, error = %e, "admission review from a caller that is not the apiserver refused");
+                        // Read what it sent (bounded) before answering: an
+                        // HTTP/2 stream answered with its body unread is
+                        // reset, and the caller may lose the answer.
+                        let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                            req.into_body(),
+                            REFUSED_BODY_LIMIT,
+                        ))
+                        .await;
                         return body::text(StatusCode::FORBIDDEN, e.to_string());
                     }
                 },
