@@ -63,6 +63,8 @@ fn spawn(env: &Env, pki_dir: &Path, state: &Path, pod_uid: &str, api: u16, ops: 
             CGROUP_PARENT,
             "--warm-snapshots",
             "0",
+            "--stock-size",
+            "0",
         ])
         .arg("--state-dir")
         .arg(state)
