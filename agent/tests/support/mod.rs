@@ -3,6 +3,8 @@
 //! agent served over real HTTPS with mutual TLS.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
