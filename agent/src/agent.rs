@@ -1,10 +1,12 @@
 //! The agent: admits sandboxes against its slots, runs them through
-//! containerd, keeps its table true from containerd's task events, and
-//! rebuilds it from container labels after a restart.
+//! containerd (claiming a pre-started one when it holds one, see the
+//! `prestart` submodule), keeps its table true from containerd's task
+//! events, and rebuilds it from container labels after a restart.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -30,10 +32,16 @@ use crate::janitor::{Fence, Owner, SNAPSHOT_PREFIX, snapshot_agent, state_dir_of
 use crate::logs::{LogDir, LogStream};
 use crate::metrics::{Metrics, Stage};
 use crate::ports::Ports;
+use crate::prestarted::PrestartDirs;
 use crate::runtime::{ContainerRecord, Containerd, TaskState, timestamp};
 use crate::spec;
 use crate::state::{Change, Entry, Table};
+use crate::stock::Stock;
 use crate::warm::{WarmPool, WarmSnapshot};
+
+mod prestart;
+
+pub use prestart::Prestarted;
 
 /// Name of the lease holding agent `pod_uid`'s prepared snapshots.
 fn warm_lease_of(pod_uid: &str) -> String {
@@ -93,7 +101,18 @@ pub struct Config {
     pub advertise: Option<std::net::IpAddr>,
     /// Largest upload (file write, tar extraction) accepted, in bytes.
     pub max_upload_bytes: u64,
+    /// Pre-started sandboxes kept per warm image (0 disables the stock).
+    pub stock_size: usize,
+    /// Images always warm for the stock (the pool's `warmImages`); the
+    /// `warm_images` most recently used others are warm too.
+    pub stock_images: Vec<String>,
+    /// Where the cgroup filesystem is mounted (as the agent sees the
+    /// host's): a claim writes the sandbox's limits there.
+    pub cgroup_root: PathBuf,
 }
+
+/// Default of [`Config::stock_size`].
+pub const DEFAULT_STOCK_SIZE: usize = 4;
 
 /// Default of [`Config::max_upload_bytes`]: 1 GiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;
@@ -105,10 +124,13 @@ pub struct RunningSandbox {
     pub container_id: String,
     /// Host PID of its init process.
     pub pid: u32,
+    /// Last component of its cgroup path (see [`cgroup::leaf`]).
+    pub cgroup_leaf: String,
 }
 
 /// The agent.
 pub struct Agent {
+    me: Weak<Agent>,
     cfg: Config,
     cd: Containerd,
     table: Mutex<Table>,
@@ -123,6 +145,14 @@ pub struct Agent {
     health: Health,
     uid_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     sweeping: tokio::sync::Mutex<()>,
+    stock: Stock<Prestarted>,
+    prestart: PrestartDirs,
+    /// Creates in flight; building stock waits for none.
+    creating: watch::Sender<usize>,
+    refill: tokio::sync::Notify,
+    refill_started: AtomicBool,
+    refill_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stock_stopped: AtomicBool,
 }
 
 impl Agent {
@@ -131,8 +161,18 @@ impl Agent {
     pub fn new(cfg: Config, cd: Containerd, metrics: Metrics, health: Health) -> Result<Arc<Self>> {
         let logs = LogDir::new(cfg.state_dir.join("logs"))?;
         let execs = Execs::new(cfg.state_dir.join("exec"))?;
+        let prestart = PrestartDirs::new(&cfg.state_dir)?;
+        let pinned = cfg.stock_images.iter().map(|i| normalize(i)).collect();
         health.set_ready(false);
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            stock: Stock::new(cfg.stock_size, cfg.warm_images, pinned),
+            prestart,
+            creating: watch::Sender::new(0),
+            refill: tokio::sync::Notify::new(),
+            refill_started: AtomicBool::new(false),
+            refill_task: Mutex::new(None),
+            stock_stopped: AtomicBool::new(false),
             table: Mutex::new(Table::new(cfg.slots)),
             ports: Ports::new(cfg.proc_root.clone(), cfg.advertise),
             warm: Arc::new(WarmPool::new(cfg.warm_snapshots, cfg.warm_images)),
@@ -248,6 +288,7 @@ impl Agent {
             (ContainerState::Running, Some(pid)) if !e.starting => Ok(RunningSandbox {
                 container_id: e.info.container_id.clone(),
                 pid,
+                cgroup_leaf: cgroup::leaf(uid, &e.info.container_id),
             }),
             (ContainerState::Exited, _) => Err(Error::SandboxNotRunning(format!(
                 "sandbox {uid} is not running: it finished with exit code {} ({})",
@@ -380,34 +421,23 @@ impl Agent {
     }
 
     async fn create_reserved(&self, req: &CreateSandboxRequest) -> Result<SandboxInfo> {
+        let _creating = self.count_create();
         let started = Instant::now();
         let image_name = normalize(&req.image);
         let image = self.images.resolve(&self.cd, &image_name).await?;
-        let unpacked = self
-            .unpacked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&image.chain_id);
-        if !unpacked {
-            if !self.cd.snapshot_exists(&image.chain_id).await? {
-                return Err(Error::ImageNotPresent {
-                    image: image_name,
-                    why: format!(
-                        "its layers are not unpacked for the {} snapshotter",
-                        self.cd.snapshotter()
-                    ),
-                });
-            }
-            self.unpacked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(image.chain_id.clone());
-        }
+        self.ensure_unpacked(&image_name, &image).await?;
         let container_id = Self::container_id(&req.uid, req.reset_revision);
         let cgroup_path = cgroup::sandbox_cgroup(&self.cfg.cgroup_parent, &req.uid);
         let spec = spec::build(req, &image.exec, &cgroup_path)?;
-        let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
         self.metrics.observe(Stage::Image, started.elapsed());
+        if let Some(info) = self
+            .try_claim(req, &image_name, &image.digest, &spec)
+            .await?
+        {
+            self.metrics.observe(Stage::Total, started.elapsed());
+            return Ok(info);
+        }
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
 
         let lease_id = format!("fast-sandbox-create-{container_id}");
         let lease = self
@@ -434,6 +464,36 @@ impl Agent {
             self.metrics.observe(Stage::Total, started.elapsed());
         }
         result
+    }
+
+    /// Fails with [`Error::ImageNotPresent`] unless the image's layers are
+    /// unpacked for the snapshotter (remembered once seen).
+    async fn ensure_unpacked(
+        &self,
+        image_name: &str,
+        image: &crate::image::ResolvedImage,
+    ) -> Result<()> {
+        let unpacked = self
+            .unpacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&image.chain_id);
+        if !unpacked {
+            if !self.cd.snapshot_exists(&image.chain_id).await? {
+                return Err(Error::ImageNotPresent {
+                    image: image_name.to_string(),
+                    why: format!(
+                        "its layers are not unpacked for the {} snapshotter",
+                        self.cd.snapshotter()
+                    ),
+                });
+            }
+            self.unpacked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(image.chain_id.clone());
+        }
+        Ok(())
     }
 
     async fn create_in_lease(
@@ -749,6 +809,8 @@ impl Agent {
                 // not be removed stay for the next sweep.
                 let _ = std::fs::remove_dir(dir.join("logs"));
                 let _ = std::fs::remove_dir(dir.join("exec"));
+                let _ = std::fs::remove_dir(dir.join("stock"));
+                let _ = std::fs::remove_file(dir.join(crate::prestarted::INSTALLED_INIT));
                 let _ = std::fs::remove_dir(&dir);
             }
         }
@@ -775,6 +837,7 @@ impl Agent {
         }
         if let Some(dir) = state_dir_of(&self.cfg.state_dir, &self.cfg.pod_uid, &owner.agent_uid) {
             LogDir::at(dir.join("logs")).remove(id);
+            let _ = std::fs::remove_dir_all(dir.join("stock").join(id));
             // FIFOs of execs the gone agent ran in the container.
             let _ = std::fs::remove_dir_all(dir.join("exec").join(id));
         }
@@ -809,6 +872,7 @@ impl Agent {
             }
         }
         self.logs.remove(container_id);
+        self.prestart.remove(container_id);
     }
 
     /// Stops (SIGTERM, `grace`, SIGKILL) and deletes a sandbox: task,
@@ -834,6 +898,7 @@ impl Agent {
         self.cd.delete_container(&id).await?;
         self.cd.remove_snapshot(&snapshot_key).await?;
         self.logs.remove(&id);
+        self.prestart.remove(&id);
         self.execs.fifos().remove_container(&id);
         let removed = self.table().remove(uid);
         let final_info = removed.map(|e| e.info).unwrap_or(info);
@@ -929,9 +994,21 @@ impl Agent {
         let mut changes = Vec::new();
         // Running sandboxes whose exposed ports a previous agent forwarded.
         let mut forwarded = Vec::new();
+        let held = self.stock.ids();
+        for id in &held {
+            keep_snapshots.insert(format!("{}{id}", self.snapshot_prefix()));
+            keep_logs.insert(id.clone());
+        }
+        let mut stock_seen = Vec::new();
         for c in containers {
             let labels = &c.labels;
             let Some(uid) = labels.get(label::SANDBOX_UID).cloned() else {
+                if labels.contains_key(label::PRESTARTED) {
+                    keep_logs.insert(c.id.clone());
+                    if !held.contains(&c.id) {
+                        stock_seen.push(c);
+                    }
+                }
                 continue;
             };
             if self.table().is_reserved(&uid) || self.table().get(&uid).is_some_and(|e| e.starting)
@@ -950,6 +1027,17 @@ impl Agent {
                     continue;
                 }
             };
+            if labels.contains_key(label::PRESTARTED)
+                && task.state == TaskState::Running
+                && self
+                    .prestart
+                    .still_init(&c.id, &self.cfg.proc_root, task.pid)
+                && let Err(e) = self.finish_claim(&c, task.pid).await
+            {
+                tracing::warn!(%uid, container = %c.id, error = %e, "a claim cut short by a restart could not be finished; removing the sandbox");
+                self.discard(&c.id, &c.snapshot_key).await;
+                continue;
+            }
             seen_uids.insert(uid.clone());
             keep_snapshots.insert(c.snapshot_key.clone());
             keep_logs.insert(c.id.clone());
@@ -1023,6 +1111,19 @@ impl Agent {
                 }
             }
         }
+        let stock_ids: HashSet<String> = stock_seen.iter().map(|c| c.id.clone()).collect();
+        for c in stock_seen {
+            keep_snapshots.insert(c.snapshot_key.clone());
+            self.adopt(c).await;
+        }
+        for id in self.prestart.ids() {
+            if !keep_logs.contains(&id)
+                && !stock_ids.contains(&id)
+                && !self.stock.ids().contains(&id)
+            {
+                self.prestart.remove(&id);
+            }
+        }
         // Leftovers of creates that never finished.
         let warm: HashSet<String> = self.warm.keys().into_iter().collect();
         for key in self.cd.snapshot_keys(&self.snapshot_prefix()).await? {
@@ -1047,11 +1148,17 @@ impl Agent {
         let change = match topic {
             TOPIC_EXIT => match TaskExit::decode(payload) {
                 // Exits of exec'd processes are not the sandbox's.
-                Ok(ev) if ev.id.is_empty() || ev.id == ev.container_id => self.table().exited(
-                    &ev.container_id,
-                    ev.exit_status,
-                    timestamp(ev.exited_at.as_ref()),
-                ),
+                Ok(ev) if ev.id.is_empty() || ev.id == ev.container_id => {
+                    let change = self.table().exited(
+                        &ev.container_id,
+                        ev.exit_status,
+                        timestamp(ev.exited_at.as_ref()),
+                    );
+                    if change.is_none() {
+                        self.stock_exited(&ev.container_id);
+                    }
+                    change
+                }
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, "undecodable task exit event");
@@ -1098,6 +1205,7 @@ impl Agent {
                     let n = self.table().list().len();
                     tracing::info!(sandboxes = n, "state rebuilt from containerd; ready");
                     self.health.set_ready(true);
+                    self.start_refill(shutdown.clone());
                     crate::exec::finish_leftovers(self.clone()).await;
                 }
                 Err(e) => {

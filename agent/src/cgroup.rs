@@ -6,6 +6,8 @@
 //! process in it killed, while the pod's cgroup lives as long as the pod.
 //! Sandboxes must survive an agent restart.
 
+pub mod limits;
+
 /// Controller whose path names the agent's cgroup on cgroup v1; memory is
 /// the one kubelet accounting and OOM decisions hinge on.
 const PREFERRED_CONTROLLER: &str = "memory";
@@ -62,6 +64,20 @@ pub fn sandbox_cgroup(parent: &str, uid: &str) -> String {
     format!("{parent}/sandbox-{uid}")
 }
 
+/// The last component of the cgroup path of sandbox `uid` in container
+/// `container_id`: a cold sandbox's cgroup is named by its UID, a claimed
+/// pre-started one's by its container (made before the UID was known).
+pub fn leaf(uid: &str, container_id: &str) -> String {
+    if container_id.starts_with(PRESTARTED_PREFIX) {
+        format!("sandbox-{container_id}")
+    } else {
+        format!("sandbox-{uid}")
+    }
+}
+
+/// Container ids of pre-started sandboxes start with this.
+pub const PRESTARTED_PREFIX: &str = "stock-";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +124,16 @@ mod tests {
             "/user.slice/session-1.scope"
         );
         assert_eq!(pod_cgroup("/"), "/");
+    }
+
+    #[test]
+    fn leaves_name_cold_sandboxes_by_uid_and_claimed_ones_by_container() {
+        assert_eq!(leaf("u1", "sandbox-u1-r2"), "sandbox-u1");
+        assert_eq!(leaf("u1", "stock-a-1f"), "sandbox-stock-a-1f");
+        assert_eq!(
+            sandbox_cgroup("/p", "stock-a-1f"),
+            format!("/p/{}", leaf("u1", "stock-a-1f"))
+        );
     }
 
     #[test]

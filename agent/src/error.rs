@@ -90,6 +90,10 @@ pub enum Error {
     /// The OCI runtime spec could not be built.
     #[error("runtime spec: {0}")]
     Spec(String),
+    /// A pre-started sandbox could not be used (its init died, hung or
+    /// spoke out of turn); the create goes on cold.
+    #[error("pre-started sandbox: {0}")]
+    Prestarted(String),
     /// A local file operation failed (logs, state dir).
     #[error("{what}: {source}")]
     Io {
@@ -174,6 +178,7 @@ impl Error {
             Error::Containerd { .. }
             | Error::ImageContent { .. }
             | Error::Spec(_)
+            | Error::Prestarted(_)
             | Error::Io { .. } => ErrorCode::Internal,
         }
     }

@@ -14,6 +14,8 @@
 //! - [`rootfs`]: files inside a running sandbox, resolved by the kernel
 //!   inside its root; [`archive`]: tar streams of trees, each way.
 //! - [`warm`]: snapshots prepared ahead for hot images.
+//! - [`stock`] and [`prestarted`]: pre-started sandboxes (task running,
+//!   our init waiting for its launch message) kept per warm image.
 //! - [`janitor`]: which leftovers of gone agents the node janitor collects.
 //! - [`agent`]: the agent itself; [`api`]: its HTTP API, served only to the
 //!   controller and the access server; [`client`]: a client of that API
@@ -35,11 +37,13 @@ pub mod janitor;
 pub mod logs;
 pub mod metrics;
 pub mod ports;
+pub mod prestarted;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod stock;
 pub mod warm;
 
 pub use agent::{Agent, Config};

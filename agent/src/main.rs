@@ -118,6 +118,24 @@ struct Args {
     /// ones are refused with 413.
     #[arg(long, env = "FAST_SANDBOX_MAX_UPLOAD_BYTES", default_value_t = fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
+    /// Pre-started sandboxes kept per warm image (0 disables): containers
+    /// whose task runs already, so a create claims one in a few
+    /// milliseconds. Each costs about 1 MiB of node memory while it waits
+    /// (see the README).
+    #[arg(long, env = "FAST_SANDBOX_STOCK_SIZE", default_value_t = fast_sandbox_agent::agent::DEFAULT_STOCK_SIZE)]
+    stock_size: usize,
+    /// Images always kept pre-started (comma separated; the pool's
+    /// `warmImages`), besides the most recently used ones (--warm-images).
+    #[arg(long, env = "FAST_SANDBOX_STOCK_IMAGES", value_delimiter = ',')]
+    stock_images: Vec<String>,
+    /// The host's cgroup filesystem as mounted in the agent pod: a claim
+    /// writes the sandbox's limits to its cgroup there.
+    #[arg(
+        long,
+        env = "FAST_SANDBOX_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup"
+    )]
+    cgroup_root: PathBuf,
     /// Seconds between SIGTERM and SIGKILL when a delete names no grace period.
     #[arg(long, env = "FAST_SANDBOX_GRACE_SECONDS", default_value_t = 10)]
     grace_seconds: u64,
@@ -172,6 +190,13 @@ async fn main() -> anyhow::Result<()> {
         proc_root: args.host_proc,
         advertise: args.pod_ip,
         max_upload_bytes: args.max_upload_bytes,
+        stock_size: args.stock_size,
+        stock_images: args
+            .stock_images
+            .into_iter()
+            .filter(|i| !i.is_empty())
+            .collect(),
+        cgroup_root: args.cgroup_root,
     };
     tracing::info!(?cfg, "starting agent");
     let agent =

@@ -1,8 +1,9 @@
 //! The agent's Prometheus metrics: create latency by stage (so a regression
 //! points at its cause), sandboxes running, errors by code, containers the
 //! node janitor removed, execs by outcome with their start latency and the
-//! bytes they streamed, file operations by op and outcome, and creates
-//! that met a dead task's directory left by a containerd crash.
+//! bytes they streamed, file operations by op and outcome, creates that
+//! met a dead task's directory left by a containerd crash, and the stock of
+//! pre-started sandboxes (creates by path, builds by outcome, ready ones).
 
 use fast_sandbox_api::agent::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,6 +25,8 @@ pub enum Stage {
     TaskCreate,
     /// Task start.
     TaskStart,
+    /// A pre-started sandbox claimed: relabel, limits, launch, exec seen.
+    Claim,
     /// The whole create.
     Total,
 }
@@ -36,6 +39,7 @@ impl Stage {
             Stage::Container => "container",
             Stage::TaskCreate => "task_create",
             Stage::TaskStart => "task_start",
+            Stage::Claim => "claim",
             Stage::Total => "total",
         }
     }
@@ -54,6 +58,16 @@ struct CodeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +93,9 @@ pub struct Metrics {
     exec_start_seconds: Histogram,
     exec_bytes: Family<ChannelLabel, Counter>,
     file_ops: Family<FileOpLabel, Counter>,
+    stock_creates: Family<PathLabel, Counter>,
+    stock_builds: Family<OutcomeLabel, Counter>,
+    stock_ready: Gauge,
 }
 
 impl Metrics {
@@ -96,6 +113,9 @@ impl Metrics {
             exec_start_seconds: Histogram::new(fast_sandbox_server::metrics::latency_buckets()),
             exec_bytes: Family::default(),
             file_ops: Family::default(),
+            stock_creates: Family::default(),
+            stock_builds: Family::default(),
+            stock_ready: Gauge::default(),
         };
         registry.with(|r| {
             r.register(
@@ -142,6 +162,21 @@ impl Metrics {
                 "agent_file_ops",
                 "File operations inside sandboxes, by op and outcome (ok or the error code)",
                 m.file_ops.clone(),
+            );
+            r.register(
+                "agent_stock_creates",
+                "Creates by path: claimed (a pre-started sandbox), or cold because the stock was disabled, the image not warm, its stock empty, or the claim failed",
+                m.stock_creates.clone(),
+            );
+            r.register(
+                "agent_stock_builds",
+                "Pre-started sandboxes built, by outcome (ok, failed)",
+                m.stock_builds.clone(),
+            );
+            r.register(
+                "agent_stock_ready",
+                "Pre-started sandboxes ready to be claimed",
+                m.stock_ready.clone(),
             );
         });
         m
@@ -198,6 +233,23 @@ impl Metrics {
         self.file_ops
             .get_or_create(&FileOpLabel { op, outcome })
             .inc();
+    }
+
+    /// Counts a create by the path it took (`claimed`, or why it went cold).
+    pub fn stock_create(&self, path: &'static str) {
+        self.stock_creates.get_or_create(&PathLabel { path }).inc();
+    }
+
+    /// Counts a pre-started sandbox built (`ok`) or not (`failed`).
+    pub fn stock_build(&self, outcome: &'static str) {
+        self.stock_builds
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Sets how many pre-started sandboxes are ready.
+    pub fn set_stock_ready(&self, n: usize) {
+        self.stock_ready.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts an error answer.

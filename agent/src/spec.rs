@@ -6,16 +6,20 @@
 //! agent's own cgroup.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use fast_sandbox_api::agent::{CreateSandboxRequest, ResourceLimits};
 use fast_sandbox_api::exec::ExecRequest;
+use fast_sandbox_init::launch::{Launch, Rlimit};
+use fast_sandbox_init::{INIT, MOUNT_DIR};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, PosixRlimitBuilder,
+    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder,
     PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths,
     get_default_mounts, get_default_namespaces, get_default_readonly_paths,
 };
 
+use crate::cgroup::limits::WAITING_CPU_SHARES;
 use crate::error::{Error, Result};
 use crate::image::ExecConfig;
 use crate::seccomp;
@@ -196,6 +200,101 @@ pub fn build(req: &CreateSandboxRequest, image: &ExecConfig, cgroups_path: &str)
     spec.set_mounts(Some(get_default_mounts()));
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// The spec of a pre-started sandbox of an image: a cold sandbox's (same
+/// user, capabilities, no-new-privileges, seccomp, rlimits, masked paths,
+/// namespaces, devices) whose process is our init, in `/`, with the
+/// container's directory `dir` mounted and the lowest CPU weight until a
+/// claim.
+pub fn prestarted(image: &ExecConfig, cgroups_path: &str, dir: &Path) -> Result<Spec> {
+    let req = CreateSandboxRequest {
+        command: vec![format!("{MOUNT_DIR}/{INIT}"), MOUNT_DIR.to_string()],
+        working_dir: Some("/".into()),
+        ..Default::default()
+    };
+    let mut spec = build(&req, image, cgroups_path)?;
+    add_prestart_mount(&mut spec, dir)?;
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    resources.set_cpu(Some(
+        LinuxCpuBuilder::default()
+            .shares(WAITING_CPU_SHARES)
+            .build()
+            .map_err(spec_err)?,
+    ));
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// Adds the read-only bind mount of a pre-started container's directory.
+pub fn add_prestart_mount(spec: &mut Spec, dir: &Path) -> Result<()> {
+    let mount = MountBuilder::default()
+        .destination(MOUNT_DIR)
+        .typ("bind")
+        .source(dir)
+        .options(
+            ["rbind", "ro", "nosuid", "nodev"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .build()
+        .map_err(spec_err)?;
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(mount);
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+// The constants are `c_uint` on glibc and `c_int` on musl.
+#[allow(clippy::unnecessary_cast)]
+fn rlimit_number(t: PosixRlimitType) -> u32 {
+    use PosixRlimitType as T;
+    let n = match t {
+        T::RlimitCpu => libc::RLIMIT_CPU,
+        T::RlimitFsize => libc::RLIMIT_FSIZE,
+        T::RlimitData => libc::RLIMIT_DATA,
+        T::RlimitStack => libc::RLIMIT_STACK,
+        T::RlimitCore => libc::RLIMIT_CORE,
+        T::RlimitRss => libc::RLIMIT_RSS,
+        T::RlimitNproc => libc::RLIMIT_NPROC,
+        T::RlimitNofile => libc::RLIMIT_NOFILE,
+        T::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        T::RlimitAs => libc::RLIMIT_AS,
+        T::RlimitLocks => libc::RLIMIT_LOCKS,
+        T::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        T::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        T::RlimitNice => libc::RLIMIT_NICE,
+        T::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        T::RlimitRttime => libc::RLIMIT_RTTIME,
+    };
+    n as u32
+}
+
+/// The launch message of a sandbox whose spec is `spec` (a cold spec):
+/// exactly the argv, environment, working directory and rlimits runc would
+/// give its process.
+pub fn launch_of(spec: &Spec) -> Result<Launch> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::Spec("the spec has no process".into()))?;
+    Ok(Launch {
+        args: process.args().clone().unwrap_or_default(),
+        env: process.env().clone().unwrap_or_default(),
+        cwd: process.cwd().display().to_string(),
+        rlimits: process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| Rlimit {
+                resource: rlimit_number(r.typ()),
+                soft: r.soft(),
+                hard: r.hard(),
+            })
+            .collect(),
+    })
 }
 
 /// The OCI `process` of a command exec'd into a sandbox, as JSON: the
@@ -441,6 +540,56 @@ mod tests {
         assert_eq!(p["terminal"], false);
         assert!(p.get("consoleSize").is_none());
         assert!(exec_process(b"{}", &plain).is_err());
+    }
+
+    #[test]
+    fn a_prestarted_spec_is_a_cold_one_running_the_init() {
+        let cold = serde_json::to_value(build(&req(), &image(), "/p/x").unwrap()).unwrap();
+        let warm = prestarted(&image(), "/p/x", Path::new("/state/stock/x")).unwrap();
+        let launch = launch_of(&build(&req(), &image(), "/p/x").unwrap()).unwrap();
+        assert_eq!(launch.args, ["/entry", "default"]);
+        assert_eq!(launch.cwd, "/work");
+        assert_eq!(launch.rlimits.len(), 1);
+        assert_eq!(
+            launch.rlimits[0].resource,
+            rlimit_number(PosixRlimitType::RlimitNofile)
+        );
+        assert_eq!(rlimit_number(PosixRlimitType::RlimitNofile), 7);
+        let warm = serde_json::to_value(&warm).unwrap();
+        assert_eq!(warm["process"]["args"][0], "/dev/.fast-sandbox/init");
+        assert_eq!(warm["process"]["cwd"], "/");
+        for same in ["user", "noNewPrivileges", "rlimits"] {
+            assert_eq!(warm["process"][same], cold["process"][same], "{same}");
+        }
+        let caps = |v: &serde_json::Value| {
+            let mut sets: Vec<(String, Vec<String>)> = v["process"]["capabilities"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    let mut names: Vec<String> = serde_json::from_value(v.clone()).unwrap();
+                    names.sort();
+                    (k.clone(), names)
+                })
+                .collect();
+            sets.sort();
+            sets
+        };
+        assert_eq!(caps(&warm), caps(&cold));
+        for same in ["seccomp", "namespaces", "maskedPaths", "readonlyPaths"] {
+            assert_eq!(warm["linux"][same], cold["linux"][same], "{same}");
+        }
+        assert_eq!(warm["linux"]["resources"]["cpu"]["shares"], 2);
+        let mount = warm["mounts"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(mount["destination"], "/dev/.fast-sandbox");
+        assert_eq!(mount["source"], "/state/stock/x");
+        assert!(
+            mount["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o == "ro")
+        );
     }
 
     #[test]

@@ -6,97 +6,29 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_api::ExposedPort;
 use fast_sandbox_api::agent::ContainerState;
-use support::{CGROUP_PARENT, Env, Pki, SERVER_NAME, env, request};
+use support::binary::{Running, free_port, wait_ready};
+use support::{Env, Pki, SERVER_NAME, env, request};
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// The agent binary with 4 slots and no stock.
 fn spawn(env: &Env, pki_dir: &Path, state: &Path, pod_uid: &str, api: u16, ops: u16) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_fast-sandbox-agent"))
-        .args(["--listen", &format!("127.0.0.1:{api}")])
-        .args(["--ops-listen", &format!("127.0.0.1:{ops}")])
-        .arg("--tls-cert")
-        .arg(pki_dir.join("agent.crt"))
-        .arg("--tls-key")
-        .arg(pki_dir.join("agent.key"))
-        .arg("--client-ca")
-        .arg(pki_dir.join("ca.crt"))
-        .arg("--containerd-socket")
-        .arg(&env.socket)
-        .args(["--namespace", &env.namespace])
-        .args([
-            "--pod-uid",
-            pod_uid,
-            "--pod-name",
-            "agent-restart",
-            "--node-name",
-            "test-node",
-        ])
-        .args([
-            "--slots",
-            "4",
-            "--cgroup-parent",
-            CGROUP_PARENT,
-            "--warm-snapshots",
-            "0",
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .spawn()
-        .expect("starting the agent binary");
-    Running(child)
-}
-
-fn ready(ops: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", ops)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
-}
-
-async fn wait_ready(ops: u16) {
-    support::wait_for(
-        "agent binary ready",
-        Duration::from_secs(20),
-        || async move {
-            tokio::task::spawn_blocking(move || ready(ops))
-                .await
-                .unwrap()
-        },
+    support::binary::spawn(
+        env,
+        pki_dir,
+        state,
+        pod_uid,
+        api,
+        ops,
+        4,
+        &["--stock-size", "0"],
     )
-    .await;
 }
 
 #[tokio::test]

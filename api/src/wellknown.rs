@@ -72,6 +72,10 @@ pub mod container_labels {
     /// The sandbox's exposed ports (JSON), so a restarted agent forwards
     /// them again.
     pub const EXPOSED_PORTS: &str = "sandbox.fast.io/exposed-ports";
+    /// Marks a pre-started container (value: the image digest it was built
+    /// from). Without a sandbox UID it is stock, never a sandbox; with one
+    /// it is a claimed sandbox whose process may still be the init.
+    pub const PRESTARTED: &str = "sandbox.fast.io/prestarted";
 }
 
 /// Condition types on Sandbox and SandboxPool status.

@@ -154,7 +154,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 async fn open_root(agent: &Agent, uid: &str) -> Result<SandboxRoot> {
     let target = agent.running(uid)?;
     let proc_root = agent.config().proc_root.clone();
-    let suffix = format!("/sandbox-{uid}");
+    let suffix = format!("/{}", target.cgroup_leaf);
     blocking(move || SandboxRoot::open(&proc_root, target.pid, &suffix)).await
 }
 

@@ -3,6 +3,8 @@
 //! agent served over real HTTPS with mutual TLS.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -177,6 +179,9 @@ impl TestAgent {
             proc_root: "/proc".into(),
             advertise: None,
             max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
+            stock_size: 0,
+            stock_images: Vec::new(),
+            cgroup_root: "/sys/fs/cgroup".into(),
         };
         tune(&mut cfg);
         let agent = Agent::new(cfg, cd.clone(), metrics.clone(), ops.health.clone()).unwrap();
@@ -227,6 +232,39 @@ impl TestAgent {
         }
     }
 
+    /// An agent keeping `size` pre-started sandboxes of the test image,
+    /// started once they are all ready.
+    pub async fn start_stocked(env: &Env, test: &str, slots: u32, size: usize) -> Self {
+        let image = env.image.clone();
+        let a = Self::start_with(env, test, slots, |c| {
+            c.stock_size = size;
+            c.stock_images = vec![image];
+        })
+        .await;
+        a.wait_stock(size).await;
+        a
+    }
+
+    /// Waits until `n` pre-started sandboxes are ready.
+    pub async fn wait_stock(&self, n: usize) {
+        let agent = self.agent.clone();
+        wait_for(
+            &format!("{n} pre-started sandboxes ready"),
+            Duration::from_secs(60),
+            || {
+                let a = agent.clone();
+                async move { a.stock_ready() >= n }
+            },
+        )
+        .await;
+    }
+
+    /// Destroys the stock, then fails if anything of this agent is left.
+    pub async fn release_and_assert_nothing_left(&self) {
+        self.agent.release_stock().await;
+        self.assert_nothing_left().await;
+    }
+
     pub fn log_dir(&self) -> PathBuf {
         self.state.path().join("logs")
     }
@@ -268,6 +306,15 @@ pub async fn assert_nothing_left(cd: &Containerd, pod_uid: &str, log_dir: &Path)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(logs.is_empty(), "log files left: {logs:?}");
+    if let Some(state) = log_dir.parent() {
+        let dirs: Vec<_> = std::fs::read_dir(state.join("stock"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            dirs.is_empty(),
+            "pre-started sandbox directories left: {dirs:?}"
+        );
+    }
 }
 
 /// Polls `cond` every 50 ms until true or `timeout`, then fails naming `what`.

@@ -140,6 +140,9 @@ async fn start_agent(
         proc_root: "/proc".into(),
         advertise: None,
         max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
+        stock_size: fast_sandbox_agent::agent::DEFAULT_STOCK_SIZE,
+        stock_images: vec![args.image.clone()],
+        cgroup_root: "/sys/fs/cgroup".into(),
     };
     tune(&mut cfg);
     let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())?;
