@@ -163,10 +163,18 @@ impl Agent {
         let execs = Execs::new(cfg.state_dir.join("exec"))?;
         let prestart = PrestartDirs::new(&cfg.state_dir)?;
         let pinned = cfg.stock_images.iter().map(|i| normalize(i)).collect();
+        let stock_size = if cfg.stock_size > 0
+            && let Err(e) = cgroup::limits::reachable(&cfg.cgroup_root, &cfg.cgroup_parent)
+        {
+            tracing::error!(error = %e, "pre-started sandboxes are disabled: a claim could not apply the sandbox's limits; mount the host's cgroup filesystem and point --cgroup-root at it");
+            0
+        } else {
+            cfg.stock_size
+        };
         health.set_ready(false);
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
-            stock: Stock::new(cfg.stock_size, cfg.warm_images, pinned),
+            stock: Stock::new(stock_size, cfg.warm_images, pinned),
             prestart,
             creating: watch::Sender::new(0),
             refill: tokio::sync::Notify::new(),
@@ -987,7 +995,22 @@ impl Agent {
             label::AGENT_UID,
             self.cfg.pod_uid
         )];
-        let containers = self.cd.list_containers(filters).await?;
+        let mut containers = self.cd.list_containers(filters).await?;
+        // Should one sandbox have two containers (a crash between a reset's
+        // or a failed claim's steps), the newest revision comes first and
+        // wins, and a cold one wins over a claimed one of the same revision.
+        let revision = |c: &containerd_client::services::v1::Container| -> i64 {
+            c.labels
+                .get(label::RESET_REVISION)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0)
+        };
+        containers.sort_by_key(|c| {
+            (
+                std::cmp::Reverse(revision(c)),
+                c.labels.contains_key(label::PRESTARTED),
+            )
+        });
         let mut seen_uids = HashSet::new();
         let mut keep_snapshots = HashSet::new();
         let mut keep_logs = HashSet::new();
@@ -1018,6 +1041,14 @@ impl Agent {
                 keep_logs.insert(c.id.clone());
                 continue;
             }
+            let shadowed = self.table().get(&uid).is_some_and(|e| {
+                e.info.container_id != c.id && e.info.reset_revision >= revision(&c)
+            });
+            if shadowed {
+                tracing::warn!(%uid, container = %c.id, "removing a second container of one sandbox");
+                self.discard(&c.id, &c.snapshot_key).await;
+                continue;
+            }
             let task = self.cd.task(&c.id).await?;
             let task = match task {
                 Some(t) if matches!(t.state, TaskState::Running | TaskState::Stopped) => t,
@@ -1041,7 +1072,11 @@ impl Agent {
             seen_uids.insert(uid.clone());
             keep_snapshots.insert(c.snapshot_key.clone());
             keep_logs.insert(c.id.clone());
-            let created_at = timestamp(c.created_at.as_ref());
+            let created_at = labels
+                .get(label::CLAIMED_AT)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .or_else(|| timestamp(c.created_at.as_ref()));
             if let Some(at) = created_at {
                 self.images.mark_used(&normalize(&c.image), at);
             }

@@ -7,6 +7,7 @@
 //! The state dir is a host path at the same path in the agent pod (as for
 //! [`crate::logs`]), so runc bind-mounts what the agent wrote.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +54,11 @@ impl PrestartDirs {
     pub fn new(state_dir: &Path) -> Result<Self> {
         let root = state_dir.join("stock");
         std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+        // Only root on the host reaches the FIFOs (they belong to the
+        // image's user, who may exist on the host too); runc bind-mounts
+        // each container's directory, so the container never walks this.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("chmod {}", root.display())))?;
         let init = state_dir.join(INSTALLED_INIT);
         let current = std::fs::read(&init).ok();
         if current.as_deref() != Some(INIT_BINARY) {
@@ -231,22 +237,27 @@ fn outcome(bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// Sets the hostname of the sandbox whose process is host PID `pid`, from a
-/// short-lived thread that enters its UTS namespace (the init holds no
-/// capability to set it, and no thread the agent keeps changes namespace).
-pub async fn set_hostname(proc_root: &Path, pid: u32, name: &str) -> Result<()> {
-    let ns = proc_root.join(pid.to_string()).join("ns/uts");
+/// Sets the hostname of the sandbox whose process's `/proc` directory is
+/// `proc_dir` (see [`crate::rootfs::process_dir`]), from a short-lived
+/// thread that enters its UTS namespace (the init holds no capability to
+/// set it, and no thread the agent keeps changes namespace).
+pub async fn set_hostname(proc_dir: OwnedFd, name: &str) -> Result<()> {
     let name = name.to_string();
     tokio::task::spawn_blocking(move || {
-        let what = format!("setting the hostname through {}", ns.display());
+        let what = "setting the sandbox's hostname";
         std::thread::spawn(move || -> std::io::Result<()> {
-            let f = std::fs::File::open(&ns)?;
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWUTS)?;
+            let ns = rustix::fs::openat(
+                &proc_dir,
+                "ns/uts",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUTS)?;
             nix::unistd::sethostname(&name)?;
             Ok(())
         })
         .join()
-        .map_err(|_| Error::io(what.clone(), std::io::Error::other("thread panicked")))?
+        .map_err(|_| Error::io(what, std::io::Error::other("thread panicked")))?
         .map_err(|e| Error::io(what, e))
     })
     .await

@@ -84,40 +84,65 @@ fn uid_gid(status: &str) -> (u32, u32) {
     (field("Uid:"), field("Gid:"))
 }
 
+fn proc_gone(proc_root: &Path, pid: u32) -> impl Fn(Errno) -> Error {
+    let proc_dir = proc_root.join(pid.to_string());
+    move |e: Errno| {
+        Error::SandboxNotRunning(format!(
+            "the sandbox's process ({}) is gone: {}",
+            proc_dir.display(),
+            std::io::Error::from(e)
+        ))
+    }
+}
+
+/// Opens `/proc/<pid>` under `proc_root` (the host's `/proc`) after checking
+/// through it that the process is still the sandbox's: one of its cgroup
+/// paths ends with `cgroup_suffix`, so a reused PID is never taken for it.
+/// Everything opened through the returned directory is that process's, or
+/// fails once it is gone.
+pub fn process_dir(proc_root: &Path, pid: u32, cgroup_suffix: &str) -> Result<OwnedFd> {
+    let gone = proc_gone(proc_root, pid);
+    let dir = rustix::fs::open(
+        proc_root.join(pid.to_string()),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(&gone)?;
+    let fd = rustix::fs::openat(
+        &dir,
+        "cgroup",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(&gone)?;
+    let cgroup = std::io::read_to_string(File::from(fd))
+        .map_err(|e| Error::io(format!("reading {}/{pid}/cgroup", proc_root.display()), e))?;
+    if !cgroup.lines().any(|l| l.ends_with(cgroup_suffix)) {
+        return Err(Error::SandboxNotRunning(format!(
+            "process {pid} is no longer the sandbox's"
+        )));
+    }
+    Ok(dir)
+}
+
 impl SandboxRoot {
     /// Opens the root of the process with host PID `pid` under `proc_root`
-    /// (the host's `/proc`), after checking through the same `/proc` entry
-    /// that the process is still the sandbox's: one of its cgroup paths
-    /// ends with `cgroup_suffix`, so a reused PID is never taken for it.
+    /// (the host's `/proc`), once [`process_dir`] has checked it is still
+    /// the sandbox's.
     pub fn open(proc_root: &Path, pid: u32, cgroup_suffix: &str) -> Result<Self> {
-        let proc_dir = proc_root.join(pid.to_string());
-        let gone = |e: Errno| {
-            Error::SandboxNotRunning(format!(
-                "the sandbox's process ({}) is gone: {}",
-                proc_dir.display(),
-                std::io::Error::from(e)
-            ))
-        };
-        let dir = rustix::fs::open(
-            &proc_dir,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        let dir = process_dir(proc_root, pid, cgroup_suffix)?;
+        let gone = proc_gone(proc_root, pid);
+        let status = rustix::fs::openat(
+            &dir,
+            "status",
+            OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(gone)?;
-        let read = |name: &str| -> Result<String> {
-            let fd =
-                rustix::fs::openat(&dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(gone)?;
-            std::io::read_to_string(File::from(fd))
-                .map_err(|e| Error::io(format!("reading {}/{name}", proc_dir.display()), e))
-        };
-        let cgroup = read("cgroup")?;
-        if !cgroup.lines().any(|l| l.ends_with(cgroup_suffix)) {
-            return Err(Error::SandboxNotRunning(format!(
-                "process {pid} is no longer the sandbox's"
-            )));
-        }
-        let owner = uid_gid(&read("status")?);
+        .map_err(&gone)?;
+        let owner =
+            uid_gid(&std::io::read_to_string(File::from(status)).map_err(|e| {
+                Error::io(format!("reading {}/{pid}/status", proc_root.display()), e)
+            })?);
         // Following the magic link here is the point: it is the sandbox's root.
         let root = rustix::fs::openat(
             &dir,
@@ -125,8 +150,15 @@ impl SandboxRoot {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(gone)?;
+        .map_err(&gone)?;
         Ok(Self { root, owner })
+    }
+
+    /// The same root, creating files as `owner` instead of the process's
+    /// user (what runc creates, such as a missing working directory, is
+    /// root's).
+    pub fn owned_by(self, owner: (u32, u32)) -> Self {
+        Self { owner, ..self }
     }
 
     /// Opens a root directory directly (tests: any directory stands in).

@@ -548,7 +548,7 @@ mod tests {
         let warm = prestarted(&image(), "/p/x", Path::new("/state/stock/x")).unwrap();
         let launch = launch_of(&build(&req(), &image(), "/p/x").unwrap()).unwrap();
         assert_eq!(launch.args, ["/entry", "default"]);
-        assert_eq!(launch.cwd, "/work");
+        assert_eq!(launch.cwd, "/app");
         assert_eq!(launch.rlimits.len(), 1);
         assert_eq!(
             launch.rlimits[0].resource,

@@ -143,6 +143,9 @@ build_image() {
   echo "root:x:0:" >"$bundle/rootfs/etc/group"
   umoci repack --image "$layout:dev" "$bundle" >/dev/null
   umoci config --image "$layout:dev" --config.cmd sh --config.env PATH=/bin >/dev/null
+  # The same files run as an unprivileged user: what runc does as root
+  # before that user takes over must happen on every path.
+  umoci config --image "$layout:dev" --tag nonroot --config.user 1000:1000 >/dev/null
   umoci gc --layout "$layout" >/dev/null
   tar -C "$layout" -cf "$out" .
 }
@@ -166,7 +169,9 @@ start() {
   local dir=$1 bin
   mkdir -p "$dir/bin"
   bin=$(bin_dir)
-  # The chosen containerd's ctr and shim come first on every PATH here.
+  # The chosen containerd, its ctr and shim come first on every PATH here
+  # (a test that restarts containerd finds the same one).
+  ln -sf "$bin/containerd" "$dir/bin/containerd"
   ln -sf "$bin/ctr" "$dir/bin/ctr"
   ln -sf "$bin/containerd-shim-runc-v2" "$dir/bin/containerd-shim-runc-v2"
   PATH="$dir/bin:$PATH"
@@ -228,6 +233,7 @@ exports() {
   echo "export FAST_SANDBOX_TEST_NAMESPACE=$NAMESPACE"
   echo "export FAST_SANDBOX_TEST_IMAGE=$IMAGE"
   echo "export FAST_SANDBOX_TEST_NOSHELL_IMAGE=$NOSHELL_IMAGE"
+  echo "export FAST_SANDBOX_TEST_NONROOT_IMAGE=${IMAGE%:*}:nonroot"
   echo "export FAST_SANDBOX_TEST_DIR=$dir"
   echo "export FAST_SANDBOX_TEST_CONTAINERD=$flavour"
   echo "export PATH=$dir/bin:\$PATH"

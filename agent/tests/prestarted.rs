@@ -230,6 +230,41 @@ async fn the_launch_message_is_honoured_exactly_as_the_cold_path() {
 }
 
 #[tokio::test]
+async fn a_missing_working_directory_is_made_as_root_for_a_non_root_user() {
+    let env = env();
+    let image = support::nonroot_image();
+    let cold = TestAgent::start(&env, "nonroot-cold", 2).await;
+    let pinned = image.clone();
+    let warm = TestAgent::start_with(&env, "nonroot-warm", 2, |c| {
+        c.stock_size = 1;
+        c.stock_images = vec![pinned];
+    })
+    .await;
+    let mut req = request(
+        &env,
+        "nonroot-nodir",
+        &[
+            "sh",
+            "-c",
+            "pwd; stat -c '%u:%g %a' .; id -u; touch x || echo read-only",
+        ],
+    );
+    req.image = image;
+    // Under `/`, which the user may not write: only root can make it.
+    req.working_dir = Some("/made/for/you".into());
+    let c = run(&cold, &req, false).await;
+    let w = run(&warm, &req, true).await;
+    assert_eq!(c, w, "cold and claimed differ");
+    assert_eq!(
+        ran_stdout(&c).lines().take(3).collect::<Vec<_>>(),
+        ["/made/for/you", "0:0 755", "1000"]
+    );
+    assert!(ran_stdout(&c).ends_with("read-only\n"), "{c:?}");
+    cold.assert_nothing_left().await;
+    warm.release_and_assert_nothing_left().await;
+}
+
+#[tokio::test]
 async fn limits_and_isolation_are_those_of_a_cold_sandbox() {
     let env = env();
     let both = Both::start(&env, "isolation").await;

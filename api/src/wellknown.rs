@@ -76,6 +76,9 @@ pub mod container_labels {
     /// from). Without a sandbox UID it is stock, never a sandbox; with one
     /// it is a claimed sandbox whose process may still be the init.
     pub const PRESTARTED: &str = "sandbox.fast.io/prestarted";
+    /// When a pre-started container was claimed (RFC 3339): a restarted
+    /// agent reports it as the sandbox's start, not the stock's build.
+    pub const CLAIMED_AT: &str = "sandbox.fast.io/claimed-at";
 }
 
 /// Condition types on Sandbox and SandboxPool status.

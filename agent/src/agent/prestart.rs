@@ -38,6 +38,7 @@ use crate::cgroup::{self, limits::Limits};
 use crate::error::{Error, Result};
 use crate::metrics::Stage;
 use crate::prestarted::{Ends, set_hostname};
+use crate::rootfs::{self, SandboxPath, SandboxRoot};
 use crate::runtime::{ContainerRecord, TaskState};
 use crate::spec;
 use crate::state::Entry;
@@ -47,8 +48,12 @@ use crate::stock::Item;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an init may take from the launch message to its exec.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed build before the next.
+/// Pause after a failed build before the next; doubles with each failure
+/// in a row, up to [`MAX_BUILD_BACKOFF`] (an image that cannot run the
+/// init must not keep a core busy).
 const BUILD_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest pause between failed builds.
+const MAX_BUILD_BACKOFF: Duration = Duration::from_secs(60);
 
 /// One pre-started sandbox in the stock.
 #[derive(Debug)]
@@ -68,6 +73,16 @@ impl Item for Prestarted {
     fn digest(&self) -> &str {
         &self.digest
     }
+}
+
+/// Why a claim produced no sandbox.
+#[derive(Debug)]
+enum ClaimFailed {
+    /// Nothing of the sandbox ran: the create may go on cold.
+    Unlaunched(Error),
+    /// The launch message went out, so the command may have run: the
+    /// create fails rather than run it a second time.
+    Launched(Error),
 }
 
 /// Counts a create in flight for as long as it lives.
@@ -128,8 +143,16 @@ impl Agent {
                 self.metrics.stock_create("claimed");
                 Ok(Some(info))
             }
-            Err(e @ Error::StartFailed(_)) => Err(e),
-            Err(e) => {
+            Err(ClaimFailed::Launched(e @ Error::StartFailed(_))) => {
+                self.metrics.stock_create("claimed");
+                Err(e)
+            }
+            Err(ClaimFailed::Launched(e)) => {
+                tracing::warn!(uid = %req.uid, error = %e, "a claimed sandbox failed after its launch message; not creating it again");
+                self.metrics.stock_create("failed");
+                Err(e)
+            }
+            Err(ClaimFailed::Unlaunched(e)) => {
                 tracing::warn!(uid = %req.uid, error = %e, "claiming a pre-started sandbox failed; creating it cold");
                 self.metrics.stock_create("failed");
                 Ok(None)
@@ -143,7 +166,7 @@ impl Agent {
         image_name: &str,
         cold: &Spec,
         p: Prestarted,
-    ) -> Result<SandboxInfo> {
+    ) -> std::result::Result<SandboxInfo, ClaimFailed> {
         let t = Instant::now();
         let prepared = (|| {
             let mut spec = cold.clone();
@@ -159,16 +182,14 @@ impl Agent {
             Ok(x) => x,
             Err(e) => {
                 self.destroy(p);
-                return Err(e);
+                return Err(ClaimFailed::Unlaunched(e));
             }
         };
-        if let Err(e) = self
-            .cd
-            .relabel_container(&p.id, self.container_labels(req), spec_json)
-            .await
-        {
+        let mut labels = self.container_labels(req);
+        labels.insert(label::CLAIMED_AT.to_string(), Utc::now().to_rfc3339());
+        if let Err(e) = self.cd.relabel_container(&p.id, labels, spec_json).await {
             self.destroy(p);
-            return Err(e);
+            return Err(ClaimFailed::Unlaunched(e));
         }
         let Prestarted {
             id,
@@ -196,25 +217,27 @@ impl Agent {
             table.set_starting(&req.uid, true);
         }
         self.stock.release(&id);
-        let hostname = spec.hostname().clone().unwrap_or_default();
-        let limits = Limits::of(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
+        let failed = |e| async {
+            self.discard(&id, &snapshot_key).await;
+            let mut table = self.table();
+            table.remove(&req.uid);
+            // Keep the slot: create() releases it, or the cold create
+            // that follows takes it.
+            let _ = table.reserve(&req.uid);
+            e
+        };
+        let leaf = cgroup::leaf(&req.uid, &id);
+        if let Err(e) = self.prepare_launch(&spec, &cgroup_path, pid, &leaf).await {
+            return Err(ClaimFailed::Unlaunched(failed(e).await));
+        }
         let launched = async {
-            cgroup::limits::apply(&self.cfg.cgroup_root, &cgroup_path, &limits)?;
-            set_hostname(&self.cfg.proc_root, pid, &hostname).await?;
             ends.launch(&launch, LAUNCH_TIMEOUT).await?;
             self.ports.expose(&req.uid, pid, &req.exposed_ports).await
         }
         .await;
         let endpoints = match launched {
             Ok(e) => e,
-            Err(e) => {
-                self.discard(&id, &snapshot_key).await;
-                let mut table = self.table();
-                table.remove(&req.uid);
-                // Keep the slot for the cold create that may follow.
-                let _ = table.reserve(&req.uid);
-                return Err(e);
-            }
+            Err(e) => return Err(ClaimFailed::Launched(failed(e).await)),
         };
         self.metrics.observe(Stage::Claim, t.elapsed());
         let now = Utc::now();
@@ -227,7 +250,44 @@ impl Agent {
         self.publish(changes);
         self.prestart.scrub(&id);
         tracing::debug!(uid = %req.uid, container = %id, elapsed = ?t.elapsed(), "claimed a pre-started sandbox");
-        self.get(&req.uid)
+        self.get(&req.uid).map_err(ClaimFailed::Launched)
+    }
+
+    /// What runc does for a cold sandbox before its process starts and the
+    /// init cannot do itself: the sandbox's limits on its cgroup (and the
+    /// default CPU weight back), its hostname, and its working directory
+    /// made as root when missing. `leaf` names the sandbox's cgroup, which
+    /// proves host PID `pid` is still its process.
+    async fn prepare_launch(
+        &self,
+        spec: &Spec,
+        cgroup_path: &str,
+        pid: u32,
+        leaf: &str,
+    ) -> Result<()> {
+        let limits = Limits::of(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
+        cgroup::limits::apply(&self.cfg.cgroup_root, cgroup_path, &limits)?;
+        let proc_dir = rootfs::process_dir(&self.cfg.proc_root, pid, leaf)?;
+        set_hostname(proc_dir, &spec.hostname().clone().unwrap_or_default()).await?;
+        let cwd = spec
+            .process()
+            .as_ref()
+            .map(|p| p.cwd().display().to_string())
+            .unwrap_or_default();
+        let (proc_root, leaf) = (self.cfg.proc_root.clone(), leaf.to_string());
+        let made = tokio::task::spawn_blocking(move || {
+            let root = SandboxRoot::open(&proc_root, pid, &leaf)?.owned_by((0, 0));
+            root.mkdir_all(&SandboxPath::parse(&cwd)?, 0o755)
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| Error::io("making the working directory", std::io::Error::other(e)))?;
+        // Where the agent cannot (a working directory on another mount),
+        // the init tries, and its failure is the sandbox's StartFailed.
+        if let Err(e) = made {
+            tracing::debug!(error = %e, "working directory not made before launch");
+        }
+        Ok(())
     }
 
     /// Kills and removes a container whose task may run, and its directory.
@@ -270,6 +330,7 @@ impl Agent {
     }
 
     async fn refill_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = BUILD_BACKOFF;
         loop {
             if *shutdown.borrow() || self.stock_stopped.load(Ordering::SeqCst) {
                 return;
@@ -287,6 +348,7 @@ impl Agent {
             };
             match self.build(&image).await {
                 Ok(p) => {
+                    backoff = BUILD_BACKOFF;
                     self.metrics.stock_build("ok");
                     if self.stock_stopped.load(Ordering::SeqCst) {
                         self.stock.build_failed(&image);
@@ -300,9 +362,11 @@ impl Agent {
                 Err(e) => {
                     self.stock.build_failed(&image);
                     self.metrics.stock_build("failed");
-                    tracing::warn!(%image, error = %e, "building a pre-started sandbox failed");
+                    tracing::warn!(%image, error = %e, retry_in = ?backoff, "building a pre-started sandbox failed");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(MAX_BUILD_BACKOFF);
                     tokio::select! {
-                        () = tokio::time::sleep(BUILD_BACKOFF) => {}
+                        () = tokio::time::sleep(pause) => {}
                         r = shutdown.changed() => if r.is_err() { return },
                     }
                 }
@@ -486,10 +550,12 @@ impl Agent {
         let cgroup_path = cgroups_path(&spec)
             .ok_or_else(|| Error::Spec(format!("container {} has no cgroup path", c.id)))?;
         let launch = spec::launch_of(&spec)?.encode();
-        let limits = Limits::of(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
-        cgroup::limits::apply(&self.cfg.cgroup_root, &cgroup_path, &limits)?;
-        let hostname = spec.hostname().clone().unwrap_or_default();
-        set_hostname(&self.cfg.proc_root, pid, &hostname).await?;
+        let leaf = cgroup_path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        self.prepare_launch(&spec, &cgroup_path, pid, &leaf).await?;
         let ends = Ends::open(&self.prestart.dir(&c.id))?;
         match ends.launch(&launch, LAUNCH_TIMEOUT).await {
             Ok(()) => {}

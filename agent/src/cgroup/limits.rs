@@ -89,6 +89,26 @@ pub fn is_v2(root: &Path) -> bool {
     root.join("cgroup.controllers").exists()
 }
 
+/// Checks that cgroups nested under `parent` are visible under `root`, as
+/// claims need: in a pod the cgroup filesystem shows only the pod's own
+/// cgroup unless the host's is mounted.
+pub fn reachable(root: &Path, parent: &str) -> Result<()> {
+    let rel = parent.trim_start_matches('/');
+    let dir = if is_v2(root) {
+        root.join(rel)
+    } else {
+        root.join("memory").join(rel)
+    };
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::io(
+            format!("finding the sandboxes' parent cgroup at {}", dir.display()),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ))
+    }
+}
+
 /// Writes `limits` to the cgroup at `path`.
 pub fn apply(root: &Path, path: &str, limits: &Limits) -> Result<()> {
     for (file, value) in writes(root, is_v2(root), path, limits) {
@@ -151,6 +171,18 @@ mod tests {
                 "/sys/fs/cgroup/p/stock-1/pids.max=32",
             ]
         );
+    }
+
+    #[test]
+    fn the_parent_cgroup_must_be_visible() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(reachable(root.path(), "/kubepods/pod1").is_err());
+        std::fs::create_dir_all(root.path().join("memory/kubepods/pod1")).unwrap();
+        reachable(root.path(), "/kubepods/pod1").unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "").unwrap();
+        assert!(reachable(root.path(), "/kubepods/pod1").is_err());
+        std::fs::create_dir_all(root.path().join("kubepods/pod1")).unwrap();
+        reachable(root.path(), "/kubepods/pod1").unwrap();
     }
 
     #[test]

@@ -429,6 +429,16 @@ pub fn stdout(o: &fast_sandbox_agent::client::ExecOutcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The busybox test image run as uid and gid 1000. Fails, never skips,
+/// when the environment has containerd but not this image.
+pub fn nonroot_image() -> String {
+    std::env::var("FAST_SANDBOX_TEST_NONROOT_IMAGE").unwrap_or_else(|_| {
+        panic!(
+            "FAST_SANDBOX_TEST_NONROOT_IMAGE is not set: start containerd with agent/tests/containerd.sh, which builds the image"
+        )
+    })
+}
+
 /// The test image without a shell (only `/tool`, from
 /// `agent/tests/noshell/tool.c`). Fails, never skips, when the environment
 /// has containerd but not this image.
