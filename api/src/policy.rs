@@ -1,6 +1,6 @@
 //! What the operator allows tenants' pools: which agent images may run, which
-//! parts of an agent pod a pool may choose, and how many agents and slots
-//! each namespace may hold.
+//! parts of an agent pod a pool may choose, and how many agents, slots and
+//! pre-started sandboxes each namespace may hold.
 //!
 //! Agent pods are privileged and live in the operator's namespace, outside
 //! every tenant's ResourceQuota. So a pool's `agentTemplate` is a *request*:
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::image;
-use crate::pool::SandboxPoolSpec;
+use crate::pool::{MAX_PRESTARTED, SandboxPoolSpec};
 use crate::validation::FieldErrors;
 
 /// Name of the ConfigMap holding the policy, in the operator's namespace.
@@ -37,6 +37,9 @@ pub const DEFAULT_AGENT_IMAGE: &str = "fast-sandbox/agent:dev";
 pub const DEFAULT_MAX_AGENTS: u32 = 50;
 /// Slots per namespace when the operator sets no cap.
 pub const DEFAULT_MAX_SLOTS: u32 = 1000;
+/// Pre-started sandboxes per warm image when the operator sets no cap: the
+/// most a pool may ask for anyway.
+pub const DEFAULT_MAX_PRESTARTED: u32 = MAX_PRESTARTED as u32;
 
 /// Label and annotation domains a pool may not set on agent pods: ours,
 /// Kubernetes' own (a tenant label `app.kubernetes.io/name` could make an
@@ -70,6 +73,10 @@ pub struct NamespaceCaps {
     /// Slots (agents × `maxSandboxesPerAgent`) over all its pools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_slots: Option<u32>,
+    /// Pre-started sandboxes an agent of its pools keeps per warm image
+    /// (`prestarted`): each holds node memory outside every quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prestarted: Option<u32>,
 }
 
 /// The operator's policy document.
@@ -100,6 +107,8 @@ pub struct Caps {
     pub max_agents: u32,
     /// Slots over all pools of the namespace.
     pub max_slots: u32,
+    /// Pre-started sandboxes per warm image of each of its agents.
+    pub max_prestarted: u32,
 }
 
 /// Why a policy document was refused.
@@ -140,6 +149,10 @@ impl Policy {
                 .or(d.max_agents)
                 .unwrap_or(DEFAULT_MAX_AGENTS),
             max_slots: own.max_slots.or(d.max_slots).unwrap_or(DEFAULT_MAX_SLOTS),
+            max_prestarted: own
+                .max_prestarted
+                .or(d.max_prestarted)
+                .unwrap_or(DEFAULT_MAX_PRESTARTED),
         }
     }
 
@@ -319,9 +332,11 @@ pub fn check_agent_template(template: &Value, policy: &Policy) -> Result<(), Fie
     if errs.0.is_empty() { Ok(()) } else { Err(errs) }
 }
 
-/// Checks a pool's size against its namespace's caps. `others` are the
-/// namespace's other pools (their `poolMin` agents are kept whatever
-/// happens, so together they must fit).
+/// Checks a pool's size and `prestarted` against its namespace's caps.
+/// `others` are the namespace's other pools (their `poolMin` agents are
+/// kept whatever happens, so together they must fit). An unset
+/// `prestarted` always fits: the controller gives such agents the cap when
+/// it is below the agent's default.
 pub fn check_caps(
     spec: &SandboxPoolSpec,
     others: &[&SandboxPoolSpec],
@@ -399,6 +414,18 @@ pub fn check_caps(
             ),
         );
     }
+    if let Some(p) = spec.prestarted
+        && p.max(0) as u32 > caps.max_prestarted
+    {
+        push(
+            &mut errs,
+            "spec.prestarted",
+            format!(
+                "{p} exceeds the {} pre-started sandboxes per warm image agents of namespace {namespace} may keep (a cap the operator sets)",
+                caps.max_prestarted
+            ),
+        );
+    }
     if errs.0.is_empty() { Ok(()) } else { Err(errs) }
 }
 
@@ -472,7 +499,7 @@ mod tests {
 
     fn policy() -> Policy {
         Policy::parse(
-            "agentImages: [fast-sandbox/agent:dev]\nnamespaceDefaults: {maxAgents: 5, maxSlots: 40}\nnamespaces:\n  big: {maxAgents: 100}\n",
+            "agentImages: [fast-sandbox/agent:dev]\nnamespaceDefaults: {maxAgents: 5, maxSlots: 40}\nnamespaces:\n  big: {maxAgents: 100, maxPrestarted: 2}\n",
         )
         .unwrap()
     }
@@ -578,21 +605,24 @@ mod tests {
             p.caps("team"),
             Caps {
                 max_agents: 5,
-                max_slots: 40
+                max_slots: 40,
+                max_prestarted: DEFAULT_MAX_PRESTARTED
             }
         );
         assert_eq!(
             p.caps("big"),
             Caps {
                 max_agents: 100,
-                max_slots: 40
+                max_slots: 40,
+                max_prestarted: 2
             }
         );
         assert_eq!(
             Policy::default().caps("x"),
             Caps {
                 max_agents: DEFAULT_MAX_AGENTS,
-                max_slots: DEFAULT_MAX_SLOTS
+                max_slots: DEFAULT_MAX_SLOTS,
+                max_prestarted: DEFAULT_MAX_PRESTARTED
             }
         );
         assert!(Policy::parse("agentImages: [\"not an image\"]").is_err());
@@ -631,6 +661,27 @@ mod tests {
         assert_eq!(
             fields(check_caps(&wide, &[], caps, "team")),
             ["spec.maxSandboxesPerAgent"]
+        );
+    }
+
+    #[test]
+    fn prestarted_past_the_namespace_cap_is_refused() {
+        let big = policy().caps("big");
+        let at = |p: Option<i32>| SandboxPoolSpec {
+            prestarted: p,
+            ..Default::default()
+        };
+        for ok in [None, Some(0), Some(2)] {
+            assert_eq!(check_caps(&at(ok), &[], big, "big"), Ok(()), "{ok:?}");
+        }
+        let err = check_caps(&at(Some(3)), &[], big, "big").unwrap_err();
+        assert_eq!(fields(Err(err.clone())), ["spec.prestarted"]);
+        assert!(err.to_string().contains("3 exceeds the 2"), "{err}");
+        // Without a cap a pool may ask for what the schema allows.
+        let team = policy().caps("team");
+        assert_eq!(
+            check_caps(&at(Some(MAX_PRESTARTED)), &[], team, "team"),
+            Ok(())
         );
     }
 }

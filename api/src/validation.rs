@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::agent::{CreateSandboxRequest, ResourceLimits};
 use crate::image::ImageRef;
-use crate::pool::SandboxPoolSpec;
+use crate::pool::{MAX_PRESTARTED, SandboxPoolSpec};
 use crate::quantity;
 use crate::sandbox::{EnvVar, ExposedPort, PortProtocol, SandboxSpec};
 
@@ -348,6 +348,16 @@ pub fn validate_pool_spec(spec: &SandboxPoolSpec) -> Result<(), FieldErrors> {
     for (i, img) in spec.warm_images.iter().enumerate() {
         check_image(&mut errs, &format!("spec.warmImages[{i}]"), img);
     }
+    if let Some(p) = spec.prestarted
+        && !(0..=MAX_PRESTARTED).contains(&p)
+    {
+        errs.push(
+            "spec.prestarted",
+            format!(
+                "must be between 0 (no pre-started sandboxes) and {MAX_PRESTARTED} per warm image, got {p}"
+            ),
+        );
+    }
     errs.into_result()
 }
 
@@ -581,6 +591,26 @@ mod tests {
         };
         p.max_sandboxes_per_agent = Some(4);
         assert_eq!(validate_pool_spec(&p), Ok(()));
+    }
+
+    #[test]
+    fn prestarted_is_bounded() {
+        for ok in [None, Some(0), Some(4), Some(MAX_PRESTARTED)] {
+            let p = SandboxPoolSpec {
+                prestarted: ok,
+                ..Default::default()
+            };
+            assert_eq!(validate_pool_spec(&p), Ok(()), "{ok:?}");
+        }
+        for bad in [-1, MAX_PRESTARTED + 1, i32::MAX] {
+            let p = SandboxPoolSpec {
+                prestarted: Some(bad),
+                ..Default::default()
+            };
+            let e = validate_pool_spec(&p).unwrap_err();
+            assert_eq!(fields(Err(e.clone())), ["spec.prestarted"]);
+            assert!(e.to_string().contains(&format!("got {bad}")), "{e}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! checked-in CRDs match the Rust types, and invalid objects are refused
 //! both by the generated OpenAPI schema and by the shared validation.
 
+use fast_sandbox_api::policy::{DEFAULT_MAX_PRESTARTED, POLICY_KEY, Policy};
+use fast_sandbox_api::pool::MAX_PRESTARTED;
 use fast_sandbox_api::validation::{validate_pool_spec, validate_sandbox_spec};
 use fast_sandbox_api::{Sandbox, SandboxPool};
 use kube::CustomResourceExt;
@@ -70,6 +72,19 @@ fn checked_in_crds_are_current() {
             "deploy/crds/{name} is stale: run `cargo run -p fast-sandbox-api --bin crdgen` and commit the result"
         );
     }
+}
+
+#[test]
+fn the_shipped_policy_parses_and_spells_out_the_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml");
+    let cm: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let doc = cm["data"][POLICY_KEY].as_str().unwrap();
+    let policy = Policy::parse(doc).unwrap();
+    assert_eq!(policy.caps("any"), Policy::default().caps("any"));
+    assert_eq!(
+        policy.namespace_defaults.max_prestarted,
+        Some(DEFAULT_MAX_PRESTARTED)
+    );
 }
 
 #[test]
@@ -222,6 +237,30 @@ fn invalid_pools_are_refused_naming_the_field() {
             .any(|e| e.starts_with("spec.maxSandboxesPerAgent")),
         "{errs:?}"
     );
+
+    for ok in [0, MAX_PRESTARTED] {
+        let obj = pool(json!({"prestarted": ok}));
+        assert_eq!(schema_errors(&crd, &obj), Vec::<String>::new(), "{ok}");
+        let p: SandboxPool = serde_json::from_value(obj).unwrap();
+        assert_eq!(validate_pool_spec(&p.spec), Ok(()), "{ok}");
+    }
+    for bad in [-1, MAX_PRESTARTED + 1] {
+        let obj = pool(json!({"prestarted": bad}));
+        let errs = schema_errors(&crd, &obj);
+        assert!(
+            errs.iter().any(|e| e.starts_with("spec.prestarted")),
+            "schema must refuse {bad}: {errs:?}"
+        );
+        let p: SandboxPool = serde_json::from_value(obj).unwrap();
+        assert_eq!(
+            validate_pool_spec(&p.spec)
+                .unwrap_err()
+                .first()
+                .unwrap()
+                .field,
+            "spec.prestarted"
+        );
+    }
 }
 
 fn yaml_json(s: &str) -> Value {

@@ -2,16 +2,20 @@
 //! operator's namespace, built from the operator's own template (below);
 //! from a pool they take only what [`AgentRequest`] allows: scheduling,
 //! sizing, an agent image the operator lists, and plain labels and
-//! annotations. No owner reference can cross namespaces, so the pool's
-//! labels (namespace, name and UID) tie an agent to its pool, and a
-//! finalizer on the pool removes its agents.
+//! annotations; from the rest of its spec the slots, the warm images and
+//! the pre-started sandboxes (within the namespace's cap). No owner
+//! reference can cross namespaces, so the pool's labels (namespace, name
+//! and UID) tie an agent to its pool, and a finalizer on the pool removes
+//! its agents.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use fast_sandbox_api::SandboxPool;
 use fast_sandbox_api::agent::DEFAULT_PORT;
+use fast_sandbox_api::image::ImageRef;
 use fast_sandbox_api::policy::{AGENT_CONTAINER, AgentRequest, Policy};
+use fast_sandbox_api::pool::DEFAULT_PRESTARTED;
 use fast_sandbox_api::wellknown::{
     ANNOTATION_SLOTS, LABEL_POOL, LABEL_POOL_NAMESPACE, LABEL_POOL_UID, LABEL_ROLE, ROLE_AGENT,
 };
@@ -48,6 +52,10 @@ const VOLUME_PROC: &str = "host-proc";
 /// Where the host's `/proc` is mounted in the agent: exposed ports are
 /// forwarded into sandboxes' network namespaces found there.
 pub const HOST_PROC_IN_POD: &str = "/host/proc";
+/// The agent's setting of the images it always keeps pre-started.
+const ENV_STOCK_IMAGES: &str = "FAST_SANDBOX_STOCK_IMAGES";
+/// The agent's setting of pre-started sandboxes per warm image.
+const ENV_STOCK_SIZE: &str = "FAST_SANDBOX_STOCK_SIZE";
 
 /// Node-level settings every agent pod of this controller shares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,7 +157,12 @@ pub fn build(pool: &SandboxPool, policy: &Policy, settings: &AgentPodSettings) -
         // place onto a different identity; the kubelet may restart the
         // container.
         restart_policy: Some("Always".to_string()),
-        containers: vec![agent_container(pool, &req, settings)],
+        containers: vec![agent_container(
+            pool,
+            &req,
+            policy.caps(&pool_ns).max_prestarted,
+            settings,
+        )],
         volumes: Some(volumes(settings)),
         ..Default::default()
     };
@@ -195,9 +208,35 @@ fn volumes(settings: &AgentPodSettings) -> Vec<Volume> {
     ]
 }
 
+/// Pre-started sandboxes per warm image for the agents of `pool`: its
+/// `prestarted` within the namespace's cap `max`. None leaves the agent's
+/// default, unless the cap is below it (admission refuses a pool past the
+/// cap, but the controller enforces it too, whatever reached etcd).
+fn stock_size(pool: &SandboxPool, max: u32) -> Option<u32> {
+    match pool.spec.prestarted {
+        Some(p) => Some((p.max(0) as u32).min(max)),
+        None => (max < DEFAULT_PRESTARTED as u32).then_some(max),
+    }
+}
+
+/// The pool's `warmImages` as the agent reads them (comma separated), so
+/// its agents keep them pre-started; None when there are none. Only
+/// well-formed references are passed: they cannot hold a comma.
+fn stock_images(pool: &SandboxPool) -> Option<String> {
+    let images: Vec<&str> = pool
+        .spec
+        .warm_images
+        .iter()
+        .map(|i| i.trim())
+        .filter(|i| ImageRef::parse(i).is_ok())
+        .collect();
+    (!images.is_empty()).then(|| images.join(","))
+}
+
 fn agent_container(
     pool: &SandboxPool,
     req: &AgentRequest,
+    max_prestarted: u32,
     settings: &AgentPodSettings,
 ) -> Container {
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
@@ -223,6 +262,33 @@ fn agent_container(
         value: None,
         value_from: Some(field(path)),
     };
+    let mut env = vec![
+        from("POD_NAME", "metadata.name"),
+        from("POD_NAMESPACE", "metadata.namespace"),
+        from("POD_UID", "metadata.uid"),
+        from("NODE_NAME", "spec.nodeName"),
+        from("POD_IP", "status.podIP"),
+        value("FAST_SANDBOX_HOST_PROC", HOST_PROC_IN_POD.to_string()),
+        value("SLOTS", pool.spec.slots_per_agent().to_string()),
+        value(
+            "FAST_SANDBOX_CONTAINERD_NAMESPACE",
+            settings.containerd_namespace.clone(),
+        ),
+        value(
+            "CONTAINERD_SOCKET",
+            format!("{CONTAINERD_SOCKET_DIR_IN_POD}/{}", settings.socket_file()),
+        ),
+        value("FAST_SANDBOX_STATE_DIR", STATE_DIR_IN_POD.to_string()),
+        value("FAST_SANDBOX_TLS_CERT", format!("{AGENT_TLS_DIR}/tls.crt")),
+        value("FAST_SANDBOX_TLS_KEY", format!("{AGENT_TLS_DIR}/tls.key")),
+        value("FAST_SANDBOX_CLIENT_CA", format!("{AGENT_TLS_DIR}/ca.crt")),
+    ];
+    if let Some(images) = stock_images(pool) {
+        env.push(value(ENV_STOCK_IMAGES, images));
+    }
+    if let Some(n) = stock_size(pool, max_prestarted) {
+        env.push(value(ENV_STOCK_SIZE, n.to_string()));
+    }
     Container {
         name: AGENT_CONTAINER.to_string(),
         image: Some(req.image.clone()),
@@ -238,27 +304,7 @@ fn agent_container(
             mount(VOLUME_PROC, HOST_PROC_IN_POD, true),
             mount(VOLUME_TLS, AGENT_TLS_DIR, true),
         ]),
-        env: Some(vec![
-            from("POD_NAME", "metadata.name"),
-            from("POD_NAMESPACE", "metadata.namespace"),
-            from("POD_UID", "metadata.uid"),
-            from("NODE_NAME", "spec.nodeName"),
-            from("POD_IP", "status.podIP"),
-            value("FAST_SANDBOX_HOST_PROC", HOST_PROC_IN_POD.to_string()),
-            value("SLOTS", pool.spec.slots_per_agent().to_string()),
-            value(
-                "FAST_SANDBOX_CONTAINERD_NAMESPACE",
-                settings.containerd_namespace.clone(),
-            ),
-            value(
-                "CONTAINERD_SOCKET",
-                format!("{CONTAINERD_SOCKET_DIR_IN_POD}/{}", settings.socket_file()),
-            ),
-            value("FAST_SANDBOX_STATE_DIR", STATE_DIR_IN_POD.to_string()),
-            value("FAST_SANDBOX_TLS_CERT", format!("{AGENT_TLS_DIR}/tls.crt")),
-            value("FAST_SANDBOX_TLS_KEY", format!("{AGENT_TLS_DIR}/tls.key")),
-            value("FAST_SANDBOX_CLIENT_CA", format!("{AGENT_TLS_DIR}/ca.crt")),
-        ]),
+        env: Some(env),
         ports: Some(vec![
             ContainerPort {
                 name: Some("api".to_string()),
@@ -317,6 +363,18 @@ mod tests {
         p.metadata.namespace = Some("team-a".into());
         p.metadata.uid = Some("pool-uid".into());
         p
+    }
+
+    /// The values of every env var `name` of the agent container.
+    fn env_values(pod: &Pod, name: &str) -> Vec<Option<String>> {
+        pod.spec.as_ref().unwrap().containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|e| e.name == name)
+            .map(|e| e.value.clone())
+            .collect()
     }
 
     fn original() -> SandboxPool {
@@ -416,7 +474,9 @@ mod tests {
                 "nodeSelector": {"disk": "ssd"},
                 "containers": [
                     {"name": "agent", "image": "evil/root:1", "command": ["/bin/sh"],
-                     "env": [{"name": "FAST_SANDBOX_ALLOWED_CLIENTS", "value": "anyone"}],
+                     "env": [{"name": "FAST_SANDBOX_ALLOWED_CLIENTS", "value": "anyone"},
+                             {"name": "FAST_SANDBOX_STOCK_SIZE", "value": "100000"},
+                             {"name": "FAST_SANDBOX_STOCK_IMAGES", "value": "evil/a,evil/b"}],
                      "volumeMounts": [{"name": "root", "mountPath": "/host"}],
                      "resources": {"limits": {"memory": "1Gi"}}},
                     {"name": "sidecar", "image": "evil"}
@@ -437,13 +497,16 @@ mod tests {
         let c = &spec.containers[0];
         assert_eq!(c.image.as_deref(), Some("fast-sandbox/agent:dev"));
         assert!(c.command.is_none());
-        assert!(
-            c.env
-                .as_ref()
-                .unwrap()
-                .iter()
-                .all(|e| e.name != "FAST_SANDBOX_ALLOWED_CLIENTS")
-        );
+        for name in [
+            "FAST_SANDBOX_ALLOWED_CLIENTS",
+            ENV_STOCK_SIZE,
+            ENV_STOCK_IMAGES,
+        ] {
+            assert!(
+                env_values(&pod, name).is_empty(),
+                "{name} from the template"
+            );
+        }
         assert!(
             c.volume_mounts
                 .as_ref()
@@ -467,6 +530,65 @@ mod tests {
         // What a pool may choose is kept.
         assert_eq!(spec.node_selector.as_ref().unwrap()["disk"], "ssd");
         assert!(c.resources.is_some());
+    }
+
+    #[test]
+    fn warm_images_and_prestarted_reach_the_agent() {
+        let mut p = original();
+        let none = build(&p, &Policy::default(), &settings());
+        assert!(env_values(&none, ENV_STOCK_IMAGES).is_empty());
+        assert!(
+            env_values(&none, ENV_STOCK_SIZE).is_empty(),
+            "unset: the agent's default"
+        );
+        p.spec.warm_images = vec!["busybox:1".into(), " docker.io/library/python:3 ".into()];
+        p.spec.prestarted = Some(8);
+        let pod = build(&p, &Policy::default(), &settings());
+        assert_eq!(
+            env_values(&pod, ENV_STOCK_IMAGES),
+            [Some("busybox:1,docker.io/library/python:3".to_string())]
+        );
+        assert_eq!(env_values(&pod, ENV_STOCK_SIZE), [Some("8".to_string())]);
+        p.spec.prestarted = Some(0);
+        let off = build(&p, &Policy::default(), &settings());
+        assert_eq!(
+            env_values(&off, ENV_STOCK_SIZE),
+            [Some("0".to_string())],
+            "0 disables"
+        );
+    }
+
+    #[test]
+    fn a_warm_image_that_could_split_the_list_is_not_passed() {
+        let mut p = original();
+        p.spec.warm_images = vec!["a:1,evil:2".into(), "".into(), "b:1".into()];
+        let pod = build(&p, &Policy::default(), &settings());
+        assert_eq!(
+            env_values(&pod, ENV_STOCK_IMAGES),
+            [Some("b:1".to_string())]
+        );
+        p.spec.warm_images = vec!["a:1,evil:2".into()];
+        let pod = build(&p, &Policy::default(), &settings());
+        assert!(env_values(&pod, ENV_STOCK_IMAGES).is_empty());
+    }
+
+    #[test]
+    fn prestarted_stays_within_the_namespace_cap() {
+        let policy = Policy::parse("namespaces:\n  team-a: {maxPrestarted: 2}\n").unwrap();
+        let mut p = original();
+        for (asked, got) in [(Some(8), "2"), (Some(1), "1"), (Some(0), "0"), (None, "2")] {
+            p.spec.prestarted = asked;
+            let pod = build(&p, &policy, &settings());
+            assert_eq!(
+                env_values(&pod, ENV_STOCK_SIZE),
+                [Some(got.to_string())],
+                "{asked:?}"
+            );
+        }
+        // A cap at or above the agent's default leaves an unset pool alone.
+        let policy = Policy::parse("namespaces:\n  team-a: {maxPrestarted: 4}\n").unwrap();
+        p.spec.prestarted = None;
+        assert!(env_values(&build(&p, &policy, &settings()), ENV_STOCK_SIZE).is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Admission of SandboxPools: a pool's `agentTemplate` is a request the
 //! operator's policy filters (no other image, no command, volumes, host
 //! namespaces, security context, extra containers, service account or node
-//! name), its size must fit its namespace's caps, its name must fit a
+//! name), its size and pre-started sandboxes must fit its namespace's
+//! caps, its name must fit a
 //! label (agent pods carry it), and only the controller removes the
 //! finalizer that lets it remove the pool's agents.
 
@@ -158,7 +159,9 @@ mod tests {
     }
 
     fn reviewer(others: Vec<Value>) -> Reviewer {
-        let policy = Policy::parse("namespaceDefaults: {maxAgents: 4, maxSlots: 64}").unwrap();
+        let policy =
+            Policy::parse("namespaceDefaults: {maxAgents: 4, maxSlots: 64, maxPrestarted: 2}")
+                .unwrap();
         Reviewer::new(Arc::new(Index::new()), CONTROLLER)
             .with_policy(SharedPolicy::fixed(policy))
             .with_pool_lookup(Arc::new(Others(others)))
@@ -237,6 +240,24 @@ mod tests {
         let r = reviewer(vec![pool("p", json!({"capacity": {"poolMin": 4}}))]);
         let p = pool("p", json!({"capacity": {"poolMin": 4}}));
         assert_eq!(message(&r, "UPDATE", "alice", p.clone(), p).await, None);
+    }
+
+    #[tokio::test]
+    async fn prestarted_past_the_namespace_cap_or_the_schema_is_refused() {
+        let r = reviewer(vec![]);
+        let create = |spec: Value| message(&r, "CREATE", "alice", pool("p", spec), Value::Null);
+        assert_eq!(create(json!({"prestarted": 2})).await, None);
+        assert_eq!(create(json!({})).await, None, "unset: within the cap");
+        let msg = create(json!({"prestarted": 3})).await.unwrap();
+        assert!(
+            msg.starts_with("spec.prestarted: 3 exceeds the 2 pre-started"),
+            "{msg}"
+        );
+        let msg = create(json!({"prestarted": -1})).await.unwrap();
+        assert!(
+            msg.starts_with("spec.prestarted: must be between 0"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
