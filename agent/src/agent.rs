@@ -111,8 +111,8 @@ pub struct Config {
     pub cgroup_root: PathBuf,
 }
 
-/// Default of [`Config::stock_size`].
-pub const DEFAULT_STOCK_SIZE: usize = 4;
+/// Default of [`Config::stock_size`]: the pool's documented default.
+pub const DEFAULT_STOCK_SIZE: usize = fast_sandbox_api::pool::DEFAULT_PRESTARTED as usize;
 
 /// Default of [`Config::max_upload_bytes`]: 1 GiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;

@@ -44,6 +44,9 @@ async fn restart_containerd(env: &Env) {
         .create(true)
         .open(dir.join("containerd.log"))
         .unwrap();
+    // Outlives this test: containerd.sh stops it by the PID file, as it
+    // does the containerd it started.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new("containerd")
         .arg("--config")
         .arg(dir.join("config.toml"))

@@ -52,6 +52,11 @@ const VOLUME_PROC: &str = "host-proc";
 /// Where the host's `/proc` is mounted in the agent: exposed ports are
 /// forwarded into sandboxes' network namespaces found there.
 pub const HOST_PROC_IN_POD: &str = "/host/proc";
+const VOLUME_CGROUP: &str = "host-cgroup";
+/// Where the host's cgroup filesystem is mounted in the agent: a claim of a
+/// pre-started sandbox writes its limits to its cgroup, which the pod's own
+/// `/sys/fs/cgroup` (its own subtree only) does not show.
+pub const HOST_CGROUP_IN_POD: &str = "/host/sys/fs/cgroup";
 /// The agent's setting of the images it always keeps pre-started.
 const ENV_STOCK_IMAGES: &str = "FAST_SANDBOX_STOCK_IMAGES";
 /// The agent's setting of pre-started sandboxes per warm image.
@@ -192,6 +197,7 @@ fn volumes(settings: &AgentPodSettings) -> Vec<Volume> {
     vec![
         host(VOLUME_SOCKET, settings.socket_dir(), "Directory"),
         host(VOLUME_PROC, "/proc".to_string(), "Directory"),
+        host(VOLUME_CGROUP, "/sys/fs/cgroup".to_string(), "Directory"),
         host(
             VOLUME_STATE,
             settings.state_dir.clone(),
@@ -269,6 +275,7 @@ fn agent_container(
         from("NODE_NAME", "spec.nodeName"),
         from("POD_IP", "status.podIP"),
         value("FAST_SANDBOX_HOST_PROC", HOST_PROC_IN_POD.to_string()),
+        value("FAST_SANDBOX_CGROUP_ROOT", HOST_CGROUP_IN_POD.to_string()),
         value("SLOTS", pool.spec.slots_per_agent().to_string()),
         value(
             "FAST_SANDBOX_CONTAINERD_NAMESPACE",
@@ -302,6 +309,7 @@ fn agent_container(
             mount(VOLUME_SOCKET, CONTAINERD_SOCKET_DIR_IN_POD, false),
             mount(VOLUME_STATE, STATE_DIR_IN_POD, false),
             mount(VOLUME_PROC, HOST_PROC_IN_POD, true),
+            mount(VOLUME_CGROUP, HOST_CGROUP_IN_POD, false),
             mount(VOLUME_TLS, AGENT_TLS_DIR, true),
         ]),
         env: Some(env),
@@ -422,6 +430,7 @@ mod tests {
         assert!(mounts.contains(&(VOLUME_SOCKET, CONTAINERD_SOCKET_DIR_IN_POD)));
         assert!(mounts.contains(&(VOLUME_STATE, STATE_DIR_IN_POD)));
         assert!(mounts.contains(&(VOLUME_TLS, AGENT_TLS_DIR)));
+        assert!(mounts.contains(&(VOLUME_CGROUP, HOST_CGROUP_IN_POD)));
         let vols = spec.volumes.as_ref().unwrap();
         let socket = vols.iter().find(|v| v.name == VOLUME_SOCKET).unwrap();
         assert_eq!(socket.host_path.as_ref().unwrap().path, "/var/lib/c");

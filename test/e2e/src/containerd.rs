@@ -96,6 +96,31 @@ pub async fn containers_labelled(key: &str, value: &str) -> Result<Vec<String>, 
     Ok(found)
 }
 
+/// Ids of the pre-started containers (stock, never a sandbox) agent pod
+/// `agent_uid` keeps, on every node.
+pub async fn stock_of(agent_uid: &str) -> Result<Vec<String>, E2eError> {
+    use fast_sandbox_api::wellknown::container_labels as label;
+    let filter = format!(
+        "labels.\"{}\"==\"{agent_uid}\",labels.\"{}\"",
+        label::AGENT_UID,
+        label::PRESTARTED
+    );
+    let mut found = Vec::new();
+    for (_, out) in ctr_all(&["containers", "ls", "-q", &filter]).await? {
+        found.extend(ids(&out));
+    }
+    let mut stock = Vec::new();
+    for id in found {
+        if !container_labels(&id)
+            .await?
+            .contains_key(label::SANDBOX_UID)
+        {
+            stock.push(id);
+        }
+    }
+    Ok(stock)
+}
+
 /// The socket of the node whose containerd holds container `id`.
 async fn socket_of(id: &str) -> Result<Option<String>, E2eError> {
     for (socket, out) in ctr_all(&["containers", "ls", "-q"]).await? {

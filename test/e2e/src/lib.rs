@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -60,6 +61,22 @@ pub async fn impersonating(user: &str) -> Client {
     let mut cfg = kube::Config::infer().await.expect("the suite's kubeconfig");
     cfg.auth_info.impersonate = Some(user.to_string());
     Client::try_from(cfg).expect("an impersonating client")
+}
+
+/// Gives `user` the built-in `edit` role in `ns`, nothing more.
+pub async fn editor(client: &Client, ns: &str, user: &str) -> Client {
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("{user}-edit")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    impersonating(user).await
 }
 
 /// Creates a namespace with a unique name for one test.

@@ -22,31 +22,14 @@ use fast_sandbox_api::{Sandbox, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::scenario::{BUSYBOX, SYSTEM_NAMESPACE, agent_pods, agent_selector};
 use fast_sandbox_e2e::{
-    cluster_client, delete_namespace, impersonating, namespace, wait_for, wait_for_set,
+    cluster_client, delete_namespace, editor, namespace, wait_for, wait_for_set,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Gives `user` the built-in `edit` role in `ns`, nothing more.
-async fn editor(client: &Client, ns: &str, user: &str) -> Client {
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("{user}-edit")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
-    }))
-    .unwrap();
-    bindings
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-    impersonating(user).await
-}
 
 fn pool_json(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool",
