@@ -1,7 +1,10 @@
 //! Create→running latency of sandboxes through the agent's HTTPS API, side
 //! by side with `ctr run -d` on the same containerd (the naive floor), at
 //! concurrency 1 and 8. Each agent lever can be switched off to measure
-//! what it buys: the shared runc shim, warm snapshots.
+//! what it buys: pre-started sandboxes (the stock), the shared runc shim,
+//! warm snapshots. Back to back, a create meets a stock the previous one
+//! drained; "paced" waits until a pre-started sandbox is ready before each
+//! (untimed), the steady state of arrivals slower than a refill.
 //!
 //! Needs root and a containerd with the test image; run it through the
 //! agent's test script:
@@ -11,6 +14,11 @@
 //! ```
 //!
 //! Prints a Markdown table and writes it with a JSON copy to `--out-dir`.
+//!
+//! With `--mode burst` it issues `--runs` creates at once from
+//! `--concurrency` workers and reports when all are Running, against the
+//! same burst of `ctr run -d`; with `--mode memory`, what a pre-started
+//! sandbox costs while it waits.
 //!
 //! With `--mode interactive` it measures the exec round trip of `/bin/true`
 //! through the agent's API against `ctr task exec` into the same container
@@ -37,7 +45,9 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod burst;
 mod interactive;
+mod memory;
 
 /// Benchmark settings.
 #[derive(Parser, Debug, Clone)]
@@ -72,13 +82,25 @@ struct Args {
     /// Where the Markdown and JSON results go.
     #[arg(long, default_value = "target/bench-agent")]
     out_dir: PathBuf,
-    /// `create` (create to running) or `interactive` (exec and files).
+    /// Pre-started sandboxes per image in `burst` mode's stock variants.
+    #[arg(long, value_delimiter = ',', default_value = "4,32")]
+    stock_sizes: Vec<usize>,
+    /// `create` (create to running), `burst`, `memory` or `interactive`
+    /// (exec and files).
     #[arg(long, default_value = "create")]
     mode: String,
 }
 
 /// Changes one lever of an agent configuration.
 type Tune = Box<dyn Fn(&mut Config)>;
+
+/// A measured agent configuration: its name, its levers, and whether each
+/// create waits (untimed) for a ready pre-started sandbox.
+struct Variant {
+    name: &'static str,
+    tune: Tune,
+    paced: bool,
+}
 
 /// An in-process agent over real mutual-TLS HTTPS.
 struct BenchAgent {
@@ -205,11 +227,24 @@ fn request(args: &Args, uid: &str) -> CreateSandboxRequest {
     }
 }
 
+/// Waits (at most 60 s) until `n` pre-started sandboxes are ready.
+async fn wait_stock(a: &BenchAgent, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.agent.stock_ready() < n {
+        if Instant::now() > deadline {
+            bail!("{n} pre-started sandboxes not ready after 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 async fn agent_series(
     args: &Args,
     a: &BenchAgent,
     tag: &str,
     concurrency: usize,
+    paced: bool,
 ) -> anyhow::Result<Vec<Duration>> {
     // A steady-state agent holds other sandboxes: one stays resident so a
     // shared shim is not torn down between measured creates.
@@ -227,9 +262,19 @@ async fn agent_series(
             .map(|i| request(args, &format!("{tag}-c{concurrency}-w{w}-{i}")))
             .collect();
         let warmup = args.warmup;
+        let agent = a.agent.clone();
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             for (i, req) in reqs.iter().enumerate() {
+                if paced {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while agent.stock_ready() == 0 {
+                        if Instant::now() > deadline {
+                            bail!("no pre-started sandbox ready after 60s");
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
                 let t = Instant::now();
                 let (_, answer) = client.create(req).await?;
                 let elapsed = t.elapsed();
@@ -268,7 +313,12 @@ async fn interactive_bench(args: &Args) -> anyhow::Result<()> {
         .await?
         .1
         .map_err(|e| anyhow::anyhow!("create failed: {e}"))?;
-    let container = Agent::container_id(uid, 0);
+    let container = a
+        .client
+        .get(uid)
+        .await?
+        .map_err(|e| anyhow::anyhow!("get failed: {e}"))?
+        .container_id;
     let ctr = Ctr {
         socket: args.socket.clone(),
         namespace: args.namespace.clone(),
@@ -323,24 +373,134 @@ async fn interactive_bench(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A burst of `--runs` creates at `--concurrency` (its first value):
+/// `ctr run -d`, the agent with each stock size, the agent without stock.
+async fn burst_bench(args: &Args) -> anyhow::Result<()> {
+    let c = args.concurrency.first().copied().unwrap_or(16);
+    let ctr = Ctr {
+        socket: args.socket.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+    };
+    let runs = args.runs;
+    let (samples, all) = tokio::task::spawn_blocking(move || ctr.burst(runs, c))
+        .await?
+        .context("ctr burst")?;
+    let mut bursts = vec![burst::Burst::new("ctr run -d", c, &samples, all, 0)];
+    eprintln!("ctr run -d burst: all running after {all:?}");
+    let mut sizes: Vec<Option<usize>> = args.stock_sizes.iter().copied().map(Some).collect();
+    sizes.push(None);
+    for (i, size) in sizes.into_iter().enumerate() {
+        let name = match size {
+            Some(n) => format!("agent, stock {n}"),
+            None => "agent, no stock".to_string(),
+        };
+        let a = start_agent(args, &format!("burst{i}"), |cfg| {
+            cfg.stock_size = size.unwrap_or(0);
+        })
+        .await?;
+        wait_stock(&a, size.unwrap_or(0)).await?;
+        let resident = request(args, &format!("burst{i}-resident"));
+        a.client
+            .create(&resident)
+            .await?
+            .1
+            .map_err(|e| anyhow::anyhow!("resident create failed: {e}"))?;
+        wait_stock(&a, size.unwrap_or(0)).await?;
+        let reqs = (0..runs)
+            .map(|j| request(args, &format!("burst{i}-{j}")))
+            .collect();
+        let (samples, all, claimed) = burst::agent_burst(&a.client, reqs, c).await?;
+        eprintln!("{name} burst: all running after {all:?}, {claimed} claimed");
+        bursts.push(burst::Burst::new(&name, c, &samples, all, claimed));
+        a.client
+            .delete(&resident.uid, 0)
+            .await?
+            .1
+            .map_err(|e| anyhow::anyhow!("resident delete failed: {e}"))?;
+        a.agent.release_warm().await;
+        a.agent.release_stock().await;
+        a.shutdown.send_replace(true);
+    }
+    let md = burst::table(&bursts, "ctr run -d");
+    println!("{md}");
+    std::fs::create_dir_all(&args.out_dir)?;
+    std::fs::write(args.out_dir.join("agent-burst.md"), &md)?;
+    std::fs::write(
+        args.out_dir.join("agent-burst.json"),
+        serde_json::to_string_pretty(&bursts)?,
+    )?;
+    Ok(())
+}
+
+/// The memory a pre-started sandbox holds while it waits, from a stock of
+/// the largest `--stock-sizes`.
+async fn memory_bench(args: &Args) -> anyhow::Result<()> {
+    let n = args.stock_sizes.iter().copied().max().unwrap_or(16).max(1);
+    let before = memory::mem_available()?;
+    let a = start_agent(args, "memory", |cfg| cfg.stock_size = n).await?;
+    wait_stock(&a, n).await?;
+    // Let page cache and lazily freed memory settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = memory::mem_available()?;
+    let cfg = a.agent.config();
+    let (cgroups, charged) = memory::stock_cgroups_charge(&cfg.cgroup_root, &cfg.cgroup_parent)?;
+    let mib = |b: f64| b / f64::from(1u32 << 20);
+    let md = format!(
+        "| pre-started sandboxes | charged to their cgroups, per sandbox | node MemAvailable drop, per sandbox (one shim included) |\n|---:|---:|---:|\n| {n} | {:.2} MiB | {:.2} MiB |\n",
+        mib(charged as f64 / cgroups.max(1) as f64),
+        mib(before.saturating_sub(after) as f64 / n as f64),
+    );
+    println!("{md}");
+    a.agent.release_stock().await;
+    a.shutdown.send_replace(true);
+    std::fs::create_dir_all(&args.out_dir)?;
+    std::fs::write(args.out_dir.join("agent-memory.md"), &md)?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.mode.as_str() {
         "create" => {}
         "interactive" => return interactive_bench(&args).await,
-        other => bail!("unknown --mode {other:?}: create or interactive"),
+        "burst" => return burst_bench(&args).await,
+        "memory" => return memory_bench(&args).await,
+        other => bail!("unknown --mode {other:?}: create, burst, memory or interactive"),
     }
-    let variants: Vec<(&str, Tune)> = vec![
-        ("agent (all levers)", Box::new(|_: &mut Config| {})),
-        (
-            "agent, no shared shim",
-            Box::new(|c: &mut Config| c.shim_group = false),
-        ),
-        (
-            "agent, no warm snapshots",
-            Box::new(|c: &mut Config| c.warm_snapshots = 0),
-        ),
+    let variants = [
+        Variant {
+            name: "agent (all levers)",
+            tune: Box::new(|_: &mut Config| {}),
+            paced: false,
+        },
+        Variant {
+            name: "agent (all levers), paced",
+            tune: Box::new(|_: &mut Config| {}),
+            paced: true,
+        },
+        Variant {
+            name: "agent, no stock",
+            tune: Box::new(|c: &mut Config| c.stock_size = 0),
+            paced: false,
+        },
+        Variant {
+            name: "agent, no stock, no shared shim",
+            tune: Box::new(|c: &mut Config| {
+                c.stock_size = 0;
+                c.shim_group = false;
+            }),
+            paced: false,
+        },
+        Variant {
+            name: "agent, no stock, no warm snapshots",
+            tune: Box::new(|c: &mut Config| {
+                c.stock_size = 0;
+                c.warm_snapshots = 0;
+            }),
+            paced: false,
+        },
     ];
     let mut results = Vec::new();
     for &c in &args.concurrency {
@@ -356,13 +516,19 @@ async fn main() -> anyhow::Result<()> {
         let s = Series::new("ctr run -d", c, &samples);
         eprintln!("ctr run -d c={c}: p50 {:.1} ms", s.p50_ms);
         results.push(s);
-        for (i, (name, tune)) in variants.iter().enumerate() {
-            let a = start_agent(&args, &format!("v{i}"), |cfg| tune(cfg)).await?;
-            let samples = agent_series(&args, &a, &format!("v{i}"), c).await?;
-            let s = Series::new(name, c, &samples);
-            eprintln!("{name} c={c}: p50 {:.1} ms", s.p50_ms);
+        for (i, v) in variants.iter().enumerate() {
+            // Pacing is the steady state of one client at a time.
+            if v.paced && c > 1 {
+                continue;
+            }
+            let a = start_agent(&args, &format!("v{i}"), |cfg| (v.tune)(cfg)).await?;
+            wait_stock(&a, a.agent.config().stock_size).await?;
+            let samples = agent_series(&args, &a, &format!("v{i}"), c, v.paced).await?;
+            let s = Series::new(v.name, c, &samples);
+            eprintln!("{} c={c}: p50 {:.1} ms", v.name, s.p50_ms);
             results.push(s);
             a.agent.release_warm().await;
+            a.agent.release_stock().await;
             a.shutdown.send_replace(true);
         }
     }

@@ -52,17 +52,71 @@ impl Ctr {
 
     /// Times one `ctr run -d <image> <id> sleep 300`, then removes it.
     pub fn once(&self, id: &str) -> Result<Duration, CtrError> {
+        let elapsed = self.start(id)?;
+        self.remove(id)?;
+        Ok(elapsed)
+    }
+
+    /// Times one `ctr run -d <image> <id> sleep 300` and leaves it running.
+    pub fn start(&self, id: &str) -> Result<Duration, CtrError> {
         let t = Instant::now();
         self.run(&["run", "-d", &self.image, id, "sleep", "300"])?;
-        let elapsed = t.elapsed();
+        Ok(t.elapsed())
+    }
+
+    /// Kills and removes what [`Ctr::start`] started.
+    pub fn remove(&self, id: &str) -> Result<(), CtrError> {
         let _ = self.run(&["tasks", "kill", "-s", "SIGKILL", id]);
         // `tasks rm` fails until the killed task has exited.
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.run(&["tasks", "rm", id]).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.run(&["containers", "rm", id])?;
-        Ok(elapsed)
+        self.run(&["containers", "rm", id])
+    }
+
+    /// A burst: `runs` starts by `concurrency` workers, nothing removed
+    /// until all run. Returns each start's latency and the time until the
+    /// last one ran.
+    pub fn burst(
+        &self,
+        runs: usize,
+        concurrency: usize,
+    ) -> Result<(Vec<Duration>, Duration), CtrError> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let ids: Vec<String> = (0..runs)
+            .map(|i| format!("bench-ctr-burst-{}-{i}", std::process::id()))
+            .collect();
+        let t = Instant::now();
+        let results: Vec<Result<Vec<Duration>, CtrError>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..concurrency.max(1))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut samples = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let Some(id) = ids.get(i) else {
+                                return Ok(samples);
+                            };
+                            samples.push(self.start(id)?);
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Ok(Vec::new())))
+                .collect()
+        });
+        let makespan = t.elapsed();
+        for id in &ids {
+            let _ = self.remove(id);
+        }
+        let mut all = Vec::new();
+        for r in results {
+            all.extend(r?);
+        }
+        Ok((all, makespan))
     }
 
     /// `runs` timed runs (after `warmup` untimed ones per worker) with
