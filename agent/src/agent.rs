@@ -852,8 +852,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Best-effort removal of everything a sandbox may have in containerd
-    /// and on disk.
     /// Kills and deletes the task and record of a container this agent no
     /// longer tracks, keeping its snapshot (a new create reuses the key).
     async fn remove_leftover(&self, container_id: &str) -> Result<()> {
@@ -866,6 +864,8 @@ impl Agent {
         Ok(())
     }
 
+    /// Best-effort removal of everything a sandbox may have in containerd
+    /// and on disk.
     async fn cleanup(&self, container_id: &str, snapshot_key: &str) {
         if let Err(e) = self.cd.kill(container_id, libc::SIGKILL, true).await {
             tracing::debug!(container = %container_id, error = %e, "kill during cleanup");

@@ -125,16 +125,25 @@ async fn start_agent(
         Ok(p)
     };
     let ca_path = write("ca.crt", ca.pem())?;
-    let leaf = |sans: Vec<String>, n: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
+    // The common name is who the agent checks a caller is.
+    let leaf = |sans: Vec<String>, n: &str, cn: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
         let key = KeyPair::generate()?;
-        let cert = CertificateParams::new(sans)?.signed_by(&key, &ca)?;
+        let mut params = CertificateParams::new(sans)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &ca)?;
         Ok((
             write(&format!("{n}.crt"), cert.pem())?,
             write(&format!("{n}.key"), key.serialize_pem())?,
         ))
     };
-    let (scert, skey) = leaf(vec!["fast-sandbox-agent".into()], "server")?;
-    let (ccert, ckey) = leaf(vec![], "client")?;
+    let (scert, skey) = leaf(
+        vec!["fast-sandbox-agent".into()],
+        "server",
+        "fast-sandbox-agent",
+    )?;
+    let (ccert, ckey) = leaf(vec![], "client", "fast-sandbox-controller")?;
     let registry = Registry::default();
     let ops = Ops {
         health: Default::default(),
@@ -396,6 +405,8 @@ async fn burst_bench(args: &Args) -> anyhow::Result<()> {
             None => "agent, no stock".to_string(),
         };
         let a = start_agent(args, &format!("burst{i}"), |cfg| {
+            // The whole burst and the resident sandbox fit.
+            cfg.slots = cfg.slots.max(runs as u32 + 1);
             cfg.stock_size = size.unwrap_or(0);
         })
         .await?;
