@@ -611,23 +611,7 @@ impl Agent {
                 return Err(e);
             }
             self.metrics.observe(Stage::Container, t.elapsed());
-            let info = SandboxInfo {
-                uid: req.uid.clone(),
-                name: req.name.clone(),
-                namespace: req.namespace.clone(),
-                pool: req.pool.clone(),
-                container_id: id.clone(),
-                image: req.image.clone(),
-                state: ContainerState::Created,
-                created_at: Some(Utc::now()),
-                reset_revision: req.reset_revision,
-                ..Default::default()
-            };
-            {
-                let mut table = self.table();
-                table.insert(Entry::new(info, snapshot_key.to_string()));
-                table.set_starting(&req.uid, true);
-            }
+            self.track_created(req, &id, snapshot_key);
             let t = Instant::now();
             match self
                 .cd
@@ -862,6 +846,27 @@ impl Agent {
         self.cd.delete_container(container_id).await?;
         self.logs.remove(container_id);
         Ok(())
+    }
+
+    /// Puts the sandbox of `req`, whose container `container_id` exists
+    /// and whose task is about to start, in the table (exits held back
+    /// until it started).
+    fn track_created(&self, req: &CreateSandboxRequest, container_id: &str, snapshot_key: &str) {
+        let info = SandboxInfo {
+            uid: req.uid.clone(),
+            name: req.name.clone(),
+            namespace: req.namespace.clone(),
+            pool: req.pool.clone(),
+            container_id: container_id.to_string(),
+            image: req.image.clone(),
+            state: ContainerState::Created,
+            created_at: Some(Utc::now()),
+            reset_revision: req.reset_revision,
+            ..Default::default()
+        };
+        let mut table = self.table();
+        table.insert(Entry::new(info, snapshot_key.to_string()));
+        table.set_starting(&req.uid, true);
     }
 
     /// Best-effort removal of everything a sandbox may have in containerd

@@ -50,7 +50,8 @@ pub struct Leftover {
     pub exec_id: String,
 }
 
-fn mkfifo(path: &Path) -> Result<()> {
+/// Makes a FIFO only its owner may open.
+pub(crate) fn mkfifo(path: &Path) -> Result<()> {
     mknodat(
         rustix::fs::CWD,
         path,

@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fast_sandbox_init::{EXECUTING, FAILED, INIT, LAUNCH, READY, STATUS};
-use rustix::fs::{FileType, Mode, mknodat};
+use rustix::fs::Mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
 use crate::error::{Error, Result};
+use crate::fifo::mkfifo;
 
 /// The init, built statically by the build script.
 pub static INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fast-sandbox-init"));
@@ -34,17 +35,6 @@ pub struct PrestartDirs {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |e| Error::io(what, e)
-}
-
-fn mkfifo(path: &Path) -> Result<()> {
-    mknodat(
-        rustix::fs::CWD,
-        path,
-        FileType::Fifo,
-        Mode::from_raw_mode(0o600),
-        0,
-    )
-    .map_err(|e| Error::io(format!("creating FIFO {}", path.display()), e.into()))
 }
 
 impl PrestartDirs {

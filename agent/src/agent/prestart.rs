@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use containerd_client::services::v1::Container;
-use fast_sandbox_api::agent::{ContainerState, CreateSandboxRequest, SandboxInfo};
+use fast_sandbox_api::agent::{CreateSandboxRequest, SandboxInfo};
 use fast_sandbox_api::image::normalize;
 use fast_sandbox_api::wellknown::container_labels as label;
 use oci_spec::runtime::Spec;
@@ -41,7 +41,6 @@ use crate::prestarted::{Ends, set_hostname};
 use crate::rootfs::{self, SandboxPath, SandboxRoot};
 use crate::runtime::{ContainerRecord, TaskState};
 use crate::spec;
-use crate::state::Entry;
 use crate::stock::Item;
 
 /// How long a new init may take to say it waits.
@@ -199,23 +198,7 @@ impl Agent {
             ends,
             ..
         } = p;
-        {
-            let info = SandboxInfo {
-                uid: req.uid.clone(),
-                name: req.name.clone(),
-                namespace: req.namespace.clone(),
-                pool: req.pool.clone(),
-                container_id: id.clone(),
-                image: req.image.clone(),
-                state: ContainerState::Created,
-                created_at: Some(Utc::now()),
-                reset_revision: req.reset_revision,
-                ..Default::default()
-            };
-            let mut table = self.table();
-            table.insert(Entry::new(info, snapshot_key.clone()));
-            table.set_starting(&req.uid, true);
-        }
+        self.track_created(req, &id, &snapshot_key);
         self.stock.release(&id);
         let failed = |e| async {
             self.discard(&id, &snapshot_key).await;
