@@ -120,7 +120,7 @@ struct Args {
     max_upload_bytes: u64,
     /// Pre-started sandboxes kept per warm image (0 disables): containers
     /// whose task runs already, so a create claims one in a few
-    /// milliseconds. Each costs about 1 MiB of node memory while it waits
+    /// milliseconds. Each costs about 1.6 MiB of node memory while it waits
     /// (see the README).
     #[arg(long, env = "FAST_SANDBOX_STOCK_SIZE", default_value_t = fast_sandbox_agent::agent::DEFAULT_STOCK_SIZE)]
     stock_size: usize,
