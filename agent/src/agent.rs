@@ -147,7 +147,8 @@ pub struct Agent {
     sweeping: tokio::sync::Mutex<()>,
     stock: Stock<Prestarted>,
     prestart: PrestartDirs,
-    /// Creates in flight; building stock waits for none.
+    /// Cold creates in flight; building stock waits for none (a claim
+    /// takes milliseconds and no runc work, so claims do not stop it).
     creating: watch::Sender<usize>,
     refill: tokio::sync::Notify,
     refill_started: AtomicBool,
@@ -429,7 +430,6 @@ impl Agent {
     }
 
     async fn create_reserved(&self, req: &CreateSandboxRequest) -> Result<SandboxInfo> {
-        let _creating = self.count_create();
         let started = Instant::now();
         let image_name = normalize(&req.image);
         let image = self.images.resolve(&self.cd, &image_name).await?;
@@ -445,6 +445,7 @@ impl Agent {
             self.metrics.observe(Stage::Total, started.elapsed());
             return Ok(info);
         }
+        let _creating = self.count_create();
         let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
 
         let lease_id = format!("fast-sandbox-create-{container_id}");

@@ -19,7 +19,8 @@
 //! container's directory), so the command starts exactly once.
 //!
 //! The stock refills in the background, one build at a time, only while no
-//! create is in flight, each build's runc work at the lowest CPU weight.
+//! cold create is in flight (claims go on beside it), each build's process
+//! at the lowest CPU weight.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
