@@ -156,7 +156,6 @@ async fn main() -> anyhow::Result<()> {
             ready.set_ready(true);
         });
     }
-    let stop = fast_sandbox_server::shutdown::signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -171,8 +170,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         serve_ops(ops_listener, ops.clone(), wait(stop_rx)),
         async {
-            stop.await;
-            ops.health.set_ready(false);
+            fast_sandbox_server::shutdown::signal_then_leave_service(&ops.health).await;
             let _ = stop_tx.send(true);
         },
     );

@@ -133,9 +133,9 @@ async fn main() -> anyhow::Result<()> {
         ops.clone(),
         stopped(stop_rx.clone()),
     ));
+    let health = ops.health.clone();
     tokio::spawn(async move {
-        fast_sandbox_server::shutdown::signal().await;
-        tracing::info!("shutting down");
+        fast_sandbox_server::shutdown::signal_then_leave_service(&health).await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(listen = %args.listen, ops = %args.ops.ops_listen, "serving admission");
