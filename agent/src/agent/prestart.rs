@@ -123,6 +123,26 @@ impl Agent {
         digest: &str,
         spec: &Spec,
     ) -> Result<Option<SandboxInfo>> {
+        // A cold create's container id is the sandbox's, so containerd
+        // refuses it while another agent's container of the sandbox lives
+        // on this node (a re-placement after its agent vanished) and the
+        // controller has the node swept first. A claimed container has an
+        // id of its own: the same check is made here.
+        if self.stock.enabled() {
+            let filter = format!("labels.\"{}\"==\"{}\"", label::SANDBOX_UID, req.uid);
+            if let Some(c) = self
+                .cd
+                .list_containers(vec![filter])
+                .await?
+                .into_iter()
+                .next()
+            {
+                return Err(Error::ContainerExists {
+                    owner: c.labels.get(label::AGENT_UID).cloned().unwrap_or_default(),
+                    id: c.id,
+                });
+            }
+        }
         let (taken, stale) = self.stock.take(image_name, digest);
         stale.into_iter().for_each(|p| self.destroy(p));
         // Warm from now on, if it was not.
