@@ -647,14 +647,7 @@ impl Agent {
             .map_err(Error::start_failure)?;
         self.metrics.observe(Stage::TaskStart, t.elapsed());
         let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
-        let now = Utc::now();
-        self.images.mark_used(image_name, now);
-        let changes = {
-            let mut table = self.table();
-            table.set_endpoints(&req.uid, endpoints);
-            table.started(&req.uid, pid, now)
-        };
-        self.publish(changes);
+        self.mark_started(&req.uid, image_name, pid, endpoints);
         self.get(&req.uid)
     }
 
@@ -868,6 +861,26 @@ impl Agent {
         let mut table = self.table();
         table.insert(Entry::new(info, snapshot_key.to_string()));
         table.set_starting(&req.uid, true);
+    }
+
+    /// Records that sandbox `uid`'s process (host PID `pid`) runs, with its
+    /// port endpoints, and publishes it: the last step of a cold create and
+    /// of a claim alike.
+    fn mark_started(
+        &self,
+        uid: &str,
+        image_name: &str,
+        pid: u32,
+        endpoints: Vec<fast_sandbox_api::sandbox::SandboxEndpoint>,
+    ) {
+        let now = Utc::now();
+        self.images.mark_used(image_name, now);
+        let changes = {
+            let mut table = self.table();
+            table.set_endpoints(uid, endpoints);
+            table.started(uid, pid, now)
+        };
+        self.publish(changes);
     }
 
     /// Best-effort removal of everything a sandbox may have in containerd

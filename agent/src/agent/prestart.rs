@@ -244,14 +244,7 @@ impl Agent {
             Err(e) => return Err(ClaimFailed::Launched(failed(e).await)),
         };
         self.metrics.observe(Stage::Claim, t.elapsed());
-        let now = Utc::now();
-        self.images.mark_used(image_name, now);
-        let changes = {
-            let mut table = self.table();
-            table.set_endpoints(&req.uid, endpoints);
-            table.started(&req.uid, pid, now)
-        };
-        self.publish(changes);
+        self.mark_started(&req.uid, image_name, pid, endpoints);
         self.prestart.scrub(&id);
         tracing::debug!(uid = %req.uid, container = %id, elapsed = ?t.elapsed(), "claimed a pre-started sandbox");
         self.get(&req.uid).map_err(ClaimFailed::Launched)
