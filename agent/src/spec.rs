@@ -475,7 +475,7 @@ mod tests {
                 .iter()
                 .any(|p| p == "/proc/kcore")
         );
-        assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         let caps = json["process"]["capabilities"]["bounding"]
             .as_array()
             .unwrap();

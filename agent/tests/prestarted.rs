@@ -17,7 +17,7 @@ use fast_sandbox_api::agent::{
 use fast_sandbox_api::sandbox::EnvVar;
 use fast_sandbox_api::wellknown::reason;
 use http::{Method, StatusCode};
-use support::{Env, TestAgent, body_text, env, request, wait_for};
+use support::{Env, TestAgent, body_text, env, exec, noshell_image, request, stdout, wait_for};
 
 /// What a create led to, as a client sees it.
 #[derive(Debug, PartialEq)]
@@ -109,6 +109,21 @@ impl Both {
         Self {
             cold: TestAgent::start(env, &format!("{test}-cold"), 4).await,
             warm: TestAgent::start_stocked(env, &format!("{test}-warm"), 4, 2).await,
+        }
+    }
+
+    /// As [`Both::start`], with the stock of `image` instead of the test
+    /// image.
+    async fn start_for(env: &Env, test: &str, image: &str) -> Self {
+        let warm = TestAgent::start_with(env, &format!("{test}-warm"), 4, |c| {
+            c.stock_size = 2;
+            c.stock_images = vec![image.to_string()];
+        })
+        .await;
+        warm.wait_stock(2).await;
+        Self {
+            cold: TestAgent::start(env, &format!("{test}-cold"), 4).await,
+            warm,
         }
     }
 
@@ -436,4 +451,39 @@ async fn the_stock_is_invisible_refills_and_falls_back_when_empty() {
     )
     .await;
     a.release_and_assert_nothing_left().await;
+}
+
+/// The seccomp allow-list holds on both paths and in exec: `io_uring`,
+/// `clone3`, an `AF_ALG` socket and a call no filter knows are refused, an
+/// ordinary call is not (the probe is `/tool` of the image without a shell).
+#[tokio::test]
+async fn the_seccomp_allow_list_refuses_the_same_calls_cold_claimed_and_in_exec() {
+    let env = env();
+    let image = noshell_image();
+    let both = Both::start_for(&env, "seccomp", &image).await;
+    let probes = [
+        ("getpid", "ok"),
+        ("io_uring_setup", "EPERM"),
+        ("clone3", "ENOSYS"),
+        ("socket_alg", "EPERM"),
+        ("1000", "ENOSYS"),
+    ];
+    for (i, (call, answer)) in probes.into_iter().enumerate() {
+        let mut req = request(&env, &format!("seccomp-{i}"), &["/tool", "syscall", call]);
+        req.image = image.clone();
+        assert_eq!(
+            ran_stdout(&both.same(req).await),
+            format!("{answer}\n"),
+            "{call}"
+        );
+    }
+    let mut req = request(&env, "seccomp-exec", &["/tool", "sleep"]);
+    req.image = image.clone();
+    let c = &both.cold.client;
+    c.create(&req).await.unwrap().1.unwrap();
+    let o = exec(c, "seccomp-exec", &["/tool", "syscall", "io_uring_setup"]).await;
+    assert_eq!(stdout(&o), "EPERM\n");
+    assert_eq!(o.status.exit_code, Some(1));
+    c.delete("seccomp-exec", 0).await.unwrap().1.unwrap();
+    both.finish().await;
 }

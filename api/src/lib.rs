@@ -18,6 +18,7 @@ pub mod image;
 pub mod policy;
 pub mod pool;
 pub mod quantity;
+pub mod resources;
 pub mod sandbox;
 pub mod schema;
 pub mod validation;

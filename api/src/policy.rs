@@ -20,11 +20,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, PodTemplateSpec, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::image;
 use crate::pool::{MAX_PRESTARTED, SandboxPoolSpec};
+use crate::resources;
+use crate::sandbox::SandboxResources;
 use crate::validation::FieldErrors;
 
 /// Name of the ConfigMap holding the policy, in the operator's namespace.
@@ -40,6 +43,14 @@ pub const DEFAULT_MAX_SLOTS: u32 = 1000;
 /// Pre-started sandboxes per warm image when the operator sets no cap: the
 /// most a pool may ask for anyway.
 pub const DEFAULT_MAX_PRESTARTED: u32 = MAX_PRESTARTED as u32;
+
+/// CPU one sandbox may use when the operator sets no maximum.
+pub const DEFAULT_MAX_SANDBOX_CPU: &str = "4";
+/// Memory one sandbox may use when the operator sets no maximum.
+pub const DEFAULT_MAX_SANDBOX_MEMORY: &str = "4Gi";
+/// Processes and threads one sandbox may run when the operator sets no
+/// maximum: a fork bomb stops here.
+pub const DEFAULT_MAX_SANDBOX_PIDS: i64 = 4096;
 
 /// Label and annotation domains a pool may not set on agent pods: ours,
 /// Kubernetes' own (a tenant label `app.kubernetes.io/name` could make an
@@ -64,7 +75,7 @@ pub const ALLOWED_METADATA_FIELDS: &[&str] = &["labels", "annotations"];
 pub const AGENT_CONTAINER: &str = "agent";
 
 /// Caps on what the pools of one namespace hold together.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespaceCaps {
     /// Agent pods over all pools of the namespace.
@@ -77,10 +88,16 @@ pub struct NamespaceCaps {
     /// (`prestarted`): each holds node memory outside every quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prestarted: Option<u32>,
+    /// The most one sandbox may use (field by field; unset fields:
+    /// `DEFAULT_MAX_SANDBOX_*`). Admission refuses a sandbox asking for
+    /// more, and gives this limit to one that asks for nothing and whose
+    /// pool sets no default, so no sandbox runs unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sandbox_resources: Option<SandboxResources>,
 }
 
 /// The operator's policy document.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     /// Agent images pools may ask for; the first is used when a pool names
@@ -101,7 +118,7 @@ pub struct Policy {
 }
 
 /// The caps of one namespace with every default applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Caps {
     /// Agent pods over all pools of the namespace.
     pub max_agents: u32,
@@ -109,6 +126,8 @@ pub struct Caps {
     pub max_slots: u32,
     /// Pre-started sandboxes per warm image of each of its agents.
     pub max_prestarted: u32,
+    /// The most one of its sandboxes may use.
+    pub max_sandbox: SandboxResources,
 }
 
 /// Why a policy document was refused.
@@ -136,14 +155,53 @@ impl Policy {
                 });
             }
         }
+        for (key, caps) in p.caps_blocks() {
+            if let Some(max) = &caps.max_sandbox_resources
+                && let Err(e) = resources::parse(max, &format!("{key}.maxSandboxResources."))
+            {
+                return Err(PolicyError {
+                    key: POLICY_KEY,
+                    message: e.to_string(),
+                });
+            }
+        }
         Ok(p)
+    }
+
+    /// Every caps block with the path that names it in the document.
+    fn caps_blocks(&self) -> Vec<(String, &NamespaceCaps)> {
+        std::iter::once(("namespaceDefaults".to_string(), &self.namespace_defaults))
+            .chain(
+                self.namespaces
+                    .iter()
+                    .map(|(ns, c)| (format!("namespaces.{ns}"), c)),
+            )
+            .collect()
     }
 
     /// The caps of `namespace`.
     pub fn caps(&self, namespace: &str) -> Caps {
-        let own = self.namespaces.get(namespace).copied().unwrap_or_default();
-        let d = self.namespace_defaults;
+        let own = self.namespaces.get(namespace).cloned().unwrap_or_default();
+        let d = &self.namespace_defaults;
+        let (own_max, d_max) = (
+            own.max_sandbox_resources.unwrap_or_default(),
+            d.max_sandbox_resources.clone().unwrap_or_default(),
+        );
         Caps {
+            max_sandbox: SandboxResources {
+                cpu: own_max
+                    .cpu
+                    .or(d_max.cpu)
+                    .or_else(|| Some(Quantity(DEFAULT_MAX_SANDBOX_CPU.into()))),
+                memory: own_max
+                    .memory
+                    .or(d_max.memory)
+                    .or_else(|| Some(Quantity(DEFAULT_MAX_SANDBOX_MEMORY.into()))),
+                pids: own_max
+                    .pids
+                    .or(d_max.pids)
+                    .or(Some(DEFAULT_MAX_SANDBOX_PIDS)),
+            },
             max_agents: own
                 .max_agents
                 .or(d.max_agents)
@@ -340,7 +398,7 @@ pub fn check_agent_template(template: &Value, policy: &Policy) -> Result<(), Fie
 pub fn check_caps(
     spec: &SandboxPoolSpec,
     others: &[&SandboxPoolSpec],
-    caps: Caps,
+    caps: &Caps,
     namespace: &str,
 ) -> Result<(), FieldErrors> {
     let mut errs = FieldErrors::default();
@@ -425,6 +483,14 @@ pub fn check_caps(
                 caps.max_prestarted
             ),
         );
+    }
+    if let Some(d) = &spec.sandbox_defaults
+        && let Err(e) = resources::effective(Some(d), None, &caps.max_sandbox, namespace)
+    {
+        errs.0.extend(e.0.into_iter().map(|mut e| {
+            e.field = e.field.replace("spec.resources.", "spec.sandboxDefaults.");
+            e
+        }));
     }
     if errs.0.is_empty() { Ok(()) } else { Err(errs) }
 }
@@ -606,7 +672,8 @@ mod tests {
             Caps {
                 max_agents: 5,
                 max_slots: 40,
-                max_prestarted: DEFAULT_MAX_PRESTARTED
+                max_prestarted: DEFAULT_MAX_PRESTARTED,
+                max_sandbox: Policy::default().caps("x").max_sandbox,
             }
         );
         assert_eq!(
@@ -614,7 +681,8 @@ mod tests {
             Caps {
                 max_agents: 100,
                 max_slots: 40,
-                max_prestarted: 2
+                max_prestarted: 2,
+                max_sandbox: Policy::default().caps("x").max_sandbox,
             }
         );
         assert_eq!(
@@ -622,11 +690,39 @@ mod tests {
             Caps {
                 max_agents: DEFAULT_MAX_AGENTS,
                 max_slots: DEFAULT_MAX_SLOTS,
-                max_prestarted: DEFAULT_MAX_PRESTARTED
+                max_prestarted: DEFAULT_MAX_PRESTARTED,
+                max_sandbox: Policy::default().caps("x").max_sandbox,
             }
         );
         assert!(Policy::parse("agentImages: [\"not an image\"]").is_err());
         assert!(Policy::parse("unknownKey: 1").is_err(), "typos are refused");
+    }
+
+    #[test]
+    fn sandbox_maximums_merge_field_by_field_and_bound_pool_defaults() {
+        let p = Policy::parse(
+            "namespaceDefaults: {maxSandboxResources: {cpu: '2', memory: 1Gi}}\nnamespaces: {big: {maxSandboxResources: {memory: 8Gi, pids: 4096}}}",
+        )
+        .unwrap();
+        let big = p.caps("big").max_sandbox;
+        assert_eq!(
+            (big.cpu.unwrap().0, big.memory.unwrap().0, big.pids),
+            ("2".to_string(), "8Gi".to_string(), Some(4096))
+        );
+        let err = Policy::parse("namespaces: {a: {maxSandboxResources: {memory: lots}}}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("namespaces.a.maxSandboxResources.memory"),
+            "{err}"
+        );
+
+        let spec: SandboxPoolSpec =
+            serde_json::from_value(serde_json::json!({"sandboxDefaults": {"memory": "2Gi"}}))
+                .unwrap();
+        let err = check_caps(&spec, &[], &p.caps("team"), "team").unwrap_err();
+        assert_eq!(err.0[0].field, "spec.sandboxDefaults.memory");
+        assert!(check_caps(&spec, &[], &p.caps("big"), "big").is_ok());
     }
 
     #[test]
@@ -635,7 +731,7 @@ mod tests {
         let mut spec = SandboxPoolSpec::default();
         spec.capacity.pool_min = Some(1000);
         spec.capacity.pool_max = Some(1000);
-        let got = fields(check_caps(&spec, &[], caps, "team"));
+        let got = fields(check_caps(&spec, &[], &caps, "team"));
         assert!(
             got.contains(&"spec.capacity.poolMin".to_string()),
             "{got:?}"
@@ -649,17 +745,17 @@ mod tests {
             ..Default::default()
         };
         ok.capacity.pool_min = Some(2);
-        assert_eq!(check_caps(&ok, &[], caps, "team"), Ok(()));
+        assert_eq!(check_caps(&ok, &[], &caps, "team"), Ok(()));
         // Two such pools keep 4 agents of 8 slots: 32 of 40 slots.
-        assert_eq!(check_caps(&ok, &[&ok], caps, "team"), Ok(()));
-        let got = fields(check_caps(&ok, &[&ok, &ok], caps, "team"));
+        assert_eq!(check_caps(&ok, &[&ok], &caps, "team"), Ok(()));
+        let got = fields(check_caps(&ok, &[&ok, &ok], &caps, "team"));
         assert_eq!(got, ["spec.capacity.poolMin"]);
         let wide = SandboxPoolSpec {
             max_sandboxes_per_agent: Some(64),
             ..Default::default()
         };
         assert_eq!(
-            fields(check_caps(&wide, &[], caps, "team")),
+            fields(check_caps(&wide, &[], &caps, "team")),
             ["spec.maxSandboxesPerAgent"]
         );
     }
@@ -672,15 +768,15 @@ mod tests {
             ..Default::default()
         };
         for ok in [None, Some(0), Some(2)] {
-            assert_eq!(check_caps(&at(ok), &[], big, "big"), Ok(()), "{ok:?}");
+            assert_eq!(check_caps(&at(ok), &[], &big, "big"), Ok(()), "{ok:?}");
         }
-        let err = check_caps(&at(Some(3)), &[], big, "big").unwrap_err();
+        let err = check_caps(&at(Some(3)), &[], &big, "big").unwrap_err();
         assert_eq!(fields(Err(err.clone())), ["spec.prestarted"]);
         assert!(err.to_string().contains("3 exceeds the 2"), "{err}");
         // Without a cap a pool may ask for what the schema allows.
         let team = policy().caps("team");
         assert_eq!(
-            check_caps(&at(Some(MAX_PRESTARTED)), &[], team, "team"),
+            check_caps(&at(Some(MAX_PRESTARTED)), &[], &team, "team"),
             Ok(())
         );
     }

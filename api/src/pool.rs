@@ -6,6 +6,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::SandboxResources;
+
 /// Default slots per agent when the pool does not say.
 pub const DEFAULT_SLOTS_PER_AGENT: i32 = 16;
 /// Pre-started sandboxes per warm image an agent keeps when the pool does
@@ -85,6 +87,12 @@ pub struct SandboxPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = MAX_PRESTARTED))]
     pub prestarted: Option<i32>,
+    /// Limits of a sandbox of this pool that sets no `resources` (field by
+    /// field), written into its spec at admission. Without them, and
+    /// without an operator maximum, such a sandbox has no CPU, memory or
+    /// pids limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_defaults: Option<SandboxResources>,
 }
 
 /// Bounds of the pool size and of its buffer of free agents.

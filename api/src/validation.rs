@@ -8,7 +8,7 @@ use std::fmt;
 use crate::agent::{CreateSandboxRequest, ResourceLimits};
 use crate::image::ImageRef;
 use crate::pool::{MAX_PRESTARTED, SandboxPoolSpec};
-use crate::quantity;
+use crate::resources;
 use crate::sandbox::{EnvVar, ExposedPort, PortProtocol, SandboxSpec};
 
 /// Most bytes of command, args and env together (what `execve` accepts on
@@ -223,24 +223,11 @@ fn check_limits(errs: &mut FieldErrors, prefix: &str, limits: &ResourceLimits) {
 
 /// Turns a spec's resources into cgroup units, naming the field that fails.
 pub fn limits_of(spec: &SandboxSpec) -> Result<ResourceLimits, FieldErrors> {
-    let mut errs = FieldErrors::default();
-    let mut limits = ResourceLimits::default();
-    if let Some(r) = &spec.resources {
-        if let Some(cpu) = &r.cpu {
-            match quantity::cpu_millis(cpu) {
-                Ok(v) => limits.cpu_millis = Some(v),
-                Err(e) => errs.push("spec.resources.cpu", e.to_string()),
-            }
-        }
-        if let Some(mem) = &r.memory {
-            match quantity::bytes(mem) {
-                Ok(v) => limits.memory_bytes = Some(v),
-                Err(e) => errs.push("spec.resources.memory", e.to_string()),
-            }
-        }
-        limits.pids = r.pids;
-    }
-    errs.into_result().map(|()| limits)
+    spec.resources
+        .as_ref()
+        .map_or(Ok(ResourceLimits::default()), |r| {
+            resources::parse(r, "spec.resources.")
+        })
 }
 
 /// Validates a Sandbox spec as submitted by a user.
@@ -347,6 +334,12 @@ pub fn validate_pool_spec(spec: &SandboxPoolSpec) -> Result<(), FieldErrors> {
     }
     for (i, img) in spec.warm_images.iter().enumerate() {
         check_image(&mut errs, &format!("spec.warmImages[{i}]"), img);
+    }
+    if let Some(d) = &spec.sandbox_defaults {
+        match resources::parse(d, "spec.sandboxDefaults.") {
+            Ok(l) => check_limits(&mut errs, "spec.sandboxDefaults.", &l),
+            Err(e) => errs.0.extend(e.0),
+        }
     }
     if let Some(p) = spec.prestarted
         && !(0..=MAX_PRESTARTED).contains(&p)

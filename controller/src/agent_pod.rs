@@ -3,7 +3,8 @@
 //! from a pool they take only what [`AgentRequest`] allows: scheduling,
 //! sizing, an agent image the operator lists, and plain labels and
 //! annotations; from the rest of its spec the slots, the warm images and
-//! the pre-started sandboxes (within the namespace's cap). No owner
+//! the pre-started sandboxes (within the namespace's cap), and requests
+//! that count its sandboxes (see [`crate::agent_sizing`]). No owner
 //! reference can cross namespaces, so the pool's labels (namespace, name
 //! and UID) tie an agent to its pool, and a finalizer on the pool removes
 //! its agents.
@@ -14,7 +15,7 @@ use std::path::Path;
 use fast_sandbox_api::SandboxPool;
 use fast_sandbox_api::agent::DEFAULT_PORT;
 use fast_sandbox_api::image::ImageRef;
-use fast_sandbox_api::policy::{AGENT_CONTAINER, AgentRequest, Policy};
+use fast_sandbox_api::policy::{AGENT_CONTAINER, AgentRequest, Caps, Policy};
 use fast_sandbox_api::pool::DEFAULT_PRESTARTED;
 use fast_sandbox_api::wellknown::{
     ANNOTATION_SLOTS, LABEL_POOL, LABEL_POOL_NAMESPACE, LABEL_POOL_UID, LABEL_ROLE, ROLE_AGENT,
@@ -27,6 +28,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+
+use crate::agent_sizing::agent_resources;
 
 /// Name of the secret holding the agent's serving certificate, in the
 /// operator's namespace next to the agent pods that mount it.
@@ -165,7 +168,7 @@ pub fn build(pool: &SandboxPool, policy: &Policy, settings: &AgentPodSettings) -
         containers: vec![agent_container(
             pool,
             &req,
-            policy.caps(&pool_ns).max_prestarted,
+            &policy.caps(&pool_ns),
             settings,
         )],
         volumes: Some(volumes(settings)),
@@ -242,7 +245,7 @@ fn stock_images(pool: &SandboxPool) -> Option<String> {
 fn agent_container(
     pool: &SandboxPool,
     req: &AgentRequest,
-    max_prestarted: u32,
+    caps: &Caps,
     settings: &AgentPodSettings,
 ) -> Container {
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
@@ -293,14 +296,19 @@ fn agent_container(
     if let Some(images) = stock_images(pool) {
         env.push(value(ENV_STOCK_IMAGES, images));
     }
-    if let Some(n) = stock_size(pool, max_prestarted) {
+    if let Some(n) = stock_size(pool, caps.max_prestarted) {
         env.push(value(ENV_STOCK_SIZE, n.to_string()));
     }
     Container {
         name: AGENT_CONTAINER.to_string(),
         image: Some(req.image.clone()),
         image_pull_policy: req.image_pull_policy.clone(),
-        resources: req.resources.clone(),
+        resources: Some(agent_resources(
+            req.resources.as_ref(),
+            pool,
+            pool.spec.slots_per_agent(),
+            &caps.max_sandbox,
+        )),
         security_context: Some(SecurityContext {
             privileged: Some(true),
             ..Default::default()

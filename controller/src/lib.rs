@@ -19,6 +19,7 @@
 #![deny(missing_docs, rust_2018_idioms)]
 
 pub mod agent_pod;
+pub mod agent_sizing;
 pub mod agents;
 pub mod context;
 pub mod error;

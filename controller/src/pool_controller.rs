@@ -181,7 +181,7 @@ async fn reconcile_inner(pool: &SandboxPool, ctx: &Context) -> Result<Action, Er
     let caps = ctx.policy().caps(&ns);
     let lock = ctx.namespace_lock(&ns);
     let _planning = lock.lock().await;
-    let room = room_in_namespace(ctx, &ns, caps, input.slots_per_agent);
+    let room = room_in_namespace(ctx, &ns, &caps, input.slots_per_agent);
     let capped = plan.create > room;
     if capped {
         tracing::info!(pool = %name, namespace = %ns, wanted = plan.create, room, max_agents = caps.max_agents, max_slots = caps.max_slots, "pool growth stops at the namespace's cap");
@@ -391,7 +391,7 @@ async fn write_status(
 /// Slots-per-agent `slots`: how many more agents namespace `ns` may get
 /// under `caps`, counting every agent of its pools that is not going away
 /// and those just created.
-fn room_in_namespace(ctx: &Context, ns: &str, caps: Caps, slots: u32) -> u32 {
+fn room_in_namespace(ctx: &Context, ns: &str, caps: &Caps, slots: u32) -> u32 {
     let mut agents = 0u32;
     let mut used_slots = 0u64;
     for p in ctx.pods.state() {

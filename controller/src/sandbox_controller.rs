@@ -227,6 +227,8 @@ async fn bind(t: &Target<'_>, ctx: &Context, choice: &Choice) -> Result<(), Erro
         choice: Some(choice.clone()),
         bound_at: Utc::now(),
         reservation: t.uid.clone(),
+        // Admission wrote its limits when it was created.
+        resources: None,
     };
     let patch = binding::patch(&t.sb.metadata, &b);
     if let Err(e) = t

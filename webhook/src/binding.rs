@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use fast_sandbox_api::wellknown;
+use fast_sandbox_api::{SandboxResources, wellknown};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use fast_sandbox_placement::Choice;
 
 /// What admission decided for a new sandbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
     /// Name of the pool (`spec.poolRef`).
     pub pool: String,
@@ -27,6 +27,9 @@ pub struct Binding {
     pub bound_at: DateTime<Utc>,
     /// The reservation token the placement index holds the slot under.
     pub reservation: String,
+    /// Limits to write into `spec.resources` (the pool's defaults or the
+    /// operator's maximum filled in), or `None` to leave them as sent.
+    pub resources: Option<SandboxResources>,
 }
 
 /// The bind time as written in [`wellknown::ANNOTATION_BOUND_AT`]: RFC 3339
@@ -43,6 +46,10 @@ pub fn patch(meta: &ObjectMeta, binding: &Binding) -> Patch {
     let mut labels = BTreeMap::new();
     labels.insert(wellknown::LABEL_POOL, binding.pool.clone());
     let mut annotations = BTreeMap::new();
+    if let Some(r) = &binding.resources {
+        // `add` replaces a member that exists.
+        ops.push(add(&["spec", "resources"], json!(r)));
+    }
 
     if let Some(choice) = &binding.choice {
         ops.push(add(
@@ -121,6 +128,7 @@ mod tests {
                 node_name: "node-a".into(),
                 image_hit: true,
             }),
+            resources: None,
             bound_at: Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap()
                 + chrono::Duration::milliseconds(67),
             reservation: "req-uid".into(),

@@ -9,7 +9,8 @@
 //!   the same implementation to re-place sandboxes.
 //! - [`watch`]: feeds the index from watches on agent pods, nodes, pools and
 //!   sandboxes.
-//! - [`binding`]: the JSON patch that binds a sandbox.
+//! - [`binding`]: the JSON patch that binds a sandbox (and writes its
+//!   effective limits, see [`pool_defaults`]).
 //! - [`review`]: the AdmissionReview envelope and wire format;
 //!   [`sandbox_review`] binds and guards Sandboxes, [`pool_review`] holds
 //!   SandboxPools to the operator's policy.
@@ -20,6 +21,7 @@
 
 pub mod binding;
 pub mod metrics;
+pub mod pool_defaults;
 pub mod pool_review;
 pub mod review;
 pub mod sandbox_review;

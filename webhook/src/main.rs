@@ -13,6 +13,7 @@ use fast_sandbox_placement::Index;
 use fast_sandbox_server::tls::ServerTls;
 use fast_sandbox_server::{Ops, OpsArgs, serve, serve_ops, telemetry};
 use fast_sandbox_webhook::metrics::Metrics;
+use fast_sandbox_webhook::pool_defaults::PoolDefaults;
 use fast_sandbox_webhook::review::{DEFAULT_CONTROLLER_USERNAME, Reviewer};
 use fast_sandbox_webhook::server::Webhook;
 use fast_sandbox_webhook::watch::{self, ApiPools};
@@ -79,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
             "client authentication is off: any caller reaching this port is answered and reserves nothing; restrict it with the NetworkPolicy in deploy/"
         );
     }
+    let defaults = Arc::new(PoolDefaults::default());
     let (index_synced_tx, mut index_synced) = tokio::sync::watch::channel(false);
     tokio::spawn(watch::run(
         client.clone(),
@@ -86,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.namespace.clone()),
         index.clone(),
+        defaults.clone(),
         undecodable,
         move || {
             index_synced_tx.send_replace(true);
@@ -105,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
 
     let reviewer = Reviewer::new(index, args.controller_username)
         .with_pool_lookup(Arc::new(ApiPools(client)))
+        .with_pool_defaults(defaults)
         .with_metrics(metrics.clone())
         .with_policy(policy);
     let serving = ServerTls {

@@ -107,7 +107,7 @@ impl Reviewer {
             .filter(|p| p.name_any() != name && p.metadata.deletion_timestamp.is_none())
             .map(|p| &p.spec)
             .collect();
-        if let Err(e) = check_caps(&new.spec, &others, policy.caps(&namespace), &namespace) {
+        if let Err(e) = check_caps(&new.spec, &others, &policy.caps(&namespace), &namespace) {
             errs.0.extend(e.0);
         }
         if errs.0.is_empty() {
@@ -142,8 +142,13 @@ mod tests {
 
     struct Others(Vec<Value>);
     impl PoolLookup for Others {
-        fn exists<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<bool, String>> {
-            Box::pin(async { Ok(true) })
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<Option<fast_sandbox_api::SandboxPool>, String>> {
+            let pool = fast_sandbox_api::SandboxPool::new(name, Default::default());
+            Box::pin(async move { Ok(Some(pool)) })
         }
         fn in_namespace<'a>(
             &'a self,

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Metrics, Outcome};
+use crate::pool_defaults::PoolDefaults;
 
 /// Username of the controller's service account, allowed to change a
 /// sandbox's binding (re-placement).
@@ -51,13 +52,13 @@ pub enum ReviewError {
 /// not seen it yet (a pool and its first sandbox applied together race the
 /// watch), and a namespace's pools (their sum must fit its caps).
 pub trait PoolLookup: Send + Sync {
-    /// `Ok(true)` if SandboxPool `namespace/name` exists and is not being
-    /// deleted; `Err` with a message if that cannot be known now.
-    fn exists<'a>(
+    /// SandboxPool `namespace/name` if it exists and is not being deleted;
+    /// `Err` with a message if that cannot be known now.
+    fn get<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<bool, String>>;
+    ) -> BoxFuture<'a, Result<Option<SandboxPool>, String>>;
 
     /// Every pool of `namespace` that our types can read.
     fn in_namespace<'a>(
@@ -206,6 +207,7 @@ pub struct Reviewer {
     pub(crate) pools: Option<Arc<dyn PoolLookup>>,
     pub(crate) metrics: Metrics,
     pub(crate) policy: SharedPolicy,
+    pub(crate) pool_defaults: Arc<PoolDefaults>,
 }
 
 impl Reviewer {
@@ -218,7 +220,15 @@ impl Reviewer {
             pools: None,
             metrics: Metrics::new(),
             policy: SharedPolicy::default(),
+            pool_defaults: Arc::default(),
         }
+    }
+
+    /// Fills new sandboxes' unset limits from `defaults` (fed by the pool
+    /// watch).
+    pub fn with_pool_defaults(mut self, defaults: Arc<PoolDefaults>) -> Self {
+        self.pool_defaults = defaults;
+        self
     }
 
     /// Asks `lookup` about pools the index has not seen, and for a

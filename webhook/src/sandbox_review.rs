@@ -8,9 +8,10 @@
 //! the apiserver.
 
 use chrono::Utc;
+use fast_sandbox_api::resources;
 use fast_sandbox_api::validation::validate_sandbox_spec;
 use fast_sandbox_api::wellknown::FINALIZER;
-use fast_sandbox_api::{Sandbox, SandboxPhase};
+use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxResources};
 use fast_sandbox_placement::pool_key;
 use kube::ResourceExt;
 use kube::core::admission::Operation;
@@ -82,9 +83,18 @@ impl Reviewer {
             .or(sandbox.metadata.namespace.as_deref())
             .unwrap_or_default();
         let key = pool_key(namespace, &spec.pool_ref);
-        if let Some(message) = self.missing_pool(namespace, &spec.pool_ref, &key).await {
-            return denied(Response::deny(uid, 422, "Invalid", message));
-        }
+        let defaults = match self.pool_defaults(namespace, &spec.pool_ref, &key).await {
+            Ok(d) => d,
+            Err(message) => return denied(Response::deny(uid, 422, "Invalid", message)),
+        };
+        let max = self.policy.get().caps(namespace).max_sandbox;
+        let resources =
+            match resources::effective(spec.resources.as_ref(), defaults.as_ref(), &max, namespace)
+            {
+                Ok(r) if r != spec.resources => r,
+                Ok(_) => None,
+                Err(errs) => return denied(Response::deny(uid, 422, "Invalid", errs.to_string())),
+            };
 
         let choice = if req.dry_run || !caller.authenticated {
             self.index.choose(&key, &spec.image)
@@ -115,30 +125,38 @@ impl Reviewer {
             choice,
             bound_at: Utc::now(),
             reservation: uid.to_string(),
+            resources,
         };
         let mut response = Response::allow(uid).with_patch(&binding::patch(&sandbox.metadata, &b));
         response.warnings = warnings;
         Verdict { response, outcome }
     }
 
-    /// `Some(message)` when the pool does not exist.
-    async fn missing_pool(&self, namespace: &str, pool: &str, key: &str) -> Option<String> {
+    /// The pool's `sandboxDefaults`, or `Err(message)` when the pool does
+    /// not exist. A pool the watch has not seen yet (applied together with
+    /// its first sandbox) is looked up.
+    async fn pool_defaults(
+        &self,
+        namespace: &str,
+        pool: &str,
+        key: &str,
+    ) -> Result<Option<SandboxResources>, String> {
         if self.index.has_pool(key) {
-            return None;
+            return Ok(self.pool_defaults.get(key));
         }
         let message =
             format!("spec.poolRef: SandboxPool {pool:?} does not exist in namespace {namespace:?}");
         let Some(lookup) = &self.pools else {
-            return Some(message);
+            return Err(message);
         };
-        match lookup.exists(namespace, pool).await {
-            Ok(true) => None,
-            Ok(false) => Some(message),
+        match lookup.get(namespace, pool).await {
+            Ok(Some(p)) => Ok(p.spec.sandbox_defaults),
+            Ok(None) => Err(message),
             Err(e) => {
                 // Our own lookup failing must not block users; the
                 // controller reports PoolNotFound if the pool is missing.
-                tracing::warn!(namespace, pool, error = %e, "pool lookup failed; admitting");
-                None
+                tracing::warn!(namespace, pool, error = %e, "pool lookup failed; admitting without its sandbox defaults");
+                Ok(None)
             }
         }
     }
@@ -200,6 +218,15 @@ impl Reviewer {
         if let Err(errs) = validate_sandbox_spec(&new.spec) {
             return denied(Response::deny(uid, 422, "Invalid", errs.to_string()));
         }
+        if new.spec.resources != old.spec.resources {
+            let namespace = req.namespace.as_deref().unwrap_or_default();
+            let max = self.policy.get().caps(namespace).max_sandbox;
+            if let Err(errs) =
+                resources::effective(new.spec.resources.as_ref(), None, &max, namespace)
+            {
+                return denied(Response::deny(uid, 422, "Invalid", errs.to_string()));
+            }
+        }
         allowed(uid)
     }
 }
@@ -226,9 +253,12 @@ fn changed_fixed_field(old: &Sandbox, new: &Sandbox) -> Option<String> {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+    use crate::pool_defaults::PoolDefaults;
     use crate::review::PoolLookup;
     use crate::review::test_support::*;
     use fast_sandbox_api::SandboxPool;
+    use fast_sandbox_api::policy::Policy;
+    use fast_sandbox_k8s::policy::SharedPolicy;
     use fast_sandbox_placement::{AgentState, Index};
     use futures::future::BoxFuture;
     use k8s_openapi::ByteString;
@@ -252,6 +282,51 @@ mod tests {
 
     fn ok_spec() -> Value {
         json!({"image": "busybox", "poolRef": "default-pool", "command": ["/bin/sleep", "100"]})
+    }
+
+    #[tokio::test]
+    async fn limits_come_from_the_sandbox_then_its_pool_then_the_maximum() {
+        let defaults = Arc::new(PoolDefaults::default());
+        let mut pool = SandboxPool::new("default-pool", Default::default());
+        pool.metadata.namespace = Some("team".into());
+        pool.spec.sandbox_defaults =
+            Some(serde_json::from_value(json!({"memory": "64Mi", "pids": 100})).unwrap());
+        defaults.observe(&kube::runtime::watcher::Event::Apply(pool));
+        let policy = Policy::parse(
+            "namespaceDefaults: {maxSandboxResources: {cpu: '1', memory: 1Gi, pids: 500}}",
+        )
+        .unwrap();
+        let r = Reviewer::new(index(), CONTROLLER)
+            .with_pool_defaults(defaults)
+            .with_policy(SharedPolicy::fixed(policy));
+        let resources = |v: &Verdict| {
+            let ops = serde_json::to_value(v.response.patch_ops().unwrap()).unwrap();
+            ops.as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["path"] == "/spec/resources")
+                .map(|o| o["value"].clone())
+        };
+        let v = run(&r, create(ok_spec())).await;
+        assert_eq!(
+            resources(&v),
+            Some(json!({"cpu": "1", "memory": "64Mi", "pids": 100}))
+        );
+        let mut spec = ok_spec();
+        spec["resources"] = json!({"cpu": "500m", "memory": "1Gi", "pids": 500});
+        let v = run(&r, create(spec.clone())).await;
+        assert!(v.response.allowed);
+        assert_eq!(resources(&v), None, "nothing to fill in: no patch");
+
+        spec["resources"] = json!({"memory": "2Gi", "pids": 501});
+        let v = run(&r, create(spec)).await;
+        assert_eq!(v.outcome, Outcome::Denied);
+        let msg = v.response.status.unwrap().message;
+        assert!(
+            msg.contains("spec.resources.memory: 2Gi is more than the operator allows a sandbox in namespace team (1Gi)")
+                && msg.contains("spec.resources.pids: 501"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
@@ -331,7 +406,11 @@ mod tests {
         let ops = serde_json::to_value(v.response.patch_ops().unwrap()).unwrap();
         assert_eq!(
             ops,
-            json!([{"op": "add", "path": "/metadata/labels", "value": {"sandbox.fast.io/pool": "default-pool"}}])
+            json!([
+                // No pool defaults, no policy: the built-in maximum.
+                {"op": "add", "path": "/spec/resources", "value": {"cpu": "4", "memory": "4Gi", "pids": 4096}},
+                {"op": "add", "path": "/metadata/labels", "value": {"sandbox.fast.io/pool": "default-pool"}}
+            ])
         );
         assert_eq!(metrics.placements(Placement::NoCapacity), 1);
     }
@@ -497,10 +576,15 @@ mod tests {
         }
     }
 
-    struct Pools(bool);
+    /// One pool, as the apiserver would answer for it, or none.
+    struct Pools(Option<SandboxPool>);
     impl PoolLookup for Pools {
-        fn exists<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<bool, String>> {
-            Box::pin(async move { Ok(self.0) })
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<SandboxPool>, String>> {
+            Box::pin(async move { Ok(self.0.clone()) })
         }
         fn in_namespace<'a>(
             &'a self,
@@ -513,10 +597,11 @@ mod tests {
     #[tokio::test]
     async fn unseen_pool_is_looked_up() {
         let spec = json!({"image": "busybox", "poolRef": "fresh-pool"});
-        let r = Reviewer::new(index(), CONTROLLER).with_pool_lookup(Arc::new(Pools(true)));
+        let fresh = SandboxPool::new("fresh-pool", Default::default());
+        let r = Reviewer::new(index(), CONTROLLER).with_pool_lookup(Arc::new(Pools(Some(fresh))));
         let v = run(&r, create(spec.clone())).await;
         assert_eq!(v.outcome, Outcome::Unbound);
-        let r = Reviewer::new(index(), CONTROLLER).with_pool_lookup(Arc::new(Pools(false)));
+        let r = Reviewer::new(index(), CONTROLLER).with_pool_lookup(Arc::new(Pools(None)));
         assert_eq!(run(&r, create(spec)).await.outcome, Outcome::Denied);
     }
 

@@ -17,6 +17,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
+use crate::pool_defaults::PoolDefaults;
 use crate::review::PoolLookup;
 
 /// A reservation whose sandbox has not appeared on the watch after this long
@@ -32,6 +33,7 @@ pub async fn run(
     client: Client,
     agent_namespace: String,
     index: Arc<Index>,
+    defaults: Arc<PoolDefaults>,
     undecodable: Arc<Undecodable>,
     on_synced: impl FnOnce() + Send,
 ) {
@@ -68,6 +70,11 @@ pub async fn run(
         tokio::select! {
             next = changes.next() => match next {
                 Some(Ok(change)) => {
+                    // Before the index: a pool admission finds it has
+                    // defaults once it finds the pool.
+                    if let Change::Pool(event) = &change {
+                        defaults.observe(event);
+                    }
                     feed.apply(change);
                     if feed.synced() && let Some(f) = on_synced.take() {
                         tracing::info!(agents = index.agent_count(), "placement index synced");
@@ -92,16 +99,16 @@ pub async fn run(
 pub struct ApiPools(pub Client);
 
 impl PoolLookup for ApiPools {
-    fn exists<'a>(
+    fn get<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<bool, String>> {
+    ) -> BoxFuture<'a, Result<Option<SandboxPool>, String>> {
         Box::pin(async move {
             Api::<SandboxPool>::namespaced(self.0.clone(), namespace)
                 .get_opt(name)
                 .await
-                .map(|p| p.is_some_and(|p| p.metadata.deletion_timestamp.is_none()))
+                .map(|p| p.filter(|p| p.metadata.deletion_timestamp.is_none()))
                 .map_err(|e| e.to_string())
         })
     }

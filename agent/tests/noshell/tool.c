@@ -6,12 +6,59 @@
  *   tool cat               copy stdin to stdout
  *   tool exit N            exit with code N
  *   tool read PATH         print the file at PATH
+ *   tool syscall NAME      make one system call and print "ok" or its errno:
+ *                          getpid, io_uring_setup, clone3, socket_alg, or a
+ *                          bare number (a call no filter knows)
  */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#ifndef SYS_io_uring_setup
+#define SYS_io_uring_setup 425
+#endif
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+#ifndef AF_ALG
+#define AF_ALG 38
+#endif
+
+static const char *errno_name(int e) {
+    switch (e) {
+    case EPERM: return "EPERM";
+    case ENOSYS: return "ENOSYS";
+    case EINVAL: return "EINVAL";
+    case EFAULT: return "EFAULT";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    default: return "other";
+    }
+}
+
+/* Arguments that make each call fail fast after the filter, if it passes. */
+static int probe(const char *name) {
+    long r;
+    if (!strcmp(name, "getpid")) r = syscall(SYS_getpid);
+    else if (!strcmp(name, "io_uring_setup")) r = syscall(SYS_io_uring_setup, 0, NULL);
+    else if (!strcmp(name, "clone3")) r = syscall(SYS_clone3, NULL, 0);
+    else if (!strcmp(name, "socket_alg")) r = socket(AF_ALG, SOCK_SEQPACKET, 0);
+    else if (name[0] >= '0' && name[0] <= '9') r = syscall(atol(name));
+    else {
+        fprintf(stderr, "tool: unknown system call %s\n", name);
+        return 2;
+    }
+    if (r >= 0) {
+        puts("ok");
+        return 0;
+    }
+    printf("%s\n", errno_name(errno));
+    return 1;
+}
 
 static int copy(int from) {
     char buf[65536];
@@ -24,7 +71,7 @@ static int copy(int from) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fputs("usage: tool sleep|echo|cat|exit|read ...\n", stderr);
+        fputs("usage: tool sleep|echo|cat|exit|read|syscall ...\n", stderr);
         return 2;
     }
     const char *cmd = argv[1];
@@ -49,6 +96,7 @@ int main(int argc, char **argv) {
         }
         return copy(fd);
     }
+    if (!strcmp(cmd, "syscall") && argc > 2) return probe(argv[2]);
     fprintf(stderr, "tool: unknown command %s\n", cmd);
     return 2;
 }

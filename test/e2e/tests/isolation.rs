@@ -1,0 +1,289 @@
+//! What confines a tenant's code on the real cluster.
+//!
+//! - The seccomp allow-list: `io_uring`, `clone3` and `AF_ALG` sockets are
+//!   refused, an ordinary call is not (the probe is `/tool` of the image
+//!   without a shell).
+//! - Default limits: a pool's `sandboxDefaults` fill in what a sandbox
+//!   leaves unset, the operator's maximum bounds what it asks for and
+//!   limits what nobody set, and the kernel enforces the result. Agent pods
+//!   are never BestEffort.
+//!
+//! The one acting is a namespace `edit` tenant, who cannot ask past the
+//! maximum in a sandbox or in its pool's defaults; a user of another
+//! namespace can do nothing with either.
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use fast_sandbox_api::policy::{POLICY_CONFIG_MAP, POLICY_KEY, Policy};
+use fast_sandbox_api::wellknown::condition;
+use fast_sandbox_api::{Sandbox, SandboxPool, SandboxResources, quantity};
+use fast_sandbox_cli::exec::{ExecOptions, Streams, exec};
+use fast_sandbox_e2e::scenario::{AGENT_IMAGE, BUSYBOX, SYSTEM_NAMESPACE, agent_pods};
+use fast_sandbox_e2e::{cluster_client, delete_namespace, editor, namespace, wait_for};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(120);
+const NOSHELL: &str = "docker.io/fast-sandbox/noshell:dev";
+
+fn pool(name: &str, image: &str, defaults: Option<Value>) -> SandboxPool {
+    let mut spec = json!({
+        "capacity": {"poolMin": 1, "poolMax": 1}, "maxSandboxesPerAgent": 8,
+        "warmImages": [image],
+        "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": AGENT_IMAGE}]}}
+    });
+    if let Some(d) = defaults {
+        spec["sandboxDefaults"] = d;
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+fn sandbox(name: &str, image: &str, command: &[&str], resources: Option<Value>) -> Sandbox {
+    let mut spec = json!({"image": image, "command": command, "poolRef": "p"});
+    if let Some(r) = resources {
+        spec["resources"] = r;
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+/// Creates the pool as `who` and waits for its agent.
+async fn ready(who: &Client, admin: &Client, ns: &str, p: SandboxPool) {
+    let mine: Api<SandboxPool> = Api::namespaced(who.clone(), ns);
+    mine.create(&PostParams::default(), &p).await.unwrap();
+    let pools: Api<SandboxPool> = Api::namespaced(admin.clone(), ns);
+    wait_for(&pools, "p", WAIT, "1 ready agent", |p: &SandboxPool| {
+        p.status.as_ref().is_some_and(|s| s.ready_agents >= 1)
+    })
+    .await
+    .unwrap();
+}
+
+async fn running(sbx: &Api<Sandbox>, name: &str) -> Sandbox {
+    wait_for(sbx, name, WAIT, "Ready", |s: &Sandbox| {
+        s.condition(condition::READY)
+            .is_some_and(|c| c.status == "True")
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs `command` in the sandbox; returns (exit code, stdout).
+async fn run(client: &Client, ns: &str, name: &str, command: &[&str]) -> (i32, String) {
+    let opts = ExecOptions {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let io = Streams {
+        stdin: Cursor::new(Vec::new()),
+        stdout: &mut out,
+        stderr: &mut err,
+        resize: None,
+    };
+    let code = exec(client.clone(), ns, name, &opts, io)
+        .await
+        .unwrap_or_else(|e| panic!("exec {command:?} in {ns}/{name}: {e}"));
+    (code, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The operator's maximum for `ns`, as the deployed policy says.
+async fn maximum(admin: &Client, ns: &str) -> SandboxResources {
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let cm = cms.get(POLICY_CONFIG_MAP).await.unwrap();
+    let doc = cm
+        .data
+        .unwrap_or_default()
+        .remove(POLICY_KEY)
+        .unwrap_or_default();
+    Policy::parse(&doc).unwrap().caps(ns).max_sandbox
+}
+
+fn refusal(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message,
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seccomp_allow_list_refuses_calls_outside_it() {
+    let admin = cluster_client("seccomp").await;
+    let ns = namespace(&admin, "e2e-seccomp").await.unwrap();
+    let other = namespace(&admin, "e2e-seccomp-other").await.unwrap();
+    let tenant = editor(&admin, &ns, "e2e-seccomp-editor").await;
+    let stranger = editor(&admin, &other, "e2e-seccomp-stranger").await;
+    ready(&tenant, &admin, &ns, pool("p", NOSHELL, None)).await;
+    let sbx: Api<Sandbox> = Api::namespaced(tenant.clone(), &ns);
+    sbx.create(
+        &PostParams::default(),
+        &sandbox("probe", NOSHELL, &["/tool", "sleep"], None),
+    )
+    .await
+    .unwrap();
+    running(&sbx, "probe").await;
+
+    for (call, want, code) in [
+        ("getpid", "ok", 0),
+        ("io_uring_setup", "EPERM", 1),
+        ("clone3", "ENOSYS", 1),
+        ("socket_alg", "EPERM", 1),
+    ] {
+        let (got_code, out) = run(&tenant, &ns, "probe", &["/tool", "syscall", call]).await;
+        assert_eq!((got_code, out.trim()), (code, want), "{call}");
+    }
+    let err = run_err(&stranger, &ns, "probe").await;
+    assert!(err.contains("forbidden"), "{err}");
+    delete_namespace(&admin, &ns).await;
+    delete_namespace(&admin, &other).await;
+}
+
+async fn run_err(client: &Client, ns: &str, name: &str) -> String {
+    let io = Streams {
+        stdin: Cursor::new(Vec::new()),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        resize: None,
+    };
+    let opts = ExecOptions {
+        command: vec!["true".into()],
+        ..Default::default()
+    };
+    match exec(client.clone(), ns, name, &opts, io).await {
+        Ok(code) => panic!("exec in {ns}/{name} was allowed (exit {code})"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_defaults_and_the_operator_maximum_limit_every_sandbox() {
+    let admin = cluster_client("sandbox defaults").await;
+    let ns = namespace(&admin, "e2e-defaults").await.unwrap();
+    let other = namespace(&admin, "e2e-defaults-other").await.unwrap();
+    let tenant = editor(&admin, &ns, "e2e-defaults-editor").await;
+    let stranger = editor(&admin, &other, "e2e-defaults-stranger").await;
+    let max = maximum(&admin, &ns).await;
+    let max_memory = quantity::bytes(max.memory.as_ref().expect("a memory maximum")).unwrap();
+    let max_cpu = quantity::cpu_millis(max.cpu.as_ref().expect("a CPU maximum")).unwrap();
+    let max_pids = max.pids.expect("a pids maximum");
+    let twice = format!("{}", max_memory * 2);
+
+    // A pool may not default its sandboxes past the maximum.
+    let pools: Api<SandboxPool> = Api::namespaced(tenant.clone(), &ns);
+    let greedy = pool("greedy", BUSYBOX, Some(json!({"memory": twice})));
+    let msg = refusal(
+        pools
+            .create(&PostParams::default(), &greedy)
+            .await
+            .unwrap_err(),
+    );
+    assert!(msg.contains("spec.sandboxDefaults.memory"), "{msg}");
+    ready(
+        &tenant,
+        &admin,
+        &ns,
+        pool("p", BUSYBOX, Some(json!({"memory": "64Mi", "pids": 100}))),
+    )
+    .await;
+
+    // Agent pods count their sandboxes' default memory and are never
+    // BestEffort.
+    let agents = agent_pods(&admin, &ns, "p").await.unwrap();
+    assert!(!agents.is_empty());
+    for a in &agents {
+        let qos = a.status.as_ref().and_then(|s| s.qos_class.clone());
+        assert_eq!(qos.as_deref(), Some("Burstable"), "{:?}", a.metadata.name);
+        let c = &a.spec.as_ref().unwrap().containers[0];
+        let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests["memory"].0, ((64u64 + 8 * 64) << 20).to_string());
+    }
+
+    let sbx: Api<Sandbox> = Api::namespaced(tenant.clone(), &ns);
+    let limits = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us";
+    // Nothing asked: the pool's defaults, and the maximum where the pool
+    // has none.
+    sbx.create(
+        &PostParams::default(),
+        &sandbox("plain", BUSYBOX, &["sleep", "3600"], None),
+    )
+    .await
+    .unwrap();
+    let plain = running(&sbx, "plain").await;
+    let r = plain
+        .spec
+        .resources
+        .clone()
+        .expect("limits written at admission");
+    assert_eq!(r.memory.unwrap().0, "64Mi");
+    assert_eq!(r.pids, Some(100));
+    assert_eq!(r.cpu, max.cpu);
+    let (_, out) = run(&tenant, &ns, "plain", &["sh", "-c", limits]).await;
+    let want = format!("{}\n100\n{}\n", 64u64 << 20, max_cpu * 100);
+    assert_eq!(out, want, "the kernel's limits of the sandbox");
+
+    // What a sandbox asks for wins; the rest is filled in.
+    sbx.create(
+        &PostParams::default(),
+        &sandbox(
+            "partial",
+            BUSYBOX,
+            &["sleep", "3600"],
+            Some(json!({"cpu": "250m"})),
+        ),
+    )
+    .await
+    .unwrap();
+    let r = running(&sbx, "partial").await.spec.resources.unwrap();
+    assert_eq!(
+        (r.cpu.unwrap().0, r.memory.unwrap().0, r.pids),
+        ("250m".to_string(), "64Mi".to_string(), Some(100))
+    );
+
+    // Past the maximum: refused, naming each field.
+    for (resources, field) in [
+        (json!({"memory": twice}), "spec.resources.memory"),
+        (json!({"pids": max_pids + 1}), "spec.resources.pids"),
+        (
+            json!({"cpu": format!("{}m", max_cpu + 1)}),
+            "spec.resources.cpu",
+        ),
+    ] {
+        let greedy = sandbox("greedy", BUSYBOX, &["true"], Some(resources));
+        let msg = refusal(
+            sbx.create(&PostParams::default(), &greedy)
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            msg.contains(field) && msg.contains("more than the operator allows"),
+            "{field}: {msg}"
+        );
+    }
+
+    // Another namespace's user can neither read nor add to this one.
+    let theirs: Api<Sandbox> = Api::namespaced(stranger.clone(), &ns);
+    let msg = refusal(theirs.get("plain").await.unwrap_err());
+    assert!(msg.contains("forbidden"), "{msg}");
+    let msg = refusal(
+        theirs
+            .create(
+                &PostParams::default(),
+                &sandbox("x", BUSYBOX, &["true"], None),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert!(msg.contains("forbidden"), "{msg}");
+    delete_namespace(&admin, &ns).await;
+    delete_namespace(&admin, &other).await;
+}
