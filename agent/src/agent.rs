@@ -109,6 +109,9 @@ pub struct Config {
     /// Where the cgroup filesystem is mounted (as the agent sees the
     /// host's): a claim writes the sandbox's limits there.
     pub cgroup_root: PathBuf,
+    /// Bytes each output of a sandbox keeps on the node (0: no cap); past
+    /// it the oldest half is dropped.
+    pub log_max_bytes: u64,
 }
 
 /// Default of [`Config::stock_size`]: the pool's documented default.
@@ -1237,6 +1240,13 @@ impl Agent {
     /// When the stream breaks (containerd restarted) the agent turns
     /// unready, subscribes again and re-syncs.
     pub async fn run_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let metrics = self.metrics.clone();
+        tokio::spawn(crate::logs::keep_capped(
+            self.logs.clone(),
+            self.cfg.log_max_bytes,
+            move |n| metrics.log_bytes_dropped(n),
+            shutdown.clone(),
+        ));
         loop {
             if *shutdown.borrow() {
                 return;

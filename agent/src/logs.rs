@@ -5,6 +5,12 @@
 //! the task is created). So the agent creates two empty files per container
 //! before the task and serves them, following them while the process runs.
 //! The state dir must be the same path on the host and in the agent pod.
+//!
+//! Each file is capped: once a second, a file past the cap loses its oldest
+//! bytes in place (`FALLOC_FL_COLLAPSE_RANGE`, so the shim keeps appending
+//! to the same file), keeping about the newest half. On a filesystem that
+//! cannot collapse a range the file starts over. A sandbox printing without
+//! end cannot fill the node's disk.
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,13 @@ use crate::error::{Error, Result};
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes read per chunk.
 const CHUNK: usize = 64 * 1024;
+/// Bytes one output of a sandbox may hold by default (`--log-max-bytes`).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 16 << 20;
+/// The smallest cap: what is dropped is a multiple of this, which every
+/// filesystem's block size divides.
+pub const LOG_CAP_UNIT: u64 = 64 << 10;
+/// How often files are measured against the cap.
+const CAP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Which output of a sandbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +109,29 @@ impl LogDir {
         }
     }
 
+    /// Drops the oldest bytes of every file past `max`, keeping about the
+    /// newest half; returns how many bytes went.
+    pub fn cap(&self, max: u64) -> u64 {
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut dropped = 0;
+        for entry in dir.filter_map(|e| e.ok()) {
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() || meta.len() <= max {
+                continue;
+            }
+            let path = entry.path();
+            match shrink(&path, meta.len(), max / 2) {
+                Ok(n) => dropped += n,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "capping a log file failed")
+                }
+            }
+        }
+        dropped
+    }
+
     /// Container IDs that have log files.
     pub fn container_ids(&self) -> Vec<String> {
         let Ok(dir) = std::fs::read_dir(&self.root) else {
@@ -112,6 +148,50 @@ impl LogDir {
         ids.sort();
         ids.dedup();
         ids
+    }
+}
+
+/// Removes the oldest `len - keep` bytes of the file at `path` (rounded down
+/// to [`LOG_CAP_UNIT`]), or empties it where the filesystem cannot.
+fn shrink(path: &Path, len: u64, keep: u64) -> std::io::Result<u64> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    use rustix::io::Errno;
+    let drop = (len.saturating_sub(keep) / LOG_CAP_UNIT) * LOG_CAP_UNIT;
+    if drop == 0 || drop >= len {
+        return Ok(0);
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    match fallocate(&file, FallocateFlags::COLLAPSE_RANGE, 0, drop) {
+        Ok(()) => Ok(drop),
+        Err(Errno::OPNOTSUPP | Errno::INVAL) => {
+            file.set_len(0)?;
+            Ok(len)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Keeps every file of `dir` within `max` bytes (0: no cap) until
+/// `shutdown`; `dropped` hears how many bytes each pass removed.
+pub async fn keep_capped(
+    dir: LogDir,
+    max: u64,
+    dropped: impl Fn(u64) + Send + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if max == 0 {
+        return;
+    }
+    loop {
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || d.cap(max)).await {
+            Ok(0) | Err(_) => {}
+            Ok(n) => dropped(n),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(CAP_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
@@ -172,7 +252,14 @@ pub fn stream(
                 () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
                 () = tx.closed() => return,
             }
-            // Re-seek so a truncated or re-created file does not wedge the reader.
+            // A capped file shrank: go on from its end (the reader was
+            // following, so little is skipped). Re-seek so a truncated or
+            // re-created file does not wedge the reader.
+            if let Ok(m) = file.metadata().await
+                && m.len() < pos
+            {
+                pos = m.len();
+            }
             if file.seek(SeekFrom::Start(pos)).await.is_err() {
                 return;
             }
@@ -210,6 +297,38 @@ mod tests {
         assert_eq!(logs.container_ids(), ["c1"]);
         logs.remove("c1");
         assert!(logs.container_ids().is_empty());
+    }
+
+    #[test]
+    fn a_file_past_the_cap_keeps_its_newest_half_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogDir::new(dir.path()).unwrap();
+        let (out, err) = logs.create("c1").unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&out).unwrap();
+        let line = |i: u32| format!("{i:09}\n");
+        for i in 0..100_000 {
+            f.write_all(line(i).as_bytes()).unwrap();
+        }
+        std::fs::write(&err, "small").unwrap();
+        let max = 256 << 10;
+        let dropped = logs.cap(max);
+        let len = std::fs::metadata(&out).unwrap().len();
+        f.write_all(b"after\n").unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        if len == 0 {
+            // A filesystem that cannot collapse a range (tmpfs): emptied.
+            assert_eq!(dropped, 1_000_000);
+            assert_eq!(text, "after\n");
+        } else {
+            assert!(len <= max && len >= max / 2, "{len}");
+            assert_eq!(dropped + len, 1_000_000);
+            // The newest bytes are kept, and the shim's next append lands
+            // at the new end.
+            let tail = format!("{}after\n", line(99_999));
+            assert!(text.ends_with(&tail), "{}", &text[text.len() - 40..]);
+        }
+        assert_eq!(std::fs::read_to_string(&err).unwrap(), "small");
+        assert_eq!(logs.cap(max), 0, "within the cap now");
     }
 
     #[tokio::test]

@@ -136,6 +136,11 @@ struct Args {
         default_value = "/sys/fs/cgroup"
     )]
     cgroup_root: PathBuf,
+    /// Bytes each output (stdout, stderr) of a sandbox keeps on the node's
+    /// disk; past it the oldest half is dropped (checked every second).
+    /// 0 disables the cap.
+    #[arg(long, env = "FAST_SANDBOX_LOG_MAX_BYTES", default_value_t = fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES, value_parser = log_cap)]
+    log_max_bytes: u64,
     /// Seconds between SIGTERM and SIGKILL when a delete names no grace period.
     #[arg(long, env = "FAST_SANDBOX_GRACE_SECONDS", default_value_t = 10)]
     grace_seconds: u64,
@@ -197,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
             .filter(|i| !i.is_empty())
             .collect(),
         cgroup_root: args.cgroup_root,
+        log_max_bytes: args.log_max_bytes,
     };
     tracing::info!(?cfg, "starting agent");
     let agent =
@@ -237,4 +243,14 @@ async fn main() -> anyhow::Result<()> {
     events.abort();
     agent.release_warm().await;
     Ok(())
+}
+
+/// `--log-max-bytes`: 0, or at least two units of what is dropped at once.
+fn log_cap(s: &str) -> Result<u64, String> {
+    let n: u64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let min = 2 * fast_sandbox_agent::logs::LOG_CAP_UNIT;
+    if n != 0 && n < min {
+        return Err(format!("must be 0 (no cap) or at least {min}"));
+    }
+    Ok(n)
 }

@@ -96,6 +96,7 @@ pub struct Metrics {
     stock_creates: Family<PathLabel, Counter>,
     stock_builds: Family<OutcomeLabel, Counter>,
     stock_ready: Gauge,
+    log_bytes_dropped: Counter,
 }
 
 impl Metrics {
@@ -116,8 +117,14 @@ impl Metrics {
             stock_creates: Family::default(),
             stock_builds: Family::default(),
             stock_ready: Gauge::default(),
+            log_bytes_dropped: Counter::default(),
         };
         registry.with(|r| {
+            r.register(
+                "agent_log_bytes_dropped",
+                "Oldest bytes of sandbox logs dropped to keep each file within --log-max-bytes",
+                m.log_bytes_dropped.clone(),
+            );
             r.register(
                 "agent_create_seconds",
                 "Sandbox create latency by stage",
@@ -245,6 +252,11 @@ impl Metrics {
         self.stock_builds
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    /// Counts log bytes dropped by the cap.
+    pub fn log_bytes_dropped(&self, n: u64) {
+        self.log_bytes_dropped.inc_by(n);
     }
 
     /// Sets how many pre-started sandboxes are ready.

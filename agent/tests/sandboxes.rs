@@ -108,6 +108,42 @@ async fn follows_logs_until_the_process_exits() {
     a.assert_nothing_left().await;
 }
 
+/// A sandbox printing far past the cap keeps its newest output only, and
+/// the file on the node's disk stays within the cap.
+#[tokio::test]
+async fn logs_past_the_cap_keep_the_newest_output_within_the_cap() {
+    let env = env();
+    let cap = 256 << 10;
+    let a = TestAgent::start_with(&env, "logcap", 2, |c| c.log_max_bytes = cap).await;
+    // About 2 MB of numbered lines, then a marker; it stays running.
+    let script = "i=0; while [ $i -lt 40000 ]; do echo line-$i-0123456789012345678901234567890123456789; i=$((i+1)); done; echo end-of-output; sleep 3600";
+    let req = request(&env, "logcap-1", &["sh", "-c", script]);
+    let info = a.client.create(&req).await.unwrap().1.unwrap();
+    let file = a.log_dir().join(format!("{}.stdout", info.container_id));
+    wait_for(
+        "the output to end and the file to be capped",
+        Duration::from_secs(60),
+        || {
+            let file = file.clone();
+            async move {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                text.ends_with("end-of-output\n") && (text.len() as u64) <= cap
+            }
+        },
+    )
+    .await;
+    let text = logs(&a, "logcap-1", "").await;
+    assert!(text.ends_with("line-39999-0123456789012345678901234567890123456789\nend-of-output\n"));
+    assert!(!text.contains("line-0-"), "the oldest output was dropped");
+    assert!(
+        text.len() as u64 >= cap / 4,
+        "about the newest half is kept: {}",
+        text.len()
+    );
+    a.client.delete("logcap-1", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
 #[tokio::test]
 async fn memory_limit_oom_kills_and_is_reported() {
     let env = env();

@@ -182,6 +182,7 @@ impl TestAgent {
             stock_size: 0,
             stock_images: Vec::new(),
             cgroup_root: "/sys/fs/cgroup".into(),
+            log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
         };
         tune(&mut cfg);
         let agent = Agent::new(cfg, cd.clone(), metrics.clone(), ops.health.clone()).unwrap();

@@ -174,6 +174,7 @@ async fn start_agent(
         stock_size: fast_sandbox_agent::agent::DEFAULT_STOCK_SIZE,
         stock_images: vec![args.image.clone()],
         cgroup_root: "/sys/fs/cgroup".into(),
+        log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
     };
     tune(&mut cfg);
     let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())?;
