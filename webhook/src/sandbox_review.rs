@@ -221,10 +221,22 @@ impl Reviewer {
         if new.spec.resources != old.spec.resources {
             let namespace = req.namespace.as_deref().unwrap_or_default();
             let max = self.policy.get().caps(namespace).max_sandbox;
-            if let Err(errs) =
-                resources::effective(new.spec.resources.as_ref(), None, &max, namespace)
-            {
-                return denied(Response::deny(uid, 422, "Invalid", errs.to_string()));
+            match resources::effective(new.spec.resources.as_ref(), None, &max, namespace) {
+                Err(errs) => return denied(Response::deny(uid, 422, "Invalid", errs.to_string())),
+                // Dropping a limit the maximum requires would run the
+                // sandbox unlimited once bound.
+                Ok(full) if full != new.spec.resources => {
+                    return denied(Response::deny(
+                        uid,
+                        422,
+                        "Invalid",
+                        format!(
+                            "spec.resources: every limit the operator bounds in namespace {namespace} must stay set (at most {})",
+                            serde_json::to_string(&max).unwrap_or_default()
+                        ),
+                    ));
+                }
+                Ok(_) => {}
             }
         }
         allowed(uid)
@@ -710,6 +722,37 @@ mod tests {
                 .message()
                 .unwrap()
                 .starts_with("spec.env[0].name")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unbound_sandbox_may_not_drop_or_raise_its_limits_past_the_maximum() {
+        let r = Reviewer::new(index(), CONTROLLER);
+        let mut old = sandbox(ok_spec());
+        old["spec"]["resources"] = json!({"cpu": "1", "memory": "1Gi", "pids": 100});
+        let update = |resources: Value| {
+            let mut new = old.clone();
+            new["spec"]["resources"] = resources;
+            review_body("UPDATE", "alice", new, old.clone(), false)
+        };
+        let lower = run(
+            &r,
+            update(json!({"cpu": "500m", "memory": "64Mi", "pids": 10})),
+        )
+        .await;
+        assert!(lower.response.allowed);
+        let dropped = run(&r, update(json!({"cpu": "1", "pids": 100}))).await;
+        let msg = dropped.response.message().unwrap();
+        assert!(msg.starts_with("spec.resources: every limit"), "{msg}");
+        let raised = run(
+            &r,
+            update(json!({"cpu": "1", "memory": "64Gi", "pids": 100})),
+        )
+        .await;
+        let msg = raised.response.message().unwrap();
+        assert!(
+            msg.starts_with("spec.resources.memory: 64Gi is more than"),
+            "{msg}"
         );
     }
 
