@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 /// CPU the agent itself requests.
-pub const AGENT_CPU_REQUEST: &str = "50m";
+pub const AGENT_CPU_REQUEST: &str = "10m";
 /// Memory the agent itself requests, its pre-started sandboxes included.
 pub const AGENT_MEMORY_REQUEST_BYTES: u64 = 64 << 20;
 
@@ -79,7 +79,7 @@ mod tests {
         let none = SandboxResources::default();
         let r = agent_resources(None, &pool(None), 8, &none);
         assert_eq!(memory(&r), (64u64 << 20).to_string());
-        assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "50m");
+        assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "10m");
         assert!(
             r.limits.is_none(),
             "a pod limit would cap all sandboxes together"
