@@ -485,12 +485,15 @@ pub fn check_caps(
         );
     }
     if let Some(d) = &spec.sandbox_defaults
-        && let Err(e) = resources::effective(Some(d), None, &caps.max_sandbox, namespace)
+        && let Err(e) = resources::effective(
+            Some(d),
+            None,
+            &caps.max_sandbox,
+            namespace,
+            "spec.sandboxDefaults.",
+        )
     {
-        errs.0.extend(e.0.into_iter().map(|mut e| {
-            e.field = e.field.replace("spec.resources.", "spec.sandboxDefaults.");
-            e
-        }));
+        errs.0.extend(e.0);
     }
     if errs.0.is_empty() { Ok(()) } else { Err(errs) }
 }

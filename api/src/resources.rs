@@ -50,13 +50,15 @@ fn error(field: String, message: String) -> FieldError {
 ///
 /// `requested` is the sandbox's `spec.resources`, `defaults` its pool's
 /// `spec.sandboxDefaults`, `max` the operator's maximum for `namespace`
-/// (each field unset when there is none). Inputs are assumed well formed
+/// (each field unset when there is none); errors name `prefix` + the field
+/// of `requested` that asks too much. Inputs are assumed well formed
 /// (validated before); a value that does not parse counts as unset.
 pub fn effective(
     requested: Option<&SandboxResources>,
     defaults: Option<&SandboxResources>,
     max: &SandboxResources,
     namespace: &str,
+    prefix: &str,
 ) -> Result<Option<SandboxResources>, FieldErrors> {
     let asked = requested.cloned().unwrap_or_default();
     let fallback = defaults.cloned().unwrap_or_default();
@@ -67,7 +69,7 @@ pub fn effective(
     let mut pick = |field: &str, asked: Field, fallback: Field, max: Field| match asked {
         (Some(q), Some(v)) if max.1.is_some_and(|m| v > m) => {
             errs.push(error(
-                format!("spec.resources.{field}"),
+                format!("{prefix}{field}"),
                 format!(
                     "{q} is more than the operator allows a sandbox in namespace {namespace} ({})",
                     max.0.unwrap_or_default()
@@ -131,7 +133,7 @@ mod tests {
     #[test]
     fn nothing_anywhere_leaves_the_sandbox_unlimited() {
         assert_eq!(
-            effective(None, None, &r(None, None, None), "ns").unwrap(),
+            effective(None, None, &r(None, None, None), "ns", "spec.resources.").unwrap(),
             None
         );
     }
@@ -142,11 +144,18 @@ mod tests {
         let defaults = r(Some("1"), Some("256Mi"), None);
         let max = r(Some("2"), Some("1Gi"), Some(512));
         assert_eq!(
-            effective(Some(&asked), Some(&defaults), &max, "ns").unwrap(),
+            effective(Some(&asked), Some(&defaults), &max, "ns", "spec.resources.").unwrap(),
             Some(r(Some("250m"), Some("256Mi"), Some(512)))
         );
         assert_eq!(
-            effective(None, Some(&defaults), &r(None, None, None), "ns").unwrap(),
+            effective(
+                None,
+                Some(&defaults),
+                &r(None, None, None),
+                "ns",
+                "spec.resources."
+            )
+            .unwrap(),
             Some(defaults.clone())
         );
     }
@@ -155,7 +164,7 @@ mod tests {
     fn asking_past_the_maximum_is_refused_naming_each_field() {
         let asked = r(Some("3"), Some("2Gi"), Some(1000));
         let max = r(Some("2"), Some("1Gi"), Some(512));
-        let err = effective(Some(&asked), None, &max, "team").unwrap_err();
+        let err = effective(Some(&asked), None, &max, "team", "spec.resources.").unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -171,7 +180,7 @@ mod tests {
         );
         // Equal to the maximum is allowed, in any unit.
         let same = r(Some("2000m"), Some("1024Mi"), Some(512));
-        assert!(effective(Some(&same), None, &max, "team").is_ok());
+        assert!(effective(Some(&same), None, &max, "team", "spec.resources.").is_ok());
     }
 
     #[test]
@@ -179,7 +188,7 @@ mod tests {
         let defaults = r(Some("4"), Some("8Gi"), Some(4096));
         let max = r(Some("2"), Some("1Gi"), Some(512));
         assert_eq!(
-            effective(None, Some(&defaults), &max, "ns").unwrap(),
+            effective(None, Some(&defaults), &max, "ns", "spec.resources.").unwrap(),
             Some(max.clone())
         );
     }

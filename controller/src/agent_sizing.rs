@@ -44,7 +44,11 @@ pub fn agent_resources(
         .sandbox_defaults
         .as_ref()
         .filter(|d| d.memory.is_some())
-        .and_then(|d| resources::effective(None, Some(d), max, &ns).ok().flatten())
+        .and_then(|d| {
+            resources::effective(None, Some(d), max, &ns, "")
+                .ok()
+                .flatten()
+        })
         .and_then(|r| resources::parse(&r, "").ok())
         .and_then(|l| l.memory_bytes)
         .unwrap_or(0);

@@ -88,13 +88,17 @@ impl Reviewer {
             Err(message) => return denied(Response::deny(uid, 422, "Invalid", message)),
         };
         let max = self.policy.get().caps(namespace).max_sandbox;
-        let resources =
-            match resources::effective(spec.resources.as_ref(), defaults.as_ref(), &max, namespace)
-            {
-                Ok(r) if r != spec.resources => r,
-                Ok(_) => None,
-                Err(errs) => return denied(Response::deny(uid, 422, "Invalid", errs.to_string())),
-            };
+        let resources = match resources::effective(
+            spec.resources.as_ref(),
+            defaults.as_ref(),
+            &max,
+            namespace,
+            "spec.resources.",
+        ) {
+            Ok(r) if r != spec.resources => r,
+            Ok(_) => None,
+            Err(errs) => return denied(Response::deny(uid, 422, "Invalid", errs.to_string())),
+        };
 
         let choice = if req.dry_run || !caller.authenticated {
             self.index.choose(&key, &spec.image)
@@ -221,7 +225,13 @@ impl Reviewer {
         if new.spec.resources != old.spec.resources {
             let namespace = req.namespace.as_deref().unwrap_or_default();
             let max = self.policy.get().caps(namespace).max_sandbox;
-            match resources::effective(new.spec.resources.as_ref(), None, &max, namespace) {
+            match resources::effective(
+                new.spec.resources.as_ref(),
+                None,
+                &max,
+                namespace,
+                "spec.resources.",
+            ) {
                 Err(errs) => return denied(Response::deny(uid, 422, "Invalid", errs.to_string())),
                 // Dropping a limit the maximum requires would run the
                 // sandbox unlimited once bound.

@@ -80,6 +80,17 @@ async fn running(sbx: &Api<Sandbox>, name: &str) -> Sandbox {
 
 /// Runs `command` in the sandbox; returns (exit code, stdout).
 async fn run(client: &Client, ns: &str, name: &str, command: &[&str]) -> (i32, String) {
+    try_run(client, ns, name, command)
+        .await
+        .unwrap_or_else(|e| panic!("exec {command:?} in {ns}/{name}: {e}"))
+}
+
+async fn try_run(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    command: &[&str],
+) -> Result<(i32, String), fast_sandbox_cli::AccessError> {
     let opts = ExecOptions {
         command: command.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
@@ -91,10 +102,8 @@ async fn run(client: &Client, ns: &str, name: &str, command: &[&str]) -> (i32, S
         stderr: &mut err,
         resize: None,
     };
-    let code = exec(client.clone(), ns, name, &opts, io)
-        .await
-        .unwrap_or_else(|e| panic!("exec {command:?} in {ns}/{name}: {e}"));
-    (code, String::from_utf8_lossy(&out).into_owned())
+    let code = exec(client.clone(), ns, name, &opts, io).await?;
+    Ok((code, String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// The operator's maximum for `ns`, as the deployed policy says.
@@ -142,27 +151,12 @@ async fn the_seccomp_allow_list_refuses_calls_outside_it() {
         let (got_code, out) = run(&tenant, &ns, "probe", &["/tool", "syscall", call]).await;
         assert_eq!((got_code, out.trim()), (code, want), "{call}");
     }
-    let err = run_err(&stranger, &ns, "probe").await;
-    assert!(err.contains("forbidden"), "{err}");
+    let err = try_run(&stranger, &ns, "probe", &["true"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("forbidden"), "{err}");
     delete_namespace(&admin, &ns).await;
     delete_namespace(&admin, &other).await;
-}
-
-async fn run_err(client: &Client, ns: &str, name: &str) -> String {
-    let io = Streams {
-        stdin: Cursor::new(Vec::new()),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        resize: None,
-    };
-    let opts = ExecOptions {
-        command: vec!["true".into()],
-        ..Default::default()
-    };
-    match exec(client.clone(), ns, name, &opts, io).await {
-        Ok(code) => panic!("exec in {ns}/{name} was allowed (exit {code})"),
-        Err(e) => e.to_string(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
