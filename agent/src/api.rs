@@ -131,7 +131,8 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
     match (&method, path.as_str(), rest) {
         (&Method::POST, PATH_SANDBOXES, _) => {
             let create: CreateSandboxRequest = read_json(req, "CreateSandboxRequest").await?;
-            let (info, created) = agent.create(create).await?;
+            let a = agent.clone();
+            let (info, created) = to_completion(async move { a.create(create).await }).await?;
             let status = if created {
                 StatusCode::CREATED
             } else {
@@ -148,7 +149,9 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
         (&Method::GET, PATH_INFO, _) => Ok(body::json(StatusCode::OK, &agent.info())),
         (&Method::POST, PATH_JANITOR, _) => {
             let sweep: JanitorRequest = read_json(req, "JanitorRequest").await?;
-            Ok(body::json(StatusCode::OK, &agent.janitor(&sweep).await?))
+            let a = agent.clone();
+            let report = to_completion(async move { a.janitor(&sweep).await }).await?;
+            Ok(body::json(StatusCode::OK, &report))
         }
         (_, _, Some(rest)) if rest.starts_with('/') => {
             let rest = &rest[1..];
@@ -165,7 +168,9 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
                         })?)),
                         None => None,
                     };
-                    Ok(body::json(StatusCode::OK, &agent.delete(uid, grace).await?))
+                    let (a, uid) = (agent.clone(), uid.to_string());
+                    let info = to_completion(async move { a.delete(&uid, grace).await }).await?;
+                    Ok(body::json(StatusCode::OK, &info))
                 }
                 (&Method::GET, "logs") => logs(&agent, uid, query),
                 (&Method::POST, "exec") => {
@@ -180,6 +185,20 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
             }
         }
         _ => Ok(not_found(&method, &path)),
+    }
+}
+
+/// Runs a call that changes containerd on a task of its own, so it goes to
+/// its end when its caller goes away: hyper drops a request's future when
+/// the client resets the stream (a controller killed mid-call), and a create
+/// cut between its container and its start would stay `Created` for good.
+async fn to_completion<T: Send + 'static>(
+    call: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(call).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Error::Unavailable("shutting down")),
     }
 }
 

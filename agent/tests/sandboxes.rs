@@ -298,6 +298,58 @@ async fn create_is_idempotent_by_uid_and_capacity_is_enforced() {
 }
 
 #[tokio::test]
+async fn a_create_whose_caller_goes_away_still_starts_the_sandbox() {
+    let env = env();
+    let a = TestAgent::start(&env, "cut", 4).await;
+    // Cut a call once its container exists and before it runs (the stream
+    // is reset, as when a controller dies mid-create). The window is runc's
+    // create and start; a stalled machine may miss it, so a few tries.
+    let mut cut = None;
+    for n in 0..4 {
+        let uid = format!("cut-{n}");
+        let req = request(&env, &uid, &["sleep", "300"]);
+        let client = a.client.clone();
+        let call = tokio::spawn(async move { client.create(&req).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let state = loop {
+            if let Ok(Ok(info)) = a.client.get(&uid).await {
+                break info.state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the create of {uid} never made its container"
+            );
+            tokio::task::yield_now().await;
+        };
+        call.abort();
+        let _ = call.await;
+        if state == ContainerState::Created {
+            cut = Some(uid);
+            break;
+        }
+    }
+    let uid = cut.expect("no create was caught between its container and its start");
+    wait_for(
+        "the cut create's sandbox Running",
+        Duration::from_secs(20),
+        || async { a.client.get(&uid).await.unwrap().unwrap().state == ContainerState::Running },
+    )
+    .await;
+    // A retried create finds it, as a new controller leader's would.
+    let (status, info) = a
+        .client
+        .create(&request(&env, &uid, &["sleep", "300"]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(info.unwrap().state, ContainerState::Running);
+    for s in a.client.list().await.unwrap().unwrap().sandboxes {
+        a.client.delete(&s.uid, 0).await.unwrap().1.unwrap();
+    }
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
 async fn a_new_reset_revision_replaces_the_container() {
     let env = env();
     let a = TestAgent::start(&env, "reset", 1).await;
