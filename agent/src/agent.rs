@@ -39,6 +39,7 @@ use crate::state::{Change, Entry, Table};
 use crate::stock::Stock;
 use crate::warm::{WarmPool, WarmSnapshot};
 
+mod layer_cap;
 mod prestart;
 
 pub use prestart::Prestarted;
@@ -157,6 +158,8 @@ pub struct Agent {
     refill_started: AtomicBool,
     refill_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stock_stopped: AtomicBool,
+    /// Whether the node's containerd can cap a writable layer (asked once).
+    layer_caps: tokio::sync::OnceCell<std::result::Result<(), String>>,
 }
 
 impl Agent {
@@ -185,6 +188,7 @@ impl Agent {
             refill_started: AtomicBool::new(false),
             refill_task: Mutex::new(None),
             stock_stopped: AtomicBool::new(false),
+            layer_caps: tokio::sync::OnceCell::new(),
             table: Mutex::new(Table::new(cfg.slots)),
             ports: Ports::new(cfg.proc_root.clone(), cfg.advertise),
             warm: Arc::new(WarmPool::new(cfg.warm_snapshots, cfg.warm_images)),
@@ -533,6 +537,16 @@ impl Agent {
         };
         self.metrics.observe(Stage::Snapshot, t.elapsed());
         self.refill_warm(chain_id);
+        let mounts = match req.limits.ephemeral_storage_bytes {
+            Some(cap) => match self.capped_mounts(mounts, cap).await {
+                Ok(m) => m,
+                Err(e) => {
+                    self.cd.remove_snapshot(&snapshot_key).await.ok();
+                    return Err(e);
+                }
+            },
+            None => mounts,
+        };
 
         let result = self
             .create_container_and_task(
@@ -649,6 +663,9 @@ impl Agent {
             .await
             .map_err(Error::start_failure)?;
         self.metrics.observe(Stage::TaskStart, t.elapsed());
+        if let Some(cap) = req.limits.ephemeral_storage_bytes {
+            self.verify_layer(pid, cap)?;
+        }
         let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
         self.mark_started(&req.uid, image_name, pid, endpoints);
         self.get(&req.uid)
@@ -669,6 +686,9 @@ impl Agent {
             ),
             (label::MANAGED.to_string(), "true".to_string()),
         ]);
+        if let Some(cap) = req.limits.ephemeral_storage_bytes {
+            labels.insert(label::EPHEMERAL_STORAGE.to_string(), cap.to_string());
+        }
         if !req.exposed_ports.is_empty() {
             labels.insert(
                 label::EXPOSED_PORTS.to_string(),
@@ -861,8 +881,10 @@ impl Agent {
             reset_revision: req.reset_revision,
             ..Default::default()
         };
+        let mut entry = Entry::new(info, snapshot_key.to_string());
+        entry.layer_cap = req.limits.ephemeral_storage_bytes;
         let mut table = self.table();
-        table.insert(Entry::new(info, snapshot_key.to_string()));
+        table.insert(entry);
         table.set_starting(&req.uid, true);
     }
 
@@ -1124,7 +1146,11 @@ impl Agent {
                         .unwrap_or(0),
                     ..Default::default()
                 };
-                table.insert(Entry::new(info, c.snapshot_key.clone()));
+                let mut entry = Entry::new(info, c.snapshot_key.clone());
+                entry.layer_cap = labels
+                    .get(label::EPHEMERAL_STORAGE)
+                    .and_then(|b| b.parse().ok());
+                table.insert(entry);
                 let ports: Vec<ExposedPort> = labels
                     .get(label::EXPOSED_PORTS)
                     .and_then(|p| serde_json::from_str(p).ok())
@@ -1247,6 +1273,7 @@ impl Agent {
             move |n| metrics.log_bytes_dropped(n),
             shutdown.clone(),
         ));
+        tokio::spawn(self.clone().keep_layers_within_caps(shutdown.clone()));
         loop {
             if *shutdown.borrow() {
                 return;

@@ -34,6 +34,7 @@ pub mod exec;
 pub mod fifo;
 pub mod image;
 pub mod janitor;
+pub mod layer;
 pub mod logs;
 pub mod metrics;
 pub mod ports;

@@ -97,6 +97,7 @@ pub struct Metrics {
     stock_builds: Family<OutcomeLabel, Counter>,
     stock_ready: Gauge,
     log_bytes_dropped: Counter,
+    layers_exceeded: Counter,
 }
 
 impl Metrics {
@@ -118,12 +119,18 @@ impl Metrics {
             stock_builds: Family::default(),
             stock_ready: Gauge::default(),
             log_bytes_dropped: Counter::default(),
+            layers_exceeded: Counter::default(),
         };
         registry.with(|r| {
             r.register(
                 "agent_log_bytes_dropped",
                 "Oldest bytes of sandbox logs dropped to keep each file within --log-max-bytes",
                 m.log_bytes_dropped.clone(),
+            );
+            r.register(
+                "agent_ephemeral_storage_exceeded",
+                "Sandboxes killed for writing past their resources.ephemeralStorage",
+                m.layers_exceeded.clone(),
             );
             r.register(
                 "agent_create_seconds",
@@ -257,6 +264,11 @@ impl Metrics {
     /// Counts log bytes dropped by the cap.
     pub fn log_bytes_dropped(&self, n: u64) {
         self.log_bytes_dropped.inc_by(n);
+    }
+
+    /// Counts a sandbox killed for a full writable layer.
+    pub fn layer_exceeded(&self) {
+        self.layers_exceeded.inc();
     }
 
     /// Sets how many pre-started sandboxes are ready.

@@ -17,8 +17,8 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
     GetContainerRequest, GetImageRequest, GetRequest, KillRequest, ListContainersRequest,
-    ListImagesRequest, PublishRequest, ReadContentRequest, StartRequest, SubscribeRequest,
-    WaitRequest,
+    ListImagesRequest, PluginsRequest, PublishRequest, ReadContentRequest, StartRequest,
+    SubscribeRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::types::{Envelope, Mount};
@@ -60,6 +60,9 @@ pub enum TaskState {
     /// containerd could not say.
     Unknown,
 }
+
+/// containerd's plugin type of the mount manager.
+const MOUNT_MANAGER_PLUGIN: &str = "io.containerd.mount-manager.v1";
 
 /// A task as `Get` returns it.
 #[derive(Clone, Debug)]
@@ -148,6 +151,36 @@ impl Containerd {
             req.metadata_mut().insert("containerd-lease", v);
         }
         req
+    }
+
+    /// Whether this containerd mounts a task's root through its mount
+    /// manager (2.2 and later), which a capped writable layer needs; the
+    /// inner error says what the node runs instead.
+    pub async fn mount_manager(&self) -> Result<std::result::Result<(), String>> {
+        let plugins = self
+            .client
+            .introspection()
+            .plugins(PluginsRequest { filters: vec![] })
+            .await
+            .map_err(|s| Error::containerd("list plugins", s))?
+            .into_inner()
+            .plugins;
+        if plugins
+            .iter()
+            .any(|p| p.r#type == MOUNT_MANAGER_PLUGIN && p.init_err.is_none())
+        {
+            return Ok(Ok(()));
+        }
+        let version = self
+            .client
+            .version()
+            .version(())
+            .await
+            .map(|v| v.into_inner().version)
+            .unwrap_or_else(|_| "of unknown version".to_string());
+        Ok(Err(format!(
+            "needs containerd 2.2 or later on the node (its mount manager mounts the capped layer); the node runs containerd {version}"
+        )))
     }
 
     /// The target descriptor of image `name`, or `None` when absent.

@@ -447,6 +447,7 @@ mod tests {
             cpu_millis: Some(500),
             memory_bytes: Some(64 << 20),
             pids: Some(32),
+            ephemeral_storage_bytes: None,
         };
         let spec = build(&r, &image(), "/parent/sandbox-u1").unwrap();
         let json = serde_json::to_value(&spec).unwrap();

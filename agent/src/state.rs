@@ -24,6 +24,10 @@ pub struct Entry {
     pub snapshot_key: String,
     /// The kernel OOM-killed a process of the sandbox.
     pub oom: bool,
+    /// Cap of the writable layer in bytes, if it has one.
+    pub layer_cap: Option<u64>,
+    /// The agent killed the sandbox for writing past `layer_cap`.
+    pub layer_full: bool,
     /// Task create/start in flight: exits are held back until start returns,
     /// so `Started` is always emitted before `Exited`.
     pub starting: bool,
@@ -41,6 +45,8 @@ impl Entry {
             info,
             snapshot_key,
             oom: false,
+            layer_cap: None,
+            layer_full: false,
             starting: false,
             pending_exit: None,
             exited,
@@ -60,8 +66,10 @@ pub struct Table {
     reserved: HashSet<String>,
 }
 
-fn exit_reason(code: u32, oom: bool) -> &'static str {
-    if oom {
+fn exit_reason(code: u32, oom: bool, layer_full: bool) -> &'static str {
+    if layer_full {
+        reason::EPHEMERAL_STORAGE_EXCEEDED
+    } else if oom {
         reason::OOM_KILLED
     } else if code == 0 {
         reason::COMPLETED
@@ -199,9 +207,9 @@ impl Table {
         e.info.endpoints.clear();
         e.info.exit_code = Some(i32::try_from(code).unwrap_or(i32::MAX));
         e.info.finished_at = Some(at.unwrap_or_else(Utc::now));
-        e.info.reason = Some(exit_reason(code, e.oom).to_string());
+        e.info.reason = Some(exit_reason(code, e.oom, e.layer_full).to_string());
         e.exited.send_replace(true);
-        let kind = if e.oom {
+        let kind = if e.oom && !e.layer_full {
             EventKind::OomKilled
         } else {
             EventKind::Exited
@@ -225,6 +233,35 @@ impl Table {
         Self::apply_exit(e, code, at)
     }
 
+    /// Running sandboxes whose layer is capped: uid, container id, host
+    /// PID and cap.
+    pub fn capped_layers(&self) -> Vec<(String, String, u32, u64)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.info.state == ContainerState::Running && !e.layer_full)
+            .filter_map(|(uid, e)| {
+                Some((
+                    uid.clone(),
+                    e.info.container_id.clone(),
+                    e.info.pid?,
+                    e.layer_cap?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Records that `uid` went past its layer's cap, before it is killed,
+    /// so its exit reports why. False if it is gone or exited already.
+    pub fn layer_full(&mut self, uid: &str) -> bool {
+        match self.entries.get_mut(uid) {
+            Some(e) if e.info.state == ContainerState::Running => {
+                e.layer_full = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The kernel OOM-killed a process of `container_id`. Reported with the
     /// exit; if the exit came first, reported now.
     pub fn oom(&mut self, container_id: &str) -> Option<Change> {
@@ -232,6 +269,7 @@ impl Table {
         let e = self.entries.get_mut(&uid)?;
         e.oom = true;
         if e.info.state == ContainerState::Exited
+            && !e.layer_full
             && e.info.reason.as_deref() != Some(reason::OOM_KILLED)
         {
             e.info.reason = Some(reason::OOM_KILLED.to_string());
@@ -285,6 +323,29 @@ mod tests {
         assert_eq!(info.exit_code, Some(3));
         assert_eq!(info.reason.as_deref(), Some(reason::ERROR));
         assert!(*t.get("a").unwrap().exited.borrow());
+    }
+
+    #[test]
+    fn a_full_layer_is_the_exit_reason_even_if_the_kernel_also_ooms() {
+        let mut t = Table::new(1);
+        let mut e = entry("a");
+        e.layer_cap = Some(1 << 20);
+        t.insert(e);
+        t.started("a", 7, Utc::now());
+        assert_eq!(
+            t.capped_layers(),
+            [("a".to_string(), "c-a".to_string(), 7, 1 << 20)]
+        );
+        assert!(t.layer_full("a"));
+        assert!(t.capped_layers().is_empty());
+        let (kind, info) = t.exited("c-a", 137, None).unwrap();
+        assert_eq!(kind, EventKind::Exited);
+        assert_eq!(
+            info.reason.as_deref(),
+            Some(reason::EPHEMERAL_STORAGE_EXCEEDED)
+        );
+        assert!(t.oom("c-a").is_none());
+        assert!(!t.layer_full("a"));
     }
 
     #[test]

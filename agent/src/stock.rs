@@ -29,6 +29,9 @@ pub enum Miss {
     /// The image is warm but its stock is empty (a burst drained it, or
     /// it is still being built).
     Empty,
+    /// The sandbox caps its writable layer, which is fixed when a root is
+    /// mounted; pre-started roots are not capped.
+    CappedLayer,
 }
 
 impl Miss {
@@ -38,6 +41,7 @@ impl Miss {
             Miss::Disabled => "disabled",
             Miss::NotWarm => "not_warm",
             Miss::Empty => "empty",
+            Miss::CappedLayer => "ephemeral_storage",
         }
     }
 }

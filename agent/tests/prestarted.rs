@@ -299,6 +299,7 @@ async fn limits_and_isolation_are_those_of_a_cold_sandbox() {
         cpu_millis: Some(250),
         memory_bytes: Some(64 << 20),
         pids: Some(16),
+        ephemeral_storage_bytes: None,
     };
     let o = both.same(limited).await;
     assert_eq!(ran_stdout(&o), "16\n67108864\n25000\n100000\n1024\n");

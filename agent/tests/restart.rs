@@ -74,6 +74,15 @@ async fn killed_agent_rebuilds_its_state_from_containerd() {
     })
     .await;
 
+    // containerd 2 caps a writable layer; the restarted agent must keep
+    // enforcing the cap it only knows from the container's labels.
+    let capped = std::env::var("FAST_SANDBOX_TEST_CONTAINERD").as_deref() != Ok("1.6");
+    if capped {
+        let mut disk = request(&env, "disk", &["sleep", "300"]);
+        disk.limits.ephemeral_storage_bytes = Some(4 << 20);
+        client.create(&disk).await.unwrap().1.unwrap();
+    }
+
     drop(agent); // SIGKILL: no chance to clean anything up.
     // While the agent is down the sandbox keeps running.
     assert!(Path::new(&format!("/proc/{}", keep.pid.unwrap())).exists());
@@ -82,7 +91,7 @@ async fn killed_agent_rebuilds_its_state_from_containerd() {
     wait_ready(ops).await;
     let client = AgentClient::connect(addr, SERVER_NAME, tls).await.unwrap();
     let list = client.list().await.unwrap().unwrap();
-    assert_eq!(list.agent.slots_used, 2);
+    assert_eq!(list.agent.slots_used, 2 + u32::from(capped));
     let by_uid = |uid: &str| {
         list.sandboxes
             .iter()
@@ -107,6 +116,27 @@ async fn killed_agent_rebuilds_its_state_from_containerd() {
     assert_eq!(done.state, ContainerState::Exited);
     assert_eq!(done.exit_code, Some(7));
 
+    if capped {
+        // The exec's write is refused at the cap, and the agent then fails
+        // the sandbox; the exec's own outcome does not matter.
+        let fill = support::exec_request(&["dd", "if=/dev/zero", "of=/big", "bs=1M", "count=16"]);
+        let _ = client.exec_collect("disk", &fill, None).await;
+        support::wait_for(
+            "the capped sandbox to fail",
+            Duration::from_secs(20),
+            || {
+                let c = client.clone();
+                async move { c.get("disk").await.unwrap().unwrap().state == ContainerState::Exited }
+            },
+        )
+        .await;
+        let disk = client.get("disk").await.unwrap().unwrap();
+        assert_eq!(
+            disk.reason.as_deref(),
+            Some(fast_sandbox_api::wellknown::reason::EPHEMERAL_STORAGE_EXCEEDED)
+        );
+        client.delete("disk", 0).await.unwrap().1.unwrap();
+    }
     client.delete("keep", 0).await.unwrap().1.unwrap();
     client.delete("done", 0).await.unwrap().1.unwrap();
     assert!(client.list().await.unwrap().unwrap().sandboxes.is_empty());

@@ -177,6 +177,68 @@ async fn memory_limit_oom_kills_and_is_reported() {
 }
 
 #[tokio::test]
+async fn a_capped_writable_layer_holds_its_cap_and_fails_the_sandbox_past_it() {
+    let env = env();
+    let a = TestAgent::start(&env, "layer", 4).await;
+    let capped = |uid: &str, script: &str| {
+        let mut r = request(&env, uid, &["sh", "-c", script]);
+        r.limits.ephemeral_storage_bytes = Some(8 << 20);
+        r
+    };
+    let within = capped(
+        "layer-in",
+        "dd if=/dev/zero of=/four bs=1M count=4 2>/dev/null && df -k / | tail -1 && echo wrote; sleep 300",
+    );
+    let (status, info) = a.client.create(&within).await.unwrap();
+    if std::env::var("FAST_SANDBOX_TEST_CONTAINERD").as_deref() == Ok("1.6") {
+        // containerd 1.6 has no mount manager: refused, naming the field.
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let e = info.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert_eq!(e.field.as_deref(), Some("limits.ephemeralStorageBytes"));
+        assert!(e.message.contains("containerd 2.2"), "{}", e.message);
+        a.assert_nothing_left().await;
+        return;
+    }
+    assert_eq!(status, StatusCode::CREATED, "{info:?}");
+    let past = capped(
+        "layer-past",
+        "dd if=/dev/zero of=/big bs=1M count=64; sleep 300",
+    );
+    a.client.create(&past).await.unwrap().1.unwrap();
+    let (dead, out) = (
+        wait_exited(&a, "layer-past").await,
+        logs(&a, "layer-past", "stream=stdout").await,
+    );
+    assert_eq!(
+        dead.reason.as_deref(),
+        Some(reason::EPHEMERAL_STORAGE_EXCEEDED),
+        "{out}"
+    );
+    assert_eq!(dead.exit_code, Some(137));
+    // Within the cap: 4 MiB written on an 8 MiB (+ one page) tmpfs, and
+    // still running after the sandbox past its cap was killed.
+    let out = logs(&a, "layer-in", "stream=stdout").await;
+    assert!(out.ends_with("wrote\n"), "{out}");
+    let df: Vec<u64> = out
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .take(2)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(df, [8196, 4096], "size and use in KiB: {out}");
+    let info = a.client.get("layer-in").await.unwrap().unwrap();
+    assert_eq!(info.state, ContainerState::Running);
+    for uid in ["layer-in", "layer-past"] {
+        a.client.delete(uid, 0).await.unwrap().1.unwrap();
+    }
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
 async fn pids_limit_stops_fork_bombs() {
     let env = env();
     let a = TestAgent::start(&env, "pids", 2).await;

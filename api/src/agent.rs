@@ -113,6 +113,9 @@ pub struct ResourceLimits {
     /// Maximum number of tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<i64>,
+    /// Size cap of the writable layer in bytes (a tmpfs upper layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage_bytes: Option<u64>,
 }
 
 /// State of a sandbox's container.

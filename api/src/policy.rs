@@ -201,6 +201,9 @@ impl Policy {
                     .pids
                     .or(d_max.pids)
                     .or(Some(DEFAULT_MAX_SANDBOX_PIDS)),
+                // No default: a capped layer lives in memory, which only
+                // the operator may choose for every sandbox.
+                ephemeral_storage: own_max.ephemeral_storage.or(d_max.ephemeral_storage),
             },
             max_agents: own
                 .max_agents

@@ -35,6 +35,12 @@ pub fn parse(r: &SandboxResources, prefix: &str) -> Result<ResourceLimits, Field
             Err(e) => errs.push(error(format!("{prefix}memory"), e.to_string())),
         }
     }
+    if let Some(disk) = &r.ephemeral_storage {
+        match quantity::bytes(disk) {
+            Ok(v) => limits.ephemeral_storage_bytes = Some(v),
+            Err(e) => errs.push(error(format!("{prefix}ephemeralStorage"), e.to_string())),
+        }
+    }
     if errs.is_empty() {
         Ok(limits)
     } else {
@@ -96,6 +102,21 @@ pub fn effective(
         (fallback.memory.map(|q| q.0), fallback_l.memory_bytes),
         (max.memory.clone().map(|q| q.0), max_l.memory_bytes),
     );
+    let ephemeral_storage = pick(
+        "ephemeralStorage",
+        (
+            asked.ephemeral_storage.map(|q| q.0),
+            asked_l.ephemeral_storage_bytes,
+        ),
+        (
+            fallback.ephemeral_storage.map(|q| q.0),
+            fallback_l.ephemeral_storage_bytes,
+        ),
+        (
+            max.ephemeral_storage.clone().map(|q| q.0),
+            max_l.ephemeral_storage_bytes,
+        ),
+    );
     let as_u64 = |p: Option<i64>| p.map(|v| v.max(0) as u64);
     let pids = pick(
         "pids",
@@ -110,6 +131,7 @@ pub fn effective(
         cpu: cpu.map(Quantity),
         memory: memory.map(Quantity),
         pids: pids.and_then(|p| p.parse().ok()),
+        ephemeral_storage: ephemeral_storage.map(Quantity),
     };
     let unset = out == SandboxResources::default();
     Ok((!unset).then_some(out))
@@ -127,6 +149,7 @@ mod tests {
             cpu: cpu.map(|c| Quantity(c.into())),
             memory: memory.map(|m| Quantity(m.into())),
             pids,
+            ephemeral_storage: None,
         }
     }
 
@@ -181,6 +204,39 @@ mod tests {
         // Equal to the maximum is allowed, in any unit.
         let same = r(Some("2000m"), Some("1024Mi"), Some(512));
         assert!(effective(Some(&same), None, &max, "team", "spec.resources.").is_ok());
+    }
+
+    #[test]
+    fn the_writable_layer_takes_the_default_and_is_bounded_by_the_maximum() {
+        let disk = |q: &str| SandboxResources {
+            ephemeral_storage: Some(Quantity(q.into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            effective(
+                None,
+                Some(&disk("256Mi")),
+                &disk("1Gi"),
+                "ns",
+                "spec.resources."
+            )
+            .unwrap(),
+            Some(disk("256Mi"))
+        );
+        let err = effective(
+            Some(&disk("2Gi")),
+            None,
+            &disk("1Gi"),
+            "ns",
+            "spec.resources.",
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].field, "spec.resources.ephemeralStorage");
+        // No maximum and nothing asked: the layer stays on the node's disk.
+        assert_eq!(
+            effective(None, None, &SandboxResources::default(), "ns", "p.").unwrap(),
+            None
+        );
     }
 
     #[test]

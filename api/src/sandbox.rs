@@ -122,6 +122,12 @@ pub struct SandboxResources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4194304))]
     pub pids: Option<i64>,
+    /// Size cap of the writable layer as a Kubernetes quantity (`256Mi`):
+    /// the layer is then kept in memory, charged to the sandbox's memory,
+    /// and the sandbox fails as `EphemeralStorageExceeded` past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::quantity")]
+    pub ephemeral_storage: Option<Quantity>,
 }
 
 /// A port the sandbox's process listens on.

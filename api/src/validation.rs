@@ -24,6 +24,11 @@ pub const MAX_CPU_MILLIS: u64 = 1024 * 1000;
 pub const MIN_CPU_MILLIS: u64 = 10;
 /// Largest pids limit accepted.
 pub const MAX_PIDS: i64 = 4_194_304;
+/// Smallest writable layer accepted: an image's first writes (a shell's
+/// history, a package manager's lock) need some room.
+pub const MIN_EPHEMERAL_STORAGE_BYTES: u64 = 1024 * 1024;
+/// Largest writable layer cap accepted (1 TiB, as memory: it is memory).
+pub const MAX_EPHEMERAL_STORAGE_BYTES: u64 = 1 << 40;
 
 /// One invalid field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +222,14 @@ fn check_limits(errs: &mut FieldErrors, prefix: &str, limits: &ResourceLimits) {
         errs.push(
             format!("{prefix}pids"),
             format!("must be between 1 and {MAX_PIDS}, got {p}"),
+        );
+    }
+    if let Some(d) = limits.ephemeral_storage_bytes
+        && !(MIN_EPHEMERAL_STORAGE_BYTES..=MAX_EPHEMERAL_STORAGE_BYTES).contains(&d)
+    {
+        errs.push(
+            format!("{prefix}ephemeralStorage"),
+            format!("must be between 1Mi and 1Ti, got {d} bytes"),
         );
     }
 }
@@ -534,6 +547,7 @@ mod tests {
             cpu: Some(Quantity("500m".into())),
             memory: Some(Quantity("64Mi".into())),
             pids: Some(64),
+            ephemeral_storage: Some(Quantity("1Gi".into())),
         });
         assert_eq!(validate_sandbox_spec(&s), Ok(()));
         assert_eq!(
@@ -541,19 +555,30 @@ mod tests {
             ResourceLimits {
                 cpu_millis: Some(500),
                 memory_bytes: Some(64 << 20),
-                pids: Some(64)
+                pids: Some(64),
+                ephemeral_storage_bytes: Some(1 << 30),
             }
         );
         s.resources = Some(SandboxResources {
             cpu: Some(Quantity("lots".into())),
             memory: Some(Quantity("1Ki".into())),
             pids: Some(0),
+            ephemeral_storage: Some(Quantity("512Ki".into())),
         });
         assert_eq!(fields(validate_sandbox_spec(&s)), ["spec.resources.cpu"]);
         s.resources.as_mut().unwrap().cpu = None;
         assert_eq!(
             fields(validate_sandbox_spec(&s)),
-            ["spec.resources.memory", "spec.resources.pids"]
+            [
+                "spec.resources.memory",
+                "spec.resources.pids",
+                "spec.resources.ephemeralStorage"
+            ]
+        );
+        s.resources.as_mut().unwrap().ephemeral_storage = Some(Quantity("a lot".into()));
+        assert!(
+            fields(validate_sandbox_spec(&s))
+                .contains(&"spec.resources.ephemeralStorage".to_string())
         );
     }
 

@@ -69,6 +69,9 @@ pub mod container_labels {
     pub const RESET_REVISION: &str = "sandbox.fast.io/reset-revision";
     /// Marks a container as managed by Fast Sandbox.
     pub const MANAGED: &str = "sandbox.fast.io/managed";
+    /// The cap of the sandbox's writable layer in bytes, when it has one,
+    /// so a restarted agent keeps enforcing it.
+    pub const EPHEMERAL_STORAGE: &str = "sandbox.fast.io/ephemeral-storage";
     /// The sandbox's exposed ports (JSON), so a restarted agent forwards
     /// them again.
     pub const EXPOSED_PORTS: &str = "sandbox.fast.io/exposed-ports";
@@ -111,6 +114,9 @@ pub mod reason {
     pub const ERROR: &str = "Error";
     /// The kernel killed the process for exceeding its memory limit.
     pub const OOM_KILLED: &str = "OOMKilled";
+    /// The agent killed the sandbox for writing past its
+    /// `resources.ephemeralStorage`.
+    pub const EPHEMERAL_STORAGE_EXCEEDED: &str = "EphemeralStorageExceeded";
     /// The image is not present on the node; zero-pull is the contract.
     pub const IMAGE_NOT_PRESENT: &str = "ImageNotPresent";
     /// The process could not be started (missing or non-executable

@@ -978,10 +978,15 @@ clean_host_paths() {
       /var/lib/kubelet/device-plugins/kubelet.sock; do
     [[ -S "$f" ]] && ! unix_socket_bound "$f" && rm -f "$f"   # stale sockets
   done
-  # State of node 1's agent pods (hostPath /var/lib/fast-sandbox/agents/<pod uid>).
+  # State of node 1's agent pods (hostPath /var/lib/fast-sandbox/agents/<pod uid>):
+  # every one when the cluster made that directory, else those of pods the
+  # kubelet still knows.
+  local ours=0
+  grep -qx '/var/lib/fast-sandbox 0' "$HOSTREC/paths" && ours=1
   for f in /var/lib/fast-sandbox/agents/*/; do
     f="${f%/}"
-    [[ -d "$KUBELET_DIR/pods/${f##*/}" ]] && rm -rf --one-file-system "$f"
+    [[ -d "$f" ]] || continue
+    if [[ $ours == 1 || -d "$KUBELET_DIR/pods/${f##*/}" ]]; then rm -rf --one-file-system "$f"; fi
   done
   rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
   for f in /var/lib/cni/results/cni-loopback-*-lo; do   # loopback results of our sandboxes

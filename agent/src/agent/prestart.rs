@@ -42,7 +42,7 @@ use crate::prestarted::{Ends, set_hostname};
 use crate::rootfs::{self, SandboxPath, SandboxRoot};
 use crate::runtime::{ContainerRecord, TaskState};
 use crate::spec;
-use crate::stock::Item;
+use crate::stock::{Item, Miss};
 
 /// How long a new init may take to say it waits.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,6 +123,10 @@ impl Agent {
         digest: &str,
         spec: &Spec,
     ) -> Result<Option<SandboxInfo>> {
+        if req.limits.ephemeral_storage_bytes.is_some() {
+            self.metrics.stock_create(Miss::CappedLayer.as_str());
+            return Ok(None);
+        }
         // A cold create's container id is the sandbox's, so containerd
         // refuses it while another agent's container of the sandbox lives
         // on this node (a re-placement after its agent vanished) and the

@@ -8,6 +8,10 @@
 //!   limits what nobody set, and the kernel enforces the result. Agent pods
 //!   are never BestEffort.
 //!
+//! - The writable layer's cap: `ephemeralStorage` (here a pool default)
+//!   sizes the layer, writes within it work, and a sandbox writing past it
+//!   fails as `EphemeralStorageExceeded`.
+//!
 //! The one acting is a namespace `edit` tenant, who cannot ask past the
 //! maximum in a sandbox or in its pool's defaults; a user of another
 //! namespace can do nothing with either.
@@ -16,8 +20,8 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use fast_sandbox_api::policy::{POLICY_CONFIG_MAP, POLICY_KEY, Policy};
-use fast_sandbox_api::wellknown::condition;
-use fast_sandbox_api::{Sandbox, SandboxPool, SandboxResources, quantity};
+use fast_sandbox_api::wellknown::{condition, reason};
+use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool, SandboxResources, quantity};
 use fast_sandbox_cli::exec::{ExecOptions, Streams, exec};
 use fast_sandbox_e2e::scenario::{AGENT_IMAGE, BUSYBOX, SYSTEM_NAMESPACE, agent_pods};
 use fast_sandbox_e2e::{cluster_client, delete_namespace, editor, namespace, wait_for};
@@ -278,6 +282,113 @@ async fn pool_defaults_and_the_operator_maximum_limit_every_sandbox() {
             .unwrap_err(),
     );
     assert!(msg.contains("forbidden"), "{msg}");
+    delete_namespace(&admin, &ns).await;
+    delete_namespace(&admin, &other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_writable_layer_fails_the_sandbox_that_writes_past_it() {
+    let admin = cluster_client("writable layer cap").await;
+    let ns = namespace(&admin, "e2e-layer").await.unwrap();
+    let other = namespace(&admin, "e2e-layer-other").await.unwrap();
+    let tenant = editor(&admin, &ns, "e2e-layer-editor").await;
+    let stranger = editor(&admin, &other, "e2e-layer-stranger").await;
+    ready(
+        &tenant,
+        &admin,
+        &ns,
+        pool(
+            "p",
+            BUSYBOX,
+            Some(json!({"memory": "256Mi", "ephemeralStorage": "16Mi"})),
+        ),
+    )
+    .await;
+    let sbx: Api<Sandbox> = Api::namespaced(tenant.clone(), &ns);
+
+    // Caps too small or not a quantity are refused at admission.
+    for (cap, says) in [("512Ki", "between 1Mi and 1Ti"), ("lots", "")] {
+        let odd = sandbox(
+            "odd",
+            BUSYBOX,
+            &["true"],
+            Some(json!({"ephemeralStorage": cap})),
+        );
+        let msg = refusal(sbx.create(&PostParams::default(), &odd).await.unwrap_err());
+        assert!(
+            msg.contains("spec.resources.ephemeralStorage") && msg.contains(says),
+            "{cap}: {msg}"
+        );
+    }
+
+    // The pool's default sizes the layer; writes within it work.
+    sbx.create(
+        &PostParams::default(),
+        &sandbox("disk", BUSYBOX, &["sleep", "3600"], None),
+    )
+    .await
+    .unwrap();
+    let disk = running(&sbx, "disk").await;
+    let r = disk
+        .spec
+        .resources
+        .clone()
+        .expect("limits written at admission");
+    assert_eq!(r.ephemeral_storage.unwrap().0, "16Mi");
+    let (code, out) = run(
+        &tenant,
+        &ns,
+        "disk",
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/eight bs=1M count=8 2>/dev/null && df -k / | tail -1",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let df: Vec<&str> = out.split_whitespace().skip(1).take(2).collect();
+    assert_eq!(df, ["16388", "8192"], "layer size and use in KiB: {out}");
+
+    // Past the cap: the kernel stops the writes and the sandbox fails.
+    sbx.create(
+        &PostParams::default(),
+        &sandbox(
+            "filler",
+            BUSYBOX,
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/big bs=1M count=64; sleep 3600",
+            ],
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let filler = wait_for(&sbx, "filler", WAIT, "Failed", |s: &Sandbox| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.phase == Some(SandboxPhase::Failed))
+    })
+    .await
+    .unwrap();
+    let st = filler.status.unwrap();
+    assert_eq!(
+        st.reason.as_deref(),
+        Some(reason::EPHEMERAL_STORAGE_EXCEEDED),
+        "{st:?}"
+    );
+    // The one within its cap runs on.
+    let (code, _) = run(&tenant, &ns, "disk", &["true"]).await;
+    assert_eq!(code, 0);
+
+    // Another namespace's user sees neither.
+    let theirs: Api<Sandbox> = Api::namespaced(stranger.clone(), &ns);
+    for name in ["disk", "filler"] {
+        let msg = refusal(theirs.get(name).await.unwrap_err());
+        assert!(msg.contains("forbidden"), "{msg}");
+    }
     delete_namespace(&admin, &ns).await;
     delete_namespace(&admin, &other).await;
 }

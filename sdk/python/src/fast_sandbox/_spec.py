@@ -26,7 +26,7 @@ KEEP_ALIVE: tuple[str, ...] = (
     "trap 'exit 0' TERM INT; while :; do sleep 86400 & wait $!; done",
 )
 
-_RESOURCE_KEYS = ("cpu", "memory", "pids")
+_RESOURCE_KEYS = ("cpu", "memory", "pids", "ephemeral_storage")
 
 
 def format_time(t: datetime) -> str:
@@ -48,7 +48,11 @@ def expire_time_in(seconds: float, now: datetime | None = None) -> str:
 
 
 def resources_spec(resources: Mapping[str, str | int | float]) -> dict[str, Any]:
-    """``spec.resources`` from ``{"cpu": "500m", "memory": "256Mi", "pids": 128}``."""
+    """``spec.resources`` from ``{"cpu": "500m", "memory": "256Mi", "pids": 128}``.
+
+    ``ephemeral_storage`` (``"256Mi"``) caps the writable layer, which then
+    lives in memory and counts toward ``memory``.
+    """
     unknown = sorted(set(resources) - set(_RESOURCE_KEYS))
     if unknown:
         raise ValueError(
@@ -58,6 +62,8 @@ def resources_spec(resources: Mapping[str, str | int | float]) -> dict[str, Any]
     for key in ("cpu", "memory"):
         if key in resources:
             out[key] = str(resources[key])
+    if "ephemeral_storage" in resources:
+        out["ephemeralStorage"] = str(resources["ephemeral_storage"])
     if "pids" in resources:
         pids = resources["pids"]
         if isinstance(pids, str) and not pids.isdigit():
@@ -180,6 +186,7 @@ _FAILED_BY_REASON: dict[str, type[errors.SandboxFailedError]] = {
     "ImageNotPresent": errors.ImageNotPresentError,
     "StartError": errors.StartError,
     "OOMKilled": errors.OOMKilledError,
+    "EphemeralStorageExceeded": errors.EphemeralStorageExceededError,
     "InvalidSpec": errors.InvalidSpecError,
 }
 

@@ -46,6 +46,7 @@ __all__ = [
     "ImageNotPresentError",
     "StartError",
     "OOMKilledError",
+    "EphemeralStorageExceededError",
     "InvalidSpecError",
     "SandboxExitedError",
     "SandboxLostError",
@@ -203,6 +204,10 @@ class StartError(SandboxFailedError):
 
 class OOMKilledError(SandboxFailedError):
     """The kernel killed the sandbox's process for exceeding its memory limit."""
+
+
+class EphemeralStorageExceededError(SandboxFailedError):
+    """The sandbox wrote past its ``resources.ephemeral_storage`` and was killed."""
 
 
 class InvalidSpecError(SandboxFailedError):
