@@ -107,6 +107,10 @@ pub struct Config {
     /// Images always warm for the stock (the pool's `warmImages`); the
     /// `warm_images` most recently used others are warm too.
     pub stock_images: Vec<String>,
+    /// Writable layer cap of every pre-started sandbox, in bytes; a create
+    /// claims one only when it asks for exactly this cap (or for none when
+    /// unset).
+    pub stock_layer_cap: Option<u64>,
     /// Where the cgroup filesystem is mounted (as the agent sees the
     /// host's): a claim writes the sandbox's limits there.
     pub cgroup_root: PathBuf,

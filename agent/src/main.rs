@@ -128,6 +128,11 @@ struct Args {
     /// `warmImages`), besides the most recently used ones (--warm-images).
     #[arg(long, env = "FAST_SANDBOX_STOCK_IMAGES", value_delimiter = ',')]
     stock_images: Vec<String>,
+    /// Cap in bytes of the writable layer of every pre-started sandbox
+    /// (the pool's `sandboxDefaults.ephemeralStorage`): only creates asking
+    /// for this cap claim one; without it, only creates asking for none.
+    #[arg(long, env = "FAST_SANDBOX_STOCK_EPHEMERAL_STORAGE")]
+    stock_ephemeral_storage: Option<u64>,
     /// The host's cgroup filesystem as mounted in the agent pod: a claim
     /// writes the sandbox's limits to its cgroup there.
     #[arg(
@@ -196,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         advertise: args.pod_ip,
         max_upload_bytes: args.max_upload_bytes,
         stock_size: args.stock_size,
+        stock_layer_cap: args.stock_ephemeral_storage,
         stock_images: args
             .stock_images
             .into_iter()

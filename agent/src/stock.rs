@@ -29,9 +29,9 @@ pub enum Miss {
     /// The image is warm but its stock is empty (a burst drained it, or
     /// it is still being built).
     Empty,
-    /// The sandbox caps its writable layer, which is fixed when a root is
-    /// mounted; pre-started roots are not capped.
-    CappedLayer,
+    /// The sandbox's writable layer cap is not the stock's (a cap is fixed
+    /// when a root is mounted).
+    LayerCap,
 }
 
 impl Miss {
@@ -41,7 +41,7 @@ impl Miss {
             Miss::Disabled => "disabled",
             Miss::NotWarm => "not_warm",
             Miss::Empty => "empty",
-            Miss::CappedLayer => "ephemeral_storage",
+            Miss::LayerCap => "ephemeral_storage",
         }
     }
 }

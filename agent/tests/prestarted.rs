@@ -488,3 +488,60 @@ async fn the_seccomp_allow_list_refuses_the_same_calls_cold_claimed_and_in_exec(
     c.delete("seccomp-exec", 0).await.unwrap().1.unwrap();
     both.finish().await;
 }
+
+/// A stock built with a layer cap is claimed by creates asking for that
+/// cap, whose root is then the capped tmpfs; other caps, and none, go cold.
+/// Needs containerd 2.2 or later (the 1.6 leg checks the stock is refused).
+#[tokio::test]
+async fn a_capped_stock_serves_creates_of_its_cap_only() {
+    let env = env();
+    const CAP: u64 = 8 << 20;
+    let image = env.image.clone();
+    let a = TestAgent::start_with(&env, "capped-stock", 4, |c| {
+        c.stock_size = 1;
+        c.stock_images = vec![image];
+        c.stock_layer_cap = Some(CAP);
+    })
+    .await;
+    if std::env::var("FAST_SANDBOX_TEST_CONTAINERD").as_deref() == Ok("1.6") {
+        // Every build is refused: no stock, and creates go cold.
+        let info = a
+            .client
+            .create(&request(&env, "cs-none", &["true"]))
+            .await
+            .unwrap()
+            .1
+            .unwrap();
+        assert!(!info.container_id.starts_with("stock-"));
+        assert_eq!(a.agent.stock_ready(), 0);
+        a.client.delete("cs-none", 0).await.unwrap().1.unwrap();
+        a.release_and_assert_nothing_left().await;
+        return;
+    }
+    let df = "df -k / | tail -1";
+    let mut same = request(&env, "cs-same", &["sh", "-c", df]);
+    same.limits.ephemeral_storage_bytes = Some(CAP);
+    let claimed = run(&a, &same, true).await;
+    let fields: Vec<String> = ran_stdout(&claimed)
+        .split_whitespace()
+        .skip(1)
+        .take(1)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        fields,
+        ["8196"],
+        "the claimed root's size in KiB: {claimed:?}"
+    );
+    a.wait_stock(1).await;
+    let mut other = request(&env, "cs-other", &["true"]);
+    other.limits.ephemeral_storage_bytes = Some(CAP * 2);
+    run(&a, &other, false).await;
+    run(&a, &request(&env, "cs-none", &["true"]), false).await;
+    assert!(
+        a.registry
+            .render()
+            .contains("agent_stock_creates_total{path=\"ephemeral_storage\"} 2")
+    );
+    a.release_and_assert_nothing_left().await;
+}

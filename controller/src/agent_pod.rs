@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use crate::agent_sizing::agent_resources;
+use crate::agent_sizing::{agent_resources, default_limits};
 
 /// Name of the secret holding the agent's serving certificate, in the
 /// operator's namespace next to the agent pods that mount it.
@@ -64,6 +64,8 @@ pub const HOST_CGROUP_IN_POD: &str = "/host/sys/fs/cgroup";
 const ENV_STOCK_IMAGES: &str = "FAST_SANDBOX_STOCK_IMAGES";
 /// The agent's setting of pre-started sandboxes per warm image.
 const ENV_STOCK_SIZE: &str = "FAST_SANDBOX_STOCK_SIZE";
+/// The agent's setting of its pre-started sandboxes' writable layer cap.
+const ENV_STOCK_EPHEMERAL_STORAGE: &str = "FAST_SANDBOX_STOCK_EPHEMERAL_STORAGE";
 
 /// Node-level settings every agent pod of this controller shares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,6 +300,11 @@ fn agent_container(
     }
     if let Some(n) = stock_size(pool, caps.max_prestarted) {
         env.push(value(ENV_STOCK_SIZE, n.to_string()));
+    }
+    // Pre-started roots get the cap a sandbox asking for nothing gets, so
+    // that common case claims one.
+    if let Some(cap) = default_limits(pool, &caps.max_sandbox).ephemeral_storage_bytes {
+        env.push(value(ENV_STOCK_EPHEMERAL_STORAGE, cap.to_string()));
     }
     Container {
         name: AGENT_CONTAINER.to_string(),
@@ -572,6 +579,37 @@ mod tests {
             env_values(&off, ENV_STOCK_SIZE),
             [Some("0".to_string())],
             "0 disables"
+        );
+    }
+
+    #[test]
+    fn pre_started_roots_get_the_layer_cap_of_a_sandbox_asking_for_none() {
+        let mut p = original();
+        let none = build(&p, &Policy::default(), &settings());
+        assert!(env_values(&none, ENV_STOCK_EPHEMERAL_STORAGE).is_empty());
+        p.spec.sandbox_defaults =
+            Some(serde_json::from_value(serde_json::json!({"ephemeralStorage": "64Mi"})).unwrap());
+        let pod = build(&p, &Policy::default(), &settings());
+        assert_eq!(
+            env_values(&pod, ENV_STOCK_EPHEMERAL_STORAGE),
+            [Some((64u64 << 20).to_string())]
+        );
+        // The operator's maximum lowers a default above it, and stands in
+        // for a missing one.
+        let policy = Policy::parse(
+            "namespaces:\n  team-a: {maxSandboxResources: {ephemeralStorage: 32Mi}}\n",
+        )
+        .unwrap();
+        let pod = build(&p, &policy, &settings());
+        assert_eq!(
+            env_values(&pod, ENV_STOCK_EPHEMERAL_STORAGE),
+            [Some((32u64 << 20).to_string())]
+        );
+        p.spec.sandbox_defaults = None;
+        let pod = build(&p, &policy, &settings());
+        assert_eq!(
+            env_values(&pod, ENV_STOCK_EPHEMERAL_STORAGE),
+            [Some((32u64 << 20).to_string())]
         );
     }
 

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use fast_sandbox_api::agent::ResourceLimits;
 use fast_sandbox_api::resources;
 use fast_sandbox_api::{SandboxPool, SandboxResources};
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -38,19 +39,13 @@ pub fn agent_resources(
     {
         return r.clone();
     }
-    let ns = pool.namespace().unwrap_or_default();
+    // Only a pool default counts: the maximum bounds, it is not a size.
     let per_sandbox = pool
         .spec
         .sandbox_defaults
         .as_ref()
         .filter(|d| d.memory.is_some())
-        .and_then(|d| {
-            resources::effective(None, Some(d), max, &ns, "")
-                .ok()
-                .flatten()
-        })
-        .and_then(|r| resources::parse(&r, "").ok())
-        .and_then(|l| l.memory_bytes)
+        .and_then(|_| default_limits(pool, max).memory_bytes)
         .unwrap_or(0);
     let memory =
         AGENT_MEMORY_REQUEST_BYTES.saturating_add(per_sandbox.saturating_mul(u64::from(slots)));
@@ -61,6 +56,18 @@ pub fn agent_resources(
         ])),
         ..Default::default()
     }
+}
+
+/// The limits admission gives a sandbox of `pool` that asks for nothing:
+/// the pool's `sandboxDefaults` within the operator's maximum `max`, and
+/// the maximum where the pool has no default.
+pub fn default_limits(pool: &SandboxPool, max: &SandboxResources) -> ResourceLimits {
+    let ns = pool.namespace().unwrap_or_default();
+    resources::effective(None, pool.spec.sandbox_defaults.as_ref(), max, &ns, "")
+        .ok()
+        .flatten()
+        .and_then(|r| resources::parse(&r, "").ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

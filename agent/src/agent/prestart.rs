@@ -123,8 +123,8 @@ impl Agent {
         digest: &str,
         spec: &Spec,
     ) -> Result<Option<SandboxInfo>> {
-        if req.limits.ephemeral_storage_bytes.is_some() {
-            self.metrics.stock_create(Miss::CappedLayer.as_str());
+        if req.limits.ephemeral_storage_bytes != self.cfg.stock_layer_cap {
+            self.metrics.stock_create(Miss::LayerCap.as_str());
             return Ok(None);
         }
         // A cold create's container id is the sandbox's, so containerd
@@ -414,7 +414,7 @@ impl Agent {
                 )
                 .await?;
             let made = async {
-                let mounts = self
+                let mut mounts = self
                     .cd
                     .prepare_snapshot(&snapshot_key, &image.chain_id, Some(&lease))
                     .await?;
@@ -423,6 +423,10 @@ impl Agent {
                     (label::AGENT_UID.to_string(), self.cfg.pod_uid.clone()),
                     (label::PRESTARTED.to_string(), image.digest.clone()),
                 ]);
+                if let Some(cap) = self.cfg.stock_layer_cap {
+                    mounts = self.capped_mounts(mounts, cap).await?;
+                    labels.insert(label::EPHEMERAL_STORAGE.to_string(), cap.to_string());
+                }
                 if self.cfg.shim_group {
                     labels.insert(
                         SHIM_GROUP_LABEL.to_string(),
@@ -443,7 +447,11 @@ impl Agent {
                     .await?;
                 let (stdout, stderr) = self.logs.create(&id)?;
                 self.cd.create_task(&id, mounts, &stdout, &stderr).await?;
-                self.cd.start_task(&id).await
+                let pid = self.cd.start_task(&id).await?;
+                if let Some(cap) = self.cfg.stock_layer_cap {
+                    self.verify_layer(pid, cap)?;
+                }
+                Ok(pid)
             }
             .await;
             if let Err(e) = self.cd.delete_lease(&lease).await {
@@ -491,9 +499,16 @@ impl Agent {
             .spec
             .as_ref()
             .and_then(|s| serde_json::from_slice(&s.value).ok());
-        let (Some(digest), Some(cgroup_path)) = (
+        // A pre-started root's layer cap is fixed; one of another cap than
+        // this agent's stock can never be claimed.
+        let cap = c
+            .labels
+            .get(label::EPHEMERAL_STORAGE)
+            .and_then(|b| b.parse::<u64>().ok());
+        let (Some(digest), Some(cgroup_path), true) = (
             c.labels.get(label::PRESTARTED).cloned(),
             spec.as_ref().and_then(cgroups_path),
+            cap == self.cfg.stock_layer_cap,
         ) else {
             self.discard(&c.id, &c.snapshot_key).await;
             return;

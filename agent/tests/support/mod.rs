@@ -181,6 +181,7 @@ impl TestAgent {
             max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
             stock_size: 0,
             stock_images: Vec::new(),
+            stock_layer_cap: None,
             cgroup_root: "/sys/fs/cgroup".into(),
             log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
         };

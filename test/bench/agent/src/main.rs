@@ -173,6 +173,7 @@ async fn start_agent(
         max_upload_bytes: fast_sandbox_agent::agent::DEFAULT_MAX_UPLOAD_BYTES,
         stock_size: fast_sandbox_agent::agent::DEFAULT_STOCK_SIZE,
         stock_images: vec![args.image.clone()],
+        stock_layer_cap: None,
         cgroup_root: "/sys/fs/cgroup".into(),
         log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
     };
