@@ -122,6 +122,56 @@ async fn maximum(admin: &Client, ns: &str) -> SandboxResources {
     Policy::parse(&doc).unwrap().caps(ns).max_sandbox
 }
 
+/// A namespace with its `edit` tenant, and another namespace's user.
+struct Cast {
+    admin: Client,
+    ns: String,
+    other: String,
+    tenant: Client,
+    stranger: Client,
+}
+
+impl Cast {
+    /// Namespaces `<prefix>-…` and `<prefix>-other-…` and their users.
+    async fn new(what: &str, prefix: &str) -> Self {
+        let admin = cluster_client(what).await;
+        let ns = namespace(&admin, prefix).await.unwrap();
+        let other = namespace(&admin, &format!("{prefix}-other")).await.unwrap();
+        let tenant = editor(&admin, &ns, &format!("{prefix}-editor")).await;
+        let stranger = editor(&admin, &other, &format!("{prefix}-stranger")).await;
+        Self {
+            admin,
+            ns,
+            other,
+            tenant,
+            stranger,
+        }
+    }
+
+    async fn finish(self) {
+        delete_namespace(&self.admin, &self.ns).await;
+        delete_namespace(&self.admin, &self.other).await;
+    }
+}
+
+/// Creates a sandbox asking for no limits as the tenant, waits until it
+/// runs and returns the limits admission wrote.
+async fn admitted(
+    sbx: &Api<Sandbox>,
+    name: &str,
+    image: &str,
+    command: &[&str],
+) -> SandboxResources {
+    sbx.create(&PostParams::default(), &sandbox(name, image, command, None))
+        .await
+        .unwrap();
+    running(sbx, name)
+        .await
+        .spec
+        .resources
+        .expect("limits written at admission")
+}
+
 fn refusal(e: kube::Error) -> String {
     match e {
         kube::Error::Api(s) => s.message,
@@ -131,11 +181,9 @@ fn refusal(e: kube::Error) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seccomp_allow_list_refuses_calls_outside_it() {
-    let admin = cluster_client("seccomp").await;
-    let ns = namespace(&admin, "e2e-seccomp").await.unwrap();
-    let other = namespace(&admin, "e2e-seccomp-other").await.unwrap();
-    let tenant = editor(&admin, &ns, "e2e-seccomp-editor").await;
-    let stranger = editor(&admin, &other, "e2e-seccomp-stranger").await;
+    let cast = Cast::new("seccomp", "e2e-seccomp").await;
+    let (admin, ns) = (cast.admin.clone(), cast.ns.clone());
+    let (tenant, stranger) = (cast.tenant.clone(), cast.stranger.clone());
     ready(&tenant, &admin, &ns, pool("p", NOSHELL, None)).await;
     let sbx: Api<Sandbox> = Api::namespaced(tenant.clone(), &ns);
     sbx.create(
@@ -159,17 +207,14 @@ async fn the_seccomp_allow_list_refuses_calls_outside_it() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("forbidden"), "{err}");
-    delete_namespace(&admin, &ns).await;
-    delete_namespace(&admin, &other).await;
+    cast.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_defaults_and_the_operator_maximum_limit_every_sandbox() {
-    let admin = cluster_client("sandbox defaults").await;
-    let ns = namespace(&admin, "e2e-defaults").await.unwrap();
-    let other = namespace(&admin, "e2e-defaults-other").await.unwrap();
-    let tenant = editor(&admin, &ns, "e2e-defaults-editor").await;
-    let stranger = editor(&admin, &other, "e2e-defaults-stranger").await;
+    let cast = Cast::new("sandbox defaults", "e2e-defaults").await;
+    let (admin, ns) = (cast.admin.clone(), cast.ns.clone());
+    let (tenant, stranger) = (cast.tenant.clone(), cast.stranger.clone());
     let max = maximum(&admin, &ns).await;
     let max_memory = quantity::bytes(max.memory.as_ref().expect("a memory maximum")).unwrap();
     let max_cpu = quantity::cpu_millis(max.cpu.as_ref().expect("a CPU maximum")).unwrap();
@@ -210,18 +255,7 @@ async fn pool_defaults_and_the_operator_maximum_limit_every_sandbox() {
     let limits = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us";
     // Nothing asked: the pool's defaults, and the maximum where the pool
     // has none.
-    sbx.create(
-        &PostParams::default(),
-        &sandbox("plain", BUSYBOX, &["sleep", "3600"], None),
-    )
-    .await
-    .unwrap();
-    let plain = running(&sbx, "plain").await;
-    let r = plain
-        .spec
-        .resources
-        .clone()
-        .expect("limits written at admission");
+    let r = admitted(&sbx, "plain", BUSYBOX, &["sleep", "3600"]).await;
     assert_eq!(r.memory.unwrap().0, "64Mi");
     assert_eq!(r.pids, Some(100));
     assert_eq!(r.cpu, max.cpu);
@@ -282,17 +316,14 @@ async fn pool_defaults_and_the_operator_maximum_limit_every_sandbox() {
             .unwrap_err(),
     );
     assert!(msg.contains("forbidden"), "{msg}");
-    delete_namespace(&admin, &ns).await;
-    delete_namespace(&admin, &other).await;
+    cast.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_writable_layer_fails_the_sandbox_that_writes_past_it() {
-    let admin = cluster_client("writable layer cap").await;
-    let ns = namespace(&admin, "e2e-layer").await.unwrap();
-    let other = namespace(&admin, "e2e-layer-other").await.unwrap();
-    let tenant = editor(&admin, &ns, "e2e-layer-editor").await;
-    let stranger = editor(&admin, &other, "e2e-layer-stranger").await;
+    let cast = Cast::new("writable layer cap", "e2e-layer").await;
+    let (admin, ns) = (cast.admin.clone(), cast.ns.clone());
+    let (tenant, stranger) = (cast.tenant.clone(), cast.stranger.clone());
     ready(
         &tenant,
         &admin,
@@ -322,18 +353,7 @@ async fn a_capped_writable_layer_fails_the_sandbox_that_writes_past_it() {
     }
 
     // The pool's default sizes the layer; writes within it work.
-    sbx.create(
-        &PostParams::default(),
-        &sandbox("disk", BUSYBOX, &["sleep", "3600"], None),
-    )
-    .await
-    .unwrap();
-    let disk = running(&sbx, "disk").await;
-    let r = disk
-        .spec
-        .resources
-        .clone()
-        .expect("limits written at admission");
+    let r = admitted(&sbx, "disk", BUSYBOX, &["sleep", "3600"]).await;
     assert_eq!(r.ephemeral_storage.unwrap().0, "16Mi");
     let (code, out) = run(
         &tenant,
@@ -389,6 +409,5 @@ async fn a_capped_writable_layer_fails_the_sandbox_that_writes_past_it() {
         let msg = refusal(theirs.get(name).await.unwrap_err());
         assert!(msg.contains("forbidden"), "{msg}");
     }
-    delete_namespace(&admin, &ns).await;
-    delete_namespace(&admin, &other).await;
+    cast.finish().await;
 }
