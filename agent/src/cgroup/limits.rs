@@ -109,6 +109,28 @@ pub fn reachable(root: &Path, parent: &str) -> Result<()> {
     }
 }
 
+/// Makes the parent cgroup `parent` under `root` in the hierarchies claims
+/// write to, for an agent run outside a pod (tests, benchmarks), where no
+/// pod cgroup exists yet. Never used in a pod: there a missing parent means
+/// the host's cgroup filesystem is not mounted, and a cgroup made in the
+/// pod's own view would take limits the sandboxes never see.
+pub fn make_parent(root: &Path, parent: &str) -> Result<()> {
+    let rel = parent.trim_start_matches('/');
+    let dirs = if is_v2(root) {
+        vec![root.join(rel)]
+    } else {
+        ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| root.join(c).join(rel))
+            .collect()
+    };
+    for d in dirs {
+        std::fs::create_dir_all(&d)
+            .map_err(|e| Error::io(format!("creating the cgroup {}", d.display()), e))?;
+    }
+    Ok(())
+}
+
 /// Writes `limits` to the cgroup at `path`.
 pub fn apply(root: &Path, path: &str, limits: &Limits) -> Result<()> {
     for (file, value) in writes(root, is_v2(root), path, limits) {

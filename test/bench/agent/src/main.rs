@@ -94,6 +94,9 @@ struct Args {
 /// Changes one lever of an agent configuration.
 type Tune = Box<dyn Fn(&mut Config)>;
 
+/// The writable layer cap of the capped series (a tmpfs upper layer).
+const LAYER_CAP: u64 = 64 << 20;
+
 /// A measured agent configuration: its name, its levers, and whether each
 /// create waits (untimed) for a ready pre-started sandbox.
 struct Variant {
@@ -178,6 +181,8 @@ async fn start_agent(
         log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
     };
     tune(&mut cfg);
+    // Outside a pod nothing made the sandboxes' parent cgroup yet.
+    fast_sandbox_agent::cgroup::limits::make_parent(&cfg.cgroup_root, &cfg.cgroup_parent)?;
     let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())?;
     let (shutdown, rx) = watch::channel(false);
     tokio::spawn(agent.clone().run_events(rx.clone()));
@@ -257,9 +262,17 @@ async fn agent_series(
     concurrency: usize,
     paced: bool,
 ) -> anyhow::Result<Vec<Duration>> {
+    // Creates ask for the layer cap the agent's stock has, as a pool's
+    // sandboxes asking for nothing get their default one.
+    let cap = a.agent.config().stock_layer_cap;
+    let request = |uid: &str| {
+        let mut r = request(args, uid);
+        r.limits.ephemeral_storage_bytes = cap;
+        r
+    };
     // A steady-state agent holds other sandboxes: one stays resident so a
     // shared shim is not torn down between measured creates.
-    let resident = request(args, &format!("{tag}-c{concurrency}-resident"));
+    let resident = request(&format!("{tag}-c{concurrency}-resident"));
     a.client
         .create(&resident)
         .await?
@@ -270,7 +283,7 @@ async fn agent_series(
     for w in 0..concurrency {
         let client = a.client.clone();
         let reqs: Vec<_> = (0..args.warmup + per_worker)
-            .map(|i| request(args, &format!("{tag}-c{concurrency}-w{w}-{i}")))
+            .map(|i| request(&format!("{tag}-c{concurrency}-w{w}-{i}")))
             .collect();
         let warmup = args.warmup;
         let agent = a.agent.clone();
@@ -475,6 +488,8 @@ async fn memory_bench(args: &Args) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The agents' warnings (a stock that cannot be built) go to stderr.
+    fast_sandbox_server::telemetry::init(fast_sandbox_server::telemetry::LogFormat::Text);
     match args.mode.as_str() {
         "create" => {}
         "interactive" => return interactive_bench(&args).await,
@@ -494,8 +509,21 @@ async fn main() -> anyhow::Result<()> {
             paced: true,
         },
         Variant {
+            name: "agent, 64 MiB layer cap",
+            tune: Box::new(|c: &mut Config| c.stock_layer_cap = Some(LAYER_CAP)),
+            paced: false,
+        },
+        Variant {
             name: "agent, no stock",
             tune: Box::new(|c: &mut Config| c.stock_size = 0),
+            paced: false,
+        },
+        Variant {
+            name: "agent, no stock, 64 MiB layer cap",
+            tune: Box::new(|c: &mut Config| {
+                c.stock_size = 0;
+                c.stock_layer_cap = Some(LAYER_CAP);
+            }),
             paced: false,
         },
         Variant {
