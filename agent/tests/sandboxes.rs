@@ -248,7 +248,7 @@ async fn pids_limit_stops_fork_bombs() {
         &[
             "sh",
             "-c",
-            "cat /sys/fs/cgroup/pids/pids.max; for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; echo forked",
+            "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; echo forked",
         ],
     );
     req.limits = ResourceLimits {
@@ -324,7 +324,10 @@ async fn create_is_idempotent_by_uid_and_capacity_is_enforced() {
     assert_eq!(second.state, ContainerState::Running);
     // The sandbox's cgroup nests under the agent's parent, on the host.
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", second.pid.unwrap())).unwrap();
-    let memory = cgroup.lines().find(|l| l.contains(":memory:")).unwrap();
+    // The memory hierarchy's line on cgroup v1, the only line on v2.
+    let memory = (cgroup.lines().find(|l| l.contains(":memory:")))
+        .or_else(|| cgroup.lines().find(|l| l.starts_with("0::")))
+        .unwrap_or_else(|| panic!("no memory cgroup in {cgroup}"));
     assert!(
         memory.ends_with(&format!("{}/sandbox-slot-1", support::CGROUP_PARENT)),
         "{cgroup}"
