@@ -148,11 +148,16 @@ impl Resolver {
         }
     }
 
+    /// The sandbox as the cache has it when it is ready to be used, else as
+    /// the API has it now: the watch may not have brought it yet (created
+    /// a moment ago), or only an older state of it (a client that just saw
+    /// it Ready must not be told it has no container).
     async fn sandbox(&self, namespace: &str, name: &str) -> Result<Arc<Sandbox>, GatewayError> {
-        if let Some(sb) = self.sandboxes.get(&ObjectRef::new(name).within(namespace)) {
+        if let Some(sb) = self.sandboxes.get(&ObjectRef::new(name).within(namespace))
+            && not_ready(&sb, name).is_none()
+        {
             return Ok(sb);
         }
-        // Created a moment ago: the watch may not have brought it yet.
         let api: Api<Sandbox> = Api::namespaced(self.client.clone(), namespace);
         match api.get_opt(name).await {
             Ok(Some(sb)) => Ok(Arc::new(sb)),
