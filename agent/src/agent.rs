@@ -17,6 +17,7 @@ use fast_sandbox_api::agent::{
     JanitorReport, JanitorRequest, ListSandboxesResponse, RemovedContainer, SandboxInfo,
 };
 use fast_sandbox_api::image::normalize;
+use fast_sandbox_api::pool::RUNC_RUNTIME;
 use fast_sandbox_api::validation::validate_create_request;
 use fast_sandbox_api::wellknown::container_labels as label;
 use fast_sandbox_server::Health;
@@ -178,6 +179,15 @@ impl Agent {
             && let Err(e) = cgroup::limits::reachable(&cfg.cgroup_root, &cfg.cgroup_parent)
         {
             tracing::error!(error = %e, "pre-started sandboxes are disabled: a claim could not apply the sandbox's limits; mount the host's cgroup filesystem and point --cgroup-root at it");
+            0
+        } else if cfg.stock_size > 0 && cd.runtime() != RUNC_RUNTIME {
+            // A claim writes the limits to the sandbox's own cgroup and
+            // hands the init its launch message, which runc's layout
+            // guarantees; other runtimes start every sandbox cold.
+            tracing::info!(
+                runtime = cd.runtime(),
+                "pre-started sandboxes are runc's only; every sandbox starts cold"
+            );
             0
         } else {
             cfg.stock_size
@@ -657,7 +667,7 @@ impl Agent {
                     self.logs.remove(&id);
                     id = format!("{container_id}-{fresh_ids}");
                 }
-                Err(e) => return Err(e.start_failure()),
+                Err(e) => return Err(e.start_failure().runtime_failure(self.cd.runtime())),
             }
         };
         let t = Instant::now();

@@ -25,6 +25,15 @@ pub enum Error {
     /// (missing or non-executable command, missing working directory).
     #[error("the sandbox's process could not be started: {0}")]
     StartFailed(String),
+    /// containerd could not start the shim of the agent's runtime: it is not
+    /// installed on the node, or it fails before any sandbox code runs.
+    #[error("the node's containerd cannot run runtime {runtime}: {why}")]
+    RuntimeUnavailable {
+        /// containerd's runtime name (`io.containerd.runsc.v1`).
+        runtime: String,
+        /// containerd's message.
+        why: String,
+    },
     /// All slots are taken.
     #[error("all {0} slots of this agent are taken")]
     CapacityExceeded(u32),
@@ -165,6 +174,7 @@ impl Error {
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::ImageNotPresent { .. } => ErrorCode::ImageNotPresent,
             Error::StartFailed(_) => ErrorCode::StartFailed,
+            Error::RuntimeUnavailable { .. } => ErrorCode::RuntimeUnavailable,
             Error::CapacityExceeded(_) => ErrorCode::CapacityExceeded,
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::ContainerExists { .. } => ErrorCode::ContainerExists,
@@ -196,6 +206,26 @@ impl Error {
                 }
                 None => self,
             },
+            _ => self,
+        }
+    }
+
+    /// Turns a failed task create whose shim of `runtime` could not start
+    /// (not on containerd's PATH, or exiting at once) into
+    /// [`Error::RuntimeUnavailable`]; anything else, a stale task directory
+    /// included, is kept.
+    pub fn runtime_failure(self, runtime: &str) -> Self {
+        const MARK: &str = "failed to start shim: ";
+        match &self {
+            Error::Containerd { status, .. } if !self.is_stale_bundle() => {
+                match status.message().split_once(MARK) {
+                    Some((_, why)) => Error::RuntimeUnavailable {
+                        runtime: runtime.to_string(),
+                        why: why.trim_end_matches(": unknown").trim().to_string(),
+                    },
+                    None => self,
+                }
+            }
             _ => self,
         }
     }
@@ -282,6 +312,28 @@ mod tests {
         );
         let other = Error::containerd("create task", tonic::Status::unknown("shim died"));
         assert_eq!(other.start_failure().code(), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn a_shim_that_cannot_start_is_an_unavailable_runtime() {
+        let msg = "failed to start shim: start failed: io.containerd.runsc.v1: failed to set OOM Score on shim: write /proc/1/oom_score_adj: permission denied: exit status 1: unknown";
+        let e = Error::containerd("create task", tonic::Status::unknown(msg))
+            .runtime_failure("io.containerd.runsc.v1");
+        assert_eq!(e.code(), ErrorCode::RuntimeUnavailable);
+        assert!(!e.code().is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "the node's containerd cannot run runtime io.containerd.runsc.v1: start failed: io.containerd.runsc.v1: failed to set OOM Score on shim: write /proc/1/oom_score_adj: permission denied: exit status 1"
+        );
+        let stale = "failed to start shim: mkdir /run/containerd/io.containerd.runtime.v2.task/k8s.io/sandbox-u1: file exists";
+        let kept = Error::containerd("create task", tonic::Status::unknown(stale))
+            .runtime_failure("io.containerd.runc.v2");
+        assert!(
+            kept.is_stale_bundle(),
+            "a stale directory is retried under a fresh id"
+        );
+        let other = Error::containerd("create task", tonic::Status::unknown("shim died"));
+        assert_eq!(other.runtime_failure("x").code(), ErrorCode::Internal);
     }
 
     #[test]

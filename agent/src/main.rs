@@ -66,11 +66,12 @@ struct Args {
     /// Snapshotter the node's images are unpacked for.
     #[arg(long, env = "FAST_SANDBOX_SNAPSHOTTER", default_value = "overlayfs")]
     snapshotter: String,
-    /// containerd runtime (shim) of sandboxes.
+    /// containerd runtime (shim) of sandboxes: `io.containerd.runsc.v1` for
+    /// gVisor. Pre-started sandboxes are runc's only.
     #[arg(
         long,
         env = "FAST_SANDBOX_RUNTIME",
-        default_value = "io.containerd.runc.v2"
+        default_value = fast_sandbox_api::pool::RUNC_RUNTIME
     )]
     runtime: String,
     /// Name of the agent pod (downward API).
@@ -210,6 +211,15 @@ async fn main() -> anyhow::Result<()> {
         cgroup_root: args.cgroup_root,
         log_max_bytes: args.log_max_bytes,
     };
+    if args.runtime == fast_sandbox_api::pool::GVISOR_RUNTIME
+        && !fast_sandbox_agent::runtime::may_lower_oom_score(
+            &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+        )
+    {
+        tracing::warn!(
+            "this node's root lacks CAP_SYS_RESOURCE, which gVisor's shim needs to start: sandboxes will fail as RuntimeUnavailable"
+        );
+    }
     tracing::info!(?cfg, "starting agent");
     let agent =
         Agent::new(cfg, cd, metrics.clone(), ops.health.clone()).context("creating the agent")?;

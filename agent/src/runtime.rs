@@ -126,6 +126,11 @@ impl Containerd {
         })
     }
 
+    /// The containerd runtime (shim) sandboxes run in.
+    pub fn runtime(&self) -> &str {
+        &self.runtime
+    }
+
     /// The containerd namespace.
     pub fn namespace(&self) -> &str {
         &self.namespace_name
@@ -728,4 +733,32 @@ pub struct ContainerRecord {
     pub spec_json: Vec<u8>,
     /// Key of the rootfs snapshot.
     pub snapshot_key: String,
+}
+
+/// Whether the process whose `/proc/<pid>/status` is `status` may lower an
+/// `oom_score_adj` (`CAP_SYS_RESOURCE`, bit 24 of `CapEff`). gVisor's shim
+/// sets its own to -999 as it starts and fails without it, so a node whose
+/// root lacks it cannot run gVisor.
+pub fn may_lower_oom_score(status: &str) -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|eff| eff & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+#[cfg(test)]
+mod oom_score_tests {
+    use super::may_lower_oom_score;
+
+    #[test]
+    fn cap_sys_resource_is_read_from_the_effective_set() {
+        assert!(may_lower_oom_score(
+            "CapPrm:\t0\nCapEff:\t000001ffffffffff\n"
+        ));
+        assert!(!may_lower_oom_score("CapEff:\t000001fffeffffff\n"));
+        assert!(!may_lower_oom_score("Name: x\n"));
+        assert!(!may_lower_oom_score("CapEff:\tzz\n"));
+    }
 }

@@ -183,6 +183,12 @@ start() {
   ln -sf "$bin/containerd" "$dir/bin/containerd"
   ln -sf "$bin/ctr" "$dir/bin/ctr"
   ln -sf "$bin/containerd-shim-runc-v2" "$dir/bin/containerd-shim-runc-v2"
+  # gVisor (runsc and its shim), for the tests of the runtime
+  # io.containerd.runsc.v1.
+  local gvisor
+  gvisor=$("$here/../../test/cluster/build-gvisor.sh")
+  ln -sf "$gvisor/runsc" "$dir/bin/runsc"
+  ln -sf "$gvisor/containerd-shim-runsc-v1" "$dir/bin/containerd-shim-runsc-v1"
   PATH="$dir/bin:$PATH"
   write_config "$dir"
   "$bin/containerd" --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &

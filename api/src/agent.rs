@@ -335,6 +335,10 @@ pub enum ErrorCode {
     /// such executable, not executable, a working directory that is not
     /// there): the same request fails the same way, so it is not retried.
     StartFailed,
+    /// The node's containerd cannot run the agent's runtime: its shim is
+    /// not installed or fails to start (the message says why). Every
+    /// sandbox of the agent fails the same way, so it is not retried.
+    RuntimeUnavailable,
     /// All slots are taken.
     CapacityExceeded,
     /// A sandbox with that UID exists with a different spec.
@@ -384,7 +388,9 @@ impl ErrorCode {
             | ErrorCode::AlreadyExists
             | ErrorCode::DirectoryNotEmpty => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::ImageNotPresent | ErrorCode::StartFailed => 422,
+            ErrorCode::ImageNotPresent | ErrorCode::StartFailed | ErrorCode::RuntimeUnavailable => {
+                422
+            }
             ErrorCode::CapacityExceeded => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,

@@ -87,6 +87,12 @@ pub struct SandboxPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = MAX_PRESTARTED))]
     pub prestarted: Option<i32>,
+    /// The OCI runtime the pool's sandboxes run in: `runc` (the default)
+    /// or `gvisor` (gVisor's `runsc`, a user-space kernel between the
+    /// sandbox and the node's; containerd's runtime
+    /// `io.containerd.runsc.v1`, which the node must have installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<SandboxRuntime>,
     /// Limits of a sandbox of this pool that sets no `resources` (field by
     /// field), written into its spec at admission. Without them, and
     /// without an operator maximum, such a sandbox has no CPU, memory or
@@ -94,6 +100,34 @@ pub struct SandboxPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_defaults: Option<SandboxResources>,
 }
+
+/// The OCI runtime of a pool's sandboxes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxRuntime {
+    /// runc: namespaces, cgroups and seccomp on the node's kernel.
+    #[default]
+    Runc,
+    /// gVisor: the sandbox's system calls are served by a user-space
+    /// kernel (runsc), so a kernel bug is not reachable from the sandbox.
+    Gvisor,
+}
+
+impl SandboxRuntime {
+    /// containerd's runtime (shim) name: containerd runs
+    /// `containerd-shim-<name>-<version>` from its PATH.
+    pub fn containerd_runtime(self) -> &'static str {
+        match self {
+            SandboxRuntime::Runc => RUNC_RUNTIME,
+            SandboxRuntime::Gvisor => GVISOR_RUNTIME,
+        }
+    }
+}
+
+/// containerd's runtime of runc, the agent's default.
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// containerd's runtime of gVisor (`containerd-shim-runsc-v1`).
+pub const GVISOR_RUNTIME: &str = "io.containerd.runsc.v1";
 
 /// Bounds of the pool size and of its buffer of free agents.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -122,6 +122,9 @@ pub mod reason {
     /// The process could not be started (missing or non-executable
     /// command, missing working directory).
     pub const START_ERROR: &str = "StartError";
+    /// The node's containerd cannot run the pool's `runtime` (its shim is
+    /// missing or fails to start); the message says why.
+    pub const RUNTIME_UNAVAILABLE: &str = "RuntimeUnavailable";
     /// The agent refused the sandbox for lack of slots; it will be re-placed.
     pub const CAPACITY_EXCEEDED: &str = "CapacityExceeded";
     /// The sandbox was bound to an agent of another pool; it is re-placed.

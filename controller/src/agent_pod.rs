@@ -60,6 +60,8 @@ const VOLUME_CGROUP: &str = "host-cgroup";
 /// pre-started sandbox writes its limits to its cgroup, which the pod's own
 /// `/sys/fs/cgroup` (its own subtree only) does not show.
 pub const HOST_CGROUP_IN_POD: &str = "/host/sys/fs/cgroup";
+/// The agent's setting of its sandboxes' containerd runtime.
+const ENV_RUNTIME: &str = "FAST_SANDBOX_RUNTIME";
 /// The agent's setting of the images it always keeps pre-started.
 const ENV_STOCK_IMAGES: &str = "FAST_SANDBOX_STOCK_IMAGES";
 /// The agent's setting of pre-started sandboxes per warm image.
@@ -295,6 +297,9 @@ fn agent_container(
         value("FAST_SANDBOX_TLS_KEY", format!("{AGENT_TLS_DIR}/tls.key")),
         value("FAST_SANDBOX_CLIENT_CA", format!("{AGENT_TLS_DIR}/ca.crt")),
     ];
+    if let Some(runtime) = pool.spec.runtime {
+        env.push(value(ENV_RUNTIME, runtime.containerd_runtime().to_string()));
+    }
     if let Some(images) = stock_images(pool) {
         env.push(value(ENV_STOCK_IMAGES, images));
     }
@@ -361,6 +366,7 @@ fn agent_container(
 mod tests {
     use super::*;
     use fast_sandbox_api::SandboxPoolSpec;
+    use fast_sandbox_api::pool::SandboxRuntime;
     use k8s_openapi::api::core::v1::PodTemplateSpec;
 
     fn settings() -> AgentPodSettings {
@@ -500,6 +506,7 @@ mod tests {
                     {"name": "agent", "image": "evil/root:1", "command": ["/bin/sh"],
                      "env": [{"name": "FAST_SANDBOX_ALLOWED_CLIENTS", "value": "anyone"},
                              {"name": "FAST_SANDBOX_STOCK_SIZE", "value": "100000"},
+                             {"name": "FAST_SANDBOX_RUNTIME", "value": "io.containerd.evil.v1"},
                              {"name": "FAST_SANDBOX_STOCK_IMAGES", "value": "evil/a,evil/b"}],
                      "volumeMounts": [{"name": "root", "mountPath": "/host"}],
                      "resources": {"limits": {"memory": "1Gi"}}},
@@ -525,6 +532,7 @@ mod tests {
             "FAST_SANDBOX_ALLOWED_CLIENTS",
             ENV_STOCK_SIZE,
             ENV_STOCK_IMAGES,
+            ENV_RUNTIME,
         ] {
             assert!(
                 env_values(&pod, name).is_empty(),
@@ -579,6 +587,19 @@ mod tests {
             env_values(&off, ENV_STOCK_SIZE),
             [Some("0".to_string())],
             "0 disables"
+        );
+    }
+
+    #[test]
+    fn the_pools_runtime_reaches_the_agent() {
+        let mut p = original();
+        let none = build(&p, &Policy::default(), &settings());
+        assert!(env_values(&none, ENV_RUNTIME).is_empty(), "unset: runc");
+        p.spec.runtime = Some(SandboxRuntime::Gvisor);
+        let pod = build(&p, &Policy::default(), &settings());
+        assert_eq!(
+            env_values(&pod, ENV_RUNTIME),
+            [Some("io.containerd.runsc.v1".to_string())]
         );
     }
 

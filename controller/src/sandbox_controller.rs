@@ -593,12 +593,14 @@ async fn create(
             Some(
                 code @ (ErrorCode::ImageNotPresent
                 | ErrorCode::StartFailed
+                | ErrorCode::RuntimeUnavailable
                 | ErrorCode::InvalidArgument
                 | ErrorCode::Conflict),
             ) => {
                 let why = match code {
                     ErrorCode::ImageNotPresent => reason::IMAGE_NOT_PRESENT,
                     ErrorCode::StartFailed => reason::START_ERROR,
+                    ErrorCode::RuntimeUnavailable => reason::RUNTIME_UNAVAILABLE,
                     _ => reason::INVALID_SPEC,
                 };
                 let st =

@@ -204,6 +204,7 @@ fn pool(name: &str, capacity: PoolCapacity, replicas: Option<i32>) -> SandboxPoo
             }),
             warm_images: vec![],
             prestarted: None,
+            runtime: None,
             sandbox_defaults: None,
         },
     )

@@ -32,17 +32,21 @@ mapfile -t tests < <(cargo test -p fast-sandbox-agent --tests --no-run --message
 [[ ${#tests[@]} -gt 0 ]] || { log "no test binaries built"; exit 1; }
 cargo build -p fast-sandbox-agent --bin fast-sandbox-agent >/dev/null 2>&1
 containerd_bin="$(test/cluster/build-containerd.sh)"
+gvisor_bin="$(test/cluster/build-gvisor.sh)"
 test/cgroup2/vm.sh build >/dev/null
 
 share="$(mktemp -d /tmp/fsb-cgroup2.XXXXXX)"
 trap 'rm -rf "$share"' EXIT
 mkdir -p "$share/repo/agent/tests" "$share/repo/test/cluster" "$share/repo/test/cgroup2" "$share/bin"
 cp agent/tests/containerd.sh "$share/repo/agent/tests/"
-cp test/cluster/build-containerd.sh test/cluster/versions.env "$share/repo/test/cluster/"
+cp test/cluster/build-containerd.sh test/cluster/build-gvisor.sh test/cluster/go-build.sh \
+  test/cluster/versions.env "$share/repo/test/cluster/"
 cp test/cgroup2/runtime-checks.sh "$share/repo/test/cgroup2/"
-# The cache layout build-containerd.sh looks in.
+# The cache layout build-containerd.sh and build-gvisor.sh look in.
 mkdir -p "$share/cache/containerd/$(basename "$(dirname "$containerd_bin")")"
 cp -r "$containerd_bin" "$share/cache/containerd/$(basename "$(dirname "$containerd_bin")")/"
+mkdir -p "$share/cache/gvisor/$(basename "$(dirname "$gvisor_bin")")"
+cp -r "$gvisor_bin" "$share/cache/gvisor/$(basename "$(dirname "$gvisor_bin")")/"
 for t in "${tests[@]}"; do cp "$t" "$share/bin/"; done
 # The VM has no compiler: the image without a shell gets its tool from here.
 gcc -static -Os -o "$share/noshell-tool" agent/tests/noshell/tool.c

@@ -690,8 +690,9 @@ start_node_runtime() {
   fi
   # A fixed PATH, so containerd finds the shim of its own version first (it
   # looks the shim up on PATH before its own directory) and the command line
-  # does not depend on the caller's.
-  start_proc "containerd$N_SUFFIX" "${ns[@]}" env "PATH=$CONTAINERD_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+  # does not depend on the caller's. gVisor's shim and runsc come next: the
+  # runtime `io.containerd.runsc.v1` of pools with `runtime: gvisor`.
+  start_proc "containerd$N_SUFFIX" "${ns[@]}" env "PATH=$CONTAINERD_BIN:$GVISOR_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     "$CONTAINERD_BIN/containerd" --config "$N_CONF/containerd.toml"
   poll "containerd of $N_NAME" 30 "$(ctr_bin)" -a "$N_SOCK" version ||
     die "containerd of $N_NAME did not start; see $LOGS/containerd$N_SUFFIX.log"
@@ -725,6 +726,9 @@ cmd_up() {
   log "building / fetching containerd $CONTAINERD_VERSION binaries"
   bin="$("$CLUSTER_DIR/build-containerd.sh")"
   [[ "$bin" == "$CONTAINERD_BIN" ]] || die "build-containerd.sh printed $bin, expected $CONTAINERD_BIN"
+  log "building / fetching gVisor $GVISOR_VERSION binaries"
+  bin="$("$CLUSTER_DIR/build-gvisor.sh")"
+  [[ "$bin" == "$GVISOR_BIN" ]] || die "build-gvisor.sh printed $bin, expected $GVISOR_BIN"
   local ip; ip="$(node_ip)"
   log "nodes: $NODE_COUNT ($NODE_NAME at $ip, the host), state $STATE"
   record_host

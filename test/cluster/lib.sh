@@ -13,6 +13,7 @@ STATE="${FAST_SANDBOX_STATE:-/var/lib/fast-sandbox-cluster}"
 CACHE="${FAST_SANDBOX_CACHE:-/var/cache/fast-sandbox}"
 K8S_BIN="$CACHE/k8s/$K8S_VERSION/bin"
 CONTAINERD_BIN="$CACHE/containerd/$CONTAINERD_VERSION/bin"
+GVISOR_BIN="$CACHE/gvisor/$GVISOR_VERSION/bin"
 
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"

@@ -31,6 +31,11 @@ pub const SERVER_NAME: &str = "fast-sandbox-agent";
 pub const CGROUP_PARENT: &str = "/fast-sandbox-agent-test";
 
 /// Where the private containerd is.
+/// containerd's runtime of runc, the agent's default.
+pub const RUNC: &str = "io.containerd.runc.v2";
+/// containerd's runtime of gVisor.
+pub const GVISOR: &str = "io.containerd.runsc.v1";
+
 #[derive(Clone, Debug)]
 pub struct Env {
     pub socket: PathBuf,
@@ -147,6 +152,17 @@ impl TestAgent {
         slots: u32,
         tune: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::start_on(env, test, slots, RUNC, tune).await
+    }
+
+    /// An agent whose sandboxes run in the containerd runtime `runtime`.
+    pub async fn start_on(
+        env: &Env,
+        test: &str,
+        slots: u32,
+        runtime: &str,
+        tune: impl FnOnce(&mut Config),
+    ) -> Self {
         fast_sandbox_server::telemetry::init(fast_sandbox_server::telemetry::LogFormat::Text);
         let pki = Pki::new("Fast Sandbox test CA");
         let (cert, key) = pki.issue("agent", &[SERVER_NAME]);
@@ -157,14 +173,9 @@ impl TestAgent {
             registry: registry.clone(),
         };
         let metrics = Metrics::register(&registry);
-        let cd = Containerd::connect(
-            &env.socket,
-            &env.namespace,
-            "overlayfs",
-            "io.containerd.runc.v2",
-        )
-        .await
-        .unwrap();
+        let cd = Containerd::connect(&env.socket, &env.namespace, "overlayfs", runtime)
+            .await
+            .unwrap();
         let mut cfg = Config {
             pod_name: format!("agent-{test}"),
             pod_uid: pod_uid(test),

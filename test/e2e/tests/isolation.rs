@@ -12,6 +12,11 @@
 //!   sizes the layer, writes within it work, and a sandbox writing past it
 //!   fails as `EphemeralStorageExceeded`.
 //!
+//! - The runtime: a pool's `runtime` other than `runc` or `gvisor` is
+//!   refused at admission; a `gvisor` pool's sandbox runs under gVisor's
+//!   kernel, or, on a node whose containerd cannot start gVisor's shim,
+//!   fails as `RuntimeUnavailable` saying why.
+//!
 //! The one acting is a namespace `edit` tenant, who cannot ask past the
 //! maximum in a sandbox or in its pool's defaults; a user of another
 //! namespace can do nothing with either.
@@ -26,7 +31,7 @@ use fast_sandbox_cli::exec::{ExecOptions, Streams, exec};
 use fast_sandbox_e2e::scenario::{AGENT_IMAGE, BUSYBOX, SYSTEM_NAMESPACE, agent_pods};
 use fast_sandbox_e2e::{cluster_client, delete_namespace, editor, namespace, wait_for};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::PostParams;
+use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -409,5 +414,87 @@ async fn a_capped_writable_layer_fails_the_sandbox_that_writes_past_it() {
         let msg = refusal(theirs.get(name).await.unwrap_err());
         assert!(msg.contains("forbidden"), "{msg}");
     }
+    cast.finish().await;
+}
+
+/// Whether this machine's root may lower an oom_score_adj, which gVisor's
+/// shim does as it starts.
+fn may_lower_oom_score() -> bool {
+    fast_sandbox_agent::runtime::may_lower_oom_score(
+        &std::fs::read_to_string("/proc/self/status").unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_gvisor_pool_runs_its_sandboxes_under_gvisor_or_fails_them_saying_why() {
+    let cast = Cast::new("gvisor runtime", "e2e-gvisor").await;
+    let (admin, ns) = (cast.admin.clone(), cast.ns.clone());
+    let (tenant, stranger) = (cast.tenant.clone(), cast.stranger.clone());
+
+    // A runtime that is not offered is refused at admission, naming it.
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(tenant.clone(), &ns, &ApiResource::erase::<SandboxPool>(&()));
+    let mut odd = serde_json::to_value(pool("p", BUSYBOX, None)).unwrap();
+    odd["spec"]["runtime"] = json!("kata");
+    let msg = refusal(
+        raw.create(
+            &PostParams::default(),
+            &serde_json::from_value(odd).unwrap(),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(
+        msg.contains("spec.runtime") && msg.contains("gvisor"),
+        "{msg}"
+    );
+
+    let mut p = pool("p", BUSYBOX, None);
+    p.spec.runtime = Some(fast_sandbox_api::pool::SandboxRuntime::Gvisor);
+    ready(&tenant, &admin, &ns, p).await;
+    let sbx: Api<Sandbox> = Api::namespaced(tenant.clone(), &ns);
+    sbx.create(
+        &PostParams::default(),
+        &sandbox("g", BUSYBOX, &["sleep", "3600"], None),
+    )
+    .await
+    .unwrap();
+    let settled = wait_for(&sbx, "g", WAIT, "Running or Failed", |s: &Sandbox| {
+        s.status.as_ref().is_some_and(|st| {
+            matches!(st.phase, Some(SandboxPhase::Running | SandboxPhase::Failed))
+        })
+    })
+    .await
+    .unwrap();
+    let st = settled.status.unwrap();
+    if may_lower_oom_score() {
+        assert_eq!(st.phase, Some(SandboxPhase::Running), "{st:?}");
+        let (code, out) = run(&tenant, &ns, "g", &["cat", "/proc/version"]).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("gvisor"), "the kernel is gVisor's: {out}");
+    } else {
+        // This machine's root lacks CAP_SYS_RESOURCE, so gVisor's shim
+        // cannot start: the sandbox fails at once, saying so, and is not
+        // retried.
+        assert_eq!(st.phase, Some(SandboxPhase::Failed), "{st:?}");
+        assert_eq!(
+            st.reason.as_deref(),
+            Some(reason::RUNTIME_UNAVAILABLE),
+            "{st:?}"
+        );
+        let message = st.message.unwrap_or_default();
+        assert!(
+            message.contains("io.containerd.runsc.v1") && message.contains("OOM Score"),
+            "{message}"
+        );
+    }
+
+    // Another namespace's user sees neither the pool nor the sandbox.
+    let theirs: Api<Sandbox> = Api::namespaced(stranger.clone(), &ns);
+    let msg = refusal(theirs.get("g").await.unwrap_err());
+    assert!(msg.contains("forbidden"), "{msg}");
+    let their_pools: Api<SandboxPool> = Api::namespaced(stranger.clone(), &ns);
+    let msg = refusal(their_pools.get("p").await.unwrap_err());
+    assert!(msg.contains("forbidden"), "{msg}");
     cast.finish().await;
 }

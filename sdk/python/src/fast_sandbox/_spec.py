@@ -187,6 +187,7 @@ _FAILED_BY_REASON: dict[str, type[errors.SandboxFailedError]] = {
     "StartError": errors.StartError,
     "OOMKilled": errors.OOMKilledError,
     "EphemeralStorageExceeded": errors.EphemeralStorageExceededError,
+    "RuntimeUnavailable": errors.RuntimeUnavailableError,
     "InvalidSpec": errors.InvalidSpecError,
 }
 

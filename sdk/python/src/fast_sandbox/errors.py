@@ -47,6 +47,7 @@ __all__ = [
     "StartError",
     "OOMKilledError",
     "EphemeralStorageExceededError",
+    "RuntimeUnavailableError",
     "InvalidSpecError",
     "SandboxExitedError",
     "SandboxLostError",
@@ -208,6 +209,10 @@ class OOMKilledError(SandboxFailedError):
 
 class EphemeralStorageExceededError(SandboxFailedError):
     """The sandbox wrote past its ``resources.ephemeral_storage`` and was killed."""
+
+
+class RuntimeUnavailableError(SandboxFailedError):
+    """The node cannot run the pool's ``runtime`` (gVisor's shim missing or failing)."""
 
 
 class InvalidSpecError(SandboxFailedError):

@@ -160,6 +160,14 @@ def test_still_coming(obj: dict[str, Any]) -> None:
             errors.OOMKilledError,
         ),
         (sandbox("Failed", reason="InvalidSpec"), errors.InvalidSpecError),
+        (
+            sandbox(
+                "Failed",
+                reason="RuntimeUnavailable",
+                message="the node's containerd cannot run runtime io.containerd.runsc.v1",
+            ),
+            errors.RuntimeUnavailableError,
+        ),
         (sandbox("Failed", reason="Error", exit_code=3), errors.SandboxExitedError),
         (sandbox("Succeeded", reason="Completed", exit_code=0), errors.SandboxExitedError),
         (sandbox("Lost", reason="AgentLost"), errors.SandboxLostError),
