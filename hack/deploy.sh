@@ -35,8 +35,8 @@ if [[ $mode != --apply ]]; then
 
   step "loading images into every node's containerd"
   # The agent image carries busybox too: the original README's sandbox runs
-  # /bin/sleep from it.
-  test/cluster/load-image.sh --busybox fast-sandbox/agent:dev "$bin/fast-sandbox-agent"
+  # /bin/sleep from it. nft sets up sandbox egress in the agent pod.
+  test/cluster/load-image.sh --busybox fast-sandbox/agent:dev "$bin/fast-sandbox-agent" /usr/sbin/nft
   for c in webhook controller extender gateway certs; do
     test/cluster/load-image.sh "fast-sandbox/$c:dev" "$bin/fast-sandbox-$c"
   done
@@ -56,6 +56,14 @@ step "kubectl apply -k deploy/"
 kubectl apply --server-side --force-conflicts -k deploy/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s \
   crd/sandboxes.sandbox.fast.io crd/sandboxpools.sandbox.fast.io >/dev/null
+# This machine is node 1, and its address need not be in the private ranges
+# the shipped policy keeps egress sandboxes from: the local cluster denies
+# every node's address too (egressDeny is the document's last key).
+policy="$(kubectl -n fast-sandbox-system get configmap fast-sandbox-policy -o jsonpath='{.data.policy\.yaml}')"
+nodes="$(test/cluster/cluster.sh nodes | awk '$2 ~ /^[0-9.]+$/ {print "  - " $2 "/32"}')"
+kubectl -n fast-sandbox-system create configmap fast-sandbox-policy --dry-run=client -o yaml \
+  --from-literal=policy.yaml="$policy"$'\n'"$nodes" |
+  kubectl apply --server-side --force-conflicts --field-manager=local-cluster -f - >/dev/null
 # Pods of an earlier deployment still run the previous images.
 kubectl -n fast-sandbox-system rollout restart deployment >/dev/null
 step "waiting for certificates"

@@ -11,6 +11,7 @@ packages=(
   busybox-static         # the test workload image
   gcc libc6-dev          # the static program of the test image without a shell
   iptables conntrack socat ebtables ethtool iproute2 kmod
+  nftables               # nft, which the agent image carries for sandbox egress
   openssl jq curl
   python3 python3-venv   # the Python SDK's checks and end-to-end tests
 )

@@ -25,6 +25,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::cgroup;
+use crate::egress::Egress;
 use crate::error::{Error, Result};
 use crate::events::{EventBus, Subscription};
 use crate::exec::Execs;
@@ -118,6 +119,9 @@ pub struct Config {
     /// Bytes each output of a sandbox keeps on the node (0: no cap); past
     /// it the oldest half is dropped.
     pub log_max_bytes: u64,
+    /// How sandboxes asking for `network.mode: Egress` get it; `None`:
+    /// they fail as `EgressUnavailable`.
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 /// Default of [`Config::stock_size`]: the pool's documented default.
@@ -144,6 +148,7 @@ pub struct Agent {
     cd: Containerd,
     table: Mutex<Table>,
     ports: Ports,
+    egress: Egress,
     events: EventBus,
     images: ImageCache,
     unpacked: Mutex<HashSet<String>>,
@@ -170,7 +175,12 @@ pub struct Agent {
 impl Agent {
     /// Builds the agent; it is not ready until [`Agent::run_events`] has
     /// rebuilt its state.
-    pub fn new(cfg: Config, cd: Containerd, metrics: Metrics, health: Health) -> Result<Arc<Self>> {
+    pub async fn new(
+        cfg: Config,
+        cd: Containerd,
+        metrics: Metrics,
+        health: Health,
+    ) -> Result<Arc<Self>> {
         let logs = LogDir::new(cfg.state_dir.join("logs"))?;
         let execs = Execs::new(cfg.state_dir.join("exec"))?;
         let prestart = PrestartDirs::new(&cfg.state_dir)?;
@@ -192,8 +202,19 @@ impl Agent {
         } else {
             cfg.stock_size
         };
+        let egress = if cd.runtime() == RUNC_RUNTIME {
+            Egress::start(cfg.egress.clone(), cfg.proc_root.clone()).await
+        } else {
+            // gVisor's netstack takes its interfaces from the namespace
+            // when the sandbox is made, before the agent could add one.
+            Egress::Unavailable(format!(
+                "runtime {} takes no link added after the sandbox is made; use runtime runc",
+                cd.runtime()
+            ))
+        };
         health.set_ready(false);
         Ok(Arc::new_cyclic(|me| Self {
+            egress,
             me: me.clone(),
             stock: Stock::new(stock_size, cfg.warm_images, pinned),
             prestart,
@@ -236,6 +257,7 @@ impl Agent {
                 EventKind::Exited | EventKind::OomKilled | EventKind::Deleted
             ) {
                 self.ports.close(&info.uid);
+                self.release_link(&info.uid);
             }
             tracing::info!(uid = %info.uid, container = %info.container_id, ?kind, exit_code = ?info.exit_code, "sandbox event");
             self.events.emit(kind, info);
@@ -417,6 +439,7 @@ impl Agent {
     /// same UID and reset revision. The flag is true when it was created now.
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<(SandboxInfo, bool)> {
         validate_create_request(&req).map_err(Error::Invalid)?;
+        self.egress.check(req.network.as_ref())?;
         if !self.health.is_ready() {
             return Err(Error::Unavailable("rebuilding state from containerd"));
         }
@@ -613,7 +636,7 @@ impl Agent {
         let mut id = container_id.to_string();
         let mut fresh_ids = 0;
         let mut leftover_removed = false;
-        let container_id = loop {
+        let (container_id, created_pid) = loop {
             let (stdout, stderr) = self.logs.create(&id)?;
             let t = Instant::now();
             let created = self
@@ -650,9 +673,9 @@ impl Agent {
                 .create_task(&id, mounts.clone(), &stdout, &stderr)
                 .await
             {
-                Ok(_) => {
+                Ok(pid) => {
                     self.metrics.observe(Stage::TaskCreate, t.elapsed());
-                    break id;
+                    break (id, pid);
                 }
                 Err(e) if e.is_stale_bundle() && fresh_ids < STALE_BUNDLE_FRESH_IDS => {
                     // containerd died while it set this id's task up and
@@ -670,6 +693,11 @@ impl Agent {
                 Err(e) => return Err(e.start_failure().runtime_failure(self.cd.runtime())),
             }
         };
+        // The network is in place before the sandbox's process runs.
+        let leaf = cgroup::leaf(&req.uid, &container_id);
+        self.egress
+            .attach(&req.uid, created_pid, &leaf, req.network.as_ref())
+            .await?;
         let t = Instant::now();
         let pid = self
             .cd
@@ -683,6 +711,15 @@ impl Agent {
         let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
         self.mark_started(&req.uid, image_name, pid, endpoints);
         self.get(&req.uid)
+    }
+
+    /// Frees the network link of sandbox `uid` in the background (it goes
+    /// with the sandbox's namespace anyway; this frees its address now).
+    fn release_link(&self, uid: &str) {
+        if let Some(agent) = self.me.upgrade() {
+            let uid = uid.to_string();
+            tokio::spawn(async move { agent.egress.release(&uid).await });
+        }
     }
 
     /// The labels of a sandbox's container: who it is, whose it is, and

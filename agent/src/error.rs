@@ -34,6 +34,9 @@ pub enum Error {
         /// containerd's message.
         why: String,
     },
+    /// The sandbox asks for egress and this agent cannot give it a network.
+    #[error("this agent cannot give the sandbox egress: {0}")]
+    EgressUnavailable(String),
     /// All slots are taken.
     #[error("all {0} slots of this agent are taken")]
     CapacityExceeded(u32),
@@ -175,6 +178,7 @@ impl Error {
             Error::ImageNotPresent { .. } => ErrorCode::ImageNotPresent,
             Error::StartFailed(_) => ErrorCode::StartFailed,
             Error::RuntimeUnavailable { .. } => ErrorCode::RuntimeUnavailable,
+            Error::EgressUnavailable(_) => ErrorCode::EgressUnavailable,
             Error::CapacityExceeded(_) => ErrorCode::CapacityExceeded,
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::ContainerExists { .. } => ErrorCode::ContainerExists,

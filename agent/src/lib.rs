@@ -28,6 +28,7 @@ pub mod api;
 pub mod archive;
 pub mod cgroup;
 pub mod client;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod exec;

@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use fast_sandbox_agent::api::Api;
+use fast_sandbox_agent::egress::EgressConfig;
 use fast_sandbox_agent::metrics::Metrics;
 use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_agent::{Agent, Config, cgroup};
+use fast_sandbox_api::network::Ipv4Cidr;
 use fast_sandbox_server::client_auth::AllowedNames;
 use fast_sandbox_server::tls::ServerTls;
 use fast_sandbox_server::{Ops, OpsArgs, Registry, telemetry};
@@ -147,6 +149,24 @@ struct Args {
     /// 0 disables the cap.
     #[arg(long, env = "FAST_SANDBOX_LOG_MAX_BYTES", default_value_t = fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES, value_parser = log_cap)]
     log_max_bytes: u64,
+    /// Give sandboxes that ask for `network.mode: Egress` a link into this
+    /// pod's network namespace, NATed to the pod's address. Only inside a
+    /// pod of its own: it turns forwarding on and installs an nftables
+    /// table in the agent's network namespace.
+    #[arg(long, env = "FAST_SANDBOX_EGRESS", default_value_t = false, action = clap::ArgAction::Set)]
+    egress: bool,
+    /// IPv4 CIDRs no sandbox reaches with egress (the cluster's pod,
+    /// service and node ranges), comma-separated; link-local, loopback and
+    /// multicast are always denied.
+    #[arg(long, env = "FAST_SANDBOX_EGRESS_DENY", value_delimiter = ',')]
+    egress_deny: Vec<Ipv4Cidr>,
+    /// The node's IP (the downward API's `status.hostIP`): no egress
+    /// sandbox reaches its own node, whatever the operator's ranges say.
+    #[arg(long, env = "HOST_IP")]
+    host_ip: Option<std::net::IpAddr>,
+    /// The nftables program egress uses.
+    #[arg(long, env = "FAST_SANDBOX_NFT", default_value = "nft")]
+    nft: PathBuf,
     /// Seconds between SIGTERM and SIGKILL when a delete names no grace period.
     #[arg(long, env = "FAST_SANDBOX_GRACE_SECONDS", default_value_t = 10)]
     grace_seconds: u64,
@@ -210,6 +230,19 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         cgroup_root: args.cgroup_root,
         log_max_bytes: args.log_max_bytes,
+        egress: args.egress.then(|| EgressConfig {
+            nft: args.nft,
+            denied: args
+                .egress_deny
+                .into_iter()
+                .chain(args.host_ip.and_then(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => Some(Ipv4Cidr::containing(v4, 32)),
+                    std::net::IpAddr::V6(_) => None,
+                }))
+                .collect(),
+            resolv_conf: "/etc/resolv.conf".into(),
+            ip_forward: "/proc/sys/net/ipv4/ip_forward".into(),
+        }),
     };
     if args.runtime == fast_sandbox_api::pool::GVISOR_RUNTIME
         && !fast_sandbox_agent::runtime::may_lower_oom_score(
@@ -221,8 +254,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     tracing::info!(?cfg, "starting agent");
-    let agent =
-        Agent::new(cfg, cd, metrics.clone(), ops.health.clone()).context("creating the agent")?;
+    let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())
+        .await
+        .context("creating the agent")?;
     let tls = ServerTls {
         cert: args.tls.tls_cert,
         key: args.tls.tls_key,

@@ -94,6 +94,9 @@ pub struct CreateSandboxRequest {
     /// Ports the process listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exposed_ports: Vec<ExposedPort>,
+    /// Network beyond loopback; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::SandboxNetwork>,
     /// `spec.resetRevision` of the object; a different revision for the same
     /// UID replaces the container.
     #[serde(default)]
@@ -339,6 +342,10 @@ pub enum ErrorCode {
     /// not installed or fails to start (the message says why). Every
     /// sandbox of the agent fails the same way, so it is not retried.
     RuntimeUnavailable,
+    /// The sandbox asks for `Egress` and its agent cannot give it a
+    /// network (the runtime has no place for it, or the agent pod lacks
+    /// what NAT needs; the message says which). Not retried.
+    EgressUnavailable,
     /// All slots are taken.
     CapacityExceeded,
     /// A sandbox with that UID exists with a different spec.
@@ -388,9 +395,10 @@ impl ErrorCode {
             | ErrorCode::AlreadyExists
             | ErrorCode::DirectoryNotEmpty => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::ImageNotPresent | ErrorCode::StartFailed | ErrorCode::RuntimeUnavailable => {
-                422
-            }
+            ErrorCode::ImageNotPresent
+            | ErrorCode::StartFailed
+            | ErrorCode::RuntimeUnavailable
+            | ErrorCode::EgressUnavailable => 422,
             ErrorCode::CapacityExceeded => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,

@@ -15,6 +15,7 @@ pub mod crd;
 pub mod exec;
 pub mod files;
 pub mod image;
+pub mod network;
 pub mod policy;
 pub mod pool;
 pub mod quantity;
@@ -24,6 +25,7 @@ pub mod schema;
 pub mod validation;
 pub mod wellknown;
 
+pub use network::{Ipv4Cidr, NetworkMode, SandboxNetwork};
 pub use pool::{PoolCapacity, SandboxPool, SandboxPoolSpec, SandboxPoolStatus};
 pub use sandbox::{
     AgentRef, EnvVar, ExposedPort, FailurePolicy, PortProtocol, Sandbox, SandboxEndpoint,

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::image;
+use crate::network::Ipv4Cidr;
 use crate::pool::{MAX_PRESTARTED, SandboxPoolSpec};
 use crate::resources;
 use crate::sandbox::SandboxResources;
@@ -94,6 +95,10 @@ pub struct NamespaceCaps {
     /// pool sets no default, so no sandbox runs unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sandbox_resources: Option<SandboxResources>,
+    /// Whether its sandboxes may ask for `network.mode: Egress` (unset:
+    /// no; the network stays loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_egress: Option<bool>,
 }
 
 /// The operator's policy document.
@@ -115,6 +120,11 @@ pub struct Policy {
     /// `namespaceDefaults`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespaces: BTreeMap<String, NamespaceCaps>,
+    /// IPv4 CIDRs no `Egress` sandbox reaches, whatever it allows: the
+    /// cluster's pod, service and node ranges. Agent pods take the list at
+    /// their start. DNS to the agent pod's nameservers is let through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_deny: Vec<Ipv4Cidr>,
 }
 
 /// The caps of one namespace with every default applied.
@@ -128,6 +138,11 @@ pub struct Caps {
     pub max_prestarted: u32,
     /// The most one of its sandboxes may use.
     pub max_sandbox: SandboxResources,
+    /// Whether its sandboxes may ask for `network.mode: Egress`.
+    pub allow_egress: bool,
+    /// What its egress sandboxes may not reach (the policy's `egressDeny`,
+    /// the same for every namespace).
+    pub egress_deny: Vec<Ipv4Cidr>,
 }
 
 /// Why a policy document was refused.
@@ -214,6 +229,8 @@ impl Policy {
                 .max_prestarted
                 .or(d.max_prestarted)
                 .unwrap_or(DEFAULT_MAX_PRESTARTED),
+            allow_egress: own.allow_egress.or(d.allow_egress).unwrap_or(false),
+            egress_deny: self.egress_deny.clone(),
         }
     }
 
@@ -428,6 +445,20 @@ pub fn check_caps(
             format!(
                 "{} exceeds the {} agents namespace {namespace} may hold (a cap the operator sets)",
                 c.pool_max, caps.max_agents
+            ),
+        );
+    }
+    if spec
+        .default_network
+        .as_ref()
+        .is_some_and(|n| n.has_egress())
+        && !caps.allow_egress
+    {
+        push(
+            &mut errs,
+            "spec.defaultNetwork.mode",
+            format!(
+                "Egress is not allowed in namespace {namespace} by the operator's policy (allowEgress)"
             ),
         );
     }
@@ -680,6 +711,8 @@ mod tests {
                 max_slots: 40,
                 max_prestarted: DEFAULT_MAX_PRESTARTED,
                 max_sandbox: Policy::default().caps("x").max_sandbox,
+                allow_egress: false,
+                egress_deny: vec![],
             }
         );
         assert_eq!(
@@ -689,6 +722,8 @@ mod tests {
                 max_slots: 40,
                 max_prestarted: 2,
                 max_sandbox: Policy::default().caps("x").max_sandbox,
+                allow_egress: false,
+                egress_deny: vec![],
             }
         );
         assert_eq!(
@@ -698,9 +733,22 @@ mod tests {
                 max_slots: DEFAULT_MAX_SLOTS,
                 max_prestarted: DEFAULT_MAX_PRESTARTED,
                 max_sandbox: Policy::default().caps("x").max_sandbox,
+                allow_egress: false,
+                egress_deny: vec![],
             }
         );
         assert!(Policy::parse("agentImages: [\"not an image\"]").is_err());
+        assert!(
+            Policy::parse("egressDeny: [10.0.0.1/8]").is_err(),
+            "host bits"
+        );
+        let egress = Policy::parse(
+            "namespaceDefaults: {allowEgress: true}\nnamespaces: {closed: {allowEgress: false}}\negressDeny: [10.0.0.0/8]",
+        )
+        .unwrap();
+        assert!(egress.caps("open").allow_egress);
+        assert!(!egress.caps("closed").allow_egress);
+        assert_eq!(egress.egress_deny[0].to_string(), "10.0.0.0/8");
         assert!(Policy::parse("unknownKey: 1").is_err(), "typos are refused");
     }
 
@@ -752,6 +800,20 @@ mod tests {
         };
         ok.capacity.pool_min = Some(2);
         assert_eq!(check_caps(&ok, &[], &caps, "team"), Ok(()));
+        let mut egress = ok.clone();
+        egress.default_network = Some(crate::network::SandboxNetwork {
+            mode: crate::network::NetworkMode::Egress,
+            ..Default::default()
+        });
+        assert_eq!(
+            fields(check_caps(&egress, &[], &caps, "team")),
+            vec!["spec.defaultNetwork.mode"]
+        );
+        let open = Caps {
+            allow_egress: true,
+            ..caps.clone()
+        };
+        assert_eq!(check_caps(&egress, &[], &open, "team"), Ok(()));
         // Two such pools keep 4 agents of 8 slots: 32 of 40 slots.
         assert_eq!(check_caps(&ok, &[&ok], &caps, "team"), Ok(()));
         let got = fields(check_caps(&ok, &[&ok, &ok], &caps, "team"));

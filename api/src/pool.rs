@@ -99,6 +99,10 @@ pub struct SandboxPoolSpec {
     /// pids limit of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_defaults: Option<SandboxResources>,
+    /// Network of a sandbox of this pool that sets no `network`, written
+    /// into its spec at admission. Unset: loopback only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_network: Option<crate::network::SandboxNetwork>,
 }
 
 /// The OCI runtime of a pool's sandboxes.

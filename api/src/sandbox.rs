@@ -68,6 +68,10 @@ pub struct SandboxSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub exposed_ports: Vec<ExposedPort>,
+    /// The sandbox's network: loopback only unless `mode: Egress`. Unset:
+    /// the pool's `defaultNetwork`, written into the spec at admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::SandboxNetwork>,
     /// Absolute time after which the sandbox is stopped and deleted
     /// (RFC 3339, at most nine fractional digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::agent::{CreateSandboxRequest, ResourceLimits};
 use crate::image::ImageRef;
+use crate::network::SandboxNetwork;
 use crate::pool::{MAX_PRESTARTED, SandboxPoolSpec};
 use crate::resources;
 use crate::sandbox::{EnvVar, ExposedPort, PortProtocol, SandboxSpec};
@@ -196,6 +197,12 @@ fn check_ports(errs: &mut FieldErrors, prefix: &str, ports: &[ExposedPort]) {
     }
 }
 
+fn check_network(errs: &mut FieldErrors, prefix: &str, network: Option<&SandboxNetwork>) {
+    for (field, message) in network.map(|n| n.problems(prefix)).unwrap_or_default() {
+        errs.push(field, message);
+    }
+}
+
 fn check_limits(errs: &mut FieldErrors, prefix: &str, limits: &ResourceLimits) {
     if let Some(c) = limits.cpu_millis
         && !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&c)
@@ -274,6 +281,7 @@ pub fn validate_sandbox_spec(spec: &SandboxSpec) -> Result<(), FieldErrors> {
         spec.working_dir.as_deref(),
     );
     check_ports(&mut errs, "spec.", &spec.exposed_ports);
+    check_network(&mut errs, "spec.network.", spec.network.as_ref());
     match limits_of(spec) {
         Ok(l) => check_limits(&mut errs, "spec.resources.", &l),
         Err(e) => errs.0.extend(e.0),
@@ -348,6 +356,11 @@ pub fn validate_pool_spec(spec: &SandboxPoolSpec) -> Result<(), FieldErrors> {
     for (i, img) in spec.warm_images.iter().enumerate() {
         check_image(&mut errs, &format!("spec.warmImages[{i}]"), img);
     }
+    check_network(
+        &mut errs,
+        "spec.defaultNetwork.",
+        spec.default_network.as_ref(),
+    );
     if let Some(d) = &spec.sandbox_defaults {
         match resources::parse(d, "spec.sandboxDefaults.") {
             Ok(l) => check_limits(&mut errs, "spec.sandboxDefaults.", &l),
@@ -403,6 +416,7 @@ pub fn validate_create_request(req: &CreateSandboxRequest) -> Result<(), FieldEr
         req.working_dir.as_deref(),
     );
     check_ports(&mut errs, "", &req.exposed_ports);
+    check_network(&mut errs, "network.", req.network.as_ref());
     check_limits(&mut errs, "limits.", &req.limits);
     errs.into_result()
 }

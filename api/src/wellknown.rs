@@ -125,6 +125,9 @@ pub mod reason {
     /// The node's containerd cannot run the pool's `runtime` (its shim is
     /// missing or fails to start); the message says why.
     pub const RUNTIME_UNAVAILABLE: &str = "RuntimeUnavailable";
+    /// The sandbox asks for `network.mode: Egress` and its agent cannot
+    /// give it a network; the message says why.
+    pub const EGRESS_UNAVAILABLE: &str = "EgressUnavailable";
     /// The agent refused the sandbox for lack of slots; it will be re-placed.
     pub const CAPACITY_EXCEEDED: &str = "CapacityExceeded";
     /// The sandbox was bound to an agent of another pool; it is re-placed.

@@ -80,7 +80,31 @@ fn the_shipped_policy_parses_and_spells_out_the_defaults() {
     let cm: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let doc = cm["data"][POLICY_KEY].as_str().unwrap();
     let policy = Policy::parse(doc).unwrap();
-    assert_eq!(policy.caps("any"), Policy::default().caps("any"));
+    let caps = policy.caps("any");
+    // Egress is the one choice the shipped policy makes for the operator:
+    // tenants may ask for it, never into the private ranges.
+    assert!(caps.allow_egress);
+    assert_eq!(
+        caps.egress_deny
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10"
+        ]
+    );
+    let defaults = Policy::default().caps("any");
+    assert_eq!(
+        fast_sandbox_api::policy::Caps {
+            allow_egress: defaults.allow_egress,
+            egress_deny: defaults.egress_deny.clone(),
+            ..caps
+        },
+        defaults
+    );
     assert_eq!(
         policy.namespace_defaults.max_prestarted,
         Some(DEFAULT_MAX_PRESTARTED)

@@ -66,6 +66,10 @@ const ENV_RUNTIME: &str = "FAST_SANDBOX_RUNTIME";
 const ENV_STOCK_IMAGES: &str = "FAST_SANDBOX_STOCK_IMAGES";
 /// The agent's setting of pre-started sandboxes per warm image.
 const ENV_STOCK_SIZE: &str = "FAST_SANDBOX_STOCK_SIZE";
+/// The agent's switch of egress for its sandboxes.
+const ENV_EGRESS: &str = "FAST_SANDBOX_EGRESS";
+/// The operator's ranges no egress sandbox reaches.
+const ENV_EGRESS_DENY: &str = "FAST_SANDBOX_EGRESS_DENY";
 /// The agent's setting of its pre-started sandboxes' writable layer cap.
 const ENV_STOCK_EPHEMERAL_STORAGE: &str = "FAST_SANDBOX_STOCK_EPHEMERAL_STORAGE";
 
@@ -281,6 +285,7 @@ fn agent_container(
         from("POD_UID", "metadata.uid"),
         from("NODE_NAME", "spec.nodeName"),
         from("POD_IP", "status.podIP"),
+        from("HOST_IP", "status.hostIP"),
         value("FAST_SANDBOX_HOST_PROC", HOST_PROC_IN_POD.to_string()),
         value("FAST_SANDBOX_CGROUP_ROOT", HOST_CGROUP_IN_POD.to_string()),
         value("SLOTS", pool.spec.slots_per_agent().to_string()),
@@ -297,6 +302,13 @@ fn agent_container(
         value("FAST_SANDBOX_TLS_KEY", format!("{AGENT_TLS_DIR}/tls.key")),
         value("FAST_SANDBOX_CLIENT_CA", format!("{AGENT_TLS_DIR}/ca.crt")),
     ];
+    // Agents of namespaces that may not ask for egress leave their pod's
+    // network alone.
+    if caps.allow_egress {
+        env.push(value(ENV_EGRESS, "true".to_string()));
+        let deny: Vec<String> = caps.egress_deny.iter().map(|c| c.to_string()).collect();
+        env.push(value(ENV_EGRESS_DENY, deny.join(",")));
+    }
     if let Some(runtime) = pool.spec.runtime {
         env.push(value(ENV_RUNTIME, runtime.containerd_runtime().to_string()));
     }
@@ -507,7 +519,9 @@ mod tests {
                      "env": [{"name": "FAST_SANDBOX_ALLOWED_CLIENTS", "value": "anyone"},
                              {"name": "FAST_SANDBOX_STOCK_SIZE", "value": "100000"},
                              {"name": "FAST_SANDBOX_RUNTIME", "value": "io.containerd.evil.v1"},
-                             {"name": "FAST_SANDBOX_STOCK_IMAGES", "value": "evil/a,evil/b"}],
+                             {"name": "FAST_SANDBOX_STOCK_IMAGES", "value": "evil/a,evil/b"},
+                             {"name": "FAST_SANDBOX_EGRESS", "value": "true"},
+                             {"name": "FAST_SANDBOX_EGRESS_DENY", "value": ""}],
                      "volumeMounts": [{"name": "root", "mountPath": "/host"}],
                      "resources": {"limits": {"memory": "1Gi"}}},
                     {"name": "sidecar", "image": "evil"}
@@ -533,6 +547,8 @@ mod tests {
             ENV_STOCK_SIZE,
             ENV_STOCK_IMAGES,
             ENV_RUNTIME,
+            ENV_EGRESS,
+            ENV_EGRESS_DENY,
         ] {
             assert!(
                 env_values(&pod, name).is_empty(),
@@ -673,5 +689,22 @@ mod tests {
         assert!(p.len() <= MAX_GENERATE_NAME, "{p}");
         assert!(p.ends_with('-'));
         assert_eq!(name_prefix("a", "b"), "a-b-");
+    }
+
+    #[test]
+    fn agents_get_egress_only_where_the_policy_allows_it() {
+        let p = pool(serde_json::json!({}));
+        let closed = build(&p, &Policy::default(), &settings());
+        assert!(env_values(&closed, ENV_EGRESS).is_empty());
+        let policy = Policy::parse(
+            "namespaceDefaults: {allowEgress: true}\negressDeny: [10.0.0.0/8, 192.168.0.0/16]",
+        )
+        .unwrap();
+        let open = build(&p, &policy, &settings());
+        assert_eq!(env_values(&open, ENV_EGRESS), vec![Some("true".into())]);
+        assert_eq!(
+            env_values(&open, ENV_EGRESS_DENY),
+            vec![Some("10.0.0.0/8,192.168.0.0/16".into())]
+        );
     }
 }

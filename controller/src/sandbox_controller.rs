@@ -227,8 +227,9 @@ async fn bind(t: &Target<'_>, ctx: &Context, choice: &Choice) -> Result<(), Erro
         choice: Some(choice.clone()),
         bound_at: Utc::now(),
         reservation: t.uid.clone(),
-        // Admission wrote its limits when it was created.
+        // Admission wrote its limits and network when it was created.
         resources: None,
+        network: None,
     };
     let patch = binding::patch(&t.sb.metadata, &b);
     if let Err(e) = t
@@ -543,6 +544,7 @@ async fn create(
         working_dir: spec.working_dir.clone(),
         limits,
         exposed_ports: spec.exposed_ports.clone(),
+        network: spec.network.clone(),
         reset_revision,
     };
     if matches!(t.phase(), SandboxPhase::Pending | SandboxPhase::Bound)
@@ -594,6 +596,7 @@ async fn create(
                 code @ (ErrorCode::ImageNotPresent
                 | ErrorCode::StartFailed
                 | ErrorCode::RuntimeUnavailable
+                | ErrorCode::EgressUnavailable
                 | ErrorCode::InvalidArgument
                 | ErrorCode::Conflict),
             ) => {
@@ -601,6 +604,7 @@ async fn create(
                     ErrorCode::ImageNotPresent => reason::IMAGE_NOT_PRESENT,
                     ErrorCode::StartFailed => reason::START_ERROR,
                     ErrorCode::RuntimeUnavailable => reason::RUNTIME_UNAVAILABLE,
+                    ErrorCode::EgressUnavailable => reason::EGRESS_UNAVAILABLE,
                     _ => reason::INVALID_SPEC,
                 };
                 let st =

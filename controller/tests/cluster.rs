@@ -206,6 +206,7 @@ fn pool(name: &str, capacity: PoolCapacity, replicas: Option<i32>) -> SandboxPoo
             prestarted: None,
             runtime: None,
             sandbox_defaults: None,
+            default_network: None,
         },
     )
 }

@@ -30,7 +30,7 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 APT_PACKAGES=(containerd runc containernetworking-plugins etcd-server etcd-client
-  protobuf-compiler umoci busybox-static iptables conntrack socat ebtables ethtool
+  protobuf-compiler umoci busybox-static iptables nftables conntrack socat ebtables ethtool
   openssl curl jq gcc libc6-dev iproute2 util-linux procps)
 
 # Host settings the kubelet, kube-proxy or the bridge CNI plugin may change;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use fast_sandbox_api::{SandboxResources, wellknown};
+use fast_sandbox_api::{SandboxNetwork, SandboxResources, wellknown};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -30,6 +30,9 @@ pub struct Binding {
     /// Limits to write into `spec.resources` (the pool's defaults or the
     /// operator's maximum filled in), or `None` to leave them as sent.
     pub resources: Option<SandboxResources>,
+    /// Network to write into `spec.network` (the pool's `defaultNetwork`
+    /// for a sandbox that sets none), or `None` to leave it as sent.
+    pub network: Option<SandboxNetwork>,
 }
 
 /// The bind time as written in [`wellknown::ANNOTATION_BOUND_AT`]: RFC 3339
@@ -49,6 +52,9 @@ pub fn patch(meta: &ObjectMeta, binding: &Binding) -> Patch {
     if let Some(r) = &binding.resources {
         // `add` replaces a member that exists.
         ops.push(add(&["spec", "resources"], json!(r)));
+    }
+    if let Some(n) = &binding.network {
+        ops.push(add(&["spec", "network"], json!(n)));
     }
 
     if let Some(choice) = &binding.choice {
@@ -129,6 +135,7 @@ mod tests {
                 image_hit: true,
             }),
             resources: None,
+            network: None,
             bound_at: Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap()
                 + chrono::Duration::milliseconds(67),
             reservation: "req-uid".into(),

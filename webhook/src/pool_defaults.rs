@@ -1,20 +1,41 @@
-//! Each pool's `sandboxDefaults` as the pool watch last saw them, so
-//! admission fills in a new sandbox's limits without an apiserver call.
+//! Each pool's `sandboxDefaults` and `defaultNetwork` as the pool watch
+//! last saw them, so admission fills in a new sandbox's limits and network
+//! without an apiserver call.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
-use fast_sandbox_api::{SandboxPool, SandboxResources};
+use fast_sandbox_api::{SandboxNetwork, SandboxPool, SandboxResources};
 use fast_sandbox_placement::pool_key;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 
+/// What a pool fills into a sandbox that sets none of it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Defaults {
+    /// The pool's `sandboxDefaults`.
+    pub resources: Option<SandboxResources>,
+    /// The pool's `defaultNetwork`.
+    pub network: Option<SandboxNetwork>,
+}
+
+impl Defaults {
+    /// The defaults of `pool`; `None` when it sets none.
+    pub fn of(pool: &SandboxPool) -> Option<Self> {
+        let d = Self {
+            resources: pool.spec.sandbox_defaults.clone(),
+            network: pool.spec.default_network.clone(),
+        };
+        (d != Self::default()).then_some(d)
+    }
+}
+
 /// Pool key → its defaults; pools without defaults are absent.
 #[derive(Debug, Default)]
 pub struct PoolDefaults {
-    current: RwLock<HashMap<String, SandboxResources>>,
+    current: RwLock<HashMap<String, Defaults>>,
     /// The map being rebuilt by a re-list, swapped in when it is done.
-    relist: Mutex<Option<HashMap<String, SandboxResources>>>,
+    relist: Mutex<Option<HashMap<String, Defaults>>>,
 }
 
 fn key_of(pool: &SandboxPool) -> String {
@@ -28,8 +49,8 @@ impl PoolDefaults {
         match event {
             Event::Init => *relist = Some(HashMap::new()),
             Event::InitApply(pool) => {
-                if let (Some(map), Some(d)) = (relist.as_mut(), &pool.spec.sandbox_defaults) {
-                    map.insert(key_of(pool), d.clone());
+                if let (Some(map), Some(d)) = (relist.as_mut(), Defaults::of(pool)) {
+                    map.insert(key_of(pool), d);
                 }
             }
             Event::InitDone => {
@@ -39,8 +60,8 @@ impl PoolDefaults {
             }
             Event::Apply(pool) => {
                 let key = key_of(pool);
-                match &pool.spec.sandbox_defaults {
-                    Some(d) => self.write().insert(key, d.clone()),
+                match Defaults::of(pool) {
+                    Some(d) => self.write().insert(key, d),
                     None => self.write().remove(&key),
                 };
             }
@@ -51,7 +72,7 @@ impl PoolDefaults {
     }
 
     /// The defaults of the pool with `key`, if it has any.
-    pub fn get(&self, key: &str) -> Option<SandboxResources> {
+    pub fn get(&self, key: &str) -> Option<Defaults> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -59,7 +80,7 @@ impl PoolDefaults {
             .cloned()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, SandboxResources>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Defaults>> {
         self.current.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -85,7 +106,16 @@ mod tests {
         d.observe(&Event::Apply(pool("a", Some("64Mi"))));
         d.observe(&Event::Apply(pool("b", Some("1Gi"))));
         let key = |n| pool_key("team", n);
-        assert_eq!(d.get(&key("a")).unwrap().memory.unwrap().0, "64Mi");
+        assert_eq!(
+            d.get(&key("a"))
+                .unwrap()
+                .resources
+                .unwrap()
+                .memory
+                .unwrap()
+                .0,
+            "64Mi"
+        );
         d.observe(&Event::Apply(pool("a", None)));
         assert_eq!(d.get(&key("a")), None);
         // A re-list replaces everything once done, and not before.
@@ -97,5 +127,12 @@ mod tests {
         assert!(d.get(&key("c")).is_some());
         d.observe(&Event::Delete(pool("c", Some("2Gi"))));
         assert_eq!(d.get(&key("c")), None);
+        let mut egress = pool("e", None);
+        egress.spec.default_network = Some(SandboxNetwork {
+            mode: fast_sandbox_api::NetworkMode::Egress,
+            ..Default::default()
+        });
+        d.observe(&Event::Apply(egress));
+        assert!(d.get(&key("e")).unwrap().network.unwrap().has_egress());
     }
 }

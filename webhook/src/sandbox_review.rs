@@ -11,7 +11,7 @@ use chrono::Utc;
 use fast_sandbox_api::resources;
 use fast_sandbox_api::validation::validate_sandbox_spec;
 use fast_sandbox_api::wellknown::FINALIZER;
-use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxResources};
+use fast_sandbox_api::{Sandbox, SandboxNetwork, SandboxPhase};
 use fast_sandbox_placement::pool_key;
 use kube::ResourceExt;
 use kube::core::admission::Operation;
@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::binding::{self, Binding};
 use crate::metrics::{Outcome, Placement};
+use crate::pool_defaults::Defaults;
 use crate::review::{Caller, Request, Response, Reviewer, Verdict, allowed, denied, typed};
 
 /// Spec fields a user may change after binding (`agentRef` is checked on
@@ -87,10 +88,16 @@ impl Reviewer {
             Ok(d) => d,
             Err(message) => return denied(Response::deny(uid, 422, "Invalid", message)),
         };
-        let max = self.policy.get().caps(namespace).max_sandbox;
+        let caps = self.policy.get().caps(namespace);
+        let network = match effective_network(spec, defaults.network, caps.allow_egress, namespace)
+        {
+            Ok(n) => n,
+            Err(message) => return denied(Response::deny(uid, 422, "Invalid", message)),
+        };
+        let max = caps.max_sandbox;
         let resources = match resources::effective(
             spec.resources.as_ref(),
-            defaults.as_ref(),
+            defaults.resources.as_ref(),
             &max,
             namespace,
             "spec.resources.",
@@ -130,6 +137,7 @@ impl Reviewer {
             bound_at: Utc::now(),
             reservation: uid.to_string(),
             resources,
+            network,
         };
         let mut response = Response::allow(uid).with_patch(&binding::patch(&sandbox.metadata, &b));
         response.warnings = warnings;
@@ -144,9 +152,9 @@ impl Reviewer {
         namespace: &str,
         pool: &str,
         key: &str,
-    ) -> Result<Option<SandboxResources>, String> {
+    ) -> Result<Defaults, String> {
         if self.index.has_pool(key) {
-            return Ok(self.pool_defaults.get(key));
+            return Ok(self.pool_defaults.get(key).unwrap_or_default());
         }
         let message =
             format!("spec.poolRef: SandboxPool {pool:?} does not exist in namespace {namespace:?}");
@@ -154,13 +162,13 @@ impl Reviewer {
             return Err(message);
         };
         match lookup.get(namespace, pool).await {
-            Ok(Some(p)) => Ok(p.spec.sandbox_defaults),
+            Ok(Some(p)) => Ok(Defaults::of(&p).unwrap_or_default()),
             Ok(None) => Err(message),
             Err(e) => {
                 // Our own lookup failing must not block users; the
                 // controller reports PoolNotFound if the pool is missing.
                 tracing::warn!(namespace, pool, error = %e, "pool lookup failed; admitting without its sandbox defaults");
-                Ok(None)
+                Ok(Defaults::default())
             }
         }
     }
@@ -251,6 +259,32 @@ impl Reviewer {
         }
         allowed(uid)
     }
+}
+
+/// The network a new sandbox runs with: its own, else its pool's
+/// `defaultNetwork` (returned to be written into its spec; `None` when the
+/// spec stays as sent). Egress is refused, naming the field, in a
+/// namespace the operator's policy does not allow it.
+fn effective_network(
+    spec: &fast_sandbox_api::SandboxSpec,
+    pool_default: Option<SandboxNetwork>,
+    allow_egress: bool,
+    namespace: &str,
+) -> Result<Option<SandboxNetwork>, String> {
+    let (effective, field, written) = match &spec.network {
+        Some(n) => (Some(n.clone()), "spec.network.mode", None),
+        None => (
+            pool_default.clone(),
+            "spec.network.mode (from the pool's defaultNetwork)",
+            pool_default,
+        ),
+    };
+    if effective.as_ref().is_some_and(SandboxNetwork::has_egress) && !allow_egress {
+        return Err(format!(
+            "{field}: Egress is not allowed in namespace {namespace} by the operator's policy (allowEgress); use None"
+        ));
+    }
+    Ok(written)
 }
 
 /// The first spec field, in name order, that differs and may not change
@@ -347,6 +381,60 @@ mod tests {
         assert!(
             msg.contains("spec.resources.memory: 2Gi is more than the operator allows a sandbox in namespace team (1Gi)")
                 && msg.contains("spec.resources.pids: 501"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn egress_comes_from_the_pool_and_only_where_the_policy_allows_it() {
+        let defaults = Arc::new(PoolDefaults::default());
+        let mut pool = SandboxPool::new("default-pool", Default::default());
+        pool.metadata.namespace = Some("team".into());
+        pool.spec.default_network = Some(
+            serde_json::from_value(json!({"mode": "Egress", "deny": ["203.0.113.0/24"]})).unwrap(),
+        );
+        defaults.observe(&kube::runtime::watcher::Event::Apply(pool));
+        let reviewer = |policy: &str| {
+            Reviewer::new(index(), CONTROLLER)
+                .with_pool_defaults(defaults.clone())
+                .with_policy(SharedPolicy::fixed(Policy::parse(policy).unwrap()))
+        };
+        let network = |v: &Verdict| {
+            let ops = serde_json::to_value(v.response.patch_ops().unwrap()).unwrap();
+            ops.as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["path"] == "/spec/network")
+                .map(|o| o["value"].clone())
+        };
+        let open = reviewer("namespaceDefaults: {allowEgress: true}");
+        let v = run(&open, create(ok_spec())).await;
+        assert_eq!(
+            network(&v),
+            Some(json!({"mode": "Egress", "deny": ["203.0.113.0/24"]}))
+        );
+        let mut own = ok_spec();
+        own["network"] = json!({"mode": "None"});
+        assert_eq!(network(&run(&open, create(own.clone())).await), None);
+
+        let closed = reviewer("namespaces: {team: {allowEgress: false}}");
+        let v = run(&closed, create(ok_spec())).await;
+        assert_eq!(v.outcome, Outcome::Denied);
+        let msg = v.response.status.unwrap().message;
+        assert!(
+            msg.starts_with("spec.network.mode (from the pool's defaultNetwork): Egress is not allowed in namespace team"),
+            "{msg}"
+        );
+        assert!(run(&closed, create(own)).await.response.allowed);
+        let mut bad = ok_spec();
+        bad["network"] = json!({"mode": "Egress", "allow": ["10.0.0.1/8"]});
+        let v = run(&open, create(bad)).await;
+        assert_eq!(v.outcome, Outcome::Denied);
+        let msg = v.response.status.unwrap().message;
+        assert!(
+            msg.contains(
+                "spec.network.allow[0]: \"10.0.0.1/8\" has host bits set; did you mean 10.0.0.0/8?"
+            ),
             "{msg}"
         );
     }

@@ -238,6 +238,13 @@ impl Agent {
         if let Err(e) = self.prepare_launch(&spec, &cgroup_path, pid, &leaf).await {
             return Err(ClaimFailed::Unlaunched(failed(e).await));
         }
+        if let Err(e) = self
+            .egress
+            .attach(&req.uid, pid, &leaf, req.network.as_ref())
+            .await
+        {
+            return Err(ClaimFailed::Unlaunched(failed(e).await));
+        }
         let launched = async {
             ends.launch(&launch, LAUNCH_TIMEOUT).await?;
             self.ports.expose(&req.uid, pid, &req.exposed_ports).await

@@ -195,11 +195,14 @@ impl TestAgent {
             stock_layer_cap: None,
             cgroup_root: "/sys/fs/cgroup".into(),
             log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
+            egress: None,
         };
         tune(&mut cfg);
         fast_sandbox_agent::cgroup::limits::make_parent(&cfg.cgroup_root, &cfg.cgroup_parent)
             .unwrap();
-        let agent = Agent::new(cfg, cd.clone(), metrics.clone(), ops.health.clone()).unwrap();
+        let agent = Agent::new(cfg, cd.clone(), metrics.clone(), ops.health.clone())
+            .await
+            .unwrap();
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(agent.clone().run_events(rx.clone()));
         let tls = ServerTls {

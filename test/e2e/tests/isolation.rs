@@ -21,99 +21,20 @@
 //! maximum in a sandbox or in its pool's defaults; a user of another
 //! namespace can do nothing with either.
 
-use std::io::Cursor;
-use std::time::Duration;
+mod tenancy;
 
 use fast_sandbox_api::policy::{POLICY_CONFIG_MAP, POLICY_KEY, Policy};
-use fast_sandbox_api::wellknown::{condition, reason};
+use fast_sandbox_api::wellknown::reason;
 use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool, SandboxResources, quantity};
-use fast_sandbox_cli::exec::{ExecOptions, Streams, exec};
-use fast_sandbox_e2e::scenario::{AGENT_IMAGE, BUSYBOX, SYSTEM_NAMESPACE, agent_pods};
-use fast_sandbox_e2e::{cluster_client, delete_namespace, editor, namespace, wait_for};
+use fast_sandbox_e2e::scenario::{BUSYBOX, SYSTEM_NAMESPACE, agent_pods};
+use fast_sandbox_e2e::wait_for;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::json;
+use tenancy::{Cast, WAIT, pool, ready, refusal, run, running, sandbox, try_run};
 
-const WAIT: Duration = Duration::from_secs(120);
 const NOSHELL: &str = "docker.io/fast-sandbox/noshell:dev";
-
-fn pool(name: &str, image: &str, defaults: Option<Value>) -> SandboxPool {
-    let mut spec = json!({
-        "capacity": {"poolMin": 1, "poolMax": 1}, "maxSandboxesPerAgent": 8,
-        "warmImages": [image],
-        "agentTemplate": {"spec": {"containers": [{"name": "agent", "image": AGENT_IMAGE}]}}
-    });
-    if let Some(d) = defaults {
-        spec["sandboxDefaults"] = d;
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool",
-        "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap()
-}
-
-fn sandbox(name: &str, image: &str, command: &[&str], resources: Option<Value>) -> Sandbox {
-    let mut spec = json!({"image": image, "command": command, "poolRef": "p"});
-    if let Some(r) = resources {
-        spec["resources"] = r;
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox",
-        "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap()
-}
-
-/// Creates the pool as `who` and waits for its agent.
-async fn ready(who: &Client, admin: &Client, ns: &str, p: SandboxPool) {
-    let mine: Api<SandboxPool> = Api::namespaced(who.clone(), ns);
-    mine.create(&PostParams::default(), &p).await.unwrap();
-    let pools: Api<SandboxPool> = Api::namespaced(admin.clone(), ns);
-    wait_for(&pools, "p", WAIT, "1 ready agent", |p: &SandboxPool| {
-        p.status.as_ref().is_some_and(|s| s.ready_agents >= 1)
-    })
-    .await
-    .unwrap();
-}
-
-async fn running(sbx: &Api<Sandbox>, name: &str) -> Sandbox {
-    wait_for(sbx, name, WAIT, "Ready", |s: &Sandbox| {
-        s.condition(condition::READY)
-            .is_some_and(|c| c.status == "True")
-    })
-    .await
-    .unwrap()
-}
-
-/// Runs `command` in the sandbox; returns (exit code, stdout).
-async fn run(client: &Client, ns: &str, name: &str, command: &[&str]) -> (i32, String) {
-    try_run(client, ns, name, command)
-        .await
-        .unwrap_or_else(|e| panic!("exec {command:?} in {ns}/{name}: {e}"))
-}
-
-async fn try_run(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    command: &[&str],
-) -> Result<(i32, String), fast_sandbox_cli::AccessError> {
-    let opts = ExecOptions {
-        command: command.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let io = Streams {
-        stdin: Cursor::new(Vec::new()),
-        stdout: &mut out,
-        stderr: &mut err,
-        resize: None,
-    };
-    let code = exec(client.clone(), ns, name, &opts, io).await?;
-    Ok((code, String::from_utf8_lossy(&out).into_owned()))
-}
 
 /// The operator's maximum for `ns`, as the deployed policy says.
 async fn maximum(admin: &Client, ns: &str) -> SandboxResources {
@@ -125,38 +46,6 @@ async fn maximum(admin: &Client, ns: &str) -> SandboxResources {
         .remove(POLICY_KEY)
         .unwrap_or_default();
     Policy::parse(&doc).unwrap().caps(ns).max_sandbox
-}
-
-/// A namespace with its `edit` tenant, and another namespace's user.
-struct Cast {
-    admin: Client,
-    ns: String,
-    other: String,
-    tenant: Client,
-    stranger: Client,
-}
-
-impl Cast {
-    /// Namespaces `<prefix>-…` and `<prefix>-other-…` and their users.
-    async fn new(what: &str, prefix: &str) -> Self {
-        let admin = cluster_client(what).await;
-        let ns = namespace(&admin, prefix).await.unwrap();
-        let other = namespace(&admin, &format!("{prefix}-other")).await.unwrap();
-        let tenant = editor(&admin, &ns, &format!("{prefix}-editor")).await;
-        let stranger = editor(&admin, &other, &format!("{prefix}-stranger")).await;
-        Self {
-            admin,
-            ns,
-            other,
-            tenant,
-            stranger,
-        }
-    }
-
-    async fn finish(self) {
-        delete_namespace(&self.admin, &self.ns).await;
-        delete_namespace(&self.admin, &self.other).await;
-    }
 }
 
 /// Creates a sandbox asking for no limits as the tenant, waits until it
@@ -175,13 +64,6 @@ async fn admitted(
         .spec
         .resources
         .expect("limits written at admission")
-}
-
-fn refusal(e: kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => s.message,
-        other => panic!("expected a refusal, got {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,30 @@ def ports_spec(ports: Sequence[int | Mapping[str, Any]]) -> list[dict[str, Any]]
     return out
 
 
+def network_spec(
+    egress: bool | Mapping[str, Sequence[str]],
+) -> dict[str, Any]:
+    """``spec.network`` from ``egress=True`` (every address the operator
+    allows) or ``{"allow": [...], "deny": [...]}`` (IPv4 CIDRs); ``False``
+    keeps the sandbox on its loopback."""
+    if egress is False:
+        return {"mode": "None"}
+    if egress is True:
+        return {"mode": "Egress"}
+    unknown = set(egress) - {"allow", "deny"}
+    if unknown:
+        raise ValueError(f"egress: unknown keys {sorted(unknown)}; use allow and deny")
+    out: dict[str, Any] = {"mode": "Egress"}
+    for key in ("allow", "deny"):
+        cidrs = egress.get(key)
+        if cidrs is None:
+            continue
+        if isinstance(cidrs, str):
+            raise ValueError(f"egress: {key} is a list of CIDRs, not the string {cidrs!r}")
+        out[key] = [str(c) for c in cidrs]
+    return out
+
+
 def sandbox_manifest(
     *,
     pool: str,
@@ -98,6 +122,7 @@ def sandbox_manifest(
     expire_time: datetime | None = None,
     ttl_seconds_after_finished: int | None = None,
     exposed_ports: Sequence[int | Mapping[str, Any]] | None = None,
+    egress: bool | Mapping[str, Sequence[str]] | None = None,
     failure_policy: str | None = None,
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
@@ -147,6 +172,8 @@ def sandbox_manifest(
         spec["ttlSecondsAfterFinished"] = int(ttl_seconds_after_finished)
     if exposed_ports:
         spec["exposedPorts"] = ports_spec(exposed_ports)
+    if egress is not None:
+        spec["network"] = network_spec(egress)
     if failure_policy:
         if failure_policy not in ("Manual", "AutoRecreate"):
             raise ValueError(
@@ -188,6 +215,7 @@ _FAILED_BY_REASON: dict[str, type[errors.SandboxFailedError]] = {
     "OOMKilled": errors.OOMKilledError,
     "EphemeralStorageExceeded": errors.EphemeralStorageExceededError,
     "RuntimeUnavailable": errors.RuntimeUnavailableError,
+    "EgressUnavailable": errors.EgressUnavailableError,
     "InvalidSpec": errors.InvalidSpecError,
 }
 

@@ -48,6 +48,7 @@ __all__ = [
     "OOMKilledError",
     "EphemeralStorageExceededError",
     "RuntimeUnavailableError",
+    "EgressUnavailableError",
     "InvalidSpecError",
     "SandboxExitedError",
     "SandboxLostError",
@@ -213,6 +214,11 @@ class EphemeralStorageExceededError(SandboxFailedError):
 
 class RuntimeUnavailableError(SandboxFailedError):
     """The node cannot run the pool's ``runtime`` (gVisor's shim missing or failing)."""
+
+
+class EgressUnavailableError(SandboxFailedError):
+    """The sandbox asked for egress and its agent cannot give it (a gVisor pool,
+    or an agent pod without nftables); the message says which."""
 
 
 class InvalidSpecError(SandboxFailedError):

@@ -151,6 +151,7 @@ class Sandbox:
         expire_time: datetime | None = None,
         ttl_seconds_after_finished: int | None = None,
         exposed_ports: Sequence[int | Mapping[str, Any]] | None = None,
+        egress: bool | Mapping[str, Sequence[str]] | None = None,
         failure_policy: Literal["Manual", "AutoRecreate"] | None = None,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
@@ -171,6 +172,9 @@ class Sandbox:
         - ``ttl_seconds``: deleted that long from now whatever happens to this
           program (``spec.expireTime``); or ``expire_time``, or
           ``ttl_seconds_after_finished``.
+        - ``egress``: ``True`` for outbound IPv4 (``spec.network.mode:
+          Egress``), or ``{"allow": [...], "deny": [...]}`` of IPv4 CIDRs;
+          unset, the pool's ``defaultNetwork`` (loopback only by default).
         - ``name``: the object's name; a generated ``sbx-…`` name by default.
         - ``timeout``: seconds to wait until Ready. Past it,
           :class:`~fast_sandbox.errors.NoCapacityError` when no agent had a free
@@ -199,6 +203,7 @@ class Sandbox:
             expire_time=expire_time,
             ttl_seconds_after_finished=ttl_seconds_after_finished,
             exposed_ports=exposed_ports,
+            egress=egress,
             failure_policy=failure_policy,
             labels=labels,
             annotations=annotations,

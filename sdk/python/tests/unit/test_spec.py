@@ -168,6 +168,10 @@ def test_still_coming(obj: dict[str, Any]) -> None:
             ),
             errors.RuntimeUnavailableError,
         ),
+        (
+            sandbox("Failed", reason="EgressUnavailable", message="runtime io.containerd.runsc.v1"),
+            errors.EgressUnavailableError,
+        ),
         (sandbox("Failed", reason="Error", exit_code=3), errors.SandboxExitedError),
         (sandbox("Succeeded", reason="Completed", exit_code=0), errors.SandboxExitedError),
         (sandbox("Lost", reason="AgentLost"), errors.SandboxLostError),
@@ -209,3 +213,20 @@ def test_a_timeout_says_what_it_waited_for() -> None:
 def test_a_timeout_says_when_the_watch_was_down() -> None:
     err = _spec.timeout_error("sb", None, 3, "cannot reach the Kubernetes API")
     assert "the watch of sandboxes was failing: cannot reach the Kubernetes API" in str(err)
+
+
+def test_egress_becomes_the_network_spec() -> None:
+    m = _spec.sandbox_manifest(pool="p", image="busybox", egress=True)
+    assert m["spec"]["network"] == {"mode": "Egress"}
+    m = _spec.sandbox_manifest(
+        pool="p", image="busybox", egress={"allow": ["203.0.113.0/24"], "deny": []}
+    )
+    assert m["spec"]["network"] == {"mode": "Egress", "allow": ["203.0.113.0/24"], "deny": []}
+    assert _spec.sandbox_manifest(pool="p", image="busybox", egress=False)["spec"]["network"] == {
+        "mode": "None"
+    }
+    assert "network" not in _spec.sandbox_manifest(pool="p", image="busybox")["spec"]
+    with pytest.raises(ValueError, match="unknown keys"):
+        _spec.network_spec({"allowed": ["1.2.3.0/24"]})
+    with pytest.raises(ValueError, match="a list of CIDRs"):
+        _spec.network_spec({"allow": "1.2.3.0/24"})

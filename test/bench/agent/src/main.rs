@@ -179,11 +179,12 @@ async fn start_agent(
         stock_layer_cap: None,
         cgroup_root: "/sys/fs/cgroup".into(),
         log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
+        egress: None,
     };
     tune(&mut cfg);
     // Outside a pod nothing made the sandboxes' parent cgroup yet.
     fast_sandbox_agent::cgroup::limits::make_parent(&cfg.cgroup_root, &cfg.cgroup_parent)?;
-    let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone())?;
+    let agent = Agent::new(cfg, cd, metrics.clone(), ops.health.clone()).await?;
     let (shutdown, rx) = watch::channel(false);
     tokio::spawn(agent.clone().run_events(rx.clone()));
     let tls = ServerTls {
