@@ -565,10 +565,21 @@ impl Agent {
             Some(w) => (w.key, w.mounts),
             None => {
                 let key = format!("{}{container_id}", self.snapshot_prefix());
-                let mounts = self
-                    .cd
-                    .prepare_snapshot(&key, chain_id, Some(lease))
-                    .await?;
+                let mounts = match self.cd.prepare_snapshot(&key, chain_id, Some(lease)).await {
+                    Err(e) if e.is_already_exists() => {
+                        // This agent's key, and the sandbox's lock is held:
+                        // a create of an agent killed with this prepare in
+                        // flight, which containerd finished after the
+                        // restart's sweep. No container uses it yet (its
+                        // create would have come after the prepare).
+                        tracing::warn!(uid = %req.uid, key = %key, "removing the snapshot a killed create left");
+                        self.cd.remove_snapshot(&key).await?;
+                        self.cd
+                            .prepare_snapshot(&key, chain_id, Some(lease))
+                            .await?
+                    }
+                    other => other?,
+                };
                 (key, mounts)
             }
         };

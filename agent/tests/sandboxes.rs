@@ -414,6 +414,38 @@ async fn a_create_whose_caller_goes_away_still_starts_the_sandbox() {
     a.assert_nothing_left().await;
 }
 
+/// A create cut by its agent's death may leave its snapshot prepare in
+/// containerd's queue, to land after the restarted agent swept its
+/// leftovers (the agent-killed-mid-burst test found it): the retried create
+/// replaces that snapshot instead of failing on it.
+#[tokio::test]
+async fn a_snapshot_a_killed_create_left_is_replaced() {
+    let env = env();
+    let a = TestAgent::start(&env, "late-prepare", 2).await;
+    let image = fast_sandbox_agent::image::ImageCache::new()
+        .resolve(&a.cd, &fast_sandbox_api::image::normalize(&env.image))
+        .await
+        .unwrap();
+    let key = format!(
+        "fast-sandbox/{}/{}",
+        a.agent.config().pod_uid,
+        fast_sandbox_agent::Agent::container_id("late", 0)
+    );
+    a.cd.prepare_snapshot(&key, &image.chain_id, None)
+        .await
+        .unwrap();
+    let info = a
+        .client
+        .create(&request(&env, "late", &["sleep", "300"]))
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+    assert_eq!(info.state, ContainerState::Running);
+    a.client.delete("late", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
 #[tokio::test]
 async fn a_new_reset_revision_replaces_the_container() {
     let env = env();
