@@ -141,6 +141,16 @@ struct RunArgs {
     /// How long to wait until the sandbox is Ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Give the sandbox outbound IPv4 through its agent pod
+    /// (`network.mode: Egress`); the cluster's own ranges stay out of reach.
+    #[arg(long)]
+    egress: bool,
+    /// With --egress: an IPv4 CIDR it may reach (repeatable; all when none).
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<String>,
+    /// With --egress: an IPv4 CIDR it may not reach (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    deny: Vec<String>,
     /// The command to run in it, after `--`; with -i -t and none, /bin/sh.
     #[arg(last = true)]
     command: Vec<String>,
@@ -275,6 +285,9 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         env: args.env,
         keep_alive: args.keep_alive,
         timeout: args.timeout,
+        egress: args.egress,
+        allow: args.allow,
+        deny: args.deny,
     };
     let started = sandboxes::create_ready(&client, &namespace, &args.name, &opts).await;
     let outcome = match started {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fast_sandbox_api::wellknown::condition;
-use fast_sandbox_api::{EnvVar, Sandbox, SandboxPhase, SandboxSpec};
+use fast_sandbox_api::{EnvVar, NetworkMode, Sandbox, SandboxNetwork, SandboxPhase, SandboxSpec};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, ResourceExt};
@@ -100,6 +100,12 @@ pub struct RunOptions {
     pub keep_alive: Vec<String>,
     /// How long to wait until Ready.
     pub timeout: Duration,
+    /// Outbound IPv4 (`network.mode: Egress`); unset, the pool's default.
+    pub egress: bool,
+    /// IPv4 CIDRs an egress sandbox may reach (all when empty).
+    pub allow: Vec<String>,
+    /// IPv4 CIDRs an egress sandbox may not reach.
+    pub deny: Vec<String>,
 }
 
 /// The sandbox `run` creates.
@@ -114,6 +120,17 @@ pub fn sandbox(name: &str, opts: &RunOptions) -> Result<Sandbox, AccessError> {
             value: v.into(),
         });
     }
+    let policed = !(opts.allow.is_empty() && opts.deny.is_empty());
+    if policed && !opts.egress {
+        return Err(AccessError::Usage(
+            "--allow and --deny police egress: add --egress".into(),
+        ));
+    }
+    let network = opts.egress.then(|| SandboxNetwork {
+        mode: NetworkMode::Egress,
+        allow: opts.allow.clone(),
+        deny: opts.deny.clone(),
+    });
     Ok(Sandbox::new(
         name,
         SandboxSpec {
@@ -121,6 +138,7 @@ pub fn sandbox(name: &str, opts: &RunOptions) -> Result<Sandbox, AccessError> {
             pool_ref: opts.pool.clone(),
             command: opts.keep_alive.clone(),
             env,
+            network,
             ..Default::default()
         },
     ))
@@ -210,5 +228,24 @@ mod tests {
             ..Default::default()
         };
         assert!(sandbox("x", &opts).is_err());
+    }
+
+    #[test]
+    fn run_asks_for_egress_only_when_told() {
+        let plain = sandbox("x", &RunOptions::default()).unwrap();
+        assert_eq!(plain.spec.network, None);
+        let opts = RunOptions {
+            egress: true,
+            deny: vec!["203.0.113.0/24".into()],
+            ..Default::default()
+        };
+        let n = sandbox("x", &opts).unwrap().spec.network.unwrap();
+        assert!(n.has_egress());
+        assert_eq!(n.deny, ["203.0.113.0/24"]);
+        let stray = RunOptions {
+            allow: vec!["1.2.3.0/24".into()],
+            ..Default::default()
+        };
+        assert!(sandbox("x", &stray).is_err());
     }
 }
