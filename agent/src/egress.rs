@@ -11,7 +11,7 @@
 
 pub mod plan;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -166,7 +166,7 @@ impl Links {
         while let Some(msg) = links.try_next().await? {
             for a in &msg.attributes {
                 if let LinkAttribute::IfName(n) = a
-                    && n.starts_with(plan::LINK_PREFIX)
+                    && (n.starts_with(plan::LINK_PREFIX) || n.starts_with(plan::PEER_PREFIX))
                 {
                     names.insert(msg.header.index, n.clone());
                 }
@@ -185,6 +185,17 @@ impl Links {
                 }
             }
         }
+        // Links of an attach cut by the agent's death, before the agent's
+        // end had its address or the sandbox's end moved: no sandbox can
+        // use them, and they would block that sandbox's next attach.
+        let used: HashSet<String> = self.used().keys().cloned().collect();
+        for (index, name) in names {
+            if used.contains(&name) {
+                continue;
+            }
+            tracing::info!(link = %name, "removing the link of an attach that never finished");
+            self.handle.link().del(index).execute().await?;
+        }
         Ok(())
     }
 
@@ -197,7 +208,8 @@ impl Links {
         deny: &[Ipv4Cidr],
     ) -> Result<()> {
         let name = plan::link_name(uid);
-        // A link of this sandbox left by an attempt that failed later.
+        // A link of this sandbox left by an attempt that failed later, or
+        // by its container before a reset.
         self.release(uid).await;
         let index = {
             let mut used = self.used();
@@ -318,8 +330,13 @@ impl Links {
         Ok(())
     }
 
+    /// Frees the link of `uid`: one this agent made or adopted, so most
+    /// sandboxes (no egress) cost no netlink call here.
     async fn release(&self, uid: &str) {
         let name = plan::link_name(uid);
+        if self.used().remove(&name).is_none() {
+            return;
+        }
         // Deleting one end deletes both; the link may be gone with its
         // sandbox's namespace already.
         if let Ok(i) = index_of(&self.handle, &name).await
@@ -327,7 +344,6 @@ impl Links {
         {
             tracing::debug!(link = %name, error = %e, "deleting a sandbox link");
         }
-        self.used().remove(&name);
     }
 }
 

@@ -17,6 +17,9 @@ pub const MAX_LINKS: u32 = 1 << (32 - 18 - 2);
 /// Prefix of the agent-side name of every sandbox link; nftables matches
 /// sandbox traffic by it.
 pub const LINK_PREFIX: &str = "fsx";
+/// Prefix of the name the sandbox's end has in the agent pod, before it
+/// moves into the sandbox's namespace.
+pub const PEER_PREFIX: &str = "fsy";
 /// Name of the sandbox's end of its link, inside its namespace.
 pub const SANDBOX_IFNAME: &str = "eth0";
 /// The nftables table of the agent pod's network namespace.
@@ -30,7 +33,7 @@ pub fn link_name(uid: &str) -> String {
 
 /// Name the sandbox's end has in the agent pod, before it moves.
 pub fn peer_name(uid: &str) -> String {
-    format!("fsy{:012x}", fnv1a(uid) & 0xffff_ffff_ffff)
+    format!("{PEER_PREFIX}{:012x}", fnv1a(uid) & 0xffff_ffff_ffff)
 }
 
 fn fnv1a(s: &str) -> u64 {
