@@ -706,9 +706,7 @@ impl Agent {
         };
         // The network is in place before the sandbox's process runs.
         let leaf = cgroup::leaf(&req.uid, &container_id);
-        self.egress
-            .attach(&req.uid, created_pid, &leaf, req.network.as_ref())
-            .await?;
+        self.attach_network(req, created_pid, &leaf).await?;
         let t = Instant::now();
         let pid = self
             .cd
@@ -722,6 +720,19 @@ impl Agent {
         let endpoints = self.ports.expose(&req.uid, pid, &req.exposed_ports).await?;
         self.mark_started(&req.uid, image_name, pid, endpoints);
         self.get(&req.uid)
+    }
+
+    /// Gives the sandbox of `req` (host PID `pid`, cgroup leaf `leaf`) the
+    /// network it asks for, before its command runs.
+    async fn attach_network(&self, req: &CreateSandboxRequest, pid: u32, leaf: &str) -> Result<()> {
+        let network = req.network.as_ref().filter(|n| n.has_egress());
+        if network.is_none() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        self.egress.attach(&req.uid, pid, leaf, network).await?;
+        self.metrics.observe(Stage::Egress, t.elapsed());
+        Ok(())
     }
 
     /// Frees the network link of sandbox `uid` in the background (it goes

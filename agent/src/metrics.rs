@@ -27,6 +27,8 @@ pub enum Stage {
     TaskStart,
     /// A pre-started sandbox claimed: relabel, limits, launch, exec seen.
     Claim,
+    /// The link, routes and resolv.conf of a sandbox with egress.
+    Egress,
     /// The whole create.
     Total,
 }
@@ -40,6 +42,7 @@ impl Stage {
             Stage::TaskCreate => "task_create",
             Stage::TaskStart => "task_start",
             Stage::Claim => "claim",
+            Stage::Egress => "egress",
             Stage::Total => "total",
         }
     }

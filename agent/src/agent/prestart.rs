@@ -238,11 +238,7 @@ impl Agent {
         if let Err(e) = self.prepare_launch(&spec, &cgroup_path, pid, &leaf).await {
             return Err(ClaimFailed::Unlaunched(failed(e).await));
         }
-        if let Err(e) = self
-            .egress
-            .attach(&req.uid, pid, &leaf, req.network.as_ref())
-            .await
-        {
+        if let Err(e) = self.attach_network(req, pid, &leaf).await {
             return Err(ClaimFailed::Unlaunched(failed(e).await));
         }
         let launched = async {
