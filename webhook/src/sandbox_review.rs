@@ -336,6 +336,16 @@ mod tests {
         idx
     }
 
+    /// The value the verdict's patch writes at `path`.
+    fn patched(v: &Verdict, path: &str) -> Option<Value> {
+        let ops = serde_json::to_value(v.response.patch_ops().unwrap()).unwrap();
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["path"] == path)
+            .map(|o| o["value"].clone())
+    }
+
     fn ok_spec() -> Value {
         json!({"image": "busybox", "poolRef": "default-pool", "command": ["/bin/sleep", "100"]})
     }
@@ -355,14 +365,7 @@ mod tests {
         let r = Reviewer::new(index(), CONTROLLER)
             .with_pool_defaults(defaults)
             .with_policy(SharedPolicy::fixed(policy));
-        let resources = |v: &Verdict| {
-            let ops = serde_json::to_value(v.response.patch_ops().unwrap()).unwrap();
-            ops.as_array()
-                .unwrap()
-                .iter()
-                .find(|o| o["path"] == "/spec/resources")
-                .map(|o| o["value"].clone())
-        };
+        let resources = |v: &Verdict| patched(v, "/spec/resources");
         let v = run(&r, create(ok_spec())).await;
         assert_eq!(
             resources(&v),
@@ -399,14 +402,7 @@ mod tests {
                 .with_pool_defaults(defaults.clone())
                 .with_policy(SharedPolicy::fixed(Policy::parse(policy).unwrap()))
         };
-        let network = |v: &Verdict| {
-            let ops = serde_json::to_value(v.response.patch_ops().unwrap()).unwrap();
-            ops.as_array()
-                .unwrap()
-                .iter()
-                .find(|o| o["path"] == "/spec/network")
-                .map(|o| o["value"].clone())
-        };
+        let network = |v: &Verdict| patched(v, "/spec/network");
         let open = reviewer("namespaceDefaults: {allowEgress: true}");
         let v = run(&open, create(ok_spec())).await;
         assert_eq!(
