@@ -27,14 +27,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A documentation address (TEST-NET-2), outside every range the policy
-/// denies, given to a dummy link on this machine for the test's server.
-const TEST_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const TEST_LINK: &str = "fsb-e2e-egress";
+/// denies: the test's server, in a network namespace of the test's own
+/// linked to this machine (node 1), which routes pods' traffic to it.
+const TEST_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
+/// This machine's end of the link to the test host.
+const TEST_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 6);
+const TEST_NETNS: &str = "fsb-e2e-egress-host";
+/// This machine's end of the link.
+const TEST_LINK: &str = "fsb-e2e-gw";
 const GREETING: &str = "hello from the test host";
 /// An image other than the pool's warm one: its first sandbox starts cold.
 const COLD_IMAGE: &str = "docker.io/fast-sandbox/agent:dev";
 
-/// The test's server on this machine, gone when dropped.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test's server, gone when dropped.
 struct TestHost {
     port: u16,
     server: tokio::task::JoinHandle<()>,
@@ -42,21 +56,36 @@ struct TestHost {
 
 impl TestHost {
     async fn start() -> Self {
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().expect("ip runs");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let _ = Command::new("ip").args(["link", "del", TEST_LINK]).output();
-        ip(&["link", "add", TEST_LINK, "type", "dummy"]);
-        ip(&["addr", "add", &format!("{TEST_HOST}/32"), "dev", TEST_LINK]);
+        remove_test_host();
+        ip(&["netns", "add", TEST_NETNS]);
+        ip(&[
+            "link", "add", TEST_LINK, "type", "veth", "peer", "name", "eth0", "netns", TEST_NETNS,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{TEST_GATEWAY}/30"),
+            "dev",
+            TEST_LINK,
+        ]);
         ip(&["link", "set", TEST_LINK, "up"]);
-        let listener = TcpListener::bind(SocketAddr::from((TEST_HOST, 0)))
-            .await
-            .expect("listening on the test host's address");
+        let inside = |args: &[&str]| ip(&[&["-n", TEST_NETNS], args].concat());
+        inside(&["addr", "add", &format!("{TEST_HOST}/30"), "dev", "eth0"]);
+        inside(&["link", "set", "eth0", "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["route", "add", "default", "via", &TEST_GATEWAY.to_string()]);
+        // Bound by a thread inside the test host's namespace; the socket
+        // stays there.
+        let std_listener = std::thread::spawn(|| {
+            let ns = std::fs::File::open(format!("/run/netns/{TEST_NETNS}")).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind(SocketAddr::from((TEST_HOST, 0))).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .join()
+        .unwrap();
+        let listener = TcpListener::from_std(std_listener).unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
@@ -75,8 +104,17 @@ impl TestHost {
 impl Drop for TestHost {
     fn drop(&mut self) {
         self.server.abort();
-        let _ = Command::new("ip").args(["link", "del", TEST_LINK]).output();
+        remove_test_host();
     }
+}
+
+/// Removes the test host of this or an earlier run: its link first (a
+/// namespace's links go some time after the namespace).
+fn remove_test_host() {
+    let _ = Command::new("ip").args(["link", "del", TEST_LINK]).output();
+    let _ = Command::new("ip")
+        .args(["netns", "del", TEST_NETNS])
+        .output();
 }
 
 fn with_network(mut sb: Sandbox, network: Value) -> Sandbox {
