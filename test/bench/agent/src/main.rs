@@ -20,6 +20,10 @@
 //! same burst of `ctr run -d`; with `--mode memory`, what a pre-started
 //! sandbox costs while it waits.
 //!
+//! With `--mode egress` it runs itself again in a network namespace of its
+//! own (as an agent pod has) and measures create→running of sandboxes
+//! with `network.mode: Egress` against ones without, claimed and cold.
+//!
 //! With `--mode interactive` it measures the exec round trip of `/bin/true`
 //! through the agent's API against `ctr task exec` into the same container
 //! (same containerd), and file write/read throughput (1 MiB and 100 MiB).
@@ -37,6 +41,7 @@ use fast_sandbox_agent::metrics::Metrics;
 use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_agent::{Agent, Config};
 use fast_sandbox_api::agent::CreateSandboxRequest;
+use fast_sandbox_api::network::SandboxNetwork;
 use fast_sandbox_bench_report::ctr::Ctr;
 use fast_sandbox_bench_report::{Series, markdown};
 use fast_sandbox_server::tls::{ServerTls, client_config};
@@ -46,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod burst;
+mod egress;
 mod interactive;
 mod memory;
 
@@ -85,8 +91,9 @@ struct Args {
     /// Pre-started sandboxes per image in `burst` mode's stock variants.
     #[arg(long, value_delimiter = ',', default_value = "4,32")]
     stock_sizes: Vec<usize>,
-    /// `create` (create to running), `burst`, `memory` or `interactive`
-    /// (exec and files).
+    /// `create` (create to running), `burst`, `memory`, `interactive`
+    /// (exec and files) or `egress` (create to running with and without a
+    /// network, the agent in a network namespace of its own).
     #[arg(long, default_value = "create")]
     mode: String,
 }
@@ -262,6 +269,7 @@ async fn agent_series(
     tag: &str,
     concurrency: usize,
     paced: bool,
+    network: Option<&SandboxNetwork>,
 ) -> anyhow::Result<Vec<Duration>> {
     // Creates ask for the layer cap the agent's stock has, as a pool's
     // sandboxes asking for nothing get their default one.
@@ -269,6 +277,7 @@ async fn agent_series(
     let request = |uid: &str| {
         let mut r = request(args, uid);
         r.limits.ephemeral_storage_bytes = cap;
+        r.network = network.cloned();
         r
     };
     // A steady-state agent holds other sandboxes: one stays resident so a
@@ -496,7 +505,10 @@ async fn main() -> anyhow::Result<()> {
         "interactive" => return interactive_bench(&args).await,
         "burst" => return burst_bench(&args).await,
         "memory" => return memory_bench(&args).await,
-        other => bail!("unknown --mode {other:?}: create, burst, memory or interactive"),
+        "egress" => return egress::bench(&args).await,
+        other => {
+            bail!("unknown --mode {other:?}: create, burst, memory, interactive or egress")
+        }
     }
     let variants = [
         Variant {
@@ -565,7 +577,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let a = start_agent(&args, &format!("v{i}"), |cfg| (v.tune)(cfg)).await?;
             wait_stock(&a, a.agent.config().stock_size).await?;
-            let samples = agent_series(&args, &a, &format!("v{i}"), c, v.paced).await?;
+            let samples = agent_series(&args, &a, &format!("v{i}"), c, v.paced, None).await?;
             let s = Series::new(v.name, c, &samples);
             eprintln!("{} c={c}: p50 {:.1} ms", v.name, s.p50_ms);
             results.push(s);

@@ -1,0 +1,99 @@
+//! What egress costs a create: the agent runs in a network namespace of
+//! its own, as in its pod (the benchmark runs itself again under
+//! `unshare --net`), and each configuration is measured with sandboxes
+//! asking for `network.mode: Egress` and without, beside `ctr run -d`.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use fast_sandbox_agent::egress::EgressConfig;
+use fast_sandbox_api::network::{NetworkMode, SandboxNetwork};
+use fast_sandbox_bench_report::ctr::Ctr;
+use fast_sandbox_bench_report::{Series, markdown};
+
+use crate::{Args, agent_series, start_agent, wait_stock};
+
+/// Set in the run inside the benchmark's own network namespace.
+const INSIDE: &str = "FAST_SANDBOX_BENCH_NETNS";
+
+/// Runs the egress series, inside a network namespace of the benchmark's
+/// own.
+pub async fn bench(args: &Args) -> anyhow::Result<()> {
+    if std::env::var_os(INSIDE).is_none() {
+        let status = Command::new("unshare")
+            .arg("--net")
+            .arg("--")
+            .arg(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(INSIDE, "1")
+            .status()
+            .context("running unshare (util-linux)")?;
+        if !status.success() {
+            bail!("the benchmark in its network namespace failed: {status}");
+        }
+        return Ok(());
+    }
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()?;
+    if !up.success() {
+        bail!("ip link set lo up failed");
+    }
+    let egress = SandboxNetwork {
+        mode: NetworkMode::Egress,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    let c = args.concurrency.first().copied().unwrap_or(1);
+    let ctr = Ctr {
+        socket: args.socket.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+    };
+    let (runs, warmup) = (args.runs, args.warmup);
+    let samples = tokio::task::spawn_blocking(move || ctr.series(runs, warmup, c))
+        .await?
+        .context("ctr series")?;
+    results.push(Series::new("ctr run -d", c, &samples));
+    for (i, (name, stock, network)) in [
+        ("agent, claimed", true, None),
+        ("agent, claimed, egress", true, Some(&egress)),
+        ("agent, no stock", false, None),
+        ("agent, no stock, egress", false, Some(&egress)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = start_agent(args, &format!("e{i}"), |cfg| {
+            if !stock {
+                cfg.stock_size = 0;
+            }
+            cfg.egress = Some(EgressConfig {
+                nft: "nft".into(),
+                denied: Vec::new(),
+                resolv_conf: "/etc/resolv.conf".into(),
+                ip_forward: "/proc/sys/net/ipv4/ip_forward".into(),
+            });
+        })
+        .await?;
+        wait_stock(&a, a.agent.config().stock_size).await?;
+        // Paced with a stock: each create finds a pre-started sandbox, so
+        // the series shows what egress adds to a claim.
+        let samples = agent_series(args, &a, &format!("e{i}"), c, stock, network).await?;
+        let s = Series::new(name, c, &samples);
+        eprintln!("{name} c={c}: p50 {:.1} ms", s.p50_ms);
+        results.push(s);
+        a.agent.release_warm().await;
+        a.agent.release_stock().await;
+        a.shutdown.send_replace(true);
+    }
+    let md = markdown(&results, "ctr run -d");
+    println!("{md}");
+    std::fs::create_dir_all(&args.out_dir)?;
+    std::fs::write(args.out_dir.join("agent-egress.md"), &md)?;
+    std::fs::write(
+        args.out_dir.join("agent-egress.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    Ok(())
+}
