@@ -42,8 +42,9 @@ pub struct EgressConfig {
     pub denied: Vec<Ipv4Cidr>,
     /// The pod's `resolv.conf`, whose nameservers sandboxes use.
     pub resolv_conf: PathBuf,
-    /// The pod's `ip_forward` switch.
-    pub ip_forward: PathBuf,
+    /// The pod's network sysctls (`/proc/sys/net`): forwarding, and each
+    /// sandbox link's reverse path filter and IPv6 switch.
+    pub sysctl_net: PathBuf,
 }
 
 /// Egress of one agent pod, or why there is none.
@@ -117,6 +118,7 @@ impl Egress {
 pub struct Links {
     handle: Handle,
     proc_root: PathBuf,
+    sysctl_net: PathBuf,
     denied: Vec<Ipv4Cidr>,
     nameservers: Vec<Ipv4Addr>,
     /// Agent-side link name to link index.
@@ -129,8 +131,9 @@ fn net_err(what: &str) -> impl Fn(rtnetlink::Error) -> Error + '_ {
 
 impl Links {
     async fn start(cfg: EgressConfig, proc_root: PathBuf) -> std::result::Result<Self, String> {
-        std::fs::write(&cfg.ip_forward, "1")
-            .map_err(|e| format!("turning forwarding on ({}): {e}", cfg.ip_forward.display()))?;
+        let forward = cfg.sysctl_net.join("ipv4/ip_forward");
+        std::fs::write(&forward, "1")
+            .map_err(|e| format!("turning forwarding on ({}): {e}", forward.display()))?;
         let nameservers =
             plan::nameservers(&std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default());
         apply_ruleset(&cfg.nft, &plan::ruleset(&cfg.denied, &nameservers)).await?;
@@ -140,6 +143,7 @@ impl Links {
         let links = Self {
             handle,
             proc_root,
+            sysctl_net: cfg.sysctl_net,
             denied: cfg.denied,
             nameservers,
             used: Mutex::new(HashMap::new()),
@@ -267,6 +271,7 @@ impl Links {
         .await
         .map_err(net_err("moving the link into the sandbox"))?;
         let own_index = index_of(&self.handle, name).await?;
+        self.harden(name)?;
         self.handle
             .address()
             .add(own_index, IpAddr::V4(addrs.gateway), plan::LINK_PREFIX_LEN)
@@ -326,6 +331,33 @@ impl Links {
             tokio::task::spawn_blocking(move || write_resolv_conf(&proc_root, pid, &leaf, &conf))
                 .await
                 .map_err(|e| Error::io("writing resolv.conf", std::io::Error::other(e)))??;
+        }
+        Ok(())
+    }
+
+    /// The agent's end of link `name` takes only packets from the address
+    /// its sandbox was given (strict reverse path filter: a sandbox binding
+    /// another's address, which needs no privilege, sends nothing), and no
+    /// IPv6 (the pod's IPv6 addresses, and the agent's listeners on them,
+    /// stay out of reach).
+    fn harden(&self, name: &str) -> Result<()> {
+        let set = |path: PathBuf| {
+            std::fs::write(&path, "1")
+                .map_err(|e| Error::EgressUnavailable(format!("setting {}: {e}", path.display())))
+        };
+        set(self
+            .sysctl_net
+            .join("ipv4/conf")
+            .join(name)
+            .join("rp_filter"))?;
+        let ipv6 = self
+            .sysctl_net
+            .join("ipv6/conf")
+            .join(name)
+            .join("disable_ipv6");
+        // A kernel without IPv6 has nothing to switch off.
+        if ipv6.exists() {
+            set(ipv6)?;
         }
         Ok(())
     }

@@ -241,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
                 }))
                 .collect(),
             resolv_conf: "/etc/resolv.conf".into(),
-            ip_forward: "/proc/sys/net/ipv4/ip_forward".into(),
+            sysctl_net: "/proc/sys/net".into(),
         }),
     };
     if args.runtime == fast_sandbox_api::pool::GVISOR_RUNTIME

@@ -172,7 +172,7 @@ async fn egress_inside_a_pod_network_namespace() {
             nft: "nft".into(),
             denied: vec!["10.0.0.0/8".parse().unwrap()],
             resolv_conf: resolv.path().to_path_buf(),
-            ip_forward: "/proc/sys/net/ipv4/ip_forward".into(),
+            sysctl_net: "/proc/sys/net".into(),
         });
         c.stock_size = 2;
         c.stock_images = vec![image];
@@ -266,6 +266,15 @@ async fn egress_inside_a_pod_network_namespace() {
             .success()
     };
     assert!(has_link(), "{link} while cold runs");
+    let sysctl = |path: String| std::fs::read_to_string(path).unwrap().trim().to_string();
+    assert_eq!(
+        sysctl(format!("/proc/sys/net/ipv4/conf/{link}/rp_filter")),
+        "1"
+    );
+    assert_eq!(
+        sysctl(format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6")),
+        "1"
+    );
     a.client.delete("cold", 0).await.unwrap().1.unwrap();
     wait_for(
         "the sandbox's link gone",

@@ -72,7 +72,7 @@ pub async fn bench(args: &Args) -> anyhow::Result<()> {
                 nft: "nft".into(),
                 denied: Vec::new(),
                 resolv_conf: "/etc/resolv.conf".into(),
-                ip_forward: "/proc/sys/net/ipv4/ip_forward".into(),
+                sysctl_net: "/proc/sys/net".into(),
             });
         })
         .await?;
