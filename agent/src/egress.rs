@@ -198,7 +198,11 @@ impl Links {
                 continue;
             }
             tracing::info!(link = %name, "removing the link of an attach that never finished");
-            self.handle.link().del(index).execute().await?;
+            // Deleting one end of a pair deletes the other, which may be
+            // next in the list.
+            if let Err(e) = self.handle.link().del(index).execute().await {
+                tracing::debug!(link = %name, error = %e, "already gone");
+            }
         }
         Ok(())
     }

@@ -7,13 +7,17 @@
 
 mod support;
 
+use std::net::SocketAddr as Addr;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
 
+use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_agent::egress::EgressConfig;
 use fast_sandbox_api::agent::CreateSandboxRequest;
 use fast_sandbox_api::network::SandboxNetwork;
+use support::binary::{free_port, spawn, wait_ready};
 use support::*;
 
 /// The outside world's end of the pod's link, and the pod's.
@@ -22,31 +26,34 @@ const POD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// An address of the operator's denied range, also the outside's.
 const DENIED_HOST: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
 const GREETING: &str = "hello from outside the pod";
-const INNER: &str = "egress_inside_a_pod_network_namespace";
+/// The tests that run inside a network namespace of their own.
+const INNER: [&str; 2] = [
+    "egress_inside_a_pod_network_namespace",
+    "egress_links_outlive_an_agent_restart",
+];
 
 #[test]
 fn egress_from_an_agent_in_a_network_namespace_of_its_own() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .arg("--net")
-        .arg("--")
-        .arg(&exe)
-        .args([INNER, "--exact", "--ignored", "--nocapture"])
-        .output()
-        .expect("unshare runs (util-linux)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "the test inside its namespace failed:\n{text}"
-    );
-    assert!(
-        text.contains("1 passed"),
-        "the inner test did not run:\n{text}"
-    );
+    for inner in INNER {
+        let exe = std::env::current_exe().unwrap();
+        let out = Command::new("unshare")
+            .arg("--net")
+            .arg("--")
+            .arg(&exe)
+            .args([inner, "--exact", "--ignored", "--nocapture"])
+            .output()
+            .expect("unshare runs (util-linux)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{inner} failed in its namespace:\n{text}"
+        );
+        assert!(text.contains("1 passed"), "{inner} did not run:\n{text}");
+    }
 }
 
 fn ip(args: &[&str]) {
@@ -289,4 +296,91 @@ async fn egress_inside_a_pod_network_namespace() {
         a.client.delete(&s.uid, 0).await.unwrap().1.unwrap();
     }
     a.release_and_assert_nothing_left().await;
+}
+
+/// The agent binary, killed with egress sandboxes running and started
+/// again: their links stay theirs, a link an attach left half made is
+/// removed, and a new sandbox gets an address of its own.
+#[tokio::test]
+#[ignore = "run by egress_from_an_agent_in_a_network_namespace_of_its_own, inside a network namespace of its own"]
+async fn egress_links_outlive_an_agent_restart() {
+    ip(&["link", "set", "lo", "up"]);
+    let outside = Outside::start();
+    let env = env();
+    let pki = Pki::new("Fast Sandbox test CA");
+    pki.issue("agent", &[SERVER_NAME]);
+    let tls = pki.client("fast-sandbox-controller");
+    let state = tempfile::tempdir().unwrap();
+    let pod_uid = support::pod_uid("egress-restart");
+    let (api, ops) = (free_port(), free_port());
+    let addr: Addr = format!("127.0.0.1:{api}").parse().unwrap();
+    let flags = ["--egress", "true", "--egress-deny", "10.0.0.0/8"];
+    let start = || {
+        spawn(
+            &env,
+            pki.dir.path(),
+            state.path(),
+            &pod_uid,
+            api,
+            ops,
+            8,
+            &flags,
+        )
+    };
+
+    let running = start();
+    wait_ready(ops).await;
+    let client = AgentClient::connect(addr, SERVER_NAME, tls.clone())
+        .await
+        .unwrap();
+    let a = |c: &AgentClient, uid: &str| {
+        let (c, req) = (c.clone(), sleeper(&env, uid, egress(&[], &[])));
+        async move { c.create(&req).await.unwrap().1.unwrap() }
+    };
+    a(&client, "before").await;
+    let reaches = |c: &AgentClient, uid: &str| {
+        let script = format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {OUTSIDE} {} 2>&1",
+            outside.port
+        );
+        let (c, uid) = (c.clone(), uid.to_string());
+        async move { stdout(&exec(&c, &uid, &["sh", "-c", &script]).await).contains(GREETING) }
+    };
+    assert!(reaches(&client, "before").await);
+    drop(running); // SIGKILL
+    // What an attach cut by that kill may leave: a link without an address.
+    ip(&[
+        "link",
+        "add",
+        "fsx00000000dead",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "fsy00000000dead",
+    ]);
+
+    let _running = start();
+    wait_ready(ops).await;
+    let client = AgentClient::connect(addr, SERVER_NAME, tls).await.unwrap();
+    let gone = !Command::new("ip")
+        .args(["link", "show", "fsx00000000dead"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(gone, "the half-made link is still there");
+    a(&client, "after").await;
+    for uid in ["before", "after"] {
+        assert!(reaches(&client, uid).await, "{uid} lost its egress");
+    }
+    let address = |uid: &str| {
+        let c = client.clone();
+        let uid = uid.to_string();
+        async move { stdout(&exec(&c, &uid, &["sh", "-c", "ip -4 addr show eth0 | grep inet"]).await) }
+    };
+    assert_ne!(address("before").await, address("after").await);
+    for uid in ["before", "after"] {
+        client.delete(uid, 0).await.unwrap().1.unwrap();
+    }
 }
