@@ -8,10 +8,10 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use fast_sandbox_agent::egress::EgressConfig;
 use fast_sandbox_api::network::{NetworkMode, SandboxNetwork};
+use fast_sandbox_bench_report::Series;
 use fast_sandbox_bench_report::ctr::Ctr;
-use fast_sandbox_bench_report::{Series, markdown};
 
-use crate::{Args, agent_series, start_agent, wait_stock};
+use crate::{Args, Run, measure, report};
 
 /// Set in the run inside the benchmark's own network namespace.
 const INSIDE: &str = "FAST_SANDBOX_BENCH_NETNS";
@@ -64,7 +64,17 @@ pub async fn bench(args: &Args) -> anyhow::Result<()> {
     .into_iter()
     .enumerate()
     {
-        let a = start_agent(args, &format!("e{i}"), |cfg| {
+        let tag = format!("e{i}");
+        // Paced with a stock: each create finds a pre-started sandbox, so
+        // the series shows what egress adds to a claim.
+        let run = Run {
+            tag: &tag,
+            name,
+            concurrency: c,
+            paced: stock,
+            network,
+        };
+        let s = measure(args, &run, |cfg| {
             if !stock {
                 cfg.stock_size = 0;
             }
@@ -76,24 +86,7 @@ pub async fn bench(args: &Args) -> anyhow::Result<()> {
             });
         })
         .await?;
-        wait_stock(&a, a.agent.config().stock_size).await?;
-        // Paced with a stock: each create finds a pre-started sandbox, so
-        // the series shows what egress adds to a claim.
-        let samples = agent_series(args, &a, &format!("e{i}"), c, stock, network).await?;
-        let s = Series::new(name, c, &samples);
-        eprintln!("{name} c={c}: p50 {:.1} ms", s.p50_ms);
         results.push(s);
-        a.agent.release_warm().await;
-        a.agent.release_stock().await;
-        a.shutdown.send_replace(true);
     }
-    let md = markdown(&results, "ctr run -d");
-    println!("{md}");
-    std::fs::create_dir_all(&args.out_dir)?;
-    std::fs::write(args.out_dir.join("agent-egress.md"), &md)?;
-    std::fs::write(
-        args.out_dir.join("agent-egress.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    Ok(())
+    report(args, &results, "agent-egress")
 }

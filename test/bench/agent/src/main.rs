@@ -575,24 +575,57 @@ async fn main() -> anyhow::Result<()> {
             if v.paced && c > 1 {
                 continue;
             }
-            let a = start_agent(&args, &format!("v{i}"), |cfg| (v.tune)(cfg)).await?;
-            wait_stock(&a, a.agent.config().stock_size).await?;
-            let samples = agent_series(&args, &a, &format!("v{i}"), c, v.paced, None).await?;
-            let s = Series::new(v.name, c, &samples);
-            eprintln!("{} c={c}: p50 {:.1} ms", v.name, s.p50_ms);
-            results.push(s);
-            a.agent.release_warm().await;
-            a.agent.release_stock().await;
-            a.shutdown.send_replace(true);
+            let run = Run {
+                tag: &format!("v{i}"),
+                name: v.name,
+                concurrency: c,
+                paced: v.paced,
+                network: None,
+            };
+            results.push(measure(&args, &run, |cfg| (v.tune)(cfg)).await?);
         }
     }
-    let md = markdown(&results, "ctr run -d");
+    report(&args, &results, "agent-create")
+}
+
+/// One measured series: a name for its row, a tag for its sandboxes' UIDs.
+struct Run<'a> {
+    tag: &'a str,
+    name: &'a str,
+    concurrency: usize,
+    paced: bool,
+    network: Option<&'a SandboxNetwork>,
+}
+
+/// Starts an agent tuned by `tune` with its stock full, measures `run` on
+/// it and lets it go.
+async fn measure(
+    args: &Args,
+    run: &Run<'_>,
+    tune: impl FnOnce(&mut Config),
+) -> anyhow::Result<Series> {
+    let a = start_agent(args, run.tag, tune).await?;
+    wait_stock(&a, a.agent.config().stock_size).await?;
+    let c = run.concurrency;
+    let samples = agent_series(args, &a, run.tag, c, run.paced, run.network).await?;
+    let s = Series::new(run.name, c, &samples);
+    eprintln!("{} c={c}: p50 {:.1} ms", run.name, s.p50_ms);
+    a.agent.release_warm().await;
+    a.agent.release_stock().await;
+    a.shutdown.send_replace(true);
+    Ok(s)
+}
+
+/// Prints the table of `results` against `ctr run -d` and writes it, with
+/// a JSON copy, as `<stem>.md` and `<stem>.json` in `--out-dir`.
+fn report(args: &Args, results: &[Series], stem: &str) -> anyhow::Result<()> {
+    let md = markdown(results, "ctr run -d");
     println!("{md}");
     std::fs::create_dir_all(&args.out_dir)?;
-    std::fs::write(args.out_dir.join("agent-create.md"), &md)?;
+    std::fs::write(args.out_dir.join(format!("{stem}.md")), &md)?;
     std::fs::write(
-        args.out_dir.join("agent-create.json"),
-        serde_json::to_string_pretty(&results)?,
+        args.out_dir.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(results)?,
     )?;
     Ok(())
 }
