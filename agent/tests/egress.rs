@@ -187,15 +187,14 @@ async fn egress_inside_a_pod_network_namespace() {
     .await;
     a.wait_stock(2).await;
 
-    // Claimed from the stock, and cold (the stock spent), both reach out.
+    // Claimed from the stock, twice; cold, from an image it has no stock
+    // of (the test image run as another user).
     for uid in ["claimed", "stocked", "cold"] {
-        let info = a
-            .client
-            .create(&sleeper(&env, uid, egress(&[], &[])))
-            .await
-            .unwrap()
-            .1
-            .unwrap();
+        let mut req = sleeper(&env, uid, egress(&[], &[]));
+        if uid == "cold" {
+            req.image = nonroot_image();
+        }
+        let info = a.client.create(&req).await.unwrap().1.unwrap();
         assert_eq!(info.state, fast_sandbox_api::agent::ContainerState::Running);
     }
     for uid in ["claimed", "stocked", "cold"] {
