@@ -61,7 +61,10 @@ impl Egress {
     /// leaves egress unavailable with its reason; the agent serves on.
     pub async fn start(cfg: Option<EgressConfig>, proc_root: PathBuf) -> Self {
         let Some(cfg) = cfg else {
-            return Egress::Unavailable("this agent was started without --egress".into());
+            return Egress::Unavailable(
+                "this agent was started without --egress (the policy's allowEgress was off for its namespace when its pod was made; new agents of the pool get it)"
+                    .into(),
+            );
         };
         match Links::start(cfg, proc_root).await {
             Ok(l) => {
