@@ -313,7 +313,15 @@ async fn egress_links_outlive_an_agent_restart() {
     let pod_uid = support::pod_uid("egress-restart");
     let (api, ops) = (free_port(), free_port());
     let addr: Addr = format!("127.0.0.1:{api}").parse().unwrap();
-    let flags = ["--egress", "true", "--egress-deny", "10.0.0.0/8"];
+    // No stock: a killed agent's stock would outlive the test.
+    let flags = [
+        "--egress",
+        "true",
+        "--egress-deny",
+        "10.0.0.0/8",
+        "--stock-size",
+        "0",
+    ];
     let start = || {
         spawn(
             &env,
@@ -382,4 +390,14 @@ async fn egress_links_outlive_an_agent_restart() {
     for uid in ["before", "after"] {
         client.delete(uid, 0).await.unwrap().1.unwrap();
     }
+    let cd = fast_sandbox_agent::runtime::Containerd::connect(
+        &env.socket,
+        &env.namespace,
+        "overlayfs",
+        "io.containerd.runc.v2",
+    )
+    .await
+    .unwrap();
+    let logs = state.path().join(&pod_uid).join("logs");
+    support::assert_nothing_left(&cd, &pod_uid, &logs).await;
 }
