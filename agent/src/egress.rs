@@ -23,9 +23,9 @@ use fast_sandbox_api::network::{Ipv4Cidr, SandboxNetwork};
 use futures::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use rustix::fs::{Mode, OFlags};
 use tokio::io::AsyncWriteExt;
 
@@ -173,7 +173,7 @@ impl Links {
         while let Some(msg) = links.try_next().await? {
             for a in &msg.attributes {
                 if let LinkAttribute::IfName(n) = a
-                    && (n.starts_with(plan::LINK_PREFIX) || n.starts_with(plan::PEER_PREFIX))
+                    && n.starts_with(plan::LINK_PREFIX)
                 {
                     names.insert(msg.header.index, n.clone());
                 }
@@ -192,9 +192,9 @@ impl Links {
                 }
             }
         }
-        // Links of an attach cut by the agent's death, before the agent's
-        // end had its address or the sandbox's end moved: no sandbox can
-        // use them, and they would block that sandbox's next attach.
+        // Links of an attach cut by the agent's death before the agent's
+        // end had its address: they would block that sandbox's next
+        // attach, and its retried create starts it over.
         let used: HashSet<String> = self.used().keys().cloned().collect();
         for (index, name) in names {
             if used.contains(&name) {
@@ -234,7 +234,7 @@ impl Links {
             i
         };
         let made = self
-            .make(uid, pid, leaf, &name, LinkAddrs::of(index), allow, deny)
+            .make(pid, leaf, &name, LinkAddrs::of(index), allow, deny)
             .await;
         if made.is_err() {
             self.release(uid).await;
@@ -242,10 +242,8 @@ impl Links {
         made
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn make(
         &self,
-        uid: &str,
         pid: u32,
         leaf: &str,
         name: &str,
@@ -262,46 +260,70 @@ impl Links {
         )
         .map_err(|e| Error::io("opening the sandbox's network namespace", e.into()))?;
         let netns = File::from(netns);
-        let peer = plan::peer_name(uid);
-        let link = self.handle.link();
-        link.add(LinkVeth::new(name, &peer).build())
+        // One request makes both ends: the sandbox's is born in its
+        // namespace, named eth0 (a move would wait for the network stack
+        // to quiesce).
+        let peer = LinkUnspec::new_with_name(plan::SANDBOX_IFNAME)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.handle
+            .link()
+            .add(veth)
             .execute()
             .await
             .map_err(net_err("making the sandbox's link"))?;
-        let peer_index = index_of(&self.handle, &peer).await?;
-        link.set(
-            LinkUnspec::new_with_index(peer_index)
-                .setns_by_fd(netns.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(net_err("moving the link into the sandbox"))?;
-        let own_index = index_of(&self.handle, name).await?;
+        // The two ends, each through its namespace's netlink socket, and
+        // the sandbox's resolv.conf are set up at once.
+        let resolv = async {
+            let Some(conf) = plan::resolv_conf(&self.nameservers) else {
+                return Ok(());
+            };
+            let (proc_root, leaf) = (self.proc_root.clone(), leaf.to_string());
+            tokio::task::spawn_blocking(move || write_resolv_conf(&proc_root, pid, &leaf, &conf))
+                .await
+                .map_err(|e| Error::io("writing resolv.conf", std::io::Error::other(e)))?
+        };
+        let (agent_end, sandbox_end, resolv) = tokio::join!(
+            self.agent_end(name, addrs),
+            self.sandbox_end(netns, addrs, allow, deny),
+            resolv
+        );
+        agent_end.and(sandbox_end).and(resolv)
+    }
+
+    /// Addresses the agent's end of link `name` and brings it up.
+    async fn agent_end(&self, name: &str, addrs: LinkAddrs) -> Result<()> {
+        let index = index_of(&self.handle, name).await?;
         self.harden(name)?;
         self.handle
             .address()
-            .add(own_index, IpAddr::V4(addrs.gateway), plan::LINK_PREFIX_LEN)
+            .add(index, IpAddr::V4(addrs.gateway), plan::LINK_PREFIX_LEN)
             .execute()
             .await
             .map_err(net_err("addressing the agent's end"))?;
-        link.set(LinkUnspec::new_with_index(own_index).up().build())
-            .execute()
-            .await
-            .map_err(net_err("bringing the agent's end up"))?;
-
-        let inside = connect_in(netns).await?;
-        let inner = index_of(&inside, &peer).await?;
-        inside
+        self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(inner)
-                    .name(plan::SANDBOX_IFNAME)
-                    .build(),
-            )
+            .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
-            .map_err(net_err("naming the sandbox's end"))?;
+            .map_err(net_err("bringing the agent's end up"))
+    }
+
+    /// Addresses the sandbox's end, in namespace `netns`, brings it up and
+    /// routes the sandbox's allowed and denied destinations.
+    async fn sandbox_end(
+        &self,
+        netns: File,
+        addrs: LinkAddrs,
+        allow: &[Ipv4Cidr],
+        deny: &[Ipv4Cidr],
+    ) -> Result<()> {
+        let inside = connect_in(netns).await?;
+        let inner = index_of(&inside, plan::SANDBOX_IFNAME).await?;
         inside
             .address()
             .add(inner, IpAddr::V4(addrs.sandbox), plan::LINK_PREFIX_LEN)
@@ -332,12 +354,6 @@ impl Links {
                 .execute()
                 .await
                 .map_err(net_err("routing the sandbox"))?;
-        }
-        if let Some(conf) = plan::resolv_conf(&self.nameservers) {
-            let (proc_root, leaf) = (self.proc_root.clone(), leaf.to_string());
-            tokio::task::spawn_blocking(move || write_resolv_conf(&proc_root, pid, &leaf, &conf))
-                .await
-                .map_err(|e| Error::io("writing resolv.conf", std::io::Error::other(e)))??;
         }
         Ok(())
     }

@@ -17,9 +17,6 @@ pub const MAX_LINKS: u32 = 1 << (32 - 18 - 2);
 /// Prefix of the agent-side name of every sandbox link; nftables matches
 /// sandbox traffic by it.
 pub const LINK_PREFIX: &str = "fsx";
-/// Prefix of the name the sandbox's end has in the agent pod, before it
-/// moves into the sandbox's namespace.
-pub const PEER_PREFIX: &str = "fsy";
 /// Name of the sandbox's end of its link, inside its namespace.
 pub const SANDBOX_IFNAME: &str = "eth0";
 /// The nftables table of the agent pod's network namespace.
@@ -29,11 +26,6 @@ pub const TABLE: &str = "fast_sandbox";
 /// bytes): a stable hash, so a restarted agent finds the links it made.
 pub fn link_name(uid: &str) -> String {
     format!("{LINK_PREFIX}{:012x}", fnv1a(uid) & 0xffff_ffff_ffff)
-}
-
-/// Name the sandbox's end has in the agent pod, before it moves.
-pub fn peer_name(uid: &str) -> String {
-    format!("{PEER_PREFIX}{:012x}", fnv1a(uid) & 0xffff_ffff_ffff)
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -228,8 +220,6 @@ mod tests {
         assert!(a.starts_with(LINK_PREFIX));
         assert_eq!(a, link_name("0f7c2f0e-6d5b-4f0e-9a51-3c1f7f6c2d11"));
         assert_ne!(a, link_name("0f7c2f0e-6d5b-4f0e-9a51-3c1f7f6c2d12"));
-        assert_eq!(peer_name("u").len(), 15);
-        assert_ne!(peer_name("u")[3..], link_name("v")[3..]);
     }
 
     #[test]
