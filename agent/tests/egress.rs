@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::net::SocketAddr as Addr;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
@@ -17,7 +15,7 @@ use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_agent::egress::EgressConfig;
 use fast_sandbox_api::agent::CreateSandboxRequest;
 use fast_sandbox_api::network::SandboxNetwork;
-use support::binary::{free_port, spawn, wait_ready};
+use support::binary::{Fixture, fixture, spawn, wait_ready};
 use support::*;
 
 /// The outside world's end of the pod's link, and the pod's.
@@ -306,13 +304,15 @@ async fn egress_links_outlive_an_agent_restart() {
     ip(&["link", "set", "lo", "up"]);
     let outside = Outside::start();
     let env = env();
-    let pki = Pki::new("Fast Sandbox test CA");
-    pki.issue("agent", &[SERVER_NAME]);
-    let tls = pki.client("fast-sandbox-controller");
-    let state = tempfile::tempdir().unwrap();
-    let pod_uid = support::pod_uid("egress-restart");
-    let (api, ops) = (free_port(), free_port());
-    let addr: Addr = format!("127.0.0.1:{api}").parse().unwrap();
+    let Fixture {
+        pki,
+        tls,
+        state,
+        pod_uid,
+        api,
+        ops,
+        addr,
+    } = fixture("egress-restart", "fast-sandbox-controller");
     // No stock: a killed agent's stock would outlive the test.
     let flags = [
         "--egress",

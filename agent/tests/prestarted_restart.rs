@@ -10,14 +10,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_api::agent::{ContainerState, JanitorRequest};
 use fast_sandbox_api::wellknown::container_labels as label;
-use support::binary::{Running, free_port, metric, spawn, wait_ready};
+use support::binary::{Fixture, Running, fixture, free_port, metric, spawn, wait_ready};
 use support::{Env, Pki, SERVER_NAME, env, request, wait_for};
 
 const STOCK: usize = 8;
@@ -76,13 +75,15 @@ fn marked_processes() -> usize {
 #[tokio::test]
 async fn an_agent_killed_mid_burst_runs_every_sandbox_exactly_once() {
     let env = env();
-    let pki = Pki::new("Fast Sandbox test CA");
-    pki.issue("agent", &[SERVER_NAME]);
-    let tls = pki.client("fast-sandbox-controller");
-    let state = tempfile::tempdir().unwrap();
-    let pod_uid = support::pod_uid("stock-kill");
-    let (api, ops) = (free_port(), free_port());
-    let addr: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let Fixture {
+        pki,
+        tls,
+        state,
+        pod_uid,
+        api,
+        ops,
+        addr,
+    } = fixture("stock-kill", "fast-sandbox-controller");
 
     let running = agent(&env, &pki, state.path(), &pod_uid, api, ops);
     wait_ready(ops).await;

@@ -14,8 +14,8 @@ use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_api::ExposedPort;
 use fast_sandbox_api::agent::ContainerState;
-use support::binary::{Running, free_port, wait_ready};
-use support::{Env, Pki, SERVER_NAME, env, request};
+use support::binary::{Fixture, Running, fixture, wait_ready};
+use support::{Env, SERVER_NAME, env, request};
 
 /// The agent binary with 4 slots and no stock.
 fn spawn(env: &Env, pki_dir: &Path, state: &Path, pod_uid: &str, api: u16, ops: u16) -> Running {
@@ -34,13 +34,15 @@ fn spawn(env: &Env, pki_dir: &Path, state: &Path, pod_uid: &str, api: u16, ops: 
 #[tokio::test]
 async fn killed_agent_rebuilds_its_state_from_containerd() {
     let env = env();
-    let pki = Pki::new("Fast Sandbox test CA");
-    pki.issue("agent", &[SERVER_NAME]);
-    let tls = pki.client("fast-sandbox-controller");
-    let state = tempfile::tempdir().unwrap();
-    let pod_uid = support::pod_uid("restart");
-    let (api, ops) = (free_port(), free_port());
-    let addr: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let Fixture {
+        pki,
+        tls,
+        state,
+        pod_uid,
+        api,
+        ops,
+        addr,
+    } = fixture("restart", "fast-sandbox-controller");
 
     let agent = spawn(&env, pki.dir.path(), state.path(), &pod_uid, api, ops);
     wait_ready(ops).await;
@@ -155,13 +157,15 @@ async fn killed_agent_rebuilds_its_state_from_containerd() {
 async fn an_exec_cut_off_by_an_agent_restart_fails_clearly_and_the_sandbox_keeps_running() {
     use fast_sandbox_agent::client::ExecEvent;
     let env = env();
-    let pki = Pki::new("Fast Sandbox test CA");
-    pki.issue("agent", &[SERVER_NAME]);
-    let tls = pki.client("fast-sandbox-gateway");
-    let state = tempfile::tempdir().unwrap();
-    let pod_uid = support::pod_uid("restart-exec");
-    let (api, ops) = (free_port(), free_port());
-    let addr: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let Fixture {
+        pki,
+        tls,
+        state,
+        pod_uid,
+        api,
+        ops,
+        addr,
+    } = fixture("restart-exec", "fast-sandbox-gateway");
 
     let agent = spawn(&env, pki.dir.path(), state.path(), &pod_uid, api, ops);
     wait_ready(ops).await;

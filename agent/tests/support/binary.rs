@@ -2,12 +2,13 @@
 //! own state dir), and killed with SIGKILL when dropped.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{CGROUP_PARENT, Env};
+use super::{CGROUP_PARENT, Env, Pki, SERVER_NAME};
 
 /// A running agent binary; dropping it SIGKILLs it (no chance to clean up).
 pub struct Running(Child);
@@ -26,6 +27,36 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// What a test of the agent binary starts from: a CA that issued the
+/// agent's certificate, a client configuration presenting `caller`, a state
+/// root, a pod UID and two free ports (the API's at `addr`).
+pub struct Fixture {
+    pub pki: Pki,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub state: tempfile::TempDir,
+    pub pod_uid: String,
+    pub api: u16,
+    pub ops: u16,
+    pub addr: SocketAddr,
+}
+
+/// A fixture for test `test`, calling the agent as `caller`.
+pub fn fixture(test: &str, caller: &str) -> Fixture {
+    let pki = Pki::new("Fast Sandbox test CA");
+    pki.issue("agent", &[SERVER_NAME]);
+    let tls = pki.client(caller);
+    let (api, ops) = (free_port(), free_port());
+    Fixture {
+        pki,
+        tls,
+        state: tempfile::tempdir().unwrap(),
+        pod_uid: super::pod_uid(test),
+        api,
+        ops,
+        addr: SocketAddr::from(([127, 0, 0, 1], api)),
+    }
 }
 
 /// Starts the agent binary as pod `pod_uid` with `slots` slots, its API on

@@ -8,10 +8,8 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use fast_sandbox_agent::egress::EgressConfig;
 use fast_sandbox_api::network::{NetworkMode, SandboxNetwork};
-use fast_sandbox_bench_report::Series;
-use fast_sandbox_bench_report::ctr::Ctr;
 
-use crate::{Args, Run, measure, report};
+use crate::{Args, Run, ctr_series, measure, report};
 
 /// Set in the run inside the benchmark's own network namespace.
 const INSIDE: &str = "FAST_SANDBOX_BENCH_NETNS";
@@ -45,16 +43,7 @@ pub async fn bench(args: &Args) -> anyhow::Result<()> {
     };
     let mut results = Vec::new();
     let c = args.concurrency.first().copied().unwrap_or(1);
-    let ctr = Ctr {
-        socket: args.socket.clone(),
-        namespace: args.namespace.clone(),
-        image: args.image.clone(),
-    };
-    let (runs, warmup) = (args.runs, args.warmup);
-    let samples = tokio::task::spawn_blocking(move || ctr.series(runs, warmup, c))
-        .await?
-        .context("ctr series")?;
-    results.push(Series::new("ctr run -d", c, &samples));
+    results.push(ctr_series(args, c).await?);
     for (i, (name, stock, network)) in [
         ("agent, claimed", true, None),
         ("agent, claimed, egress", true, Some(&egress)),

@@ -558,18 +558,7 @@ async fn main() -> anyhow::Result<()> {
     ];
     let mut results = Vec::new();
     for &c in &args.concurrency {
-        let ctr = Ctr {
-            socket: args.socket.clone(),
-            namespace: args.namespace.clone(),
-            image: args.image.clone(),
-        };
-        let (runs, warmup) = (args.runs, args.warmup);
-        let samples = tokio::task::spawn_blocking(move || ctr.series(runs, warmup, c))
-            .await?
-            .context("ctr series")?;
-        let s = Series::new("ctr run -d", c, &samples);
-        eprintln!("ctr run -d c={c}: p50 {:.1} ms", s.p50_ms);
-        results.push(s);
+        results.push(ctr_series(&args, c).await?);
         for (i, v) in variants.iter().enumerate() {
             // Pacing is the steady state of one client at a time.
             if v.paced && c > 1 {
@@ -586,6 +575,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     report(&args, &results, "agent-create")
+}
+
+/// `--runs` creates with `ctr run -d` at concurrency `c`: the baseline.
+async fn ctr_series(args: &Args, c: usize) -> anyhow::Result<Series> {
+    let ctr = Ctr {
+        socket: args.socket.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+    };
+    let (runs, warmup) = (args.runs, args.warmup);
+    let samples = tokio::task::spawn_blocking(move || ctr.series(runs, warmup, c))
+        .await?
+        .context("ctr series")?;
+    let s = Series::new("ctr run -d", c, &samples);
+    eprintln!("ctr run -d c={c}: p50 {:.1} ms", s.p50_ms);
+    Ok(s)
 }
 
 /// One measured series: a name for its row, a tag for its sandboxes' UIDs.
