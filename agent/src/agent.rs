@@ -1233,6 +1233,9 @@ impl Agent {
                 }
             }
             if task.state == TaskState::Stopped {
+                if task.exit_status != 0 && self.oom_killed(&uid, &c.id) {
+                    table.oom(&c.id);
+                }
                 changes.extend(table.exited(&c.id, task.exit_status, task.exited_at));
             }
         }
@@ -1300,11 +1303,28 @@ impl Agent {
         Ok(())
     }
 
+    /// Whether the kernel OOM-killed a process of sandbox `uid` (container
+    /// `container_id`), by its cgroup's counter.
+    fn oom_killed(&self, uid: &str, container_id: &str) -> bool {
+        let path = format!(
+            "{}/{}",
+            self.cfg.cgroup_parent.trim_end_matches('/'),
+            cgroup::leaf(uid, container_id)
+        );
+        cgroup::oom::kills(&self.cfg.cgroup_root, &path).is_some_and(|n| n > 0)
+    }
+
     fn apply_envelope(&self, topic: &str, payload: &[u8]) {
         let change = match topic {
             TOPIC_EXIT => match TaskExit::decode(payload) {
                 // Exits of exec'd processes are not the sandbox's.
                 Ok(ev) if ev.id.is_empty() || ev.id == ev.container_id => {
+                    let uid = self.table().uid_of(&ev.container_id).map(str::to_string);
+                    if ev.exit_status != 0
+                        && uid.is_some_and(|u| self.oom_killed(&u, &ev.container_id))
+                    {
+                        self.table().oom(&ev.container_id);
+                    }
                     let change = self.table().exited(
                         &ev.container_id,
                         ev.exit_status,

@@ -7,6 +7,7 @@
 //! Sandboxes must survive an agent restart.
 
 pub mod limits;
+pub mod oom;
 
 /// Controller whose path names the agent's cgroup on cgroup v1; memory is
 /// the one kubelet accounting and OOM decisions hinge on.
