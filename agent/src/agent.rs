@@ -39,10 +39,12 @@ use crate::runtime::{ContainerRecord, Containerd, TaskState, timestamp};
 use crate::spec;
 use crate::state::{Change, Entry, Table};
 use crate::stock::Stock;
+use crate::userns::Mapping;
 use crate::warm::{WarmPool, WarmSnapshot};
 
 mod layer_cap;
 mod prestart;
+mod userns_slot;
 
 pub use prestart::Prestarted;
 
@@ -122,6 +124,9 @@ pub struct Config {
     /// How sandboxes asking for `network.mode: Egress` get it; `None`:
     /// they fail as `EgressUnavailable`.
     pub egress: Option<crate::egress::EgressConfig>,
+    /// Host ids sandboxes' user namespaces are carved from; `None`: they
+    /// run as host users (uid 0 is the host's root).
+    pub user_namespaces: Option<crate::userns::IdRange>,
 }
 
 /// Default of [`Config::stock_size`]: the pool's documented default.
@@ -170,6 +175,8 @@ pub struct Agent {
     stock_stopped: AtomicBool,
     /// Whether the node's containerd can cap a writable layer (asked once).
     layer_caps: tokio::sync::OnceCell<std::result::Result<(), String>>,
+    /// Whether the node's snapshotter can idmap a root (asked once).
+    idmapped: tokio::sync::OnceCell<std::result::Result<(), String>>,
 }
 
 impl Agent {
@@ -224,6 +231,7 @@ impl Agent {
             refill_task: Mutex::new(None),
             stock_stopped: AtomicBool::new(false),
             layer_caps: tokio::sync::OnceCell::new(),
+            idmapped: tokio::sync::OnceCell::new(),
             table: Mutex::new(Table::new(cfg.slots)),
             ports: Ports::new(cfg.proc_root.clone(), cfg.advertise),
             warm: Arc::new(WarmPool::new(cfg.warm_snapshots, cfg.warm_images)),
@@ -480,7 +488,7 @@ impl Agent {
         self.ensure_unpacked(&image_name, &image).await?;
         let container_id = Self::container_id(&req.uid, req.reset_revision);
         let cgroup_path = cgroup::sandbox_cgroup(&self.cfg.cgroup_parent, &req.uid);
-        let spec = spec::build(req, &image.exec, &cgroup_path)?;
+        let mut spec = spec::build(req, &image.exec, &cgroup_path)?;
         self.metrics.observe(Stage::Image, started.elapsed());
         if let Some(info) = self
             .try_claim(req, &image_name, &image.digest, &spec)
@@ -490,6 +498,10 @@ impl Agent {
             return Ok(info);
         }
         let _creating = self.count_create();
+        let mapping = self.take_slot(&container_id).await?;
+        if let Some(m) = &mapping {
+            spec::map_users(&mut spec, m)?;
+        }
         let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
 
         let lease_id = format!("fast-sandbox-create-{container_id}");
@@ -505,8 +517,12 @@ impl Agent {
                 &container_id,
                 spec_json,
                 &lease,
+                mapping,
             )
             .await;
+        if result.is_err() {
+            self.release_slot(mapping).await;
+        }
         let cd = self.cd.clone();
         tokio::spawn(async move {
             if let Err(e) = cd.delete_lease(&lease).await {
@@ -557,15 +573,27 @@ impl Agent {
         container_id: &str,
         spec_json: Vec<u8>,
         lease: &str,
+        mapping: Option<Mapping>,
     ) -> Result<SandboxInfo> {
         let t = Instant::now();
-        let (warm, evicted) = self.warm.take(chain_id);
+        // A warm snapshot has no ID mapping; a mapped one is made per
+        // sandbox.
+        let (warm, evicted) = if mapping.is_some() {
+            (None, vec![])
+        } else {
+            self.warm.take(chain_id)
+        };
         self.remove_warm(evicted);
+        let labels = mapping.map(|m| m.snapshot_labels()).unwrap_or_default();
         let (snapshot_key, mounts) = match warm {
             Some(w) => (w.key, w.mounts),
             None => {
                 let key = format!("{}{container_id}", self.snapshot_prefix());
-                let mounts = match self.cd.prepare_snapshot(&key, chain_id, Some(lease)).await {
+                let prepared = self
+                    .cd
+                    .prepare_snapshot(&key, chain_id, Some(lease), labels.clone())
+                    .await;
+                let mounts = match prepared {
                     Err(e) if e.is_already_exists() => {
                         // This agent's key, and the sandbox's lock is held:
                         // a create of an agent killed with this prepare in
@@ -575,7 +603,7 @@ impl Agent {
                         tracing::warn!(uid = %req.uid, key = %key, "removing the snapshot a killed create left");
                         self.cd.remove_snapshot(&key).await?;
                         self.cd
-                            .prepare_snapshot(&key, chain_id, Some(lease))
+                            .prepare_snapshot(&key, chain_id, Some(lease), labels)
                             .await?
                     }
                     other => other?,
@@ -584,7 +612,9 @@ impl Agent {
             }
         };
         self.metrics.observe(Stage::Snapshot, t.elapsed());
-        self.refill_warm(chain_id);
+        if mapping.is_none() {
+            self.refill_warm(chain_id);
+        }
         let mounts = match req.limits.ephemeral_storage_bytes {
             Some(cap) => match self.capped_mounts(mounts, cap).await {
                 Ok(m) => m,
@@ -605,6 +635,7 @@ impl Agent {
                 mounts,
                 spec_json,
                 lease,
+                mapping,
             )
             .await;
         match &result {
@@ -642,8 +673,12 @@ impl Agent {
         mounts: Vec<containerd_client::types::Mount>,
         spec_json: Vec<u8>,
         lease: &str,
+        mapping: Option<Mapping>,
     ) -> Result<SandboxInfo> {
-        let labels = self.container_labels(req);
+        let mut labels = self.container_labels(req);
+        if let Some(m) = mapping {
+            labels.insert(label::USERNS_SLOT.to_string(), m.host_base.to_string());
+        }
         let mut id = container_id.to_string();
         let mut fresh_ids = 0;
         let mut leftover_removed = false;
@@ -706,6 +741,9 @@ impl Agent {
         };
         // The network is in place before the sandbox's process runs.
         let leaf = cgroup::leaf(&req.uid, &container_id);
+        if mapping.is_some() && req.limits.ephemeral_storage_bytes.is_some() {
+            self.own_capped_root(created_pid, &leaf).await?;
+        }
         self.attach_network(req, created_pid, &leaf).await?;
         let t = Instant::now();
         let pid = self
@@ -987,6 +1025,7 @@ impl Agent {
         if let Err(e) = self.cd.kill(container_id, libc::SIGKILL, true).await {
             tracing::debug!(container = %container_id, error = %e, "kill during cleanup");
         }
+        let slot = self.slot_of(container_id).await;
         for (what, r) in [
             ("task", self.cd.delete_task(container_id).await),
             ("container", self.cd.delete_container(container_id).await),
@@ -996,6 +1035,7 @@ impl Agent {
                 tracing::warn!(container = %container_id, what, error = %e, "cleanup failed");
             }
         }
+        self.release_slot(slot).await;
         self.logs.remove(container_id);
         self.prestart.remove(container_id);
     }
@@ -1020,7 +1060,9 @@ impl Agent {
             self.stop(&id, grace).await?;
         }
         self.cd.delete_task(&id).await?;
+        let slot = self.slot_of(&id).await;
         self.cd.delete_container(&id).await?;
+        self.release_slot(slot).await;
         self.cd.remove_snapshot(&snapshot_key).await?;
         self.logs.remove(&id);
         self.prestart.remove(&id);
@@ -1084,7 +1126,10 @@ impl Agent {
             for _ in 0..n {
                 let seq = WARM_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let key = format!("{prefix}warm-{}-{seq}", std::process::id());
-                match cd.prepare_snapshot(&key, &chain, Some(&lease)).await {
+                match cd
+                    .prepare_snapshot(&key, &chain, Some(&lease), HashMap::new())
+                    .await
+                {
                     Ok(mounts) => {
                         if let Some(back) = pool.add(&chain, WarmSnapshot { key, mounts })
                             && let Err(e) = cd.remove_snapshot(&back.key).await
@@ -1367,6 +1412,9 @@ impl Agent {
             shutdown.clone(),
         ));
         tokio::spawn(self.clone().keep_layers_within_caps(shutdown.clone()));
+        if self.user_namespaces() {
+            tokio::spawn(self.clone().keep_slots_swept(shutdown.clone()));
+        }
         loop {
             if *shutdown.borrow() {
                 return;

@@ -442,7 +442,7 @@ async fn connect_in(netns: File) -> Result<Handle> {
 }
 
 fn write_resolv_conf(proc_root: &Path, pid: u32, leaf: &str, conf: &str) -> Result<()> {
-    let root = SandboxRoot::open(proc_root, pid, leaf)?.owned_by((0, 0));
+    let root = SandboxRoot::open(proc_root, pid, leaf)?.as_root();
     root.mkdir_all(&SandboxPath::parse("/etc")?, 0o755)?;
     let mut file = root.create(&SandboxPath::parse("/etc/resolv.conf")?, 0o644)?;
     file.write(conf.as_bytes())?;

@@ -46,6 +46,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod stock;
+pub mod userns;
 pub mod warm;
 
 pub use agent::{Agent, Config};

@@ -13,6 +13,7 @@ use fast_sandbox_agent::api::Api;
 use fast_sandbox_agent::egress::EgressConfig;
 use fast_sandbox_agent::metrics::Metrics;
 use fast_sandbox_agent::runtime::Containerd;
+use fast_sandbox_agent::userns::IdRange;
 use fast_sandbox_agent::{Agent, Config, cgroup};
 use fast_sandbox_api::network::Ipv4Cidr;
 use fast_sandbox_server::client_auth::AllowedNames;
@@ -167,6 +168,17 @@ struct Args {
     /// The nftables program egress uses.
     #[arg(long, env = "FAST_SANDBOX_NFT", default_value = "nft")]
     nft: PathBuf,
+    /// Run every sandbox in a user namespace of its own, its uid 0 an
+    /// unprivileged host uid (needs containerd 2's overlayfs snapshotter on
+    /// a kernel with idmapped overlay layers; elsewhere creates fail as
+    /// RuntimeUnavailable). gVisor sandboxes are not mapped.
+    #[arg(long, env = "FAST_SANDBOX_USER_NAMESPACES", default_value_t = false, action = clap::ArgAction::Set)]
+    user_namespaces: bool,
+    /// Host ids user namespaces are carved from, FIRST:SLOTS: slot n maps
+    /// the sandbox's ids 0..65535 to FIRST + n*65536 onwards. Every agent of
+    /// a node must use the same range; keep it apart from the kubelet's.
+    #[arg(long, env = "FAST_SANDBOX_USERNS_RANGE", default_value = "2147483648:16384", value_parser = IdRange::parse)]
+    userns_range: IdRange,
     /// Seconds between SIGTERM and SIGKILL when a delete names no grace period.
     #[arg(long, env = "FAST_SANDBOX_GRACE_SECONDS", default_value_t = 10)]
     grace_seconds: u64,
@@ -243,6 +255,10 @@ async fn main() -> anyhow::Result<()> {
             resolv_conf: "/etc/resolv.conf".into(),
             sysctl_net: "/proc/sys/net".into(),
         }),
+        // gVisor's sandbox is its own kernel: its shim maps no ids.
+        user_namespaces: (args.user_namespaces
+            && args.runtime != fast_sandbox_api::pool::GVISOR_RUNTIME)
+            .then_some(args.userns_range),
     };
     if args.runtime == fast_sandbox_api::pool::GVISOR_RUNTIME
         && !fast_sandbox_agent::runtime::may_lower_oom_score(

@@ -54,6 +54,18 @@ pub(crate) const MAX_DEPTH: usize = 256;
 pub struct SandboxRoot {
     root: OwnedFd,
     owner: (u32, u32),
+    root_owner: (u32, u32),
+}
+
+/// The host id root is in the user namespace of the process whose `/proc`
+/// directory is `dir`, from its `map` file (`uid_map`, `gid_map`); 0 when
+/// unreadable (the process is gone: nothing is created then anyway).
+fn host_root_of(dir: &OwnedFd, map: &str) -> u32 {
+    rustix::fs::openat(dir, map, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .ok()
+        .and_then(|f| std::io::read_to_string(File::from(f)).ok())
+        .and_then(|t| crate::userns::host_root(&t))
+        .unwrap_or(0)
 }
 
 /// Maps an errno of operation `op` on `path` to an error naming the path.
@@ -143,6 +155,7 @@ impl SandboxRoot {
             uid_gid(&std::io::read_to_string(File::from(status)).map_err(|e| {
                 Error::io(format!("reading {}/{pid}/status", proc_root.display()), e)
             })?);
+        let root_owner = (host_root_of(&dir, "uid_map"), host_root_of(&dir, "gid_map"));
         // Following the magic link here is the point: it is the sandbox's root.
         let root = rustix::fs::openat(
             &dir,
@@ -151,14 +164,22 @@ impl SandboxRoot {
             Mode::empty(),
         )
         .map_err(&gone)?;
-        Ok(Self { root, owner })
+        Ok(Self {
+            root,
+            owner,
+            root_owner,
+        })
     }
 
-    /// The same root, creating files as `owner` instead of the process's
-    /// user (what runc creates, such as a missing working directory, is
-    /// root's).
-    pub fn owned_by(self, owner: (u32, u32)) -> Self {
-        Self { owner, ..self }
+    /// The same root, creating files as the sandbox's root instead of its
+    /// process's user (what runc creates, such as a missing working
+    /// directory, is root's): host root, or the host id its user namespace
+    /// maps root to.
+    pub fn as_root(self) -> Self {
+        Self {
+            owner: self.root_owner,
+            ..self
+        }
     }
 
     /// Opens a root directory directly (tests: any directory stands in).
@@ -169,7 +190,24 @@ impl SandboxRoot {
             Mode::empty(),
         )
         .map_err(|e| Error::file("open", dir.display().to_string(), e))?;
-        Ok(Self { root, owner })
+        Ok(Self {
+            root,
+            owner,
+            root_owner: (0, 0),
+        })
+    }
+
+    /// Gives the root directory itself to [`SandboxRoot::owner`].
+    pub fn own_root(&self) -> Result<()> {
+        let (uid, gid) = self.owner;
+        rustix::fs::chownat(
+            &self.root,
+            "",
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH,
+        )
+        .map_err(|e| Error::file("chown", "/", e))
     }
 
     /// The user and group of the sandbox's process: new files get them.

@@ -17,8 +17,8 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
     GetContainerRequest, GetImageRequest, GetRequest, KillRequest, ListContainersRequest,
-    ListImagesRequest, PluginsRequest, PublishRequest, ReadContentRequest, StartRequest,
-    SubscribeRequest, WaitRequest,
+    ListImagesRequest, ListRequest as ListLeasesRequest, PluginsRequest, PublishRequest,
+    ReadContentRequest, StartRequest, SubscribeRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::types::{Envelope, Mount};
@@ -63,6 +63,22 @@ pub enum TaskState {
 
 /// containerd's plugin type of the mount manager.
 const MOUNT_MANAGER_PLUGIN: &str = "io.containerd.mount-manager.v1";
+/// Plugin type of snapshotters.
+const SNAPSHOTTER_PLUGIN: &str = "io.containerd.snapshotter.v1";
+/// A snapshotter capability: it honours ID mapping labels with idmapped
+/// mounts.
+const REMAP_IDS: &str = "remap-ids";
+
+/// One lease as containerd lists it.
+#[derive(Clone, Debug)]
+pub struct LeaseRecord {
+    /// The lease's name.
+    pub id: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// When it was made.
+    pub created_at: Option<DateTime<Utc>>,
+}
 
 /// A task as `Get` returns it.
 #[derive(Clone, Debug)]
@@ -299,6 +315,74 @@ impl Containerd {
         }
     }
 
+    /// Creates the lease `id` with `labels` unless it exists: true when
+    /// this call made it. A lease name is unique in a containerd namespace,
+    /// so it claims a name for every agent on the node at once.
+    pub async fn claim_lease(&self, id: &str, labels: HashMap<String, String>) -> Result<bool> {
+        let resp = self
+            .client
+            .leases()
+            .create(self.request(CreateLeaseRequest {
+                id: id.to_string(),
+                labels,
+            }))
+            .await;
+        match resp {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(false),
+            Err(s) => Err(Error::containerd("create lease", s)),
+        }
+    }
+
+    /// The leases whose ids start with `prefix`: id, labels, creation time.
+    pub async fn leases(&self, prefix: &str) -> Result<Vec<LeaseRecord>> {
+        let resp = self
+            .client
+            .leases()
+            .list(self.request(ListLeasesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| Error::containerd("list leases", s))?;
+        Ok(resp
+            .into_inner()
+            .leases
+            .into_iter()
+            .filter(|l| l.id.starts_with(prefix))
+            .map(|l| LeaseRecord {
+                created_at: timestamp(l.created_at.as_ref()),
+                id: l.id,
+                labels: l.labels,
+            })
+            .collect())
+    }
+
+    /// Whether the snapshotter can give a snapshot an ID mapping with
+    /// idmapped mounts (containerd 2 on a kernel that supports them), which
+    /// user namespaces need; the inner error says what the node lacks.
+    pub async fn idmapped_snapshots(&self) -> Result<std::result::Result<(), String>> {
+        let plugins = self
+            .client
+            .introspection()
+            .plugins(PluginsRequest { filters: vec![] })
+            .await
+            .map_err(|s| Error::containerd("list plugins", s))?
+            .into_inner()
+            .plugins;
+        let snapshotter = plugins
+            .iter()
+            .find(|p| p.r#type == SNAPSHOTTER_PLUGIN && p.id == self.snapshotter);
+        match snapshotter {
+            Some(p) if p.capabilities.iter().any(|c| c == REMAP_IDS) => Ok(Ok(())),
+            Some(_) => Ok(Err(format!(
+                "the {} snapshotter cannot idmap a sandbox's root filesystem (it needs containerd 2 on a kernel with idmapped overlay layers, 5.19 or later)",
+                self.snapshotter
+            ))),
+            None => Ok(Err(format!(
+                "containerd has no {} snapshotter",
+                self.snapshotter
+            ))),
+        }
+    }
+
     /// Deletes a lease (already gone is fine).
     pub async fn delete_lease(&self, id: &str) -> Result<()> {
         let resp = self
@@ -339,6 +423,7 @@ impl Containerd {
         key: &str,
         parent: &str,
         lease: Option<&str>,
+        labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
         let resp = self
             .client
@@ -348,7 +433,7 @@ impl Containerd {
                     snapshotter: self.snapshotter.clone(),
                     key: key.to_string(),
                     parent: parent.to_string(),
-                    labels: HashMap::new(),
+                    labels,
                 },
                 lease,
             ))

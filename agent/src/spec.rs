@@ -14,15 +14,17 @@ use fast_sandbox_init::launch::{Launch, Rlimit};
 use fast_sandbox_init::{INIT, MOUNT_DIR};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths,
-    get_default_mounts, get_default_namespaces, get_default_readonly_paths,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths, get_default_mounts,
+    get_default_namespaces, get_default_readonly_paths,
 };
 
 use crate::cgroup::limits::WAITING_CPU_SHARES;
 use crate::error::{Error, Result};
 use crate::image::ExecConfig;
 use crate::seccomp;
+use crate::userns::{IDS_PER_SANDBOX, Mapping};
 
 /// `PATH` when neither the image nor the request sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -200,6 +202,36 @@ pub fn build(req: &CreateSandboxRequest, image: &ExecConfig, cgroups_path: &str)
     spec.set_mounts(Some(get_default_mounts()));
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// Puts the sandbox in a user namespace of its own with `mapping`: its
+/// ids 0..65535 are the slot's host ids. runc makes the namespace first,
+/// so the others (network included) belong to it.
+pub fn map_users(spec: &mut Spec, mapping: &Mapping) -> Result<()> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    if !namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User)
+    {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    linux.set_namespaces(Some(namespaces));
+    let ids = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(mapping.host_base)
+        .size(IDS_PER_SANDBOX)
+        .build()
+        .map_err(spec_err)?;
+    linux.set_uid_mappings(Some(vec![ids]));
+    linux.set_gid_mappings(Some(vec![ids]));
+    spec.set_linux(Some(linux));
+    Ok(())
 }
 
 /// The spec of a pre-started sandbox of an image: a cold sandbox's (same

@@ -139,7 +139,10 @@ build_image() {
   umoci init --layout "$layout" >/dev/null
   umoci new --image "$layout:dev" >/dev/null
   umoci unpack --rootless --image "$layout:dev" "$bundle" >/dev/null
-  mkdir -p "$bundle/rootfs/bin" "$bundle/rootfs/tmp" "$bundle/rootfs/etc"
+  # proc, sys and dev as real images have them: runc mounts there, and in
+  # a user namespace over a capped layer it cannot make them (see README,
+  # "User namespaces").
+  mkdir -p "$bundle/rootfs/"{bin,tmp,etc,proc,sys,dev}
   cp "$BUSYBOX" "$bundle/rootfs/bin/busybox"
   for applet in $("$BUSYBOX" --list); do
     [ -e "$bundle/rootfs/bin/$applet" ] || ln -s busybox "$bundle/rootfs/bin/$applet"
@@ -274,6 +277,9 @@ case "$cmd" in
     [ "$(id -u)" = 0 ] || { log "the agent's tests need root (containerd and runc)"; exit 1; }
     need runc umoci tar $tool_compiler || { log "hack/install-deps.sh installs what is missing"; exit 1; }
     dir=$(mktemp -d /tmp/fast-sandbox-containerd.XXXXXX)
+    # Searchable by all, as containerd's own directories are: a sandbox in a
+    # user namespace is an unprivileged host user when runc mounts its root.
+    chmod 0711 "$dir"
     trap 'stop "$dir"' EXIT
     start "$dir"
     eval "$(exports "$dir")"

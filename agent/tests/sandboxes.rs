@@ -431,7 +431,7 @@ async fn a_snapshot_a_killed_create_left_is_replaced() {
         a.agent.config().pod_uid,
         fast_sandbox_agent::Agent::container_id("late", 0)
     );
-    a.cd.prepare_snapshot(&key, &image.chain_id, None)
+    a.cd.prepare_snapshot(&key, &image.chain_id, None, Default::default())
         .await
         .unwrap();
     let info = a

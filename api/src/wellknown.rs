@@ -82,6 +82,9 @@ pub mod container_labels {
     /// When a pre-started container was claimed (RFC 3339): a restarted
     /// agent reports it as the sandbox's start, not the stock's build.
     pub const CLAIMED_AT: &str = "sandbox.fast.io/claimed-at";
+    /// The first host id of the user namespace slot the container holds
+    /// (its lease is `fast-sandbox-userns-<id>`), when it runs in one.
+    pub const USERNS_SLOT: &str = "sandbox.fast.io/userns-slot";
 }
 
 /// Condition types on Sandbox and SandboxPool status.

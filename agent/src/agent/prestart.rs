@@ -34,6 +34,7 @@ use fast_sandbox_api::wellknown::container_labels as label;
 use oci_spec::runtime::Spec;
 use tokio::sync::watch;
 
+use super::userns_slot::mapping_in;
 use super::{Agent, CREATE_LEASE_TTL, SHIM_GROUP_LABEL};
 use crate::cgroup::{self, limits::Limits};
 use crate::error::{Error, Result};
@@ -43,6 +44,7 @@ use crate::rootfs::{self, SandboxPath, SandboxRoot};
 use crate::runtime::{ContainerRecord, TaskState};
 use crate::spec;
 use crate::stock::{Item, Miss};
+use crate::userns::Mapping;
 
 /// How long a new init may take to say it waits.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,6 +66,7 @@ pub struct Prestarted {
     cgroup_path: String,
     pid: u32,
     ends: Ends,
+    mapping: Option<Mapping>,
 }
 
 impl Item for Prestarted {
@@ -194,6 +197,9 @@ impl Agent {
         let t = Instant::now();
         let prepared = (|| {
             let mut spec = cold.clone();
+            if let Some(m) = &p.mapping {
+                spec::map_users(&mut spec, m)?;
+            }
             let mut linux = spec.linux().clone().unwrap_or_default();
             linux.set_cgroups_path(Some(p.cgroup_path.clone().into()));
             spec.set_linux(Some(linux));
@@ -211,6 +217,9 @@ impl Agent {
         };
         let mut labels = self.container_labels(req);
         labels.insert(label::CLAIMED_AT.to_string(), Utc::now().to_rfc3339());
+        if let Some(m) = p.mapping {
+            labels.insert(label::USERNS_SLOT.to_string(), m.host_base.to_string());
+        }
         if let Err(e) = self.cd.relabel_container(&p.id, labels, spec_json).await {
             self.destroy(p);
             return Err(ClaimFailed::Unlaunched(e));
@@ -280,7 +289,7 @@ impl Agent {
             .unwrap_or_default();
         let (proc_root, leaf) = (self.cfg.proc_root.clone(), leaf.to_string());
         let made = tokio::task::spawn_blocking(move || {
-            let root = SandboxRoot::open(&proc_root, pid, &leaf)?.owned_by((0, 0));
+            let root = SandboxRoot::open(&proc_root, pid, &leaf)?.as_root();
             root.mkdir_all(&SandboxPath::parse(&cwd)?, 0o755)
                 .map(|_| ())
         })
@@ -403,10 +412,19 @@ impl Agent {
         let snapshot_key = format!("{}{id}", self.snapshot_prefix());
         let cgroup_path = cgroup::sandbox_cgroup(&self.cfg.cgroup_parent, &id);
         self.stock.hold(&id);
+        let mut mapping = None;
         let built = async {
+            mapping = self.take_slot(&id).await?;
+            let (uid, gid) = match &mapping {
+                Some(m) => (m.host_id(uid), m.host_id(gid)),
+                None => (uid, gid),
+            };
             let dir = self.prestart.create(&id, uid, gid)?;
             let mut ends = Ends::open(&dir)?;
-            let spec = spec::prestarted(&image.exec, &cgroup_path, &dir)?;
+            let mut spec = spec::prestarted(&image.exec, &cgroup_path, &dir)?;
+            if let Some(m) = &mapping {
+                spec::map_users(&mut spec, m)?;
+            }
             let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
             let lease = self
                 .cd
@@ -417,15 +435,24 @@ impl Agent {
                 )
                 .await?;
             let made = async {
+                let snapshot_labels = mapping.map(|m| m.snapshot_labels()).unwrap_or_default();
                 let mut mounts = self
                     .cd
-                    .prepare_snapshot(&snapshot_key, &image.chain_id, Some(&lease))
+                    .prepare_snapshot(
+                        &snapshot_key,
+                        &image.chain_id,
+                        Some(&lease),
+                        snapshot_labels,
+                    )
                     .await?;
                 let mut labels = std::collections::HashMap::from([
                     (label::MANAGED.to_string(), "true".to_string()),
                     (label::AGENT_UID.to_string(), self.cfg.pod_uid.clone()),
                     (label::PRESTARTED.to_string(), image.digest.clone()),
                 ]);
+                if let Some(m) = mapping {
+                    labels.insert(label::USERNS_SLOT.to_string(), m.host_base.to_string());
+                }
                 if let Some(cap) = self.cfg.stock_layer_cap {
                     mounts = self.capped_mounts(mounts, cap).await?;
                     labels.insert(label::EPHEMERAL_STORAGE.to_string(), cap.to_string());
@@ -449,7 +476,10 @@ impl Agent {
                     )
                     .await?;
                 let (stdout, stderr) = self.logs.create(&id)?;
-                self.cd.create_task(&id, mounts, &stdout, &stderr).await?;
+                let created = self.cd.create_task(&id, mounts, &stdout, &stderr).await?;
+                if mapping.is_some() && self.cfg.stock_layer_cap.is_some() {
+                    self.own_capped_root(created, &cgroup::leaf(&id, &id)).await?;
+                }
                 let pid = self.cd.start_task(&id).await?;
                 if let Some(cap) = self.cfg.stock_layer_cap {
                     self.verify_layer(pid, cap)?;
@@ -473,9 +503,12 @@ impl Agent {
                 cgroup_path,
                 pid,
                 ends,
+                mapping,
             }),
             Err(e) => {
                 self.discard(&id, &snapshot_key).await;
+                // The slot, when no container came to hold it.
+                self.release_slot(mapping).await;
                 self.stock.release(&id);
                 Err(e)
             }
@@ -508,10 +541,14 @@ impl Agent {
             .labels
             .get(label::EPHEMERAL_STORAGE)
             .and_then(|b| b.parse::<u64>().ok());
-        let (Some(digest), Some(cgroup_path), true) = (
+        // Nor one of the other kind of user: host or mapped.
+        let holds_slot = c.labels.contains_key(label::USERNS_SLOT);
+        let mapping = spec.as_ref().and_then(|s| mapping_in(s, holds_slot));
+        let (Some(digest), Some(cgroup_path), true, true) = (
             c.labels.get(label::PRESTARTED).cloned(),
             spec.as_ref().and_then(cgroups_path),
             cap == self.cfg.stock_layer_cap,
+            mapping.is_some() == self.user_namespaces(),
         ) else {
             self.discard(&c.id, &c.snapshot_key).await;
             return;
@@ -540,6 +577,7 @@ impl Agent {
                         cgroup_path,
                         pid: task.pid,
                         ends,
+                        mapping,
                     };
                     tracing::info!(container = %c.id, %image, "adopted a pre-started sandbox");
                     if let Some(back) = agent.stock.add(&image, p, false) {

@@ -196,6 +196,7 @@ impl TestAgent {
             cgroup_root: "/sys/fs/cgroup".into(),
             log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
             egress: None,
+            user_namespaces: None,
         };
         tune(&mut cfg);
         fast_sandbox_agent::cgroup::limits::make_parent(&cfg.cgroup_root, &cfg.cgroup_parent)

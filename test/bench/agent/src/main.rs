@@ -187,6 +187,7 @@ async fn start_agent(
         cgroup_root: "/sys/fs/cgroup".into(),
         log_max_bytes: fast_sandbox_agent::logs::DEFAULT_LOG_MAX_BYTES,
         egress: None,
+        user_namespaces: None,
     };
     tune(&mut cfg);
     // Outside a pod nothing made the sandboxes' parent cgroup yet.
