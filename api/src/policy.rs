@@ -99,6 +99,10 @@ pub struct NamespaceCaps {
     /// no; the network stays loopback only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_egress: Option<bool>,
+    /// Whether its pools may set `hostUsers: true`, running sandboxes as
+    /// the node's own users (uid 0 the node's root). Unset: no.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_host_users: Option<bool>,
 }
 
 /// The operator's policy document.
@@ -140,6 +144,8 @@ pub struct Caps {
     pub max_sandbox: SandboxResources,
     /// Whether its sandboxes may ask for `network.mode: Egress`.
     pub allow_egress: bool,
+    /// Whether its pools may run sandboxes as host users.
+    pub allow_host_users: bool,
     /// What its egress sandboxes may not reach (the policy's `egressDeny`,
     /// the same for every namespace).
     pub egress_deny: Vec<Ipv4Cidr>,
@@ -230,6 +236,10 @@ impl Policy {
                 .or(d.max_prestarted)
                 .unwrap_or(DEFAULT_MAX_PRESTARTED),
             allow_egress: own.allow_egress.or(d.allow_egress).unwrap_or(false),
+            allow_host_users: own
+                .allow_host_users
+                .or(d.allow_host_users)
+                .unwrap_or(false),
             egress_deny: self.egress_deny.clone(),
         }
     }
@@ -459,6 +469,15 @@ pub fn check_caps(
             "spec.defaultNetwork.mode",
             format!(
                 "Egress is not allowed in namespace {namespace} by the operator's policy (allowEgress)"
+            ),
+        );
+    }
+    if spec.host_users == Some(true) && !caps.allow_host_users {
+        push(
+            &mut errs,
+            "spec.hostUsers",
+            format!(
+                "running sandboxes as the node's own users is not allowed in namespace {namespace} by the operator's policy (allowHostUsers)"
             ),
         );
     }
@@ -712,6 +731,7 @@ mod tests {
                 max_prestarted: DEFAULT_MAX_PRESTARTED,
                 max_sandbox: Policy::default().caps("x").max_sandbox,
                 allow_egress: false,
+                allow_host_users: false,
                 egress_deny: vec![],
             }
         );
@@ -723,6 +743,7 @@ mod tests {
                 max_prestarted: 2,
                 max_sandbox: Policy::default().caps("x").max_sandbox,
                 allow_egress: false,
+                allow_host_users: false,
                 egress_deny: vec![],
             }
         );
@@ -734,6 +755,7 @@ mod tests {
                 max_prestarted: DEFAULT_MAX_PRESTARTED,
                 max_sandbox: Policy::default().caps("x").max_sandbox,
                 allow_egress: false,
+                allow_host_users: false,
                 egress_deny: vec![],
             }
         );
@@ -814,6 +836,23 @@ mod tests {
             ..caps.clone()
         };
         assert_eq!(check_caps(&egress, &[], &open, "team"), Ok(()));
+        let host = SandboxPoolSpec {
+            host_users: Some(true),
+            ..ok.clone()
+        };
+        let refused = check_caps(&host, &[], &caps, "team").unwrap_err();
+        assert_eq!(refused.0[0].field, "spec.hostUsers");
+        assert!(refused.0[0].message.contains("allowHostUsers"), "{refused:?}");
+        let mapped = SandboxPoolSpec {
+            host_users: Some(false),
+            ..ok.clone()
+        };
+        assert_eq!(check_caps(&mapped, &[], &caps, "team"), Ok(()));
+        let trusted = Caps {
+            allow_host_users: true,
+            ..caps.clone()
+        };
+        assert_eq!(check_caps(&host, &[], &trusted, "team"), Ok(()));
         // Two such pools keep 4 agents of 8 slots: 32 of 40 slots.
         assert_eq!(check_caps(&ok, &[&ok], &caps, "team"), Ok(()));
         let got = fields(check_caps(&ok, &[&ok, &ok], &caps, "team"));

@@ -103,6 +103,15 @@ pub struct SandboxPoolSpec {
     /// into its spec at admission. Unset: loopback only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_network: Option<crate::network::SandboxNetwork>,
+    /// Whether the pool's sandboxes run as the node's own users. Unset or
+    /// false: each sandbox runs in a user namespace of its own, its uid 0
+    /// an unprivileged host uid no other sandbox of the node has. true:
+    /// uid 0 in a sandbox is the node's root (for images that need real
+    /// root, such as ones that load kernel modules or mount filesystems);
+    /// the operator's policy must allow it (`allowHostUsers`). gVisor
+    /// pools are never mapped: gVisor's kernel is the boundary there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_users: Option<bool>,
 }
 
 /// The OCI runtime of a pool's sandboxes.

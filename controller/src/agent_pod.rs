@@ -68,6 +68,8 @@ const ENV_STOCK_IMAGES: &str = "FAST_SANDBOX_STOCK_IMAGES";
 const ENV_STOCK_SIZE: &str = "FAST_SANDBOX_STOCK_SIZE";
 /// The agent's switch of egress for its sandboxes.
 const ENV_EGRESS: &str = "FAST_SANDBOX_EGRESS";
+/// Turns on the agent's user namespaces.
+const ENV_USER_NAMESPACES: &str = "FAST_SANDBOX_USER_NAMESPACES";
 /// The operator's ranges no egress sandbox reaches.
 const ENV_EGRESS_DENY: &str = "FAST_SANDBOX_EGRESS_DENY";
 /// The agent's setting of its pre-started sandboxes' writable layer cap.
@@ -311,6 +313,11 @@ fn agent_container(
     }
     if let Some(runtime) = pool.spec.runtime {
         env.push(value(ENV_RUNTIME, runtime.containerd_runtime().to_string()));
+    }
+    // Every pool's sandboxes run in user namespaces unless it says
+    // otherwise (admission has checked the policy allows that).
+    if pool.spec.host_users != Some(true) {
+        env.push(value(ENV_USER_NAMESPACES, "true".to_string()));
     }
     if let Some(images) = stock_images(pool) {
         env.push(value(ENV_STOCK_IMAGES, images));
@@ -706,5 +713,17 @@ mod tests {
             env_values(&open, ENV_EGRESS_DENY),
             vec![Some("10.0.0.0/8,192.168.0.0/16".into())]
         );
+    }
+
+    #[test]
+    fn agents_map_users_unless_the_pool_runs_host_users() {
+        let with = |host_users: Option<bool>| {
+            let mut p = pool(serde_json::json!({}));
+            p.spec.host_users = host_users;
+            env_values(&build(&p, &Policy::default(), &settings()), ENV_USER_NAMESPACES)
+        };
+        assert_eq!(with(None), vec![Some("true".into())]);
+        assert_eq!(with(Some(false)), vec![Some("true".into())]);
+        assert!(with(Some(true)).is_empty());
     }
 }
