@@ -565,6 +565,7 @@ impl Agent {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn create_in_lease(
         &self,
         req: &CreateSandboxRequest,
@@ -951,7 +952,9 @@ impl Agent {
     ) -> Result<()> {
         self.stop(id, Duration::ZERO).await?;
         self.cd.delete_task(id).await?;
+        let slot = self.slot_of(id).await;
         self.cd.delete_container(id).await?;
+        self.release_slot(slot).await;
         if fence.snapshot_collectable(snapshot_key) {
             self.cd.remove_snapshot(snapshot_key).await?;
         }

@@ -61,7 +61,7 @@ async fn check_mapped(a: &TestAgent, info: &SandboxInfo, range: IdRange) -> u32 
     let pid = info.pid.expect("a running sandbox has a pid");
     let host = host_uid(pid);
     assert!(
-        host >= range.first && (host - range.first) % IDS_PER_SANDBOX == 0,
+        host >= range.first && (host - range.first).is_multiple_of(IDS_PER_SANDBOX),
         "sandbox {uid}'s root is host uid {host}, not the start of a slot of {range:?}"
     );
     let inside = exec(

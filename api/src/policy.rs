@@ -236,10 +236,7 @@ impl Policy {
                 .or(d.max_prestarted)
                 .unwrap_or(DEFAULT_MAX_PRESTARTED),
             allow_egress: own.allow_egress.or(d.allow_egress).unwrap_or(false),
-            allow_host_users: own
-                .allow_host_users
-                .or(d.allow_host_users)
-                .unwrap_or(false),
+            allow_host_users: own.allow_host_users.or(d.allow_host_users).unwrap_or(false),
             egress_deny: self.egress_deny.clone(),
         }
     }
@@ -842,7 +839,10 @@ mod tests {
         };
         let refused = check_caps(&host, &[], &caps, "team").unwrap_err();
         assert_eq!(refused.0[0].field, "spec.hostUsers");
-        assert!(refused.0[0].message.contains("allowHostUsers"), "{refused:?}");
+        assert!(
+            refused.0[0].message.contains("allowHostUsers"),
+            "{refused:?}"
+        );
         let mapped = SandboxPoolSpec {
             host_users: Some(false),
             ..ok.clone()

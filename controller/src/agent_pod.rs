@@ -720,7 +720,10 @@ mod tests {
         let with = |host_users: Option<bool>| {
             let mut p = pool(serde_json::json!({}));
             p.spec.host_users = host_users;
-            env_values(&build(&p, &Policy::default(), &settings()), ENV_USER_NAMESPACES)
+            env_values(
+                &build(&p, &Policy::default(), &settings()),
+                ENV_USER_NAMESPACES,
+            )
         };
         assert_eq!(with(None), vec![Some("true".into())]);
         assert_eq!(with(Some(false)), vec![Some("true".into())]);

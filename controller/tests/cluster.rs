@@ -207,6 +207,7 @@ fn pool(name: &str, capacity: PoolCapacity, replicas: Option<i32>) -> SandboxPoo
             runtime: None,
             sandbox_defaults: None,
             default_network: None,
+            host_users: None,
         },
     )
 }

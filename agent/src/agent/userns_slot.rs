@@ -72,16 +72,16 @@ impl Agent {
     /// The slot container `container_id` holds, by its label; read before
     /// the container is deleted.
     pub(super) async fn slot_of(&self, container_id: &str) -> Option<Mapping> {
-        self.cfg.user_namespaces?;
         let c = self.cd.container(container_id).await.ok()??;
         let host_base = c.labels.get(label::USERNS_SLOT)?.parse().ok()?;
         Some(Mapping { host_base })
     }
 
-    /// Deletes the slot leases no container of the node holds (by the
-    /// containers' slot labels, whichever agent made them): those of
-    /// containers deleted by an agent killed before it gave the slot back.
-    pub async fn sweep_slots(&self) -> Result<usize> {
+    /// Deletes the slot leases older than `min_age` that no container of
+    /// the node holds (by the containers' slot labels, whichever agent made
+    /// them): those of an agent killed after taking a slot and before its
+    /// container was made or after it was deleted. Returns how many.
+    pub async fn sweep_slots(&self, min_age: Duration) -> Result<usize> {
         let leases = self.cd.leases(SLOT_LEASE_PREFIX).await?;
         if leases.is_empty() {
             return Ok(0);
@@ -94,7 +94,7 @@ impl Agent {
             .into_iter()
             .filter_map(|c| c.labels.get(label::USERNS_SLOT)?.parse().ok())
             .collect();
-        let cutoff = Utc::now() - chrono::Duration::from_std(SLOT_SWEEP_AGE).unwrap_or_default();
+        let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
         let stale = stale_leases(&leases, &held, cutoff);
         for id in &stale {
             tracing::info!(lease = %id, host_base = ?lease_base(id), "giving back the user namespace slot of a container that is gone");
@@ -112,7 +112,7 @@ impl Agent {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            if let Err(e) = self.sweep_slots().await {
+            if let Err(e) = self.sweep_slots(SLOT_SWEEP_AGE).await {
                 tracing::warn!(error = %e, "sweeping user namespace slots failed");
             }
         }
