@@ -24,6 +24,9 @@
 //! own (as an agent pod has) and measures create→running of sandboxes
 //! with `network.mode: Egress` against ones without, claimed and cold.
 //!
+//! With `--mode userns` it measures create→running of sandboxes in user
+//! namespaces of their own against host users, claimed and cold.
+//!
 //! With `--mode interactive` it measures the exec round trip of `/bin/true`
 //! through the agent's API against `ctr task exec` into the same container
 //! (same containerd), and file write/read throughput (1 MiB and 100 MiB).
@@ -52,6 +55,7 @@ use tokio::sync::watch;
 
 mod burst;
 mod egress;
+mod userns;
 mod interactive;
 mod memory;
 
@@ -92,8 +96,9 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "4,32")]
     stock_sizes: Vec<usize>,
     /// `create` (create to running), `burst`, `memory`, `interactive`
-    /// (exec and files) or `egress` (create to running with and without a
-    /// network, the agent in a network namespace of its own).
+    /// (exec and files), `egress` (create to running with and without a
+    /// network, the agent in a network namespace of its own) or `userns`
+    /// (create to running in user namespaces and as host users).
     #[arg(long, default_value = "create")]
     mode: String,
 }
@@ -507,8 +512,11 @@ async fn main() -> anyhow::Result<()> {
         "burst" => return burst_bench(&args).await,
         "memory" => return memory_bench(&args).await,
         "egress" => return egress::bench(&args).await,
+        "userns" => return userns::bench(&args).await,
         other => {
-            bail!("unknown --mode {other:?}: create, burst, memory, interactive or egress")
+            bail!(
+                "unknown --mode {other:?}: create, burst, memory, interactive, egress or userns"
+            )
         }
     }
     let variants = [
