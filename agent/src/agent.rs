@@ -42,6 +42,7 @@ use crate::stock::Stock;
 use crate::userns::Mapping;
 use crate::warm::{WarmPool, WarmSnapshot};
 
+mod image_pins;
 mod layer_cap;
 mod prestart;
 mod userns_slot;
@@ -177,6 +178,8 @@ pub struct Agent {
     layer_caps: tokio::sync::OnceCell<std::result::Result<(), String>>,
     /// Whether the node's snapshotter can idmap a root (asked once).
     idmapped: tokio::sync::OnceCell<std::result::Result<(), String>>,
+    /// Wakes the image pin sync.
+    pins: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -232,6 +235,7 @@ impl Agent {
             stock_stopped: AtomicBool::new(false),
             layer_caps: tokio::sync::OnceCell::new(),
             idmapped: tokio::sync::OnceCell::new(),
+            pins: tokio::sync::Notify::new(),
             table: Mutex::new(Table::new(cfg.slots)),
             ports: Ports::new(cfg.proc_root.clone(), cfg.advertise),
             warm: Arc::new(WarmPool::new(cfg.warm_snapshots, cfg.warm_images)),
@@ -935,6 +939,13 @@ impl Agent {
                 let _ = std::fs::remove_dir(&dir);
             }
         }
+        // Image marks name agents, not namespaces: only an unscoped sweep
+        // knows every live agent.
+        if fence.sweeps_orphan_snapshots()
+            && let Err(e) = self.release_pins_of(|a| fence.is_gone(a)).await
+        {
+            tracing::warn!(error = %e, "janitor could not release the image marks of gone agents");
+        }
         self.metrics.janitor_removed(removed.len());
         removed.sort_by(|a, b| a.container_id.cmp(&b.container_id));
         Ok(JanitorReport { removed })
@@ -1020,6 +1031,7 @@ impl Agent {
             table.started(uid, pid, now)
         };
         self.publish(changes);
+        self.pins_changed();
     }
 
     /// Best-effort removal of everything a sandbox may have in containerd
@@ -1073,6 +1085,7 @@ impl Agent {
         let removed = self.table().remove(uid);
         let final_info = removed.map(|e| e.info).unwrap_or(info);
         self.publish([(EventKind::Deleted, final_info.clone())]);
+        self.pins_changed();
         Ok(final_info)
     }
 
@@ -1418,6 +1431,7 @@ impl Agent {
         if self.user_namespaces() {
             tokio::spawn(self.clone().keep_slots_swept(shutdown.clone()));
         }
+        tokio::spawn(self.clone().keep_images_pinned(shutdown.clone()));
         loop {
             if *shutdown.borrow() {
                 return;

@@ -38,6 +38,7 @@ pub mod janitor;
 pub mod layer;
 pub mod logs;
 pub mod metrics;
+pub mod pin;
 pub mod ports;
 pub mod prestarted;
 pub mod rootfs;

@@ -99,6 +99,7 @@ pub struct Metrics {
     stock_creates: Family<PathLabel, Counter>,
     stock_builds: Family<OutcomeLabel, Counter>,
     stock_ready: Gauge,
+    pinned_images: Gauge,
     log_bytes_dropped: Counter,
     layers_exceeded: Counter,
 }
@@ -121,6 +122,7 @@ impl Metrics {
             stock_creates: Family::default(),
             stock_builds: Family::default(),
             stock_ready: Gauge::default(),
+            pinned_images: Gauge::default(),
             log_bytes_dropped: Counter::default(),
             layers_exceeded: Counter::default(),
         };
@@ -194,6 +196,11 @@ impl Metrics {
                 "agent_stock_ready",
                 "Pre-started sandboxes ready to be claimed",
                 m.stock_ready.clone(),
+            );
+            r.register(
+                "agent_pinned_images",
+                "Images this agent keeps pinned against the kubelet's image garbage collection",
+                m.pinned_images.clone(),
             );
         });
         m
@@ -277,6 +284,11 @@ impl Metrics {
     /// Sets how many pre-started sandboxes are ready.
     pub fn set_stock_ready(&self, n: usize) {
         self.stock_ready.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how many images this agent keeps pinned.
+    pub fn set_pinned_images(&self, n: usize) {
+        self.pinned_images.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts an error answer.

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::image::Descriptor;
 
 mod exec;
+mod image_labels;
 mod update;
 
 pub use exec::{ExecStdio, PROCESS_TYPE_URL};

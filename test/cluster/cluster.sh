@@ -459,6 +459,18 @@ disabled_plugins = ["io.containerd.nri.v1.nri",
       max_conf_num = 1
 EOF
 
+  # Image garbage collection: off (locally imported images cannot be
+  # pulled again), unless FAST_SANDBOX_IMAGE_GC_NODES lists this node's
+  # number: then every image no pod uses and the runtime does not report
+  # pinned goes in the pass the kubelet makes as it starts (the image GC
+  # test's).
+  local image_gc="imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99"
+  if [[ " ${FAST_SANDBOX_IMAGE_GC_NODES:-} " == *" $i "* ]]; then
+    image_gc="imageGCHighThresholdPercent: 1
+imageGCLowThresholdPercent: 0
+imageMinimumGCAge: 0s"
+  fi
   # Upstream defaults except where this machine or the test cluster needs
   # otherwise (each such line says why).
   put_file "$N_CONF/kubelet.yaml" <<EOF
@@ -486,9 +498,7 @@ clusterDomain: cluster.local
 # /usr/libexec/kubernetes.
 podLogsDir: $N_POD_LOGS
 volumePluginDir: $N_KUBELET_DIR/volume-plugins
-# Locally imported images cannot be pulled again: never garbage-collect them.
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
+$image_gc
 # These machines keep most of the root filesystem's blocks reserved (df
 # shows a tenth of it available at best, less while builds fill it), which
 # the default thresholds (imagefs 15 %, nodefs 10 %) read as disk pressure

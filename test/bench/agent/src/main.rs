@@ -55,9 +55,9 @@ use tokio::sync::watch;
 
 mod burst;
 mod egress;
-mod userns;
 mod interactive;
 mod memory;
+mod userns;
 
 /// Benchmark settings.
 #[derive(Parser, Debug, Clone)]
@@ -514,9 +514,7 @@ async fn main() -> anyhow::Result<()> {
         "egress" => return egress::bench(&args).await,
         "userns" => return userns::bench(&args).await,
         other => {
-            bail!(
-                "unknown --mode {other:?}: create, burst, memory, interactive, egress or userns"
-            )
+            bail!("unknown --mode {other:?}: create, burst, memory, interactive, egress or userns")
         }
     }
     let variants = [
