@@ -91,6 +91,6 @@ if [[ $with_cluster == 1 ]]; then
   # The fault tests kill components, so they run one at a time.
   step "end-to-end fault tests"
   cargo test -p fast-sandbox-e2e --no-fail-fast \
-    --test burst --test faults --test robustness -- --test-threads=1
+    --test burst --test faults --test robustness --test image_gc -- --test-threads=1
 fi
 step "all tests passed in $((SECONDS - start)) s"

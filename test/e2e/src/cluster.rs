@@ -1,6 +1,7 @@
 //! The local cluster's own processes (test/cluster/cluster.sh): crash them
-//! with SIGKILL and start them again the way a supervisor would. Only the
-//! fault tests use this; it touches only PIDs the cluster script started.
+//! with SIGKILL and start them again the way a supervisor would, or restart
+//! a kubelet with image garbage collection on. Only the fault and image GC
+//! tests use this; it touches only PIDs the cluster script started.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,8 +16,14 @@ pub fn script() -> PathBuf {
 }
 
 async fn run(args: &[&str], timeout: Duration) -> Result<(), E2eError> {
+    run_with(args, &[], timeout).await
+}
+
+async fn run_with(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Result<(), E2eError> {
     let what = format!("cluster.sh {}", args.join(" "));
-    let out = tokio::time::timeout(timeout, Command::new(script()).args(args).output())
+    let mut cmd = Command::new(script());
+    cmd.args(args).envs(env.iter().copied());
+    let out = tokio::time::timeout(timeout, cmd.output())
         .await
         .map_err(|_| E2eError::Timeout(timeout, what.clone()))?
         .map_err(|e| E2eError::Command(format!("{what} did not run: {e}")))?;
@@ -44,6 +51,19 @@ pub async fn kill(components: &[&str]) -> Result<(), E2eError> {
 /// node is Ready again.
 pub async fn up() -> Result<(), E2eError> {
     run(&["up"], Duration::from_secs(300)).await
+}
+
+/// As [`up`], with the kubelets of the nodes numbered `nodes` garbage
+/// collecting images as they start (`FAST_SANDBOX_IMAGE_GC_NODES`); those
+/// whose configuration changes restart. `up` puts them back.
+pub async fn up_with_image_gc(nodes: &[usize]) -> Result<(), E2eError> {
+    let list: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+    run_with(
+        &["up"],
+        &[("FAST_SANDBOX_IMAGE_GC_NODES", &list.join(" "))],
+        Duration::from_secs(300),
+    )
+    .await
 }
 
 /// SIGTERMs the named components (`kubelet-2`, ...) and returns once they
