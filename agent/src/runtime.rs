@@ -16,7 +16,7 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetImageRequest, GetRequest, KillRequest, ListContainersRequest,
+    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ListContainersRequest,
     ListImagesRequest, ListRequest as ListLeasesRequest, PluginsRequest, PublishRequest,
     ReadContentRequest, StartRequest, SubscribeRequest, WaitRequest,
 };
@@ -69,6 +69,16 @@ const SNAPSHOTTER_PLUGIN: &str = "io.containerd.snapshotter.v1";
 /// A snapshotter capability: it honours ID mapping labels with idmapped
 /// mounts.
 const REMAP_IDS: &str = "remap-ids";
+
+/// Our descriptor of an image's target.
+fn descriptor(t: containerd_client::types::Descriptor) -> Descriptor {
+    Descriptor {
+        media_type: t.media_type,
+        digest: t.digest,
+        size: t.size,
+        platform: None,
+    }
+}
 
 /// One lease as containerd lists it.
 #[derive(Clone, Debug)]
@@ -207,6 +217,25 @@ impl Containerd {
 
     /// The target descriptor of image `name`, or `None` when absent.
     pub async fn image_target(&self, name: &str) -> Result<Option<Descriptor>> {
+        Ok(self
+            .image(name)
+            .await?
+            .and_then(|i| i.target)
+            .map(descriptor))
+    }
+
+    /// Every image in the namespace: name and target.
+    pub async fn list_images(&self) -> Result<Vec<(String, Descriptor)>> {
+        Ok(self
+            .images()
+            .await?
+            .into_iter()
+            .filter_map(|i| Some((i.name, descriptor(i.target?))))
+            .collect())
+    }
+
+    /// The record of image `name`, or `None` when absent.
+    async fn image(&self, name: &str) -> Result<Option<Image>> {
         let resp = self
             .client
             .images()
@@ -215,46 +244,21 @@ impl Containerd {
             }))
             .await;
         match resp {
-            Ok(r) => Ok(r
-                .into_inner()
-                .image
-                .and_then(|i| i.target)
-                .map(|t| Descriptor {
-                    media_type: t.media_type,
-                    digest: t.digest,
-                    size: t.size,
-                    platform: None,
-                })),
+            Ok(r) => Ok(r.into_inner().image),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(Error::containerd("get image", s)),
         }
     }
 
-    /// Every image in the namespace: name and target.
-    pub async fn list_images(&self) -> Result<Vec<(String, Descriptor)>> {
+    /// Every image record of the namespace.
+    async fn images(&self) -> Result<Vec<Image>> {
         let resp = self
             .client
             .images()
             .list(self.request(ListImagesRequest { filters: vec![] }))
             .await
             .map_err(|s| Error::containerd("list images", s))?;
-        Ok(resp
-            .into_inner()
-            .images
-            .into_iter()
-            .filter_map(|i| {
-                let t = i.target?;
-                Some((
-                    i.name,
-                    Descriptor {
-                        media_type: t.media_type,
-                        digest: t.digest,
-                        size: t.size,
-                        platform: None,
-                    },
-                ))
-            })
-            .collect())
+        Ok(resp.into_inner().images)
     }
 
     /// A whole blob from the content store.

@@ -11,13 +11,12 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_api::agent::{ContainerState, JanitorRequest};
 use fast_sandbox_api::wellknown::container_labels as label;
-use support::binary::{Fixture, Running, fixture, free_port, metric, spawn, wait_ready};
-use support::{Env, Pki, SERVER_NAME, env, request, wait_for};
+use support::binary::{Fixture, Running, fixture, free_port, spawn, wait_ready, wait_stock};
+use support::{Env, Pki, SERVER_NAME, env, request};
 
 const STOCK: usize = 8;
 const BURST: usize = 50;
@@ -44,21 +43,6 @@ fn agent(
         64,
         &["--stock-size", &stock, "--stock-images", &env.image],
     )
-}
-
-async fn wait_stock(ops: u16, n: usize) {
-    wait_for(
-        &format!("{n} pre-started sandboxes ready"),
-        Duration::from_secs(120),
-        || async move {
-            tokio::task::spawn_blocking(move || {
-                metric(ops, "fast_sandbox_agent_stock_ready").is_some_and(|v| v >= n as f64)
-            })
-            .await
-            .unwrap()
-        },
-    )
-    .await;
 }
 
 /// Host processes running the burst's command.

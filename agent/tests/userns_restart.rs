@@ -17,8 +17,10 @@ use fast_sandbox_agent::runtime::Containerd;
 use fast_sandbox_agent::userns::{IdRange, SLOT_LEASE_PREFIX, lease_base};
 use fast_sandbox_api::agent::{ErrorCode, JanitorRequest};
 use fast_sandbox_api::wellknown::container_labels as label;
-use support::binary::{Fixture, Running, fixture, free_port, metric, spawn, wait_ready};
-use support::{Env, Pki, SERVER_NAME, TestAgent, env, exec, request, stdout, wait_for};
+use support::binary::{
+    Fixture, Running, fixture, free_port, metric, spawn, wait_ready, wait_stock,
+};
+use support::{Env, Pki, SERVER_NAME, TestAgent, env, exec, request, stdout};
 
 const RANGE: &str = "3238002688:32";
 const STOCK: usize = 2;
@@ -51,21 +53,6 @@ fn agent(
             &env.image,
         ],
     )
-}
-
-async fn wait_stock(ops: u16, n: usize) {
-    wait_for(
-        &format!("{n} pre-started sandboxes ready"),
-        Duration::from_secs(60),
-        || async move {
-            tokio::task::spawn_blocking(move || {
-                metric(ops, "fast_sandbox_agent_stock_ready").is_some_and(|v| v >= n as f64)
-            })
-            .await
-            .unwrap()
-        },
-    )
-    .await;
 }
 
 /// The first host id of each slot lease of [`RANGE`].

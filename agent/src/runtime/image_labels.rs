@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use containerd_client::services::v1::{
-    GetImageRequest, Image, ListImagesRequest, UpdateImageRequest,
-};
+use containerd_client::services::v1::{Image, UpdateImageRequest};
 
 use super::Containerd;
 use crate::error::{Error, Result};
@@ -14,31 +12,14 @@ use crate::pin::LabelChange;
 impl Containerd {
     /// The labels of image `name`, or `None` when it is absent.
     pub async fn image_labels(&self, name: &str) -> Result<Option<HashMap<String, String>>> {
-        let resp = self
-            .client
-            .images()
-            .get(self.request(GetImageRequest {
-                name: name.to_string(),
-            }))
-            .await;
-        match resp {
-            Ok(r) => Ok(r.into_inner().image.map(|i| i.labels)),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(Error::containerd("get image", s)),
-        }
+        Ok(self.image(name).await?.map(|i| i.labels))
     }
 
     /// Every image of the namespace with its labels.
     pub async fn images_with_labels(&self) -> Result<Vec<(String, HashMap<String, String>)>> {
-        let resp = self
-            .client
+        Ok(self
             .images()
-            .list(self.request(ListImagesRequest { filters: vec![] }))
-            .await
-            .map_err(|s| Error::containerd("list images", s))?;
-        Ok(resp
-            .into_inner()
-            .images
+            .await?
             .into_iter()
             .map(|i| (i.name, i.labels))
             .collect())
@@ -50,21 +31,9 @@ impl Containerd {
     pub async fn update_image_labels(&self, name: &str, change: &LabelChange) -> Result<bool> {
         // The record goes whole, target included (containerd dereferences
         // it whatever the mask says); the mask limits what changes.
-        let current = self
-            .client
-            .images()
-            .get(self.request(GetImageRequest {
-                name: name.to_string(),
-            }))
-            .await;
-        let target = match current {
-            Ok(r) => r.into_inner().image.and_then(|i| i.target),
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(false),
-            Err(s) => return Err(Error::containerd("get image", s)),
-        };
-        if target.is_none() {
+        let Some(target) = self.image(name).await?.and_then(|i| i.target) else {
             return Ok(false);
-        }
+        };
         let mut paths: Vec<String> = change
             .set
             .keys()
@@ -75,7 +44,7 @@ impl Containerd {
         let image = Image {
             name: name.to_string(),
             labels: change.set.clone(),
-            target,
+            target: Some(target),
             ..Default::default()
         };
         let resp = self

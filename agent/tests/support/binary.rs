@@ -140,3 +140,19 @@ pub fn metric(ops: u16, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// Waits until the agent on `ops` reports `n` pre-started sandboxes ready.
+pub async fn wait_stock(ops: u16, n: usize) {
+    super::wait_for(
+        &format!("{n} pre-started sandboxes ready"),
+        Duration::from_secs(120),
+        || async move {
+            tokio::task::spawn_blocking(move || {
+                metric(ops, "fast_sandbox_agent_stock_ready").is_some_and(|v| v >= n as f64)
+            })
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+}
