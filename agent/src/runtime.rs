@@ -286,7 +286,8 @@ impl Containerd {
     }
 
     /// Creates a lease that expires after `ttl` unless deleted first; what is
-    /// created under it and never referenced otherwise is then collected.
+    /// created under it and never referenced otherwise is then collected. A
+    /// lease of that name that exists already serves as is.
     pub async fn create_lease(
         &self,
         id: &str,
@@ -301,23 +302,8 @@ impl Containerd {
                 expire.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             );
         }
-        let resp = self
-            .client
-            .leases()
-            .create(self.request(CreateLeaseRequest {
-                id: id.to_string(),
-                labels,
-            }))
-            .await;
-        match resp {
-            Ok(r) => Ok(r
-                .into_inner()
-                .lease
-                .map(|l| l.id)
-                .unwrap_or_else(|| id.to_string())),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(id.to_string()),
-            Err(s) => Err(Error::containerd("create lease", s)),
-        }
+        self.claim_lease(id, labels).await?;
+        Ok(id.to_string())
     }
 
     /// Creates the lease `id` with `labels` unless it exists: true when
