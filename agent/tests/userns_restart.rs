@@ -182,16 +182,26 @@ async fn slots_survive_a_killed_agent_and_go_back_when_it_is_gone() {
     );
 
     // A slot an agent took and never gave a container: swept; the slots
-    // of live containers stay.
-    let stray = IdRange::parse(RANGE).unwrap().mapping(31);
-    assert!(
-        cd.claim_lease(&stray.lease_id(), stray.lease_labels("never-made"))
+    // of live containers stay. Once the stock is full again, nothing is
+    // between taking a slot and making its container.
+    wait_stock(ops, STOCK).await;
+    let range = IdRange::parse(RANGE).unwrap();
+    let mut stray = None;
+    for slot in (0..range.slots).rev() {
+        let m = range.mapping(slot);
+        if cd
+            .claim_lease(&m.lease_id(), m.lease_labels("never-made"))
             .await
             .unwrap()
-    );
+        {
+            stray = Some(m);
+            break;
+        }
+    }
+    let stray = stray.expect("a free slot for the stray lease");
     let sweeper = TestAgent::start(&env, "userns-sweeper", 1).await;
     assert_eq!(sweeper.agent.sweep_slots(Duration::ZERO).await.unwrap(), 1);
-    wait_stock(ops, STOCK).await;
+    assert!(!leases(&cd).await.contains(&stray.host_base));
     let held = slots(&cd, &pod_uid).await;
     assert_eq!(
         leases(&cd).await,
