@@ -140,6 +140,40 @@ pub struct RunningSandbox {
     pub cgroup_leaf: String,
 }
 
+/// A background task's turns: every period, and at once when `wake` is
+/// notified; `None` once `shutdown` says stop.
+struct Turns {
+    tick: tokio::time::Interval,
+}
+
+impl Turns {
+    fn every(period: Duration) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { tick }
+    }
+
+    /// Waits for the next turn: `Some(true)` when woken by `wake`,
+    /// `Some(false)` on a tick, `None` at shutdown.
+    async fn next(
+        &mut self,
+        wake: Option<&tokio::sync::Notify>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<bool> {
+        let woken = async {
+            match wake {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.tick.tick() => Some(false),
+            () = woken => Some(true),
+            _ = shutdown.changed() => None,
+        }
+    }
+}
+
 /// The agent.
 pub struct Agent {
     me: Weak<Agent>,

@@ -185,18 +185,23 @@ impl Containerd {
         req
     }
 
-    /// Whether this containerd mounts a task's root through its mount
-    /// manager (2.2 and later), which a capped writable layer needs; the
-    /// inner error says what the node runs instead.
-    pub async fn mount_manager(&self) -> Result<std::result::Result<(), String>> {
-        let plugins = self
+    /// containerd's plugins, with their capabilities and init errors.
+    async fn plugins(&self) -> Result<Vec<containerd_client::services::v1::Plugin>> {
+        Ok(self
             .client
             .introspection()
             .plugins(PluginsRequest { filters: vec![] })
             .await
             .map_err(|s| Error::containerd("list plugins", s))?
             .into_inner()
-            .plugins;
+            .plugins)
+    }
+
+    /// Whether this containerd mounts a task's root through its mount
+    /// manager (2.2 and later), which a capped writable layer needs; the
+    /// inner error says what the node runs instead.
+    pub async fn mount_manager(&self) -> Result<std::result::Result<(), String>> {
+        let plugins = self.plugins().await?;
         if plugins
             .iter()
             .any(|p| p.r#type == MOUNT_MANAGER_PLUGIN && p.init_err.is_none())
@@ -350,14 +355,7 @@ impl Containerd {
     /// idmapped mounts (containerd 2 on a kernel that supports them), which
     /// user namespaces need; the inner error says what the node lacks.
     pub async fn idmapped_snapshots(&self) -> Result<std::result::Result<(), String>> {
-        let plugins = self
-            .client
-            .introspection()
-            .plugins(PluginsRequest { filters: vec![] })
-            .await
-            .map_err(|s| Error::containerd("list plugins", s))?
-            .into_inner()
-            .plugins;
+        let plugins = self.plugins().await?;
         let snapshotter = plugins
             .iter()
             .find(|p| p.r#type == SNAPSHOTTER_PLUGIN && p.id == self.snapshotter);

@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use fast_sandbox_api::wellknown::container_labels;
 
 use crate::runtime::LeaseRecord;
 
@@ -128,6 +129,20 @@ impl Mapping {
             (UID_MAPPING_LABEL.to_string(), self.containerd_form()),
             (GID_MAPPING_LABEL.to_string(), self.containerd_form()),
         ])
+    }
+
+    /// The slot a container holds, by its labels.
+    pub fn of_container(labels: &HashMap<String, String>) -> Option<Self> {
+        let host_base = labels.get(container_labels::USERNS_SLOT)?.parse().ok()?;
+        Some(Self { host_base })
+    }
+
+    /// The label that says a container holds this slot.
+    pub fn container_label(&self) -> (String, String) {
+        (
+            container_labels::USERNS_SLOT.to_string(),
+            self.host_base.to_string(),
+        )
     }
 
     /// The host id of id `inner` in the sandbox.

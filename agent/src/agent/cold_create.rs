@@ -257,7 +257,7 @@ impl Agent {
     ) -> Result<SandboxInfo> {
         let mut labels = self.container_labels(req);
         if let Some(m) = mapping {
-            labels.insert(label::USERNS_SLOT.to_string(), m.host_base.to_string());
+            labels.extend([m.container_label()]);
         }
         let mut id = container_id.to_string();
         let mut fresh_ids = 0;

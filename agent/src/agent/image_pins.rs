@@ -10,7 +10,7 @@ use std::time::Duration;
 use fast_sandbox_api::image::normalize;
 use tokio::sync::watch;
 
-use super::Agent;
+use super::{Agent, Turns};
 use crate::error::Result;
 use crate::pin::{self, LabelChange};
 
@@ -88,15 +88,10 @@ impl Agent {
 
     /// Syncs pins when asked and every period, until `shutdown`.
     pub(super) async fn keep_images_pinned(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(PIN_SYNC_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.pins.notified() => {
-                    tokio::time::sleep(PIN_SYNC_SETTLE).await;
-                }
-                _ = shutdown.changed() => return,
+        let mut turns = Turns::every(PIN_SYNC_PERIOD);
+        while let Some(woken) = turns.next(Some(&self.pins), &mut shutdown).await {
+            if woken {
+                tokio::time::sleep(PIN_SYNC_SETTLE).await;
             }
             if let Err(e) = self.sync_pins().await {
                 tracing::warn!(error = %e, "pinning the images sandboxes need failed; retrying");

@@ -9,7 +9,7 @@ use containerd_client::types::Mount;
 use fast_sandbox_api::validation::{FieldError, FieldErrors};
 use tokio::sync::watch;
 
-use super::Agent;
+use super::{Agent, Turns};
 use crate::error::{Error, Result};
 use crate::layer::{self, Usage};
 
@@ -60,13 +60,8 @@ impl Agent {
         self: Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(LAYER_CHECK_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+        let mut turns = Turns::every(LAYER_CHECK_PERIOD);
+        while turns.next(None, &mut shutdown).await.is_some() {
             let capped = self.table().capped_layers();
             for (uid, container_id, pid, cap) in capped {
                 // A process gone meanwhile has its exit on the way.

@@ -12,6 +12,10 @@ use crate::error::Result;
 use crate::janitor::{Fence, Owner, SNAPSHOT_PREFIX, snapshot_agent, state_dir_of};
 use crate::logs::LogDir;
 
+use containerd_client::services::v1::Container;
+
+use crate::userns::Mapping;
+
 use super::Agent;
 use super::warm_snapshots::warm_lease_of;
 
@@ -55,7 +59,7 @@ impl Agent {
                     continue;
                 }
             }
-            match self.collect(&c.id, &c.snapshot_key, &fence, &owner).await {
+            match self.collect(&c, &fence, &owner).await {
                 Ok(()) => {
                     tracing::info!(container = %c.id, sandbox = %owner.sandbox_uid, agent = %owner.agent_uid, "janitor removed a container of a gone agent");
                     removed.push(RemovedContainer {
@@ -122,18 +126,13 @@ impl Agent {
     }
 
     /// Removes one container of a gone agent: SIGKILL, task, container,
-    /// its snapshot (when under that agent's key prefix), log files and
-    /// exec FIFOs.
-    pub(super) async fn collect(
-        &self,
-        id: &str,
-        snapshot_key: &str,
-        fence: &Fence,
-        owner: &Owner,
-    ) -> Result<()> {
+    /// its user namespace slot, its snapshot (when under that agent's key
+    /// prefix), log files and exec FIFOs.
+    pub(super) async fn collect(&self, c: &Container, fence: &Fence, owner: &Owner) -> Result<()> {
+        let (id, snapshot_key) = (c.id.as_str(), c.snapshot_key.as_str());
         self.stop(id, Duration::ZERO).await?;
         self.cd.delete_task(id).await?;
-        let slot = self.slot_of(id).await;
+        let slot = Mapping::of_container(&c.labels);
         self.cd.delete_container(id).await?;
         self.release_slot(slot).await;
         if fence.snapshot_collectable(snapshot_key) {

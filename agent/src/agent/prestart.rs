@@ -34,7 +34,6 @@ use fast_sandbox_api::wellknown::container_labels as label;
 use oci_spec::runtime::Spec;
 use tokio::sync::watch;
 
-use super::userns_slot::mapping_in;
 use super::{Agent, CREATE_LEASE_TTL, SHIM_GROUP_LABEL};
 use crate::cgroup::{self, limits::Limits};
 use crate::error::{Error, Result};
@@ -218,7 +217,7 @@ impl Agent {
         let mut labels = self.container_labels(req);
         labels.insert(label::CLAIMED_AT.to_string(), Utc::now().to_rfc3339());
         if let Some(m) = p.mapping {
-            labels.insert(label::USERNS_SLOT.to_string(), m.host_base.to_string());
+            labels.extend([m.container_label()]);
         }
         if let Err(e) = self.cd.relabel_container(&p.id, labels, spec_json).await {
             self.destroy(p);
@@ -451,7 +450,7 @@ impl Agent {
                     (label::PRESTARTED.to_string(), image.digest.clone()),
                 ]);
                 if let Some(m) = mapping {
-                    labels.insert(label::USERNS_SLOT.to_string(), m.host_base.to_string());
+                    labels.extend([m.container_label()]);
                 }
                 if let Some(cap) = self.cfg.stock_layer_cap {
                     mounts = self.capped_mounts(mounts, cap).await?;
@@ -542,8 +541,7 @@ impl Agent {
             .get(label::EPHEMERAL_STORAGE)
             .and_then(|b| b.parse::<u64>().ok());
         // Nor one of the other kind of user: host or mapped.
-        let holds_slot = c.labels.contains_key(label::USERNS_SLOT);
-        let mapping = spec.as_ref().and_then(|s| mapping_in(s, holds_slot));
+        let mapping = Mapping::of_container(&c.labels);
         let (Some(digest), Some(cgroup_path), true, true) = (
             c.labels.get(label::PRESTARTED).cloned(),
             spec.as_ref().and_then(cgroups_path),

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fast_sandbox_api::wellknown::container_labels as label;
-use oci_spec::runtime::Spec;
 use tokio::sync::watch;
 
-use super::Agent;
+use super::{Agent, Turns};
 use crate::error::{Error, Result};
 use crate::rootfs::SandboxRoot;
 use crate::userns::{Mapping, SLOT_LEASE_PREFIX, lease_base, stale_leases};
@@ -69,12 +68,14 @@ impl Agent {
         }
     }
 
-    /// The slot container `container_id` holds, by its label; read before
-    /// the container is deleted.
+    /// The slot this agent's container `container_id` holds, by its label;
+    /// read before the container is deleted.
     pub(super) async fn slot_of(&self, container_id: &str) -> Option<Mapping> {
+        if !self.user_namespaces() {
+            return None;
+        }
         let c = self.cd.container(container_id).await.ok()??;
-        let host_base = c.labels.get(label::USERNS_SLOT)?.parse().ok()?;
-        Some(Mapping { host_base })
+        Mapping::of_container(&c.labels)
     }
 
     /// Deletes the slot leases older than `min_age` that no container of
@@ -92,7 +93,7 @@ impl Agent {
             .list_containers(vec![filter])
             .await?
             .into_iter()
-            .filter_map(|c| c.labels.get(label::USERNS_SLOT)?.parse().ok())
+            .filter_map(|c| Mapping::of_container(&c.labels).map(|m| m.host_base))
             .collect();
         let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
         let stale = stale_leases(&leases, &held, cutoff);
@@ -105,13 +106,8 @@ impl Agent {
 
     /// Sweeps slots every period until `shutdown`.
     pub(super) async fn keep_slots_swept(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(SLOT_SWEEP_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+        let mut turns = Turns::every(SLOT_SWEEP_PERIOD);
+        while turns.next(None, &mut shutdown).await.is_some() {
             if let Err(e) = self.sweep_slots(SLOT_SWEEP_AGE).await {
                 tracing::warn!(error = %e, "sweeping user namespace slots failed");
             }
@@ -132,21 +128,4 @@ impl Agent {
         .await
         .map_err(|e| Error::io("owning the layer's root", std::io::Error::other(e)))?
     }
-}
-
-/// The mapping a container's spec gives it, when its label says it holds
-/// a slot.
-pub(super) fn mapping_in(spec: &Spec, holds_slot: bool) -> Option<Mapping> {
-    if !holds_slot {
-        return None;
-    }
-    let host_base = spec
-        .linux()
-        .as_ref()?
-        .uid_mappings()
-        .as_ref()?
-        .iter()
-        .find(|m| m.container_id() == 0)?
-        .host_id();
-    Some(Mapping { host_base })
 }
