@@ -12,9 +12,13 @@
 //! Candidates are the agents of the sandbox's pool that are ready, not
 //! draining, have a free slot and did not refuse a sandbox a moment ago
 //! ([`Index::record_refusal`], with backoff). An agent whose node holds the
-//! image wins, the one that most recently ran that image first (its layers
-//! are hottest). Otherwise the least loaded agent wins; among equally loaded
-//! agents the one chosen longest ago, so new sandboxes spread round-robin.
+//! image wins. Among those, and otherwise among all, the least loaded agent
+//! wins; among equally loaded agents the one chosen longest ago, so new
+//! sandboxes spread round-robin. Holders spread rather than pack: each
+//! agent keeps its own stock of pre-started sandboxes of the image, so a
+//! stream of creates spread over N holders claims from N stocks refilling
+//! side by side, where packed onto the last holder it drains one stock and
+//! goes cold.
 //! While some node of the pool holds the image, an agent on a node known to
 //! lack it is never chosen: nothing is pulled, so the sandbox would fail
 //! there; it waits for a slot on a holder instead.
@@ -37,7 +41,7 @@
 //! it with [`Index::reserve_avoiding`]. That contract is what makes a local
 //! view of capacity safe.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -174,9 +178,9 @@ impl Agent {
 struct Pool {
     declared: bool,
     agents: usize,
-    /// Normalised image -> agents whose node holds it, most recently used
-    /// first.
-    images: LruCache<String, LruCache<AgentId, ()>>,
+    /// Normalised image -> agents whose node holds it; the images most
+    /// recently used first.
+    images: LruCache<String, HashSet<AgentId>>,
     /// Agents with a free slot, least loaded first.
     free: BTreeSet<(u32, u64, AgentId)>,
 }
@@ -478,12 +482,12 @@ impl State {
     fn pick(&self, pool_key: &str, image: &str, avoid: Option<AgentId>) -> Option<(AgentId, bool)> {
         let pool = self.pools.get(pool_key)?;
         let now = Instant::now();
-        if let Some(holders) = pool.images.peek(image) {
-            for (&id, ()) in holders.iter() {
-                if Some(id) != avoid && self.agent(id).available(now) {
-                    return Some((id, true));
-                }
-            }
+        if let Some(holders) = pool.images.peek(image)
+            && let Some(id) = pool.free.iter().map(|&(_, _, id)| id).find(|&id| {
+                Some(id) != avoid && holders.contains(&id) && self.agent(id).available(now)
+            })
+        {
+            return Some((id, true));
         }
         // While some node of the pool holds the image, an agent whose node
         // is known to lack it is never chosen: nothing is pulled, so the
@@ -526,10 +530,9 @@ impl State {
             });
         };
         if let Some(pool) = self.pools.get_mut(pool_key)
-            && let Some(holders) = pool.images.get_mut(image)
             && hit
         {
-            holders.promote(&id);
+            pool.images.promote(image);
         }
         let agent_key = self.agent(id).key.clone();
         self.take(key.to_string(), agent_key, Some(Instant::now()));
@@ -685,13 +688,9 @@ impl State {
         };
         for img in images {
             if let Some(holders) = pool.images.get_mut(img) {
-                // A newly seen holder goes last: it has not run the image yet.
-                holders.push(id, ());
-                holders.demote(&id);
+                holders.insert(id);
             } else {
-                let mut holders = LruCache::unbounded();
-                holders.push(id, ());
-                pool.images.push(img.clone(), holders);
+                pool.images.push(img.clone(), HashSet::from([id]));
             }
         }
     }
@@ -702,7 +701,7 @@ impl State {
         };
         for img in images {
             if let Some(holders) = pool.images.peek_mut(img) {
-                holders.pop(&id);
+                holders.remove(&id);
                 if holders.is_empty() {
                     pool.images.pop(img);
                 }
@@ -759,38 +758,30 @@ mod tests {
     }
 
     #[test]
-    fn most_recently_used_holder_first() {
+    fn holders_spread_least_loaded_first_then_round_robin() {
         let idx = Index::new();
         for p in ["a", "b", "c"] {
-            idx.upsert_agent(agent(p, 1, &["busybox"]));
+            idx.upsert_agent(agent(p, 4, &["busybox"]));
         }
-        // No holder has run the image yet: the first one seen goes first.
-        let order: Vec<String> = (0..3)
-            .map(|i| {
+        idx.upsert_agent(agent("d", 4, &["nginx"]));
+        let reserve = |keys: std::ops::Range<i32>| -> Vec<String> {
+            keys.map(|i| {
                 idx.reserve(POOL, "busybox", &i.to_string())
                     .unwrap()
                     .pod_name
             })
-            .collect();
-        assert_eq!(order, ["a", "b", "c"]);
-        for i in 0..3 {
-            idx.release(&i.to_string());
-        }
-        // Now "c" ran it last, then "b", then "a".
-        let order: Vec<String> = (3..6)
-            .map(|i| {
-                idx.reserve(POOL, "busybox", &i.to_string())
-                    .unwrap()
-                    .pod_name
-            })
-            .collect();
-        assert_eq!(order, ["c", "b", "a"]);
-        // An image update that keeps busybox keeps its recency order.
-        for i in 3..6 {
-            idx.release(&i.to_string());
-        }
-        idx.upsert_agent(agent("b", 1, &["busybox", "nginx"]));
-        assert_eq!(idx.choose(POOL, "busybox").unwrap().pod_name, "a");
+            .collect()
+        };
+        // Holders only, each in turn: never the idle agent without it.
+        assert_eq!(reserve(0..6), ["a", "b", "c", "a", "b", "c"]);
+        // "a" and "c" give back a slot: the least loaded go first, "a"
+        // (chosen longest ago) before "c", then "b", chosen before both.
+        idx.release("0");
+        idx.release("5");
+        assert_eq!(reserve(6..9), ["a", "c", "b"]);
+        // An image update that keeps busybox keeps "b" a holder.
+        idx.upsert_agent(agent("b", 4, &["busybox", "nginx"]));
+        assert_eq!(reserve(9..12), ["a", "c", "b"]);
     }
 
     #[test]

@@ -63,9 +63,12 @@ async fn both_policies_running(
     let mut batch = sleepers(&auto, "p", FailurePolicy::AutoRecreate);
     batch.extend(sleepers(&manual, "p", FailurePolicy::Manual));
     let all: BTreeSet<String> = auto.union(&manual).cloned().collect();
-    create_all(sbx, batch, BurstShape::default(), None)
-        .await
-        .unwrap();
+    // One at a time, the three of one policy first: placement spreads them
+    // round-robin over the pool's two or three agents, so every agent
+    // hosts sandboxes of both policies.
+    for sb in batch {
+        sbx.create(&PostParams::default(), &sb).await.unwrap();
+    }
     let before = history
         .wait(Duration::from_secs(60), "all 6 Running", |t| {
             all_running(t, &all)
@@ -250,8 +253,8 @@ async fn agent_pod_killed_recreates_or_loses_by_policy() {
         .unwrap();
     assert!(bad.is_empty(), "before the kill:\n{}", bad.join("\n"));
 
-    // The agent hosting sandboxes of both policies (placement packs the
-    // most recently used agent first, so one does).
+    // An agent hosting sandboxes of both policies (every agent does; see
+    // `both_policies_running`).
     let on = |set: &BTreeSet<String>, agent: &str| -> BTreeSet<String> {
         set.iter()
             .filter(|n| before[*n].agent() == Some(agent))
