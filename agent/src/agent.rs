@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fast_sandbox_api::agent::{
     AgentInfo, CachedImage, ContainerState, EventKind, ImageCacheReport, ListSandboxesResponse,
@@ -194,9 +194,8 @@ pub struct Agent {
     sweeping: tokio::sync::Mutex<()>,
     stock: Stock<Prestarted>,
     prestart: PrestartDirs,
-    /// Cold creates in flight; building stock waits for none (a claim
-    /// takes milliseconds and no runc work, so claims do not stop it).
-    creating: watch::Sender<usize>,
+    /// When the last create reached the stock: builds wait for quiet.
+    last_create: Mutex<Option<Instant>>,
     refill: tokio::sync::Notify,
     refill_started: AtomicBool,
     refill_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -255,7 +254,7 @@ impl Agent {
             me: me.clone(),
             stock: Stock::new(stock_size, cfg.warm_images, pinned),
             prestart,
-            creating: watch::Sender::new(0),
+            last_create: Mutex::new(None),
             refill: tokio::sync::Notify::new(),
             refill_started: AtomicBool::new(false),
             refill_task: Mutex::new(None),

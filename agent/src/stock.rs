@@ -46,6 +46,31 @@ impl Miss {
     }
 }
 
+/// How long the agent must have seen no create before a build starts: a
+/// build is a cold create's worth of containerd and runc work, and during a
+/// burst every core is wanted by the claims (and the apiserver's side of
+/// them).
+pub const BUILD_QUIET: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest a build waits for quiet, so a steady stream of creates, never
+/// quiet that long, still refills. Longer than a burst lasts: a burst of a
+/// hundred claims takes a few seconds on two cores.
+pub const BUILD_MAX_DEFER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How much longer a build that has waited `waited` must wait when the
+/// last create was `since_create` ago (None: never); zero when it may
+/// start.
+pub fn build_delay(
+    since_create: Option<std::time::Duration>,
+    waited: std::time::Duration,
+) -> std::time::Duration {
+    let Some(since) = since_create else {
+        return std::time::Duration::ZERO;
+    };
+    BUILD_QUIET
+        .saturating_sub(since)
+        .min(BUILD_MAX_DEFER.saturating_sub(waited))
+}
+
 /// Pre-started sandboxes per warm image.
 #[derive(Debug)]
 pub struct Stock<T> {
@@ -249,6 +274,19 @@ impl<T: Item> Stock<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builds_wait_for_quiet_but_not_forever() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(build_delay(None, ms(0)), ms(0));
+        assert_eq!(build_delay(Some(ms(50)), ms(0)), ms(150));
+        assert_eq!(build_delay(Some(BUILD_QUIET), ms(0)), ms(0));
+        assert_eq!(
+            build_delay(Some(ms(10)), BUILD_MAX_DEFER - ms(100)),
+            ms(100)
+        );
+        assert_eq!(build_delay(Some(ms(0)), BUILD_MAX_DEFER), ms(0));
+    }
 
     #[derive(Debug, PartialEq)]
     struct E(&'static str, &'static str);

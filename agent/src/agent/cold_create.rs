@@ -76,7 +76,6 @@ impl Agent {
             self.metrics.observe(Stage::Total, started.elapsed());
             return Ok(info);
         }
-        let _creating = self.count_create();
         let mapping = self.take_slot(&container_id).await?;
         if let Some(m) = &mapping {
             spec::map_users(&mut spec, m)?;

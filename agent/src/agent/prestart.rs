@@ -18,9 +18,11 @@
 //! the stored spec (the init still runs: its executable is the file in the
 //! container's directory), so the command starts exactly once.
 //!
-//! The stock refills in the background, one build at a time, only while no
-//! cold create is in flight (claims go on beside it), each build's process
-//! at the lowest CPU weight.
+//! The stock refills in the background, one build at a time, each build's
+//! process at the lowest CPU weight. A build starts once the agent has seen
+//! no create for a moment (a burst keeps every core for its claims), or
+//! after a bounded wait, so a steady stream of creates, cold or claimed,
+//! still refills it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -42,7 +44,7 @@ use crate::prestarted::{Ends, set_hostname};
 use crate::rootfs::{self, SandboxPath, SandboxRoot};
 use crate::runtime::{ContainerRecord, TaskState};
 use crate::spec;
-use crate::stock::{Item, Miss};
+use crate::stock::{self, Item, Miss};
 use crate::userns::Mapping;
 
 /// How long a new init may take to say it waits.
@@ -87,15 +89,6 @@ enum ClaimFailed {
     Launched(Error),
 }
 
-/// Counts a create in flight for as long as it lives.
-pub(super) struct Creating<'a>(&'a watch::Sender<usize>);
-
-impl Drop for Creating<'_> {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
 fn cgroups_path(spec: &Spec) -> Option<String> {
     spec.linux()
         .as_ref()?
@@ -105,11 +98,6 @@ fn cgroups_path(spec: &Spec) -> Option<String> {
 }
 
 impl Agent {
-    pub(super) fn count_create(&self) -> Creating<'_> {
-        self.creating.send_modify(|n| *n += 1);
-        Creating(&self.creating)
-    }
-
     /// Pre-started sandboxes ready to be claimed.
     pub fn stock_ready(&self) -> usize {
         self.stock.ready()
@@ -125,6 +113,7 @@ impl Agent {
         digest: &str,
         spec: &Spec,
     ) -> Result<Option<SandboxInfo>> {
+        *self.last_create.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         if req.limits.ephemeral_storage_bytes != self.cfg.stock_layer_cap {
             self.metrics.stock_create(Miss::LayerCap.as_str());
             return Ok(None);
@@ -347,17 +336,24 @@ impl Agent {
             if *shutdown.borrow() || self.stock_stopped.load(Ordering::SeqCst) {
                 return;
             }
-            let mut creating = self.creating.subscribe();
-            tokio::select! {
-                r = creating.wait_for(|n| *n == 0) => if r.is_err() { return },
-                r = shutdown.changed() => if r.is_err() { return } else { continue },
-            }
             let Some(image) = self.stock.next_build() else {
                 tokio::select! {
                     () = self.refill.notified() => continue,
                     r = shutdown.changed() => if r.is_err() { return } else { continue },
                 }
             };
+            let wanted = Instant::now();
+            loop {
+                let last = *self.last_create.lock().unwrap_or_else(|p| p.into_inner());
+                let pause = stock::build_delay(last.map(|t| t.elapsed()), wanted.elapsed());
+                if pause.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    r = shutdown.changed() => if r.is_err() { return },
+                }
+            }
             match self.build(&image).await {
                 Ok(p) => {
                     backoff = BUILD_BACKOFF;
