@@ -5,7 +5,12 @@
 //! `ctr run -d` (the naive floor). Writes JSON, a Markdown table and an SVG
 //! plot of the distributions, and for each Sandbox series where its time
 //! went, stage by stage (the create call, then the components' own
-//! histograms; see `stages`).
+//! histograms; see `stages`) and which path the agents' creates took
+//! (claimed or cold). Each series also reports the time from its first
+//! create to its last Running (a burst's makespan), and a last series
+//! creates sandboxes back to back for `--sustained-secs`, deleting each
+//! once it runs, for the sustained rate. Sandbox series start once the
+//! pool's stocks of pre-started sandboxes are full.
 //!
 //! Run against the local cluster with Fast Sandbox deployed:
 //! `eval "$(test/cluster/cluster.sh env)"; cargo run --release -p fast-sandbox-bench-e2e`
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use fast_sandbox_api::pool::DEFAULT_PRESTARTED;
 use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_bench_report::{Series, ctr::Ctr, markdown, plot};
 use futures::{StreamExt, TryStreamExt};
@@ -62,6 +68,11 @@ struct Args {
     /// (`spec.prestarted`; 0 measures the cold path). Unset: the default.
     #[arg(long)]
     prestarted: Option<i32>,
+    /// Also create sandboxes back to back for this many seconds at the
+    /// highest concurrency, each deleted once Running, and report the
+    /// sustained rate (0: skip).
+    #[arg(long, default_value_t = 30)]
+    sustained_secs: u64,
     /// Where results go.
     #[arg(long, default_value = "target/bench-e2e")]
     out: PathBuf,
@@ -125,11 +136,18 @@ fn pod_running(p: &Pod) -> bool {
     p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
+/// One series' creates: each one's create call and create→Running, and
+/// the time from the first create to the last Running.
+struct Timed {
+    samples: Vec<(Duration, Duration)>,
+    makespan: Duration,
+}
+
 /// Creates `n` objects with `concurrency` in flight, timing each from the
 /// create call to its Running event (and the create call alone: the
-/// apiserver's write with admission), then deletes them all. They stay until
-/// the series ends so that deletions (a sandbox's process gets its grace
-/// period) never compete with the creations being timed.
+/// apiserver's write with admission). They stay until [`delete_series`], so
+/// that deletions (a sandbox's process gets its grace period) never compete
+/// with the creations being timed.
 async fn run_series<K>(
     api: &Api<K>,
     arrivals: &Arrivals,
@@ -137,7 +155,7 @@ async fn run_series<K>(
     n: usize,
     concurrency: usize,
     make: impl Fn(&str) -> K + Send + Sync + 'static,
-) -> anyhow::Result<Vec<(Duration, Duration)>>
+) -> anyhow::Result<Timed>
 where
     K: Resource
         + Clone
@@ -149,7 +167,8 @@ where
         + 'static,
 {
     let make = Arc::new(make);
-    let results = futures::stream::iter(0..n)
+    let first = Instant::now();
+    let samples = futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
             let arrivals = arrivals.clone();
@@ -171,6 +190,61 @@ where
         .buffer_unordered(concurrency.max(1))
         .try_collect::<Vec<_>>()
         .await?;
+    Ok(Timed {
+        samples,
+        makespan: first.elapsed(),
+    })
+}
+
+/// Sandboxes created back to back for `secs` with `concurrency` in flight,
+/// each deleted (in the background) as soon as it runs: how many ran, and
+/// each one's create→Running.
+async fn sustained(
+    api: &Api<Sandbox>,
+    arrivals: &Arrivals,
+    secs: u64,
+    concurrency: usize,
+    make: impl Fn(&str) -> Sandbox + Send + Sync + 'static,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let make = Arc::new(make);
+    let first = Instant::now();
+    let deadline = first + Duration::from_secs(secs);
+    let samples = futures::stream::iter((0..).take_while(move |_| Instant::now() < deadline))
+        .map(|i| {
+            let api = api.clone();
+            let arrivals = arrivals.clone();
+            let make = make.clone();
+            let name = format!("sustained-{i}");
+            async move {
+                let rx = arrivals.expect(&name);
+                let start = Instant::now();
+                api.create(&PostParams::default(), &make(&name))
+                    .await
+                    .with_context(|| format!("creating {name}"))?;
+                let at = tokio::time::timeout(Duration::from_secs(120), rx)
+                    .await
+                    .with_context(|| format!("{name} not running after 120 s"))??;
+                tokio::spawn(async move {
+                    let now = DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..Default::default()
+                    };
+                    let _ = api.delete(&name, &now).await;
+                });
+                anyhow::Ok(at - start)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok((samples, first.elapsed()))
+}
+
+/// Deletes the `n` objects [`run_series`] made under `prefix`.
+async fn delete_series<K>(api: &Api<K>, prefix: &str, n: usize)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
     let grace = DeleteParams {
         grace_period_seconds: Some(0),
         ..Default::default()
@@ -186,11 +260,29 @@ where
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-    Ok(results)
 }
 
 /// Agents of the benchmark pool.
 const AGENTS: i32 = 4;
+
+/// Waits until the benchmark pool's agents hold `want` pre-started
+/// sandboxes, so each series starts with full stocks as a pool that has
+/// been idle a moment does.
+async fn wait_stock(client: &Client, ns: &str, want: f64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready = stages::stock_ready(client, ns, "bench").await?;
+        if ready >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the pool's agents hold {ready} pre-started sandboxes after {timeout:?}, not {want}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
 
 /// Waits until the pool reports no slot in use (the previous series'
 /// sandboxes are gone).
@@ -240,7 +332,9 @@ fn sandbox_series(args: &Args) -> &'static str {
 
 async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
     // Enough slots for a whole series, so no creation waits for capacity.
-    let slots = args.sandboxes.div_ceil(AGENTS as usize).max(1) as i32;
+    // The sustained series holds its creates in flight and its deletes in
+    // progress at once: 64 each leaves room for both.
+    let slots = args.sandboxes.div_ceil(AGENTS as usize).max(64) as i32;
     let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
     let pool: SandboxPool = serde_json::from_value(json!({
         "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "SandboxPool", "metadata": {"name": "bench"},
@@ -276,24 +370,40 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
         namespace: "k8s.io".into(),
         image: args.image.clone(),
     };
-    let mut results = Vec::new();
-    let mut stage_tables = Vec::new();
-    let mut stage_json = Vec::new();
-    for &c in &args.concurrency {
+    let sandbox = {
         let image = args.image.clone();
-        eprintln!("sandboxes: {} at concurrency {c}", args.sandboxes);
-        let before = stages::snapshot(client).await?;
-        let s = run_series(&sandboxes, &arrivals, &format!("sbx-c{c}"), args.sandboxes, c, move |name| {
+        move |name: &str| -> Sandbox {
             serde_json::from_value(json!({
                 "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox", "metadata": {"name": name},
                 "spec": {"image": image, "command": ["/bin/sleep", "3600"], "poolRef": "bench"}
             }))
             .unwrap_or_default()
-        })
+        }
+    };
+    let stock = f64::from(AGENTS * args.prestarted.unwrap_or(DEFAULT_PRESTARTED));
+    let mut results = Vec::new();
+    let mut stage_tables = Vec::new();
+    let mut stage_json = Vec::new();
+    let mut makespans = Vec::new();
+    for &c in &args.concurrency {
+        wait_stock(client, ns, stock, Duration::from_secs(300)).await?;
+        eprintln!("sandboxes: {} at concurrency {c}", args.sandboxes);
+        let before = stages::snapshot(client).await?;
+        let prefix = format!("sbx-c{c}");
+        let s = run_series(
+            &sandboxes,
+            &arrivals,
+            &prefix,
+            args.sandboxes,
+            c,
+            sandbox.clone(),
+        )
         .await?;
+        eprintln!("sandboxes: all Running after {:?}", s.makespan);
         let after = stages::snapshot(client).await?;
-        let calls: Vec<Duration> = s.iter().map(|(call, _)| *call).collect();
-        let totals: Vec<Duration> = s.iter().map(|(_, total)| *total).collect();
+        delete_series(&sandboxes, &prefix, args.sandboxes).await;
+        let calls: Vec<Duration> = s.samples.iter().map(|(call, _)| *call).collect();
+        let totals: Vec<Duration> = s.samples.iter().map(|(_, total)| *total).collect();
         let call = Series::new("create call", c, &calls);
         let mut table = format!(
             "| client: the create call (apiserver write, webhook) | {} | {:.1} | {:.1} |\n",
@@ -305,14 +415,27 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
             &parts,
         )
         .replacen("|---|---:|---:|---:|\n", &format!("|---|---:|---:|---:|\n{table}"), 1);
+        let paths = stages::paths_between(&before, &after);
+        table.push_str(&format!(
+            "\nCreates by path at the agents: {}.\n",
+            paths
+                .iter()
+                .map(|(p, n)| format!("{p} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         stage_tables.push(table);
-        stage_json.push(json!({"concurrency": c, "create_call": call, "stages": parts}));
+        stage_json.push(
+            json!({"concurrency": c, "create_call": call, "stages": parts, "create_paths": paths}),
+        );
         results.push(Series::new(sandbox_series(args), c, &totals));
+        makespans.push((sandbox_series(args), c, args.sandboxes, s.makespan));
         wait_slots_free(&pools, Duration::from_secs(120)).await?;
 
         let image = args.image.clone();
         eprintln!("plain pods: {} at concurrency {c}", args.pods);
-        let p = run_series(&pods, &arrivals, &format!("pod-c{c}"), args.pods, c, move |name| {
+        let prefix = format!("pod-c{c}");
+        let p = run_series(&pods, &arrivals, &prefix, args.pods, c, move |name| {
             serde_json::from_value(json!({
                 "metadata": {"name": name},
                 "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
@@ -321,14 +444,45 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
             .unwrap_or_default()
         })
         .await?;
-        let p: Vec<Duration> = p.iter().map(|(_, total)| *total).collect();
-        results.push(Series::new("plain Pod", c, &p));
+        delete_series(&pods, &prefix, args.pods).await;
+        let totals: Vec<Duration> = p.samples.iter().map(|(_, total)| *total).collect();
+        results.push(Series::new("plain Pod", c, &totals));
+        makespans.push(("plain Pod", c, args.pods, p.makespan));
 
         eprintln!("ctr run -d: {} at concurrency {c}", args.ctr_runs);
         let ctr = ctr.clone();
         let runs = args.ctr_runs;
-        let d = tokio::task::spawn_blocking(move || ctr.series(runs, 2, c)).await??;
+        // Like the series above, nothing is removed until all run.
+        let (d, makespan) = tokio::task::spawn_blocking(move || {
+            ctr.series(2, 0, 1)?;
+            ctr.burst(runs, c)
+        })
+        .await??;
         results.push(Series::new("ctr run -d", c, &d));
+        makespans.push(("ctr run -d", c, runs, makespan));
+    }
+    let mut sustained_line = String::new();
+    if let Some(&c) = args.concurrency.iter().max()
+        && args.sustained_secs > 0
+    {
+        wait_slots_free(&pools, Duration::from_secs(120)).await?;
+        wait_stock(client, ns, stock, Duration::from_secs(300)).await?;
+        eprintln!(
+            "sandboxes back to back for {} s at concurrency {c}",
+            args.sustained_secs
+        );
+        let (d, took) = sustained(&sandboxes, &arrivals, args.sustained_secs, c, sandbox).await?;
+        let series = Series::new("sandbox, sustained", c, &d);
+        sustained_line = format!(
+            "Back to back for {} s at concurrency {c}, each deleted once Running: {} sandboxes Running, {:.1}/s; create→Running p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms.\n",
+            args.sustained_secs,
+            series.runs,
+            series.runs as f64 / took.as_secs_f64(),
+            series.p50_ms,
+            series.p95_ms,
+            series.p99_ms
+        );
+        results.push(series);
     }
     for w in watches {
         w.abort();
@@ -348,6 +502,10 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
             table.push_str(&format!("At concurrency {c}, a Sandbox reaches Running {:.1}x faster than a plain Pod at p50.\n", p / s));
         }
     }
+    table.push('\n');
+    table.push_str(&makespan_table(&makespans));
+    table.push('\n');
+    table.push_str(&sustained_line);
     for t in &stage_tables {
         table.push('\n');
         table.push_str(t);
@@ -355,7 +513,13 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
     std::fs::write(args.out.join("results.md"), &table)?;
     std::fs::write(
         args.out.join("results.json"),
-        serde_json::to_string_pretty(&json!({"series": results, "stages": stage_json}))?,
+        serde_json::to_string_pretty(&json!({
+            "series": results,
+            "stages": stage_json,
+            "all_running_ms": makespans.iter().map(|(name, c, n, d)| json!({
+                "name": name, "concurrency": c, "creates": n, "ms": d.as_secs_f64() * 1000.0,
+            })).collect::<Vec<_>>(),
+        }))?,
     )?;
     std::fs::write(
         args.out.join("latency.svg"),
@@ -367,4 +531,31 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
     println!("{table}");
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// A Markdown table of how long each series took from its first create to
+/// its last Running, as a ratio to `ctr run -d` per created object at the
+/// same concurrency (the series differ in size).
+fn makespan_table(makespans: &[(&str, usize, usize, Duration)]) -> String {
+    let per_object = |name: &str, c: usize| {
+        makespans
+            .iter()
+            .find(|(n, cc, _, _)| *n == name && *cc == c)
+            .map_or(f64::NAN, |(_, _, n, d)| {
+                d.as_secs_f64() / (*n).max(1) as f64
+            })
+    };
+    let mut s = String::from(
+        "| configuration | concurrency | creates | all Running after ms | per create ms | per create / ctr run -d |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, c, n, d) in makespans {
+        let per = per_object(name, *c);
+        s.push_str(&format!(
+            "| {name} | {c} | {n} | {:.0} | {:.1} | {:.2} |\n",
+            d.as_secs_f64() * 1000.0,
+            per * 1000.0,
+            per / per_object("ctr run -d", *c)
+        ));
+    }
+    s
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use fast_sandbox_api::wellknown::{LABEL_POOL, LABEL_POOL_NAMESPACE};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -15,7 +16,7 @@ const SYSTEM_NAMESPACE: &str = "fast-sandbox-system";
 const OPS_PORT: u16 = 9090;
 
 /// The histograms read, with what each measures, in hot-path order.
-pub const STAGES: [(&str, &str); 8] = [
+pub const STAGES: [(&str, &str); 9] = [
     (
         "fast_sandbox_webhook_admission_duration_seconds",
         "webhook: answer the AdmissionReview (placement)",
@@ -27,6 +28,10 @@ pub const STAGES: [(&str, &str); 8] = [
     (
         "fast_sandbox_controller_agent_create_seconds",
         "controller: the agent's create call",
+    ),
+    (
+        "fast_sandbox_agent_create_seconds{stage=\"claim\"}",
+        "agent: claim a pre-started sandbox",
     ),
     (
         "fast_sandbox_agent_create_seconds{stage=\"snapshot\"}",
@@ -50,16 +55,23 @@ pub const STAGES: [(&str, &str); 8] = [
     ),
 ];
 
-/// Cumulative bucket counts by upper bound, summed over every pod, per
-/// histogram of [`STAGES`].
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot(BTreeMap<&'static str, Vec<(f64, f64)>>);
+/// The agents' count of creates by path: claimed, or why it went cold.
+const CREATE_PATHS: &str = "fast_sandbox_agent_stock_creates_total";
 
-/// Reads every Fast Sandbox pod's metrics (components and agents).
-pub async fn snapshot(client: &Client) -> anyhow::Result<Snapshot> {
+/// Cumulative bucket counts by upper bound, summed over every pod, per
+/// histogram of [`STAGES`]; and the agents' creates by path.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot(
+    BTreeMap<&'static str, Vec<(f64, f64)>>,
+    BTreeMap<String, f64>,
+);
+
+/// The concatenated `/metrics` of the running Fast Sandbox pods that match
+/// `selector` (all of them when empty).
+async fn metrics_text(client: &Client, selector: &str) -> anyhow::Result<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let mut text = String::new();
-    for p in pods.list(&ListParams::default()).await? {
+    for p in pods.list(&ListParams::default().labels(selector)).await? {
         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         if !running || p.metadata.deletion_timestamp.is_some() {
             continue;
@@ -75,11 +87,62 @@ pub async fn snapshot(client: &Client) -> anyhow::Result<Snapshot> {
             text.push('\n');
         }
     }
+    Ok(text)
+}
+
+/// Reads every Fast Sandbox pod's metrics (components and agents).
+pub async fn snapshot(client: &Client) -> anyhow::Result<Snapshot> {
+    let text = metrics_text(client, "").await?;
     let mut s = Snapshot::default();
     for (name, _) in STAGES {
         s.0.insert(name, buckets(&text, name));
     }
+    s.1 = paths(&text);
     Ok(s)
+}
+
+/// Pre-started sandboxes ready on the agents of pool `ns/pool`.
+pub async fn stock_ready(client: &Client, ns: &str, pool: &str) -> anyhow::Result<f64> {
+    let selector = format!("{LABEL_POOL_NAMESPACE}={ns},{LABEL_POOL}={pool}");
+    let text = metrics_text(client, &selector).await?;
+    Ok(gauge_sum(&text, "fast_sandbox_agent_stock_ready"))
+}
+
+/// The sum of every unlabelled sample of gauge `name`.
+fn gauge_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// [`CREATE_PATHS`] summed over every pod, by its `path` label.
+fn paths(text: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{CREATE_PATHS}{{path=\"");
+    let mut sums = BTreeMap::new();
+    for line in text.lines() {
+        let Some((path, value)) = line
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once("\"} "))
+        else {
+            continue;
+        };
+        if let Ok(n) = value.trim().parse::<f64>() {
+            *sums.entry(path.to_string()).or_insert(0.0) += n;
+        }
+    }
+    sums
+}
+
+/// How many creates between `before` and `after` took each path (claimed,
+/// or the reason they went cold).
+pub fn paths_between(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, f64> {
+    after
+        .1
+        .iter()
+        .map(|(p, n)| (p.clone(), n - before.1.get(p).copied().unwrap_or(0.0)))
+        .filter(|(_, n)| *n > 0.0)
+        .collect()
 }
 
 /// The cumulative `le` buckets of histogram `selector` (a name, or a name
@@ -230,6 +293,28 @@ fast_sandbox_agent_create_seconds_bucket{stage="task_create",le="+Inf"} 1
         assert_eq!(b, vec![(0.01, 3.0), (0.025, 10.0), (f64::INFINITY, 11.0)]);
         assert_eq!(quantile(&b, 0.5), 0.025);
         assert_eq!(quantile(&b, 0.99), f64::INFINITY);
+    }
+
+    #[test]
+    fn gauges_sum_over_pods() {
+        let text = "# TYPE fast_sandbox_agent_stock_ready gauge\n\
+                    fast_sandbox_agent_stock_ready 3\n\
+                    fast_sandbox_agent_stock_ready_other 9\n\
+                    fast_sandbox_agent_stock_ready 4\n";
+        assert_eq!(gauge_sum(text, "fast_sandbox_agent_stock_ready"), 7.0);
+    }
+
+    #[test]
+    fn create_paths_sum_over_pods() {
+        let text = "fast_sandbox_agent_stock_creates_total{path=\"claimed\"} 3\n\
+                    fast_sandbox_agent_stock_creates_total{path=\"empty\"} 1\n\
+                    fast_sandbox_agent_stock_creates_total{path=\"claimed\"} 4\n";
+        let before = Snapshot(BTreeMap::new(), BTreeMap::from([("claimed".into(), 2.0)]));
+        let after = Snapshot(BTreeMap::new(), paths(text));
+        assert_eq!(
+            paths_between(&before, &after),
+            BTreeMap::from([("claimed".into(), 5.0), ("empty".into(), 1.0)])
+        );
     }
 
     #[test]
