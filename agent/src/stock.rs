@@ -57,15 +57,22 @@ pub const BUILD_QUIET: std::time::Duration = std::time::Duration::from_millis(20
 pub const BUILD_MAX_DEFER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How much longer a build that has waited `waited` must wait when the
-/// last create was `since_create` ago (None: never); zero when it may
-/// start.
+/// last create was `since_create` ago (None: never) and its image has
+/// `ready` of `per_image` entries; zero when it may start. A stock down
+/// to a quarter builds at once: the next creates would go cold, and a cold
+/// create costs what a build does, and then some.
 pub fn build_delay(
     since_create: Option<std::time::Duration>,
     waited: std::time::Duration,
+    ready: usize,
+    per_image: usize,
 ) -> std::time::Duration {
     let Some(since) = since_create else {
         return std::time::Duration::ZERO;
     };
+    if ready * 4 <= per_image {
+        return std::time::Duration::ZERO;
+    }
     BUILD_QUIET
         .saturating_sub(since)
         .min(BUILD_MAX_DEFER.saturating_sub(waited))
@@ -265,6 +272,16 @@ impl<T: Item> Stock<T> {
         self.lock().ready.drain().flat_map(|(_, v)| v).collect()
     }
 
+    /// Entries of `image` ready to be claimed.
+    pub fn ready_of(&self, image: &str) -> usize {
+        self.lock().ready.get(image).map_or(0, Vec::len)
+    }
+
+    /// Entries per warm image the stock keeps.
+    pub fn per_image(&self) -> usize {
+        self.per_image
+    }
+
     /// Entries ready to be claimed.
     pub fn ready(&self) -> usize {
         self.lock().ready.values().map(Vec::len).sum()
@@ -276,16 +293,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builds_wait_for_quiet_but_not_forever() {
+    fn builds_wait_for_quiet_but_not_forever_nor_when_low() {
         let ms = std::time::Duration::from_millis;
-        assert_eq!(build_delay(None, ms(0)), ms(0));
-        assert_eq!(build_delay(Some(ms(50)), ms(0)), ms(150));
-        assert_eq!(build_delay(Some(BUILD_QUIET), ms(0)), ms(0));
-        assert_eq!(
-            build_delay(Some(ms(10)), BUILD_MAX_DEFER - ms(100)),
-            ms(100)
-        );
-        assert_eq!(build_delay(Some(ms(0)), BUILD_MAX_DEFER), ms(0));
+        let full = |since, waited| build_delay(since, waited, 3, 4);
+        assert_eq!(full(None, ms(0)), ms(0));
+        assert_eq!(full(Some(ms(50)), ms(0)), ms(150));
+        assert_eq!(full(Some(BUILD_QUIET), ms(0)), ms(0));
+        assert_eq!(full(Some(ms(10)), BUILD_MAX_DEFER - ms(100)), ms(100));
+        assert_eq!(full(Some(ms(0)), BUILD_MAX_DEFER), ms(0));
+        // Down to a quarter: at once, creates or not.
+        assert_eq!(build_delay(Some(ms(0)), ms(0), 1, 4), ms(0));
+        assert_eq!(build_delay(Some(ms(0)), ms(0), 8, 32), ms(0));
+        assert_eq!(build_delay(Some(ms(0)), ms(0), 9, 32), BUILD_QUIET);
     }
 
     #[derive(Debug, PartialEq)]

@@ -19,10 +19,11 @@
 //! container's directory), so the command starts exactly once.
 //!
 //! The stock refills in the background, one build at a time, each build's
-//! process at the lowest CPU weight. A build starts once the agent has seen
-//! no create for a moment (a burst keeps every core for its claims), or
-//! after a bounded wait, so a steady stream of creates, cold or claimed,
-//! still refills it.
+//! process at the lowest CPU weight. While the image holds more than a
+//! quarter of its stock, a build starts once the agent has seen no create
+//! for a moment (a burst keeps every core for its claims) or after a
+//! bounded wait; below that it starts at once, so a steady stream of
+//! creates keeps finding one.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -345,7 +346,12 @@ impl Agent {
             let wanted = Instant::now();
             loop {
                 let last = *self.last_create.lock().unwrap_or_else(|p| p.into_inner());
-                let pause = stock::build_delay(last.map(|t| t.elapsed()), wanted.elapsed());
+                let pause = stock::build_delay(
+                    last.map(|t| t.elapsed()),
+                    wanted.elapsed(),
+                    self.stock.ready_of(&image),
+                    self.stock.per_image(),
+                );
                 if pause.is_zero() {
                     break;
                 }
