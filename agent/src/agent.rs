@@ -42,6 +42,7 @@ mod layer_cap;
 mod node_janitor;
 mod prestart;
 mod state_sync;
+mod stock_refill;
 mod userns_slot;
 mod warm_snapshots;
 

@@ -482,12 +482,25 @@ impl State {
     fn pick(&self, pool_key: &str, image: &str, avoid: Option<AgentId>) -> Option<(AgentId, bool)> {
         let pool = self.pools.get(pool_key)?;
         let now = Instant::now();
-        if let Some(holders) = pool.images.peek(image)
-            && let Some(id) = pool.free.iter().map(|&(_, _, id)| id).find(|&id| {
-                Some(id) != avoid && holders.contains(&id) && self.agent(id).available(now)
-            })
-        {
-            return Some((id, true));
+        if let Some(holders) = pool.images.peek(image) {
+            let fits = |id: AgentId| Some(id) != avoid && self.agent(id).available(now);
+            // Whichever is shorter is walked: a few holders among many free
+            // agents, or a few free agents among many holders.
+            let best = if holders.len() < pool.free.len() {
+                holders
+                    .iter()
+                    .copied()
+                    .filter(|&id| fits(id))
+                    .min_by_key(|&id| self.agent(id).free_entry(id))
+            } else {
+                pool.free
+                    .iter()
+                    .map(|&(_, _, id)| id)
+                    .find(|&id| holders.contains(&id) && fits(id))
+            };
+            if let Some(id) = best {
+                return Some((id, true));
+            }
         }
         // While some node of the pool holds the image, an agent whose node
         // is known to lack it is never chosen: nothing is pulled, so the
@@ -782,6 +795,23 @@ mod tests {
         // An image update that keeps busybox keeps "b" a holder.
         idx.upsert_agent(agent("b", 4, &["busybox", "nginx"]));
         assert_eq!(reserve(9..12), ["a", "c", "b"]);
+    }
+
+    #[test]
+    fn holders_spread_when_every_free_agent_holds_the_image() {
+        // As many holders as free agents: the free set is walked instead.
+        let idx = Index::new();
+        for p in ["a", "b", "c"] {
+            idx.upsert_agent(agent(p, 2, &["busybox"]));
+        }
+        let order: Vec<String> = (0..6)
+            .map(|i| {
+                idx.reserve(POOL, "busybox", &i.to_string())
+                    .unwrap()
+                    .pod_name
+            })
+            .collect();
+        assert_eq!(order, ["a", "b", "c", "a", "b", "c"]);
     }
 
     #[test]
