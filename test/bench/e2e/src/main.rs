@@ -166,14 +166,54 @@ where
         + Sync
         + 'static,
 {
+    let names = (0..n).map(|i| format!("{prefix}-{i}"));
+    create_all(api, arrivals, names, concurrency, make, false).await
+}
+
+/// Sandboxes created back to back for `secs` with `concurrency` in flight,
+/// each deleted (in the background) as soon as it runs.
+async fn sustained(
+    api: &Api<Sandbox>,
+    arrivals: &Arrivals,
+    secs: u64,
+    concurrency: usize,
+    make: impl Fn(&str) -> Sandbox + Send + Sync + 'static,
+) -> anyhow::Result<Timed> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let names = (0..)
+        .take_while(move |_| Instant::now() < deadline)
+        .map(|i| format!("sustained-{i}"));
+    create_all(api, arrivals, names, concurrency, make, true).await
+}
+
+/// Creates an object per name with `concurrency` in flight and times each
+/// from its create call to its Running event; deletes each (grace 0, in the
+/// background) once it runs when `delete_running`.
+async fn create_all<K>(
+    api: &Api<K>,
+    arrivals: &Arrivals,
+    names: impl Iterator<Item = String>,
+    concurrency: usize,
+    make: impl Fn(&str) -> K + Send + Sync + 'static,
+    delete_running: bool,
+) -> anyhow::Result<Timed>
+where
+    K: Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let make = Arc::new(make);
     let first = Instant::now();
-    let samples = futures::stream::iter(0..n)
-        .map(|i| {
+    let samples = futures::stream::iter(names)
+        .map(|name| {
             let api = api.clone();
             let arrivals = arrivals.clone();
             let make = make.clone();
-            let name = format!("{prefix}-{i}");
             async move {
                 let rx = arrivals.expect(&name);
                 let start = Instant::now();
@@ -184,6 +224,11 @@ where
                 let at = tokio::time::timeout(Duration::from_secs(120), rx)
                     .await
                     .with_context(|| format!("{name} not running after 120 s"))??;
+                if delete_running {
+                    tokio::spawn(async move {
+                        let _ = api.delete(&name, &now()).await;
+                    });
+                }
                 anyhow::Ok((created, at - start))
             }
         })
@@ -196,48 +241,12 @@ where
     })
 }
 
-/// Sandboxes created back to back for `secs` with `concurrency` in flight,
-/// each deleted (in the background) as soon as it runs: how many ran, and
-/// each one's create→Running.
-async fn sustained(
-    api: &Api<Sandbox>,
-    arrivals: &Arrivals,
-    secs: u64,
-    concurrency: usize,
-    make: impl Fn(&str) -> Sandbox + Send + Sync + 'static,
-) -> anyhow::Result<(Vec<Duration>, Duration)> {
-    let make = Arc::new(make);
-    let first = Instant::now();
-    let deadline = first + Duration::from_secs(secs);
-    let samples = futures::stream::iter((0..).take_while(move |_| Instant::now() < deadline))
-        .map(|i| {
-            let api = api.clone();
-            let arrivals = arrivals.clone();
-            let make = make.clone();
-            let name = format!("sustained-{i}");
-            async move {
-                let rx = arrivals.expect(&name);
-                let start = Instant::now();
-                api.create(&PostParams::default(), &make(&name))
-                    .await
-                    .with_context(|| format!("creating {name}"))?;
-                let at = tokio::time::timeout(Duration::from_secs(120), rx)
-                    .await
-                    .with_context(|| format!("{name} not running after 120 s"))??;
-                tokio::spawn(async move {
-                    let now = DeleteParams {
-                        grace_period_seconds: Some(0),
-                        ..Default::default()
-                    };
-                    let _ = api.delete(&name, &now).await;
-                });
-                anyhow::Ok(at - start)
-            }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok((samples, first.elapsed()))
+/// Delete at once, without a grace period.
+fn now() -> DeleteParams {
+    DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    }
 }
 
 /// Deletes the `n` objects [`run_series`] made under `prefix`.
@@ -245,15 +254,10 @@ async fn delete_series<K>(api: &Api<K>, prefix: &str, n: usize)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
-    let grace = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..Default::default()
-    };
     let deletes = (0..n).map(|i| {
         let api = api.clone();
-        let grace = grace.clone();
         async move {
-            let _ = api.delete(&format!("{prefix}-{i}"), &grace).await;
+            let _ = api.delete(&format!("{prefix}-{i}"), &now()).await;
         }
     });
     futures::stream::iter(deletes)
@@ -471,7 +475,11 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
             "sandboxes back to back for {} s at concurrency {c}",
             args.sustained_secs
         );
-        let (d, took) = sustained(&sandboxes, &arrivals, args.sustained_secs, c, sandbox).await?;
+        let timed = sustained(&sandboxes, &arrivals, args.sustained_secs, c, sandbox).await?;
+        let (d, took): (Vec<Duration>, Duration) = (
+            timed.samples.iter().map(|(_, total)| *total).collect(),
+            timed.makespan,
+        );
         let series = Series::new("sandbox, sustained", c, &d);
         sustained_line = format!(
             "Back to back for {} s at concurrency {c}, each deleted once Running: {} sandboxes Running, {:.1}/s; create→Running p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms.\n",
