@@ -27,6 +27,15 @@ pub enum Stage {
     TaskStart,
     /// A pre-started sandbox claimed: relabel, limits, launch, exec seen.
     Claim,
+    /// Within a claim: the node-wide look for another agent's container
+    /// of the sandbox.
+    ClaimCheck,
+    /// Within a claim: the containerd update that hands the container to
+    /// the sandbox (the commit point).
+    Relabel,
+    /// Within a claim: limits and hostname applied, the launch message
+    /// sent and the init's exec seen.
+    Launch,
     /// The link, routes and resolv.conf of a sandbox with egress.
     Egress,
     /// The whole create.
@@ -42,6 +51,9 @@ impl Stage {
             Stage::TaskCreate => "task_create",
             Stage::TaskStart => "task_start",
             Stage::Claim => "claim",
+            Stage::ClaimCheck => "claim_check",
+            Stage::Relabel => "relabel",
+            Stage::Launch => "launch",
             Stage::Egress => "egress",
             Stage::Total => "total",
         }

@@ -69,6 +69,10 @@ impl Drop for Foreign<'_> {
     }
 }
 
+/// Each test plays one node's agents, and a sweep judges every container of
+/// the node (here, of the test containerd): the tests run one at a time.
+static NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn live(uids: &[&str]) -> JanitorRequest {
     JanitorRequest {
         live_agent_uids: uids.iter().map(|s| s.to_string()).collect(),
@@ -83,6 +87,7 @@ async fn start(env: &Env, test: &str, root: &Path) -> TestAgent {
 
 #[tokio::test]
 async fn containers_of_a_gone_agent_are_collected_and_nothing_else() {
+    let _node = NODE.lock().await;
     let env = env();
     // Agents share one state root, one subdirectory per pod UID, as on a node.
     let root = tempfile::tempdir().unwrap();
@@ -211,4 +216,94 @@ async fn containers_of_a_gone_agent_are_collected_and_nothing_else() {
     })
     .await;
     assert_nothing_left(&cd, &uid_b, &b_logs).await;
+}
+
+/// An agent sharing `root` that keeps `size` pre-started sandboxes of the
+/// test image, started once they are ready.
+async fn start_stocked(env: &Env, test: &str, root: &Path, size: usize) -> TestAgent {
+    let (dir, image) = (root.join(pod_uid(test)), env.image.clone());
+    let a = TestAgent::start_with(env, test, 4, move |cfg| {
+        cfg.state_dir = dir;
+        cfg.stock_size = size;
+        cfg.stock_images = vec![image];
+    })
+    .await;
+    a.wait_stock(size).await;
+    a
+}
+
+/// A claimed container has an id of its own, so containerd cannot refuse a
+/// claim the way it refuses a cold create whose id is taken: the claim looks
+/// for another agent's container of the sandbox itself, and leaves its stock
+/// untouched when it finds one. A sandbox still where admission bound it
+/// (`first_placement`) cannot have been held by another agent and is not
+/// looked for.
+#[tokio::test]
+async fn a_claim_meets_a_gone_agents_container_unless_first_placed() {
+    let _node = NODE.lock().await;
+    let env = env();
+    let root = tempfile::tempdir().unwrap();
+    let a = start_stocked(&env, "claim-check-a", root.path(), 1).await;
+    let uid_a = a.agent.config().pod_uid.clone();
+    let mut req = request(&env, "claim-check-s", &["sleep", "300"]);
+    req.first_placement = true;
+    let info = a.client.create(&req).await.unwrap().1.unwrap();
+    assert!(info.container_id.starts_with("stock-"), "{info:?}");
+    assert!(
+        !a.registry
+            .render()
+            .contains("agent_create_seconds_count{stage=\"claim_check\"}"),
+        "a first placement is not looked for:\n{}",
+        a.registry.render()
+    );
+    a.agent.release_stock().await;
+    drop(a);
+
+    // Re-placed on B (not where admission bound it): refused, B's stock
+    // intact, A's container left alone.
+    let b = start_stocked(&env, "claim-check-b", root.path(), 1).await;
+    let uid_b = b.agent.config().pod_uid.clone();
+    req.first_placement = false;
+    let (status, answer) = b.client.create(&req).await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{answer:?}");
+    let err = answer.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ContainerExists);
+    assert!(err.message.contains(&uid_a), "{}", err.message);
+    assert_eq!(b.agent.stock_ready(), 1, "the refused claim took no stock");
+    assert!(
+        b.cd.task(&info.container_id)
+            .await
+            .unwrap()
+            .is_some_and(|t| t.pid > 0),
+        "a refused claim must not touch the other agent's task"
+    );
+
+    // Swept, the claim goes through.
+    let report = b.client.janitor(&live(&[&uid_b])).await.unwrap().unwrap();
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    let claimed = b.client.create(&req).await.unwrap().1.unwrap();
+    assert!(claimed.container_id.starts_with("stock-"), "{claimed:?}");
+    assert!(
+        b.registry
+            .render()
+            .contains("agent_create_seconds_count{stage=\"claim_check\"} 1"),
+        "{}",
+        b.registry.render()
+    );
+
+    b.client.delete(&req.uid, 0).await.unwrap().1.unwrap();
+    b.agent.release_stock().await;
+    let b_logs = root.path().join(&uid_b).join("logs");
+    let cd = b.cd.clone();
+    wait_for("B's containers gone", Duration::from_secs(10), || {
+        let (cd, uid) = (cd.clone(), uid_b.clone());
+        async move {
+            cd.list_containers(vec![format!("labels.\"{}\"=={uid}", label::AGENT_UID)])
+                .await
+                .is_ok_and(|c| c.is_empty())
+        }
+    })
+    .await;
+    assert_nothing_left(&cd, &uid_b, &b_logs).await;
+    assert_nothing_left(&cd, &uid_a, &root.path().join(&uid_a).join("logs")).await;
 }

@@ -101,6 +101,11 @@ pub struct CreateSandboxRequest {
     /// UID replaces the container.
     #[serde(default)]
     pub reset_revision: i64,
+    /// The sandbox is bound where admission bound it (`agentRef.atAdmission`):
+    /// no other agent of the node can hold a container of it, so a claim
+    /// skips looking for one. Unset (the default), the agent looks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first_placement: bool,
 }
 
 /// Limits in the units a cgroup takes.

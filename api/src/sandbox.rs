@@ -180,6 +180,12 @@ pub struct AgentRef {
     /// Node the agent pod runs on.
     #[serde(default)]
     pub node_name: String,
+    /// Set when the admission webhook made this binding as the sandbox was
+    /// created; a binding the controller makes later (a re-placement) leaves
+    /// it unset. No other agent can have held a sandbox bound at admission,
+    /// so its agent skips the node-wide look for another's container of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_admission: bool,
 }
 
 /// Lifecycle phase of a sandbox.

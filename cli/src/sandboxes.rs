@@ -210,6 +210,7 @@ mod tests {
         b.spec.agent_ref = Some(fast_sandbox_api::AgentRef {
             pod_name: "p-1".into(),
             node_name: "n1".into(),
+            ..Default::default()
         });
         let t = table(&[a, b], true);
         let lines: Vec<&str> = t.lines().collect();

@@ -237,6 +237,7 @@ async fn bind(t: &Target<'_>, ctx: &Context, choice: &Choice) -> Result<(), Erro
         // Admission wrote its limits and network when it was created.
         resources: None,
         network: None,
+        at_admission: false,
     };
     let patch = binding::patch(&t.sb.metadata, &b);
     if let Err(e) = t
@@ -553,6 +554,7 @@ async fn create(
         exposed_ports: spec.exposed_ports.clone(),
         network: spec.network.clone(),
         reset_revision,
+        first_placement: spec.agent_ref.as_ref().is_some_and(|r| r.at_admission),
     };
     if matches!(t.phase(), SandboxPhase::Pending | SandboxPhase::Bound)
         && let Some(at) = t.bound_at()

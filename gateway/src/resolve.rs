@@ -258,6 +258,7 @@ mod tests {
         sb.spec.agent_ref = Some(AgentRef {
             pod_name: "a-1".into(),
             node_name: "n".into(),
+            ..Default::default()
         });
         let e = not_ready(&sb, "sb").unwrap();
         assert!(

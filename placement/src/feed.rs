@@ -399,6 +399,7 @@ mod tests {
         s.spec.agent_ref = agent.map(|a| fast_sandbox_api::AgentRef {
             pod_name: a.into(),
             node_name: "n1".into(),
+            ..Default::default()
         });
         s
     }

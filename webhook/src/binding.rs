@@ -33,6 +33,9 @@ pub struct Binding {
     /// Network to write into `spec.network` (the pool's `defaultNetwork`
     /// for a sandbox that sets none), or `None` to leave it as sent.
     pub network: Option<SandboxNetwork>,
+    /// Admission makes this binding as the sandbox is created (written as
+    /// `spec.agentRef.atAdmission`); false for the controller's.
+    pub at_admission: bool,
 }
 
 /// The bind time as written in [`wellknown::ANNOTATION_BOUND_AT`]: RFC 3339
@@ -58,10 +61,11 @@ pub fn patch(meta: &ObjectMeta, binding: &Binding) -> Patch {
     }
 
     if let Some(choice) = &binding.choice {
-        ops.push(add(
-            &["spec", "agentRef"],
-            json!({"podName": choice.pod_name, "nodeName": choice.node_name}),
-        ));
+        let mut agent_ref = json!({"podName": choice.pod_name, "nodeName": choice.node_name});
+        if binding.at_admission {
+            agent_ref["atAdmission"] = json!(true);
+        }
+        ops.push(add(&["spec", "agentRef"], agent_ref));
         labels.insert(wellknown::LABEL_AGENT, choice.pod_name.clone());
         annotations.insert(
             wellknown::ANNOTATION_BOUND_AT,
@@ -136,6 +140,7 @@ mod tests {
             }),
             resources: None,
             network: None,
+            at_admission: true,
             bound_at: Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap()
                 + chrono::Duration::milliseconds(67),
             reservation: "req-uid".into(),
@@ -176,9 +181,25 @@ mod tests {
                 "spec": {
                     "image": "busybox",
                     "poolRef": "default-pool",
-                    "agentRef": {"podName": "agent-1", "nodeName": "node-a"}
+                    "agentRef": {"podName": "agent-1", "nodeName": "node-a", "atAdmission": true}
                 }
             })
+        );
+    }
+
+    #[test]
+    fn a_binding_made_after_admission_is_not_marked_as_one() {
+        let b = Binding {
+            at_admission: false,
+            ..binding(true)
+        };
+        let out = apply(
+            json!({"metadata": {}, "spec": {}}),
+            &patch(&ObjectMeta::default(), &b),
+        );
+        assert_eq!(
+            out["spec"]["agentRef"],
+            json!({"podName": "agent-1", "nodeName": "node-a"})
         );
     }
 

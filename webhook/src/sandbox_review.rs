@@ -138,6 +138,7 @@ impl Reviewer {
             reservation: uid.to_string(),
             resources,
             network,
+            at_admission: true,
         };
         let mut response = Response::allow(uid).with_patch(&binding::patch(&sandbox.metadata, &b));
         response.warnings = warnings;
@@ -466,7 +467,7 @@ mod tests {
         json_patch::patch(&mut doc, &v.response.patch_ops().unwrap()).unwrap();
         assert_eq!(
             doc["spec"]["agentRef"],
-            json!({"podName": "agent-1", "nodeName": "node-a"})
+            json!({"podName": "agent-1", "nodeName": "node-a", "atAdmission": true})
         );
         assert_eq!(
             doc["metadata"]["labels"]["sandbox.fast.io/agent"],
@@ -741,6 +742,22 @@ mod tests {
         )
         .await;
         assert!(v.response.allowed);
+
+        // Marking a re-placement as admission's would skip its agent's look
+        // for another agent's container of it.
+        let mut marked = old.clone();
+        marked["spec"]["agentRef"]["atAdmission"] = json!(true);
+        let v = run(
+            &r,
+            review_body("UPDATE", "alice", marked, old.clone(), false),
+        )
+        .await;
+        assert!(
+            v.response
+                .message()
+                .unwrap()
+                .starts_with("spec.agentRef: is set once at binding")
+        );
 
         let mut cleared = old.clone();
         cleared["spec"].as_object_mut().unwrap().remove("agentRef");

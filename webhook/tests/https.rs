@@ -242,7 +242,7 @@ async fn create_is_bound_over_h2_with_a_base64_json_patch() {
     json_patch::patch(&mut object, &patch).unwrap();
     assert_eq!(
         object["spec"]["agentRef"],
-        json!({"podName": "default-pool-agent-0", "nodeName": "node-1"})
+        json!({"podName": "default-pool-agent-0", "nodeName": "node-1", "atAdmission": true})
     );
     assert_eq!(
         object["metadata"]["labels"]["sandbox.fast.io/agent"],

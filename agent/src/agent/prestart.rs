@@ -109,8 +109,12 @@ impl Agent {
         // refuses it while another agent's container of the sandbox lives
         // on this node (a re-placement after its agent vanished) and the
         // controller has the node swept first. A claimed container has an
-        // id of its own: the same check is made here.
-        if self.stock.enabled() {
+        // id of its own: the same check is made here, unless the sandbox is
+        // where admission bound it, which no other agent has held. The
+        // check reads every container of the node, so it is skipped where
+        // it cannot find one.
+        if self.stock.enabled() && !req.first_placement {
+            let t = Instant::now();
             let filter = format!("labels.\"{}\"==\"{}\"", label::SANDBOX_UID, req.uid);
             if let Some(c) = self
                 .cd
@@ -124,6 +128,7 @@ impl Agent {
                     id: c.id,
                 });
             }
+            self.metrics.observe(Stage::ClaimCheck, t.elapsed());
         }
         let (taken, stale) = self.stock.take(image_name, digest);
         stale.into_iter().for_each(|p| self.destroy(p));
@@ -195,10 +200,13 @@ impl Agent {
         if let Some(m) = p.mapping {
             labels.extend([m.container_label()]);
         }
+        let relabel = Instant::now();
         if let Err(e) = self.cd.relabel_container(&p.id, labels, spec_json).await {
             self.destroy(p);
             return Err(ClaimFailed::Unlaunched(e));
         }
+        self.metrics.observe(Stage::Relabel, relabel.elapsed());
+        let launch_started = Instant::now();
         let Prestarted {
             id,
             snapshot_key,
@@ -234,6 +242,8 @@ impl Agent {
             Ok(e) => e,
             Err(e) => return Err(ClaimFailed::Launched(failed(e).await)),
         };
+        self.metrics
+            .observe(Stage::Launch, launch_started.elapsed());
         self.metrics.observe(Stage::Claim, t.elapsed());
         self.mark_started(&req.uid, image_name, pid, endpoints);
         self.prestart.scrub(&id);

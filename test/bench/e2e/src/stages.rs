@@ -16,7 +16,7 @@ const SYSTEM_NAMESPACE: &str = "fast-sandbox-system";
 const OPS_PORT: u16 = 9090;
 
 /// The histograms read, with what each measures, in hot-path order.
-pub const STAGES: [(&str, &str); 9] = [
+pub const STAGES: [(&str, &str); 12] = [
     (
         "fast_sandbox_webhook_admission_duration_seconds",
         "webhook: answer the AdmissionReview (placement)",
@@ -32,6 +32,18 @@ pub const STAGES: [(&str, &str); 9] = [
     (
         "fast_sandbox_agent_create_seconds{stage=\"claim\"}",
         "agent: claim a pre-started sandbox",
+    ),
+    (
+        "fast_sandbox_agent_create_seconds{stage=\"claim_check\"}",
+        "agent: claim, node-wide check",
+    ),
+    (
+        "fast_sandbox_agent_create_seconds{stage=\"relabel\"}",
+        "agent: claim, relabel (commit)",
+    ),
+    (
+        "fast_sandbox_agent_create_seconds{stage=\"launch\"}",
+        "agent: claim, limits and launch",
     ),
     (
         "fast_sandbox_agent_create_seconds{stage=\"snapshot\"}",
