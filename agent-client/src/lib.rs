@@ -274,6 +274,16 @@ impl AgentClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, T), ClientError> {
+        self.call_within(REQUEST_TIMEOUT, method, path, body).await
+    }
+
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, T), ClientError> {
         let fut = async {
             let resp = self.send(method, path, body).await?;
             let status = resp.status();
@@ -289,7 +299,7 @@ impl AgentClient {
             }
             Ok((status, serde_json::from_slice(&bytes)?))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| ClientError::Timeout)?
     }
@@ -300,10 +310,23 @@ impl AgentClient {
         Ok(self.call(Method::POST, PATH_SANDBOXES, Some(body)).await?.1)
     }
 
-    /// Stops and deletes the sandbox; `None` when the agent had no such
-    /// sandbox (already gone).
-    pub async fn delete(&self, uid: &str) -> Result<Option<SandboxInfo>, ClientError> {
-        match self.call(Method::DELETE, &sandbox_path(uid), None).await {
+    /// Stops (SIGTERM, `grace` or the agent's default, SIGKILL) and deletes
+    /// the sandbox; `None` when the agent had no such sandbox (already
+    /// gone). The call may take the grace period on top of the usual
+    /// deadline.
+    pub async fn delete(
+        &self,
+        uid: &str,
+        grace: Option<Duration>,
+    ) -> Result<Option<SandboxInfo>, ClientError> {
+        let (path, timeout) = match grace {
+            Some(g) => (
+                format!("{}?gracePeriodSeconds={}", sandbox_path(uid), g.as_secs()),
+                REQUEST_TIMEOUT + g,
+            ),
+            None => (sandbox_path(uid), REQUEST_TIMEOUT),
+        };
+        match self.call_within(timeout, Method::DELETE, &path, None).await {
             Ok((_, info)) => Ok(Some(info)),
             Err(ClientError::Api { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
             Err(e) => Err(e),

@@ -66,6 +66,8 @@ impl Ca {
 /// A one-slot agent keeping sandboxes in memory.
 struct MiniAgent {
     sandboxes: Mutex<HashMap<String, SandboxInfo>>,
+    /// The query of every DELETE, in order.
+    delete_queries: Mutex<Vec<Option<String>>>,
     events: broadcast::Sender<SandboxEvent>,
     peers: Mutex<HashSet<SocketAddr>>,
 }
@@ -135,6 +137,10 @@ impl MiniAgent {
                 resp
             }
             (Method::DELETE, p) if p.starts_with(PATH_SANDBOXES) => {
+                self.delete_queries
+                    .lock()
+                    .unwrap()
+                    .push(req.uri().query().map(str::to_string));
                 let uid = p.rsplit('/').next().unwrap_or_default();
                 match self.sandboxes.lock().unwrap().remove(uid) {
                     Some(info) => body::json(StatusCode::OK, &info),
@@ -189,6 +195,7 @@ async fn setup() -> Setup {
     .unwrap();
     let agent = Arc::new(MiniAgent {
         sandboxes: Mutex::new(HashMap::new()),
+        delete_queries: Mutex::new(Vec::new()),
         events: broadcast::channel(16).0,
         peers: Mutex::new(HashSet::new()),
     });
@@ -259,10 +266,21 @@ async fn create_is_idempotent_and_capacity_is_refused_over_one_connection() {
     let list = client.list().await.unwrap();
     assert_eq!(list.sandboxes.len(), 1);
 
-    assert!(client.delete("u1").await.unwrap().is_some());
     assert!(
-        client.delete("u1").await.unwrap().is_none(),
+        client
+            .delete("u1", Some(Duration::ZERO))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        client.delete("u1", None).await.unwrap().is_none(),
         "404 means already gone"
+    );
+    assert_eq!(
+        *s.agent.delete_queries.lock().unwrap(),
+        [Some("gracePeriodSeconds=0".to_string()), None],
+        "a grace period is sent only when the sandbox names one"
     );
 
     let peers = s.agent.peers.lock().unwrap().len();

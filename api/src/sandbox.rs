@@ -82,6 +82,15 @@ pub struct SandboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
+    /// Seconds between SIGTERM and SIGKILL when the sandbox is deleted or
+    /// reset (at most 300). Unset: the agent's default (10). A custom
+    /// resource's deletion drops the `gracePeriodSeconds` of the delete
+    /// call, so this is where a sandbox says it. A process that is PID 1
+    /// and sets no handler (a plain `sleep`) ignores SIGTERM and waits out
+    /// the whole period: 0 frees its slot at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub termination_grace_period_seconds: Option<i64>,
     /// What happens when the agent running the sandbox is lost.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
@@ -311,5 +320,14 @@ impl Sandbox {
         self.status
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+    }
+
+    /// `spec.terminationGracePeriodSeconds` as the agent takes it, kept
+    /// within the range admission enforces; `None` for the agent's default.
+    pub fn termination_grace(&self) -> Option<std::time::Duration> {
+        self.spec.termination_grace_period_seconds.map(|s| {
+            let s = s.clamp(0, crate::validation::MAX_TERMINATION_GRACE_SECONDS);
+            std::time::Duration::from_secs(s.unsigned_abs())
+        })
     }
 }

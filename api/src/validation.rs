@@ -30,6 +30,9 @@ pub const MAX_PIDS: i64 = 4_194_304;
 pub const MIN_EPHEMERAL_STORAGE_BYTES: u64 = 1024 * 1024;
 /// Largest writable layer cap accepted (1 TiB, as memory: it is memory).
 pub const MAX_EPHEMERAL_STORAGE_BYTES: u64 = 1 << 40;
+/// Longest `spec.terminationGracePeriodSeconds`: a deleted sandbox holds
+/// its slot until its process exits.
+pub const MAX_TERMINATION_GRACE_SECONDS: i64 = 300;
 
 /// One invalid field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +305,14 @@ pub fn validate_sandbox_spec(spec: &SandboxSpec) -> Result<(), FieldErrors> {
     {
         errs.push("spec.resetRevision", "must not be negative");
     }
+    if let Some(g) = spec.termination_grace_period_seconds
+        && !(0..=MAX_TERMINATION_GRACE_SECONDS).contains(&g)
+    {
+        errs.push(
+            "spec.terminationGracePeriodSeconds",
+            format!("{g} is out of range: 0 to {MAX_TERMINATION_GRACE_SECONDS} seconds"),
+        );
+    }
     errs.into_result()
 }
 
@@ -480,6 +491,28 @@ mod tests {
     #[test]
     fn minimal_spec_is_valid() {
         assert_eq!(validate_sandbox_spec(&spec()), Ok(()));
+    }
+
+    #[test]
+    fn the_termination_grace_period_is_bounded() {
+        for ok in [0, 1, MAX_TERMINATION_GRACE_SECONDS] {
+            let s = SandboxSpec {
+                termination_grace_period_seconds: Some(ok),
+                ..spec()
+            };
+            assert_eq!(validate_sandbox_spec(&s), Ok(()), "{ok}");
+        }
+        for bad in [-1, MAX_TERMINATION_GRACE_SECONDS + 1, i64::MAX] {
+            let s = SandboxSpec {
+                termination_grace_period_seconds: Some(bad),
+                ..spec()
+            };
+            assert_eq!(
+                fields(validate_sandbox_spec(&s)),
+                ["spec.terminationGracePeriodSeconds"],
+                "{bad}"
+            );
+        }
     }
 
     #[test]

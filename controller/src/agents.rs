@@ -251,8 +251,9 @@ impl Agents {
             && agent.view().sandboxes.contains_key(&uid)
         {
             tracing::info!(sandbox = %sb.name_any(), agent = %agent.name, "sandbox object gone with its container still on the agent; removing it");
+            let grace = sb.termination_grace();
             tokio::spawn(async move {
-                match agent.client.delete(&uid).await {
+                match agent.client.delete(&uid, grace).await {
                     Ok(_) => agent.record_deleted(&uid),
                     Err(e) => {
                         tracing::warn!(agent = %agent.name, uid, error = %e, "cannot remove the container of a deleted sandbox; the agent's next listing retries")
@@ -472,7 +473,7 @@ impl Agents {
                 continue;
             }
             tracing::info!(agent = %agent.name, sandbox = %info.name, namespace = %info.namespace, uid = %info.uid, "deleting orphaned container");
-            match agent.client.delete(&info.uid).await {
+            match agent.client.delete(&info.uid, None).await {
                 Ok(_) => agent.record_deleted(&info.uid),
                 Err(e) => {
                     tracing::warn!(agent = %agent.name, uid = %info.uid, error = %e, "cannot delete orphaned container")

@@ -460,7 +460,7 @@ async fn remove_agent(ctx: &Context, pod: &Pod) -> Result<(), Error> {
         && agent.view().reachable
     {
         for uid in agent.view().sandboxes.keys() {
-            if let Err(e) = agent.client.delete(uid).await {
+            if let Err(e) = agent.client.delete(uid, None).await {
                 tracing::warn!(agent = %name, sandbox = %uid, error = %e, "cannot remove a container before its agent goes; the node janitor collects it");
             }
         }

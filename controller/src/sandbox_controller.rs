@@ -793,7 +793,7 @@ async fn add_finalizer(t: &Target<'_>) -> Result<(), Error> {
 }
 
 async fn delete_on_agent(t: &Target<'_>, agent: &Agent) -> Result<(), Error> {
-    match agent.client.delete(&t.uid).await {
+    match agent.client.delete(&t.uid, t.sb.termination_grace()).await {
         Ok(_) => {
             agent.record_deleted(&t.uid);
             Ok(())

@@ -23,12 +23,13 @@ use crate::pool_defaults::Defaults;
 use crate::review::{Caller, Request, Response, Reviewer, Verdict, allowed, denied, typed};
 
 /// Spec fields a user may change after binding (`agentRef` is checked on
-/// its own): recreating the container, and when the sandbox is deleted
-/// (a session kept alive moves its `expireTime` on).
+/// its own): recreating the container, and when and how the sandbox is
+/// deleted (a session kept alive moves its `expireTime` on).
 const MUTABLE_WHEN_BOUND: &[&str] = &[
     "agentRef",
     "expireTime",
     "resetRevision",
+    "terminationGracePeriodSeconds",
     "ttlSecondsAfterFinished",
 ];
 
@@ -224,7 +225,7 @@ impl Reviewer {
                 403,
                 "Forbidden",
                 format!(
-                    "spec.{field}: cannot change once the sandbox is bound to an agent; only spec.resetRevision (bump it to recreate the container), spec.expireTime and spec.ttlSecondsAfterFinished may change"
+                    "spec.{field}: cannot change once the sandbox is bound to an agent; only spec.resetRevision (bump it to recreate the container), spec.expireTime, spec.ttlSecondsAfterFinished and spec.terminationGracePeriodSeconds may change"
                 ),
             ));
         }

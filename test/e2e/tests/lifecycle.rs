@@ -9,10 +9,10 @@ use fast_sandbox_api::{ExposedPort, Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool};
 use fast_sandbox_e2e::{
-    cluster_client, delete_namespace, impersonating, namespace, wait_for, wait_gone,
+    cluster_client, delete_namespace, editor, impersonating, namespace, wait_for, wait_gone,
 };
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -40,6 +40,17 @@ fn sandbox(name: &str, pool: &str, command: &[&str]) -> Sandbox {
         "spec": {"image": BUSYBOX, "command": command, "poolRef": pool}
     }))
     .unwrap()
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Waits (at most `within`) until sandbox `name` is in `phase`.
+async fn reaches(sbx: &Api<Sandbox>, name: &str, phase: SandboxPhase, within: Duration) {
+    wait_for(sbx, name, within, phase.as_str(), |s: &Sandbox| {
+        s.phase() == phase
+    })
+    .await
+    .unwrap();
 }
 
 fn ready(s: &Sandbox) -> bool {
@@ -297,15 +308,7 @@ async fn logs_through_kubectl_sandbox() {
     )
     .await
     .unwrap();
-    wait_for(
-        &sbx,
-        "live",
-        Duration::from_secs(60),
-        "live Running",
-        |s: &Sandbox| s.phase() == SandboxPhase::Running,
-    )
-    .await
-    .unwrap();
+    reaches(&sbx, "live", SandboxPhase::Running, MINUTE).await;
     let mut followed = Vec::new();
     let follow = LogOptions {
         follow: true,
@@ -320,15 +323,7 @@ async fn logs_through_kubectl_sandbox() {
     .unwrap();
     assert_eq!(String::from_utf8_lossy(&followed), "first\nsecond\n");
 
-    wait_for(
-        &sbx,
-        "done",
-        Duration::from_secs(60),
-        "done Succeeded",
-        |s: &Sandbox| s.phase() == SandboxPhase::Succeeded,
-    )
-    .await
-    .unwrap();
+    reaches(&sbx, "done", SandboxPhase::Succeeded, MINUTE).await;
     let mut out = Vec::new();
     logs(client.clone(), &ns, "done", LogOptions::default(), &mut out)
         .await
@@ -467,5 +462,76 @@ async fn exposed_port_is_reachable_at_the_status_endpoint() {
         .output()
         .expect("curl runs");
     assert!(!after.status.success(), "{url} still answers after delete");
+    delete_namespace(&client, &ns).await;
+}
+
+/// `spec.terminationGracePeriodSeconds` reaches the agent. A plain `sleep`
+/// as PID 1 ignores SIGTERM, so its delete waits out the whole grace period:
+/// deleted together, the one whose grace was lowered to 0 after binding is
+/// gone while the one keeping 30 s is still Terminating. An `edit` tenant
+/// may change the field but not past its maximum, and the error names it;
+/// a user without a role in the namespace may not touch it.
+#[tokio::test]
+async fn the_termination_grace_period_reaches_the_agent() {
+    let (client, ns, _) = setup("termination grace", "e2e-grace").await;
+    let sbx: Api<Sandbox> = Api::namespaced(editor(&client, &ns, "grace-tenant").await, &ns);
+    let mut s = sandbox("quick", "p", &["/bin/sleep", "3600"]);
+    s.spec.termination_grace_period_seconds = Some(301);
+    let err = sbx.create(&PostParams::default(), &s).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.terminationGracePeriodSeconds"),
+        "{err}"
+    );
+    s.spec.termination_grace_period_seconds = Some(30);
+    sbx.create(&PostParams::default(), &s).await.unwrap();
+    let mut slow = sandbox("slow", "p", &["/bin/sleep", "3600"]);
+    slow.spec.termination_grace_period_seconds = Some(30);
+    sbx.create(&PostParams::default(), &slow).await.unwrap();
+    for name in ["quick", "slow"] {
+        reaches(&sbx, name, SandboxPhase::Running, MINUTE).await;
+    }
+
+    let grace = |g: i64| Patch::Merge(json!({"spec": {"terminationGracePeriodSeconds": g}}));
+    let err = sbx
+        .patch("quick", &PatchParams::default(), &grace(301))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.terminationGracePeriodSeconds"),
+        "{err}"
+    );
+    let outsider: Api<Sandbox> = Api::namespaced(impersonating("grace-outsider").await, &ns);
+    let err = outsider
+        .patch("quick", &PatchParams::default(), &grace(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(e) if e.code == 403),
+        "{err}"
+    );
+    sbx.patch("quick", &PatchParams::default(), &grace(0))
+        .await
+        .unwrap();
+
+    for name in ["slow", "quick"] {
+        sbx.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    wait_gone(&sbx, "quick", Duration::from_secs(20))
+        .await
+        .expect("a sandbox with a grace period of 0 is gone well before 20 s");
+    // Deleted at the same moment, the other is still Terminating: its
+    // sleep ignores SIGTERM for the 30 s grace period.
+    reaches(
+        &sbx,
+        "slow",
+        SandboxPhase::Terminating,
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_gone(&sbx, "slow", Duration::from_secs(60))
+        .await
+        .unwrap();
     delete_namespace(&client, &ns).await;
 }
