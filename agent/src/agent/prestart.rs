@@ -116,17 +116,21 @@ impl Agent {
         if self.stock.enabled() && !req.first_placement {
             let t = Instant::now();
             let filter = format!("labels.\"{}\"==\"{}\"", label::SANDBOX_UID, req.uid);
-            if let Some(c) = self
-                .cd
-                .list_containers(vec![filter])
-                .await?
-                .into_iter()
-                .next()
-            {
-                return Err(Error::ContainerExists {
-                    owner: c.labels.get(label::AGENT_UID).cloned().unwrap_or_default(),
-                    id: c.id,
-                });
+            for c in self.cd.list_containers(vec![filter]).await? {
+                let owner = c.labels.get(label::AGENT_UID).cloned().unwrap_or_default();
+                // A relabel in flight as an earlier run of this agent was
+                // killed can reach containerd after this run rebuilt its
+                // state and took the container for its stock: no launch
+                // message ever went out (it follows the relabel), so the
+                // container is an unclaimed pre-started one and goes.
+                let ours = (owner == self.cfg.pod_uid)
+                    .then(|| self.stock.remove_id(&c.id))
+                    .flatten();
+                let Some(p) = ours else {
+                    return Err(Error::ContainerExists { owner, id: c.id });
+                };
+                tracing::warn!(uid = %req.uid, container = %c.id, "a stock container carries the sandbox's labels from a claim a kill cut short; removing it");
+                self.destroy(p);
             }
             self.metrics.observe(Stage::ClaimCheck, t.elapsed());
         }
