@@ -205,17 +205,28 @@ async fn containers_of_a_gone_agent_are_collected_and_nothing_else() {
         let (status, _) = b.client.delete(s, 0).await.unwrap();
         assert_eq!(status, StatusCode::OK);
     }
-    let (cd, b_logs) = (b.cd.clone(), root.path().join(&uid_b).join("logs"));
-    wait_for("B's sandboxes deleted", Duration::from_secs(10), || {
-        let (cd, uid) = (cd.clone(), uid_b.clone());
-        async move {
-            cd.list_containers(vec![format!("labels.\"{}\"=={uid}", label::AGENT_UID)])
-                .await
-                .is_ok_and(|c| c.is_empty())
-        }
-    })
+    all_gone(&b, root.path()).await;
+}
+
+/// Waits until `a`'s containers are gone, then fails if anything of it is
+/// left (its state directory is under `root`).
+async fn all_gone(a: &TestAgent, root: &Path) {
+    let uid = a.agent.config().pod_uid.clone();
+    let cd = a.cd.clone();
+    wait_for(
+        "the agent's containers gone",
+        Duration::from_secs(10),
+        || {
+            let (cd, uid) = (cd.clone(), uid.clone());
+            async move {
+                cd.list_containers(vec![format!("labels.\"{}\"=={uid}", label::AGENT_UID)])
+                    .await
+                    .is_ok_and(|c| c.is_empty())
+            }
+        },
+    )
     .await;
-    assert_nothing_left(&cd, &uid_b, &b_logs).await;
+    assert_nothing_left(&cd, &uid, &root.join(&uid).join("logs")).await;
 }
 
 /// An agent sharing `root` that keeps `size` pre-started sandboxes of the
@@ -293,17 +304,6 @@ async fn a_claim_meets_a_gone_agents_container_unless_first_placed() {
 
     b.client.delete(&req.uid, 0).await.unwrap().1.unwrap();
     b.agent.release_stock().await;
-    let b_logs = root.path().join(&uid_b).join("logs");
-    let cd = b.cd.clone();
-    wait_for("B's containers gone", Duration::from_secs(10), || {
-        let (cd, uid) = (cd.clone(), uid_b.clone());
-        async move {
-            cd.list_containers(vec![format!("labels.\"{}\"=={uid}", label::AGENT_UID)])
-                .await
-                .is_ok_and(|c| c.is_empty())
-        }
-    })
-    .await;
-    assert_nothing_left(&cd, &uid_b, &b_logs).await;
-    assert_nothing_left(&cd, &uid_a, &root.path().join(&uid_a).join("logs")).await;
+    all_gone(&b, root.path()).await;
+    assert_nothing_left(&b.cd, &uid_a, &root.path().join(&uid_a).join("logs")).await;
 }

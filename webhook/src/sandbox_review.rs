@@ -719,6 +719,14 @@ mod tests {
         sandbox(s)
     }
 
+    /// Fails unless a tenant's UPDATE of `old` to `new` is refused with a
+    /// message starting `prefix`.
+    async fn refused(r: &Reviewer, new: Value, old: &Value, prefix: &str) {
+        let v = run(r, review_body("UPDATE", "alice", new, old.clone(), false)).await;
+        let message = v.response.message().unwrap_or_default();
+        assert!(message.starts_with(prefix), "{message}");
+    }
+
     #[tokio::test]
     async fn update_protects_the_binding_and_fixed_fields() {
         let r = Reviewer::new(index(), CONTROLLER);
@@ -726,17 +734,13 @@ mod tests {
 
         let mut moved = old.clone();
         moved["spec"]["agentRef"]["podName"] = json!("agent-2");
-        let v = run(
+        refused(
             &r,
-            review_body("UPDATE", "alice", moved.clone(), old.clone(), false),
+            moved.clone(),
+            &old,
+            "spec.agentRef: is set once at binding",
         )
         .await;
-        assert!(
-            v.response
-                .message()
-                .unwrap()
-                .starts_with("spec.agentRef: is set once at binding")
-        );
         let v = run(
             &r,
             review_body("UPDATE", CONTROLLER, moved, old.clone(), false),
@@ -748,17 +752,7 @@ mod tests {
         // for another agent's container of it.
         let mut marked = old.clone();
         marked["spec"]["agentRef"]["atAdmission"] = json!(true);
-        let v = run(
-            &r,
-            review_body("UPDATE", "alice", marked, old.clone(), false),
-        )
-        .await;
-        assert!(
-            v.response
-                .message()
-                .unwrap()
-                .starts_with("spec.agentRef: is set once at binding")
-        );
+        refused(&r, marked, &old, "spec.agentRef: is set once at binding").await;
 
         let mut cleared = old.clone();
         cleared["spec"].as_object_mut().unwrap().remove("agentRef");
@@ -780,17 +774,13 @@ mod tests {
 
         let mut image = old.clone();
         image["spec"]["image"] = json!("nginx");
-        let v = run(
+        refused(
             &r,
-            review_body("UPDATE", "alice", image, old.clone(), false),
+            image,
+            &old,
+            "spec.image: cannot change once the sandbox is bound",
         )
         .await;
-        assert!(
-            v.response
-                .message()
-                .unwrap()
-                .starts_with("spec.image: cannot change once the sandbox is bound")
-        );
 
         let mut later = old.clone();
         later["spec"]["expireTime"] = json!("2099-01-01T00:00:00Z");

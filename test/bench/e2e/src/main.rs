@@ -145,31 +145,10 @@ struct Timed {
     makespan: Duration,
 }
 
-/// Creates `n` objects with `concurrency` in flight, timing each from the
-/// create call to its Running event (and the create call alone: the
-/// apiserver's write with admission). They stay until [`delete_series`], so
-/// that deletions (a sandbox's process gets its grace period) never compete
-/// with the creations being timed.
-async fn run_series<K>(
-    api: &Api<K>,
-    arrivals: &Arrivals,
-    prefix: &str,
-    n: usize,
-    concurrency: usize,
-    make: impl Fn(&str) -> K + Send + Sync + 'static,
-) -> anyhow::Result<Timed>
-where
-    K: Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let names = (0..n).map(|i| format!("{prefix}-{i}"));
-    create_all(api, arrivals, names, concurrency, make, false).await
+/// The names of a series of `n` objects.
+fn series_names(prefix: &str, n: usize) -> impl Iterator<Item = String> + use<> {
+    let prefix = prefix.to_string();
+    (0..n).map(move |i| format!("{prefix}-{i}"))
 }
 
 /// Sandboxes created back to back for `secs` with `concurrency` in flight,
@@ -189,8 +168,11 @@ async fn sustained(
 }
 
 /// Creates an object per name with `concurrency` in flight and times each
-/// from its create call to its Running event; deletes each (grace 0, in the
-/// background) once it runs when `delete_running`.
+/// from its create call to its Running event (and the create call alone:
+/// the apiserver's write with admission). Unless `delete_running` deletes
+/// each (grace 0, in the background) once it runs, they stay until
+/// [`delete_series`], so that deletions never compete with the creations
+/// being timed.
 async fn create_all<K>(
     api: &Api<K>,
     arrivals: &Arrivals,
@@ -397,15 +379,8 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
         eprintln!("sandboxes: {} at concurrency {c}", args.sandboxes);
         let before = stages::snapshot(client).await?;
         let prefix = format!("sbx-c{c}");
-        let s = run_series(
-            &sandboxes,
-            &arrivals,
-            &prefix,
-            args.sandboxes,
-            c,
-            sandbox.clone(),
-        )
-        .await?;
+        let names = series_names(&prefix, args.sandboxes);
+        let s = create_all(&sandboxes, &arrivals, names, c, sandbox.clone(), false).await?;
         eprintln!("sandboxes: all Running after {:?}", s.makespan);
         let after = stages::snapshot(client).await?;
         delete_series(&sandboxes, &prefix, args.sandboxes).await;
@@ -442,14 +417,15 @@ async fn bench(args: &Args, client: &Client, ns: &str) -> anyhow::Result<()> {
         let image = args.image.clone();
         eprintln!("plain pods: {} at concurrency {c}", args.pods);
         let prefix = format!("pod-c{c}");
-        let p = run_series(&pods, &arrivals, &prefix, args.pods, c, move |name| {
+        let names = series_names(&prefix, args.pods);
+        let p = create_all(&pods, &arrivals, names, c, move |name| {
             serde_json::from_value(json!({
                 "metadata": {"name": name},
                 "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
                     "name": "main", "image": image, "imagePullPolicy": "Never", "command": ["/bin/sleep", "3600"]}]}
             }))
             .unwrap_or_default()
-        })
+        }, false)
         .await?;
         delete_series(&pods, &prefix, args.pods).await;
         let totals: Vec<Duration> = p.samples.iter().map(|(_, total)| *total).collect();
