@@ -19,6 +19,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, PostParams};
@@ -63,7 +64,9 @@ pub async fn impersonating(user: &str) -> Client {
     Client::try_from(cfg).expect("an impersonating client")
 }
 
-/// Gives `user` the built-in `edit` role in `ns`, nothing more.
+/// Gives `user` the built-in `edit` role in `ns`, nothing more, and waits
+/// (at most 30 s) until the apiserver's authorizer sees the binding: its
+/// cache trails a new RoleBinding, and an aggregated API asks it too.
 pub async fn editor(client: &Client, ns: &str, user: &str) -> Client {
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
     let binding: RoleBinding = serde_json::from_value(json!({
@@ -76,6 +79,28 @@ pub async fn editor(client: &Client, ns: &str, user: &str) -> Client {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"user": user, "groups": ["system:authenticated"], "resourceAttributes": {
+            "namespace": ns, "verb": "get", "group": "subresources.sandbox.fast.io",
+            "resource": "sandboxes", "subresource": "log"}}
+    }))
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .unwrap();
+        if answer.status.is_some_and(|s| s.allowed) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user}'s edit role in {ns} not authorized after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     impersonating(user).await
 }
 

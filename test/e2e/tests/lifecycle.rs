@@ -11,7 +11,6 @@ use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool};
 use fast_sandbox_e2e::{
     cluster_client, delete_namespace, editor, impersonating, namespace, wait_for, wait_gone,
 };
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -332,20 +331,9 @@ async fn logs_through_kubectl_sandbox() {
 
     // As a user who may only `edit` the namespace (the built-in role our
     // ClusterRoles aggregate into), and as one who may do nothing there.
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "e2e-editor"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "e2e-editor"}]
-    }))
-    .unwrap();
-    bindings
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
     let mut as_editor = Vec::new();
     logs(
-        impersonating("e2e-editor").await,
+        editor(&client, &ns, "e2e-editor").await,
         &ns,
         "done",
         LogOptions::default(),
