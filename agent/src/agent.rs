@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::ports::Ports;
 use crate::prestarted::PrestartDirs;
 use crate::runtime::Containerd;
+use crate::shim_gate::ShimGate;
 use crate::state::{Change, Table};
 use crate::stock::Stock;
 use crate::warm::WarmPool;
@@ -48,8 +49,6 @@ mod warm_snapshots;
 
 pub use prestart::Prestarted;
 
-/// Container label that makes containers share one runc shim process.
-pub const SHIM_GROUP_LABEL: &str = "io.containerd.runc.v2.group";
 /// Topic of containerd's task exit events.
 pub const TOPIC_EXIT: &str = "/tasks/exit";
 /// Topic of containerd's OOM events.
@@ -207,6 +206,10 @@ pub struct Agent {
     idmapped: tokio::sync::OnceCell<std::result::Result<(), String>>,
     /// Wakes the image pin sync.
     pins: tokio::sync::Notify,
+    /// Orders task creates and deletes around the agent's shared shim.
+    shim_gate: ShimGate,
+    /// Whether the gate was seeded with the tasks found at start.
+    shim_gate_seeded: AtomicBool,
 }
 
 impl Agent {
@@ -250,7 +253,11 @@ impl Agent {
             ))
         };
         health.set_ready(false);
+        // gVisor's shim groups by the pod's sandbox id only.
+        let shim_gate = ShimGate::new(cfg.shim_group && cd.runtime() == RUNC_RUNTIME);
         Ok(Arc::new_cyclic(|me| Self {
+            shim_gate,
+            shim_gate_seeded: AtomicBool::new(false),
             egress,
             me: me.clone(),
             stock: Stock::new(stock_size, cfg.warm_images, pinned),
@@ -470,6 +477,28 @@ impl Agent {
         })
     }
 
+    /// Creates the task of one of this agent's containers, through the
+    /// shim gate.
+    async fn create_task(
+        &self,
+        id: &str,
+        rootfs: Vec<containerd_client::types::Mount>,
+        stdout: &std::path::Path,
+        stderr: &std::path::Path,
+    ) -> Result<u32> {
+        let pass = self.shim_gate.create().await;
+        let pid = self.cd.create_task(id, rootfs, stdout, stderr).await?;
+        pass.created();
+        Ok(pid)
+    }
+
+    /// Deletes the task of one of this agent's containers, through the
+    /// shim gate (another agent's has a shim of its own).
+    async fn delete_task(&self, id: &str) -> Result<()> {
+        let _pass = self.shim_gate.delete().await;
+        self.cd.delete_task(id).await
+    }
+
     /// Best-effort removal of everything a sandbox may have in containerd
     /// and on disk.
     async fn cleanup(&self, container_id: &str, snapshot_key: &str) {
@@ -478,7 +507,7 @@ impl Agent {
         }
         let slot = self.slot_of(container_id).await;
         for (what, r) in [
-            ("task", self.cd.delete_task(container_id).await),
+            ("task", self.delete_task(container_id).await),
             ("container", self.cd.delete_container(container_id).await),
             ("snapshot", self.cd.remove_snapshot(snapshot_key).await),
         ] {
@@ -510,7 +539,7 @@ impl Agent {
         if info.state != ContainerState::Exited {
             self.stop(&id, grace).await?;
         }
-        self.cd.delete_task(&id).await?;
+        self.delete_task(&id).await?;
         let slot = self.slot_of(&id).await;
         self.cd.delete_container(&id).await?;
         self.release_slot(slot).await;

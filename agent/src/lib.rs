@@ -44,6 +44,7 @@ pub mod prestarted;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
+pub mod shim_gate;
 pub mod spec;
 pub mod state;
 pub mod stock;

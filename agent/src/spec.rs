@@ -260,6 +260,19 @@ pub fn prestarted(image: &ExecConfig, cgroups_path: &str, dir: &Path) -> Result<
     Ok(spec)
 }
 
+/// The annotation the runc shim groups containers by: containers whose
+/// runtime spec carries the same value share one shim process. The shim
+/// reads it from the bundle's `config.json`; a container label of the same
+/// name does nothing.
+pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+
+/// Makes the container's task share the shim process of `group`.
+pub fn join_shim_group(spec: &mut Spec, group: &str) {
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.insert(SHIM_GROUP_ANNOTATION.to_string(), group.to_string());
+    spec.set_annotations(Some(annotations));
+}
+
 /// Adds the read-only bind mount of a pre-started container's directory.
 pub fn add_prestart_mount(spec: &mut Spec, dir: &Path) -> Result<()> {
     let mount = MountBuilder::default()

@@ -18,8 +18,9 @@ use crate::runtime::ContainerRecord;
 use crate::spec;
 use crate::state::Entry;
 use crate::userns::Mapping;
+use oci_spec::runtime::Spec;
 
-use super::{Agent, CREATE_LEASE_TTL, SHIM_GROUP_LABEL, STALE_BUNDLE_FRESH_IDS};
+use super::{Agent, CREATE_LEASE_TTL, STALE_BUNDLE_FRESH_IDS};
 
 impl Agent {
     /// Creates and starts a sandbox, or returns the existing one with the
@@ -80,6 +81,7 @@ impl Agent {
         if let Some(m) = &mapping {
             spec::map_users(&mut spec, m)?;
         }
+        self.join_shim_group(&mut spec);
         let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
 
         let lease_id = format!("fast-sandbox-create-{container_id}");
@@ -294,7 +296,6 @@ impl Agent {
             self.track_created(req, &id, snapshot_key);
             let t = Instant::now();
             match self
-                .cd
                 .create_task(&id, mounts.clone(), &stdout, &stderr)
                 .await
             {
@@ -390,13 +391,16 @@ impl Agent {
                 serde_json::to_string(&req.exposed_ports).unwrap_or_default(),
             );
         }
-        if self.cfg.shim_group {
-            labels.insert(
-                SHIM_GROUP_LABEL.to_string(),
-                format!("fast-sandbox-{}", self.cfg.pod_uid),
-            );
-        }
         labels
+    }
+
+    /// Puts a sandbox's container in the agent's shim group (when
+    /// configured), so its task joins the agent's running shim process
+    /// instead of spawning one.
+    pub(super) fn join_shim_group(&self, spec: &mut Spec) {
+        if self.shim_gate.enabled() {
+            spec::join_shim_group(spec, &format!("fast-sandbox-{}", self.cfg.pod_uid));
+        }
     }
 
     /// Turns a failed container create into [`Error::ContainerExists`] when
@@ -431,7 +435,7 @@ impl Agent {
         if self.cd.task(container_id).await?.is_some() {
             self.stop(container_id, Duration::ZERO).await?;
         }
-        self.cd.delete_task(container_id).await?;
+        self.delete_task(container_id).await?;
         self.cd.delete_container(container_id).await?;
         self.logs.remove(container_id);
         Ok(())

@@ -184,6 +184,7 @@ impl Agent {
             if let Some(m) = &p.mapping {
                 spec::map_users(&mut spec, m)?;
             }
+            self.join_shim_group(&mut spec);
             let mut linux = spec.linux().clone().unwrap_or_default();
             linux.set_cgroups_path(Some(p.cgroup_path.clone().into()));
             spec.set_linux(Some(linux));
@@ -324,18 +325,19 @@ impl Agent {
 
     /// Takes a pre-started container a previous agent process left into the
     /// stock once its init answers on fresh FIFO ends; removes it if its
-    /// task is gone or the init does not answer.
-    pub(super) async fn adopt(&self, c: Container) {
+    /// task is gone or the init does not answer. Says whether the task was
+    /// kept (for now: the init's answer comes later).
+    pub(super) async fn adopt(&self, c: Container) -> bool {
         let task = match self.cd.task(&c.id).await {
             Ok(Some(t)) if t.state == TaskState::Running => t,
             Ok(_) => {
                 tracing::info!(container = %c.id, "removing a pre-started sandbox whose task is gone");
                 self.discard(&c.id, &c.snapshot_key).await;
-                return;
+                return false;
             }
             Err(e) => {
                 tracing::warn!(container = %c.id, error = %e, "pre-started sandbox not adopted");
-                return;
+                return false;
             }
         };
         let spec: Option<Spec> = c
@@ -357,10 +359,10 @@ impl Agent {
             mapping.is_some() == self.user_namespaces(),
         ) else {
             self.discard(&c.id, &c.snapshot_key).await;
-            return;
+            return false;
         };
         let Some(agent) = self.me.upgrade() else {
-            return;
+            return false;
         };
         let image = normalize(&c.image);
         for p in self.stock.note_used(&image) {
@@ -398,6 +400,7 @@ impl Agent {
                 }
             }
         });
+        true
     }
 
     /// Finishes a claim a previous agent process committed (relabelled)

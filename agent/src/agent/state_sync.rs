@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use containerd_client::events::{TaskExit, TaskOom};
@@ -60,6 +61,8 @@ impl Agent {
             keep_logs.insert(id.clone());
         }
         let mut stock_seen = Vec::new();
+        // Tasks of this agent kept, for the shim gate.
+        let mut tasks = 0;
         for c in containers {
             let labels = &c.labels;
             let Some(uid) = labels.get(label::SANDBOX_UID).cloned() else {
@@ -106,6 +109,7 @@ impl Agent {
                 self.discard(&c.id, &c.snapshot_key).await;
                 continue;
             }
+            tasks += 1;
             seen_uids.insert(uid.clone());
             keep_snapshots.insert(c.snapshot_key.clone());
             keep_logs.insert(c.id.clone());
@@ -193,7 +197,12 @@ impl Agent {
         let stock_ids: HashSet<String> = stock_seen.iter().map(|c| c.id.clone()).collect();
         for c in stock_seen {
             keep_snapshots.insert(c.snapshot_key.clone());
-            self.adopt(c).await;
+            if self.adopt(c).await {
+                tasks += 1;
+            }
+        }
+        if !self.shim_gate_seeded.swap(true, Ordering::SeqCst) {
+            self.shim_gate.seed(tasks);
         }
         for id in self.prestart.ids() {
             if !keep_logs.contains(&id)

@@ -14,7 +14,7 @@ use fast_sandbox_api::wellknown::container_labels as label;
 use tokio::sync::watch;
 
 use super::prestart::{Prestarted, READY_TIMEOUT};
-use super::{Agent, CREATE_LEASE_TTL, SHIM_GROUP_LABEL};
+use super::{Agent, CREATE_LEASE_TTL};
 use crate::cgroup;
 use crate::error::{Error, Result};
 use crate::prestarted::Ends;
@@ -141,6 +141,7 @@ impl Agent {
             if let Some(m) = &mapping {
                 spec::map_users(&mut spec, m)?;
             }
+            self.join_shim_group(&mut spec);
             let spec_json = serde_json::to_vec(&spec).map_err(|e| Error::Spec(e.to_string()))?;
             let lease = self
                 .cd
@@ -173,12 +174,6 @@ impl Agent {
                     mounts = self.capped_mounts(mounts, cap).await?;
                     labels.insert(label::EPHEMERAL_STORAGE.to_string(), cap.to_string());
                 }
-                if self.cfg.shim_group {
-                    labels.insert(
-                        SHIM_GROUP_LABEL.to_string(),
-                        format!("fast-sandbox-{}", self.cfg.pod_uid),
-                    );
-                }
                 self.cd
                     .create_container(
                         ContainerRecord {
@@ -192,7 +187,7 @@ impl Agent {
                     )
                     .await?;
                 let (stdout, stderr) = self.logs.create(&id)?;
-                let created = self.cd.create_task(&id, mounts, &stdout, &stderr).await?;
+                let created = self.create_task(&id, mounts, &stdout, &stderr).await?;
                 if mapping.is_some() && self.cfg.stock_layer_cap.is_some() {
                     self.own_capped_root(created, &cgroup::leaf(&id, &id)).await?;
                 }
