@@ -1,9 +1,12 @@
 //! What a pre-started sandbox costs while it waits: the memory its cgroup
-//! is charged (what the kubelet accounts to the agent pod), and the node's
-//! `MemAvailable` before the agent started against after its stock is
-//! full, per sandbox (one shared shim included).
+//! is charged (what the kubelet accounts to the agent pod), the shim
+//! processes its task runs under (their proportional set size: what they
+//! alone hold), and the node's `MemAvailable` before the agent started
+//! against after its stock is full (noisy: the node's other processes
+//! move it too).
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 /// `MemAvailable` in bytes.
 pub fn mem_available() -> anyhow::Result<u64> {
@@ -17,9 +20,10 @@ pub fn mem_available() -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-/// Memory charged to every cgroup directly under `parent` whose name
-/// starts with `sandbox-stock-`, in bytes (cgroup v1 or v2).
-pub fn stock_cgroups_charge(cgroup_root: &Path, parent: &str) -> anyhow::Result<(usize, u64)> {
+/// The cgroups directly under `parent` whose name starts with
+/// `sandbox-stock-` (in the memory hierarchy), and the name of the file
+/// holding their charge (cgroup v1 or v2).
+fn stock_cgroups(cgroup_root: &Path, parent: &str) -> anyhow::Result<(Vec<PathBuf>, &'static str)> {
     let rel = parent.trim_start_matches('/');
     let (dir, file) = if cgroup_root.join("cgroup.controllers").exists() {
         (cgroup_root.join(rel), "memory.current")
@@ -29,22 +33,62 @@ pub fn stock_cgroups_charge(cgroup_root: &Path, parent: &str) -> anyhow::Result<
             "memory.usage_in_bytes",
         )
     };
-    let mut n = 0;
-    let mut total = 0;
+    let mut dirs = Vec::new();
     for e in std::fs::read_dir(&dir)? {
         let e = e?;
-        if !e
-            .file_name()
+        if e.file_name()
             .to_string_lossy()
             .starts_with("sandbox-stock-")
         {
-            continue;
+            dirs.push(e.path());
         }
-        let v: u64 = std::fs::read_to_string(e.path().join(file))?
-            .trim()
-            .parse()?;
-        n += 1;
+    }
+    Ok((dirs, file))
+}
+
+/// Memory charged to the stock's cgroups under `parent`: how many, and
+/// their bytes.
+pub fn stock_cgroups_charge(cgroup_root: &Path, parent: &str) -> anyhow::Result<(usize, u64)> {
+    let (dirs, file) = stock_cgroups(cgroup_root, parent)?;
+    let mut total = 0;
+    for d in &dirs {
+        let v: u64 = std::fs::read_to_string(d.join(file))?.trim().parse()?;
         total += v;
     }
-    Ok((n, total))
+    Ok((dirs.len(), total))
+}
+
+/// The shims the stock's tasks run under (the parents of their
+/// processes): how many, and their proportional set size in bytes.
+pub fn stock_shims_pss(cgroup_root: &Path, parent: &str) -> anyhow::Result<(usize, u64)> {
+    let (dirs, _) = stock_cgroups(cgroup_root, parent)?;
+    let mut shims = BTreeSet::new();
+    for d in &dirs {
+        for pid in std::fs::read_to_string(d.join("cgroup.procs"))?.lines() {
+            if let Some(ppid) = status_field(pid.trim(), "PPid:") {
+                shims.insert(ppid);
+            }
+        }
+    }
+    let mut total = 0;
+    for shim in &shims {
+        let rollup = std::fs::read_to_string(format!("/proc/{shim}/smaps_rollup"))?;
+        total += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no Pss in /proc/{shim}/smaps_rollup"))?
+            * 1024;
+    }
+    Ok((shims.len(), total))
+}
+
+/// A numeric field of `/proc/<pid>/status`.
+fn status_field(pid: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().parse().ok())
 }
