@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use fast_sandbox_api::agent::{
     ApiError, CreateSandboxRequest, ErrorCode, JanitorReport, JanitorRequest,
-    ListSandboxesResponse, PATH_EVENTS, PATH_JANITOR, PATH_SANDBOXES, SandboxEvent, SandboxInfo,
-    sandbox_path,
+    ListSandboxesResponse, PATH_EVENTS, PATH_JANITOR, PATH_SANDBOXES, PATH_STOCK, SandboxEvent,
+    SandboxInfo, StockReleased, sandbox_path,
 };
 use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -37,6 +37,9 @@ pub const AGENT_SERVER_NAME: &str = "fast-sandbox-agent";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest the TCP connect and TLS handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of retiring an agent's stock: its removals take a few seconds
+/// for a full stock of several images on a busy node.
+pub const RELEASE_STOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a call to an agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -338,6 +341,15 @@ impl AgentClient {
     pub async fn janitor(&self, req: &JanitorRequest) -> Result<JanitorReport, ClientError> {
         let body = serde_json::to_vec(req)?;
         Ok(self.call(Method::POST, PATH_JANITOR, Some(body)).await?.1)
+    }
+
+    /// Retires the agent's stock (it removes every pre-started sandbox and
+    /// builds no more), before its pod is deleted.
+    pub async fn release_stock(&self) -> Result<StockReleased, ClientError> {
+        Ok(self
+            .call_within(RELEASE_STOCK_TIMEOUT, Method::DELETE, PATH_STOCK, None)
+            .await?
+            .1)
     }
 
     /// Every sandbox the agent holds.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fast_sandbox_api::agent::{
     ApiError, CreateSandboxRequest, ErrorCode, JanitorRequest, NDJSON, PATH_EVENTS, PATH_IMAGES,
-    PATH_INFO, PATH_JANITOR, PATH_SANDBOXES,
+    PATH_INFO, PATH_JANITOR, PATH_SANDBOXES, PATH_STOCK, StockReleased,
 };
 use fast_sandbox_server::client_auth::AllowedNames;
 use fast_sandbox_server::{Body, Handler, Peer, body};
@@ -147,6 +147,11 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
         }
         (&Method::GET, PATH_IMAGES, _) => Ok(body::json(StatusCode::OK, &agent.images().await?)),
         (&Method::GET, PATH_INFO, _) => Ok(body::json(StatusCode::OK, &agent.info())),
+        (&Method::DELETE, PATH_STOCK, _) => {
+            let a = agent.clone();
+            let removed = to_completion(async move { Ok(a.release_stock().await) }).await?;
+            Ok(body::json(StatusCode::OK, &StockReleased { removed }))
+        }
         (&Method::POST, PATH_JANITOR, _) => {
             let sweep: JanitorRequest = read_json(req, "JanitorRequest").await?;
             let a = agent.clone();

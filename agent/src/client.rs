@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fast_sandbox_api::agent::{
     ApiError, CreateSandboxRequest, JanitorReport, JanitorRequest, ListSandboxesResponse,
-    PATH_JANITOR, PATH_SANDBOXES, SandboxInfo, sandbox_path,
+    PATH_JANITOR, PATH_SANDBOXES, PATH_STOCK, SandboxInfo, StockReleased, sandbox_path,
 };
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -192,6 +192,11 @@ impl AgentClient {
             message: e.to_string(),
         })?;
         Ok(self.call(Method::POST, PATH_JANITOR, Some(body)).await?.1)
+    }
+
+    /// `DELETE /v1/stock`.
+    pub async fn release_stock(&self) -> Result<Result<StockReleased, ApiError>, ClientError> {
+        Ok(self.call(Method::DELETE, PATH_STOCK, None).await?.1)
     }
 
     /// `DELETE /v1/sandboxes/{uid}?gracePeriodSeconds=N`.

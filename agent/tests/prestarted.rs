@@ -545,3 +545,23 @@ async fn a_capped_stock_serves_creates_of_its_cap_only() {
     );
     a.release_and_assert_nothing_left().await;
 }
+
+/// The controller retires an agent's stock before it deletes the agent's
+/// pod (a restarted agent keeps its stock, so the agent cannot tell by
+/// itself): every pre-started sandbox goes, none is built again, and
+/// creates go cold.
+#[tokio::test]
+async fn a_retired_stock_is_removed_and_never_rebuilt() {
+    let env = env();
+    let a = TestAgent::start_stocked(&env, "retire", 4, 2).await;
+    let released = a.client.release_stock().await.unwrap().unwrap();
+    assert_eq!(released.removed, 2);
+    assert_eq!(a.agent.stock_ready(), 0);
+    let req = request(&env, "retired", &["sleep", "600"]);
+    let info = a.client.create(&req).await.unwrap().1.unwrap();
+    assert!(!info.container_id.starts_with("stock-"), "{info:?}");
+    a.client.delete("retired", 0).await.unwrap().1.unwrap();
+    let again = a.client.release_stock().await.unwrap().unwrap();
+    assert_eq!(again.removed, 0, "a second retirement");
+    a.assert_nothing_left().await;
+}

@@ -16,6 +16,7 @@
 //! | GET | `/v1/images` | | [`ImageCacheReport`] |
 //! | GET | `/v1/info` | | [`AgentInfo`] |
 //! | POST | `/v1/janitor` | [`JanitorRequest`] | 200 [`JanitorReport`] |
+//! | DELETE | `/v1/stock` | | 200 [`StockReleased`] |
 //! | POST | `/v1/sandboxes/{uid}/exec` | exec frames | 200 exec frames (see [`crate::exec`]) |
 //! | GET, PUT, POST, DELETE | `/v1/sandboxes/{uid}/files?path=P&op=…` | | see [`crate::files`] |
 //!
@@ -41,6 +42,10 @@ pub const PATH_IMAGES: &str = "/v1/images";
 pub const PATH_INFO: &str = "/v1/info";
 /// Node janitor: collects containers of agent pods that no longer exist.
 pub const PATH_JANITOR: &str = "/v1/janitor";
+/// The agent's pre-started sandboxes: deleting them retires the stock
+/// before the agent's pod goes (a restarted agent keeps its stock, so the
+/// agent cannot tell its own end from a restart).
+pub const PATH_STOCK: &str = "/v1/stock";
 /// Port the agent serves its API on.
 pub const DEFAULT_PORT: u16 = 9443;
 /// Content type of the event stream.
@@ -306,6 +311,14 @@ pub struct JanitorRequest {
     /// of that namespace only (agents run sandboxes of their own namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+/// What retiring the stock removed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StockReleased {
+    /// Pre-started sandboxes removed (container, task, snapshot).
+    pub removed: usize,
 }
 
 /// What the janitor removed.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use fast_sandbox_api::validation::MAX_TERMINATION_GRACE_SECONDS;
 use fast_sandbox_cli::access::AccessError;
 use fast_sandbox_cli::exec::ExecOptions;
 use fast_sandbox_cli::files::Location;
@@ -151,6 +152,12 @@ struct RunArgs {
     /// With --egress: an IPv4 CIDR it may not reach (repeatable).
     #[arg(long, value_name = "CIDR")]
     deny: Vec<String>,
+    /// Seconds a delete waits between SIGTERM and SIGKILL
+    /// (`spec.terminationGracePeriodSeconds`; the agent's 10 when unset).
+    /// The default keep-alive process ignores SIGTERM, so `--rm` ends
+    /// sooner with 0.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..=MAX_TERMINATION_GRACE_SECONDS))]
+    grace_period: Option<i64>,
     /// The command to run in it, after `--`; with -i -t and none, /bin/sh.
     #[arg(last = true)]
     command: Vec<String>,
@@ -288,6 +295,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         egress: args.egress,
         allow: args.allow,
         deny: args.deny,
+        grace_period: args.grace_period,
     };
     let started = sandboxes::create_ready(&client, &namespace, &args.name, &opts).await;
     let outcome = match started {
@@ -425,5 +433,30 @@ mod tests {
             Cli::try_parse_from(["kubectl-sandbox", "exec", "sb"]).is_err(),
             "a command is required"
         );
+    }
+
+    #[test]
+    fn run_takes_a_grace_period_the_server_accepts() {
+        let run = |grace: &str| {
+            Cli::try_parse_from([
+                "kubectl-sandbox",
+                "run",
+                "x",
+                "--image",
+                "i",
+                "--pool",
+                "p",
+                "--grace-period",
+                grace,
+            ])
+        };
+        let Command::Run(a) = run("0").unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.grace_period, Some(0));
+        for bad in ["301", "-1", "ten"] {
+            let err = run(bad).expect_err(bad).to_string();
+            assert!(err.contains("--grace-period"), "{bad}: {err}");
+        }
     }
 }

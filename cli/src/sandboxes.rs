@@ -106,6 +106,8 @@ pub struct RunOptions {
     pub allow: Vec<String>,
     /// IPv4 CIDRs an egress sandbox may not reach.
     pub deny: Vec<String>,
+    /// `spec.terminationGracePeriodSeconds`.
+    pub grace_period: Option<i64>,
 }
 
 /// The sandbox `run` creates.
@@ -139,6 +141,7 @@ pub fn sandbox(name: &str, opts: &RunOptions) -> Result<Sandbox, AccessError> {
             command: opts.keep_alive.clone(),
             env,
             network,
+            termination_grace_period_seconds: opts.grace_period,
             ..Default::default()
         },
     ))
@@ -220,6 +223,28 @@ mod tests {
         );
         assert!(lines[2].contains("p-1") && lines[2].contains("n1"), "{t}");
         assert!(lines[1].contains("<none>"), "{t}");
+    }
+
+    #[test]
+    fn run_sets_the_grace_period_only_when_given() {
+        assert_eq!(
+            sandbox("x", &RunOptions::default())
+                .unwrap()
+                .spec
+                .termination_grace_period_seconds,
+            None
+        );
+        let opts = RunOptions {
+            grace_period: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            sandbox("x", &opts)
+                .unwrap()
+                .spec
+                .termination_grace_period_seconds,
+            Some(0)
+        );
     }
 
     #[test]

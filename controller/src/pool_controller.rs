@@ -245,6 +245,7 @@ async fn execute(
             .pods
             .get(&kube::runtime::reflector::ObjectRef::new(n).within(agent_ns))
             .and_then(|p| p.uid());
+        retire_stock(ctx, n).await;
         delete_pod(&pods, n, uid).await?;
         ctx.expectations.deleted(pool_key, n);
         tracing::info!(pool = %pool.name_any(), agent = %n, "deleted agent pod");
@@ -452,8 +453,30 @@ async fn add_finalizer(pool: &SandboxPool, ctx: &Context, ns: &str) -> Result<()
     }
 }
 
-/// Removes one agent: first the sandboxes' containers it holds (a deleted
-/// pod takes nothing with it from the node's containerd), then the pod.
+/// Asks agent `name` to remove its pre-started sandboxes before its pod
+/// goes: a deleted pod takes nothing with it from the node's containerd,
+/// and a restarted agent keeps its stock, so the agent cannot tell by
+/// itself. One that cannot answer leaves them to the node janitor.
+async fn retire_stock(ctx: &Context, name: &str) {
+    let Some(agent) = ctx.agents.get(name) else {
+        return;
+    };
+    if !agent.view().reachable {
+        return;
+    }
+    match agent.client.release_stock().await {
+        Ok(r) => {
+            tracing::info!(agent = %name, removed = r.removed, "retired the agent's stock");
+        }
+        Err(e) => {
+            tracing::warn!(agent = %name, error = %e, "cannot retire an agent's stock before it goes; the node janitor collects it");
+        }
+    }
+}
+
+/// Removes one agent: first the sandboxes' containers and the stock it
+/// holds (a deleted pod takes nothing with it from the node's
+/// containerd), then the pod.
 async fn remove_agent(ctx: &Context, pod: &Pod) -> Result<(), Error> {
     let name = pod.name_any();
     if let Some(agent) = ctx.agents.get(&name)
@@ -465,6 +488,7 @@ async fn remove_agent(ctx: &Context, pod: &Pod) -> Result<(), Error> {
             }
         }
     }
+    retire_stock(ctx, &name).await;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.agent_pod.namespace);
     delete_pod(&pods, &name, pod.uid()).await
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fast_sandbox_api::wellknown::container_labels as label;
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::prestart::{Prestarted, READY_TIMEOUT};
@@ -22,6 +23,8 @@ use crate::runtime::ContainerRecord;
 use crate::spec;
 use crate::stock;
 
+/// Pre-started sandboxes removed at once when the stock is released.
+const RELEASE_CONCURRENCY: usize = 4;
 /// Pause after a failed build before the next; doubles with each failure
 /// in a row, up to [`MAX_BUILD_BACKOFF`] (an image that cannot run the
 /// init must not keep a core busy).
@@ -226,10 +229,12 @@ impl Agent {
         }
     }
 
-    /// Stops refilling and destroys the whole stock; for tests and
-    /// benchmarks that must leave nothing behind (a real agent keeps its
-    /// stock across restarts, and the node janitor collects a gone one's).
-    pub async fn release_stock(&self) {
+    /// Stops refilling and destroys the whole stock, a few at a time:
+    /// the controller asks for it before it deletes the agent's pod (a
+    /// restarted agent keeps its stock; a gone one's waits for another
+    /// agent's janitor on the node), and tests and benchmarks that must
+    /// leave nothing behind. Returns how many were removed.
+    pub async fn release_stock(&self) -> usize {
         self.stock_stopped.store(true, Ordering::SeqCst);
         self.refill.notify_one();
         let task = self
@@ -240,10 +245,18 @@ impl Agent {
         if let Some(task) = task {
             let _ = task.await;
         }
-        for p in self.stock.drain() {
-            self.discard(&p.id, &p.snapshot_key).await;
-            self.stock.release(&p.id);
-        }
+        let stock = self.stock.drain();
+        let removed = stock.len();
+        futures::stream::iter(stock)
+            .for_each_concurrent(RELEASE_CONCURRENCY, |p| async move {
+                self.discard(&p.id, &p.snapshot_key).await;
+                self.stock.release(&p.id);
+            })
+            .await;
         self.metrics.set_stock_ready(0);
+        if removed > 0 {
+            tracing::info!(removed, "released the stock");
+        }
+        removed
     }
 }

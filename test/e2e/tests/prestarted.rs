@@ -7,14 +7,15 @@
 
 use std::time::Duration;
 
+use fast_sandbox_api::wellknown::LABEL_POOL_UID;
 use fast_sandbox_api::wellknown::reason;
 use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::containerd::stock_of;
 use fast_sandbox_e2e::scenario::{AGENT_IMAGE, BUSYBOX, SYSTEM_NAMESPACE};
-use fast_sandbox_e2e::{cluster_client, delete_namespace, editor, namespace, wait_for};
+use fast_sandbox_e2e::{cluster_client, delete_namespace, editor, namespace, wait_for, wait_gone};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -195,5 +196,47 @@ async fn a_tenant_cannot_ask_for_more_pre_started_sandboxes_than_allowed() {
         .await
         .expect_err("a user of another namespace creates nothing here");
     assert!(err.to_string().contains("forbidden"), "{err}");
+    delete_namespace(&client, &ns).await;
+}
+
+/// Deleting a pool takes its agents' pre-started sandboxes off the node
+/// too: the controller retires each agent's stock before it deletes the
+/// agent's pod, so nothing waits for a janitor that may never come to that
+/// node.
+#[tokio::test]
+async fn deleting_a_pool_leaves_no_pre_started_sandbox_on_the_node() {
+    let client = cluster_client("prestarted retire").await;
+    let ns = namespace(&client, "e2e-stock-retire").await.unwrap();
+    let pools: Api<SandboxPool> = Api::namespaced(client.clone(), &ns);
+    let created = pools
+        .create(&PostParams::default(), &pool("p", json!(STOCK)))
+        .await
+        .unwrap();
+    wait_for(&pools, "p", WAIT, "1 ready agent", |p: &SandboxPool| {
+        p.status.as_ref().is_some_and(|s| s.ready_agents >= 1)
+    })
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let selector = format!(
+        "{LABEL_POOL_UID}={}",
+        created.metadata.uid.clone().unwrap_or_default()
+    );
+    let agents = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(agents.len(), 1, "the pool's agent pods: {agents:?}");
+    let agent_uid = agents[0].metadata.uid.clone().unwrap();
+    wait_stock(&agent_uid, STOCK).await;
+
+    pools.delete("p", &DeleteParams::default()).await.unwrap();
+    wait_gone(&pools, "p", WAIT).await.unwrap();
+    let left = stock_of(&agent_uid).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "pre-started sandboxes of the deleted pool's agent left on the node: {left:?}"
+    );
     delete_namespace(&client, &ns).await;
 }

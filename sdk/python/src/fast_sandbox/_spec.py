@@ -107,6 +107,10 @@ def network_spec(
     return out
 
 
+#: Longest ``spec.terminationGracePeriodSeconds`` the server accepts.
+MAX_TERMINATION_GRACE_SECONDS = 300
+
+
 def sandbox_manifest(
     *,
     pool: str,
@@ -124,6 +128,7 @@ def sandbox_manifest(
     exposed_ports: Sequence[int | Mapping[str, Any]] | None = None,
     egress: bool | Mapping[str, Sequence[str]] | None = None,
     failure_policy: str | None = None,
+    termination_grace_seconds: int | None = None,
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
     now: datetime | None = None,
@@ -133,7 +138,9 @@ def sandbox_manifest(
     ``command=None`` runs :data:`KEEP_ALIVE`; an empty ``command`` runs the
     image's own entrypoint and cmd. ``ttl_seconds`` sets ``expireTime`` that
     far from now (by the local clock): the sandbox is deleted then, whatever
-    happens to this program.
+    happens to this program. ``termination_grace_seconds`` (0 to
+    :data:`MAX_TERMINATION_GRACE_SECONDS`) is how long a delete waits
+    between SIGTERM and SIGKILL.
     """
     if not pool:
         raise ValueError("pool is required: the SandboxPool whose agents run the sandbox")
@@ -180,6 +187,18 @@ def sandbox_manifest(
                 f"failure_policy must be 'Manual' or 'AutoRecreate', not {failure_policy!r}"
             )
         spec["failurePolicy"] = failure_policy
+    if termination_grace_seconds is not None:
+        grace = termination_grace_seconds
+        if isinstance(grace, bool) or not isinstance(grace, int):
+            raise ValueError(
+                f"termination_grace_seconds must be a whole number of seconds, not {grace!r}"
+            )
+        if not 0 <= grace <= MAX_TERMINATION_GRACE_SECONDS:
+            raise ValueError(
+                "termination_grace_seconds must be 0 to "
+                f"{MAX_TERMINATION_GRACE_SECONDS}, not {grace}"
+            )
+        spec["terminationGracePeriodSeconds"] = grace
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Sandbox",

@@ -153,6 +153,7 @@ class Sandbox:
         exposed_ports: Sequence[int | Mapping[str, Any]] | None = None,
         egress: bool | Mapping[str, Sequence[str]] | None = None,
         failure_policy: Literal["Manual", "AutoRecreate"] | None = None,
+        termination_grace_seconds: int | None = None,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
         timeout: float = CREATE_TIMEOUT,
@@ -175,6 +176,8 @@ class Sandbox:
         - ``egress``: ``True`` for outbound IPv4 (``spec.network.mode:
           Egress``), or ``{"allow": [...], "deny": [...]}`` of IPv4 CIDRs;
           unset, the pool's ``defaultNetwork`` (loopback only by default).
+        - ``termination_grace_seconds``: how long a delete waits between
+          SIGTERM and SIGKILL (0 to 300; the agent's default, 10, when unset).
         - ``name``: the object's name; a generated ``sbx-…`` name by default.
         - ``timeout``: seconds to wait until Ready. Past it,
           :class:`~fast_sandbox.errors.NoCapacityError` when no agent had a free
@@ -205,6 +208,7 @@ class Sandbox:
             exposed_ports=exposed_ports,
             egress=egress,
             failure_policy=failure_policy,
+            termination_grace_seconds=termination_grace_seconds,
             labels=labels,
             annotations=annotations,
         )

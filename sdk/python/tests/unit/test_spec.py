@@ -49,6 +49,7 @@ def test_every_field() -> None:
         ttl_seconds_after_finished=60,
         exposed_ports=[8080, {"name": "dbg", "port": 9000}],
         failure_policy="AutoRecreate",
+        termination_grace_seconds=0,
         labels={"team": "a"},
         annotations={"note": "x"},
     )
@@ -63,6 +64,7 @@ def test_every_field() -> None:
         "ttlSecondsAfterFinished": 60,
         "exposedPorts": [{"port": 8080}, {"name": "dbg", "port": 9000}],
         "failurePolicy": "AutoRecreate",
+        "terminationGracePeriodSeconds": 0,
     }
     # An empty command runs the image's own entrypoint.
     assert "command" not in _spec.sandbox_manifest(pool="p", image="i", command=[])["spec"]
@@ -81,6 +83,10 @@ def test_every_field() -> None:
         ({"ttl_seconds": 5, "ttl_seconds_after_finished": 5}, "cannot be combined"),
         ({"ttl_seconds": 0}, "positive"),
         ({"failure_policy": "Sometimes"}, "failure_policy"),
+        ({"termination_grace_seconds": 301}, "termination_grace_seconds must be 0 to 300"),
+        ({"termination_grace_seconds": -1}, "termination_grace_seconds"),
+        ({"termination_grace_seconds": 1.5}, "whole number"),
+        ({"termination_grace_seconds": True}, "whole number"),
     ],
 )
 def test_refusals_name_the_argument(kwargs: dict[str, Any], match: str) -> None:

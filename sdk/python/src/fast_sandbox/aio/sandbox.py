@@ -137,6 +137,7 @@ class Sandbox:
         exposed_ports: Sequence[int | Mapping[str, Any]] | None = None,
         egress: bool | Mapping[str, Sequence[str]] | None = None,
         failure_policy: Literal["Manual", "AutoRecreate"] | None = None,
+        termination_grace_seconds: int | None = None,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
         timeout: float = CREATE_TIMEOUT,
@@ -162,6 +163,7 @@ class Sandbox:
             exposed_ports=exposed_ports,
             egress=egress,
             failure_policy=failure_policy,
+            termination_grace_seconds=termination_grace_seconds,
             labels=labels,
             annotations=annotations,
         )
