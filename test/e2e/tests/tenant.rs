@@ -249,6 +249,46 @@ async fn an_edit_tenant_cannot_get_root_on_a_node() {
         .expect_err("removing the pool's finalizer must be refused");
     assert!(err.to_string().contains(POOL_FINALIZER), "{err}");
 
+    // The binding is admission's and the controller's: a tenant can neither
+    // pick an agent (nor claim its sandbox was placed at admission, which
+    // spares the claim a check) nor move or re-mark a bound sandbox.
+    let bound = running.spec.agent_ref.clone().expect("bound at admission");
+    assert!(bound.at_admission, "admission's binding says so: {bound:?}");
+    let chosen: Sandbox = serde_json::from_value(json!({
+        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox", "metadata": {"name": "chosen"},
+        "spec": {"image": BUSYBOX, "command": ["/bin/sleep", "600"], "poolRef": "p",
+                 "agentRef": {"podName": bound.pod_name, "nodeName": bound.node_name, "atAdmission": true}}
+    }))
+    .unwrap();
+    let err = sandboxes
+        .create(&PostParams::default(), &chosen)
+        .await
+        .expect_err("a tenant's own agentRef must be refused");
+    assert!(err.to_string().contains("spec.agentRef"), "{err}");
+    for change in [
+        json!({"spec": {"agentRef": {"atAdmission": null}}}),
+        json!({"spec": {"agentRef": {"podName": "another-agent"}}}),
+    ] {
+        let err = sandboxes
+            .patch("s", &PatchParams::default(), &Patch::Merge(&change))
+            .await
+            .expect_err("a tenant's change of the binding must be refused");
+        assert!(err.to_string().contains("spec.agentRef"), "{change}: {err}");
+    }
+    let stranger = fast_sandbox_e2e::impersonating("e2e-tenant-stranger").await;
+    let theirs: Api<Sandbox> = Api::namespaced(stranger, &ns);
+    let err = theirs
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"agentRef": {"atAdmission": null}}})),
+        )
+        .await
+        .expect_err("a user of another namespace changes nothing here");
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    let unchanged = sandboxes.get("s").await.unwrap().spec.agent_ref;
+    assert_eq!(unchanged, Some(bound), "the binding after the refusals");
+
     delete_namespace(&admin, &ns).await;
 }
 
