@@ -33,6 +33,7 @@ use crate::ports::Ports;
 use crate::prestarted::PrestartDirs;
 use crate::runtime::Containerd;
 use crate::shim_gate::ShimGate;
+use crate::spec;
 use crate::state::{Change, Table};
 use crate::stock::Stock;
 use crate::warm::WarmPool;
@@ -208,8 +209,6 @@ pub struct Agent {
     pins: tokio::sync::Notify,
     /// Orders task creates and deletes around the agent's shared shim.
     shim_gate: ShimGate,
-    /// Whether the gate was seeded with the tasks found at start.
-    shim_gate_seeded: AtomicBool,
 }
 
 impl Agent {
@@ -257,7 +256,6 @@ impl Agent {
         let shim_gate = ShimGate::new(cfg.shim_group && cd.runtime() == RUNC_RUNTIME);
         Ok(Arc::new_cyclic(|me| Self {
             shim_gate,
-            shim_gate_seeded: AtomicBool::new(false),
             egress,
             me: me.clone(),
             stock: Stock::new(stock_size, cfg.warm_images, pinned),
@@ -475,6 +473,15 @@ impl Agent {
             namespace: self.cd.namespace().to_string(),
             images,
         })
+    }
+
+    /// Puts a container in the agent's shim group (when configured), so
+    /// its task joins the agent's running shim process instead of spawning
+    /// one.
+    fn join_shim_group(&self, spec: &mut oci_spec::runtime::Spec) {
+        if self.shim_gate.enabled() {
+            spec::join_shim_group(spec, &format!("fast-sandbox-{}", self.cfg.pod_uid));
+        }
     }
 
     /// Creates the task of one of this agent's containers, through the

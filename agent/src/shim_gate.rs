@@ -16,6 +16,7 @@
 //! containerd when it starts.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 
@@ -49,6 +50,7 @@ pub struct ShimGate {
     enabled: bool,
     counts: Mutex<Counts>,
     changed: Notify,
+    seeded: AtomicBool,
 }
 
 /// A create let through; say [`CreatePass::created`] once the task exists.
@@ -72,6 +74,7 @@ impl ShimGate {
             enabled,
             counts: Mutex::new(Counts::default()),
             changed: Notify::new(),
+            seeded: AtomicBool::new(false),
         }
     }
 
@@ -80,9 +83,14 @@ impl ShimGate {
         self.enabled
     }
 
-    /// Sets the number of the agent's tasks found in containerd, at start,
-    /// before anything is created or deleted.
+    /// Sets the number of the agent's tasks found in containerd when the
+    /// agent first rebuilds its state, before anything is created or
+    /// deleted; later rebuilds (after containerd restarts) keep the gate's
+    /// own count.
     pub fn seed(&self, live: usize) {
+        if self.seeded.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.counts().live = live;
         self.changed.notify_waiters();
     }
@@ -223,6 +231,14 @@ mod tests {
         creating.created();
         let _delete = gate.delete().await;
         assert_eq!(*gate.counts(), counts(1, 0, 1));
+    }
+
+    #[test]
+    fn only_the_first_seed_counts() {
+        let gate = ShimGate::new(true);
+        gate.seed(2);
+        gate.seed(7);
+        assert_eq!(*gate.counts(), counts(2, 0, 0));
     }
 
     #[tokio::test]

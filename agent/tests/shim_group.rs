@@ -9,8 +9,8 @@ mod support;
 
 use std::time::Duration;
 
-use fast_sandbox_api::agent::SandboxInfo;
-use support::{TestAgent, env, noshell_image, request, wait_for};
+use fast_sandbox_api::agent::{CreateSandboxRequest, SandboxInfo};
+use support::{Env, TestAgent, env, noshell_image, request, wait_for};
 
 /// The parent of a sandbox's PID 1: the shim, which reaps it.
 fn shim_of(info: &SandboxInfo) -> u32 {
@@ -34,6 +34,21 @@ fn shim_of(info: &SandboxInfo) -> u32 {
     ppid
 }
 
+/// Creates `req` on `a`; the sandbox must start.
+async fn started(a: &TestAgent, req: &CreateSandboxRequest) -> SandboxInfo {
+    a.client
+        .create(req)
+        .await
+        .unwrap()
+        .1
+        .unwrap_or_else(|e| panic!("create {}: {e:?}", req.uid))
+}
+
+/// A test-image sandbox that sleeps.
+fn sleeper(env: &Env, uid: &str) -> CreateSandboxRequest {
+    request(env, uid, &["sleep", "600"])
+}
+
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -42,18 +57,12 @@ fn alive(pid: u32) -> bool {
 async fn an_agents_sandboxes_share_one_shim_claimed_or_cold() {
     let env = env();
     let a = TestAgent::start_stocked(&env, "shim-group", 4, 1).await;
-    let claimed = a
-        .client
-        .create(&request(&env, "shim-claimed", &["sleep", "600"]))
-        .await
-        .unwrap()
-        .1
-        .unwrap();
+    let claimed = started(&a, &sleeper(&env, "shim-claimed")).await;
     assert!(claimed.container_id.starts_with("stock-"), "{claimed:?}");
     // An image without a stock goes cold.
     let mut cold = request(&env, "shim-cold", &["/tool", "sleep"]);
     cold.image = noshell_image();
-    let cold = a.client.create(&cold).await.unwrap().1.unwrap();
+    let cold = started(&a, &cold).await;
     assert!(!cold.container_id.starts_with("stock-"), "{cold:?}");
     let shim = shim_of(&claimed);
     assert_eq!(shim_of(&cold), shim, "claimed and cold sandboxes");
@@ -62,13 +71,7 @@ async fn an_agents_sandboxes_share_one_shim_claimed_or_cold() {
     // the shim serves the next one after that container is gone.
     a.client.delete("shim-claimed", 0).await.unwrap().1.unwrap();
     a.wait_stock(1).await;
-    let next = a
-        .client
-        .create(&request(&env, "shim-next", &["sleep", "600"]))
-        .await
-        .unwrap()
-        .1
-        .unwrap();
+    let next = started(&a, &sleeper(&env, "shim-next")).await;
     assert_eq!(
         shim_of(&next),
         shim,
@@ -92,13 +95,7 @@ async fn an_agent_without_the_group_spawns_a_shim_per_sandbox() {
     let a = TestAgent::start_with(&env, "shim-apart", 4, |c| c.shim_group = false).await;
     let mut shims = Vec::new();
     for uid in ["shim-apart-1", "shim-apart-2"] {
-        let info = a
-            .client
-            .create(&request(&env, uid, &["sleep", "600"]))
-            .await
-            .unwrap()
-            .1
-            .unwrap();
+        let info = started(&a, &sleeper(&env, uid)).await;
         shims.push(shim_of(&info));
     }
     assert_ne!(shims[0], shims[1]);
@@ -120,14 +117,7 @@ async fn creates_racing_the_last_tasks_delete_all_run() {
         async move {
             for i in 0..30 {
                 let uid = format!("shim-race-{w}-{i}");
-                let info = a
-                    .client
-                    .create(&request(env, &uid, &["sleep", "600"]))
-                    .await
-                    .unwrap()
-                    .1
-                    .unwrap_or_else(|e| panic!("create {uid} as the group empties: {e:?}"));
-                shim_of(&info);
+                shim_of(&started(a, &sleeper(env, &uid)).await);
                 a.client.delete(&uid, 0).await.unwrap().1.unwrap();
             }
         }

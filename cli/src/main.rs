@@ -412,18 +412,7 @@ mod tests {
         };
         assert_eq!(a.command, ["sh", "-c", "exit 3"]);
         assert_eq!(a.timeout, Some(5));
-        let cli = Cli::try_parse_from([
-            "kubectl-sandbox",
-            "run",
-            "x",
-            "--image",
-            "i",
-            "--pool",
-            "p",
-            "--rm",
-            "-it",
-        ])
-        .unwrap();
+        let cli = run_with(&["--rm", "-it"]).unwrap();
         let Command::Run(a) = cli.command else {
             panic!()
         };
@@ -437,19 +426,7 @@ mod tests {
 
     #[test]
     fn run_takes_a_grace_period_the_server_accepts() {
-        let run = |grace: &str| {
-            Cli::try_parse_from([
-                "kubectl-sandbox",
-                "run",
-                "x",
-                "--image",
-                "i",
-                "--pool",
-                "p",
-                "--grace-period",
-                grace,
-            ])
-        };
+        let run = |grace: &str| run_with(&["--grace-period", grace]);
         let Command::Run(a) = run("0").unwrap().command else {
             panic!()
         };
@@ -458,5 +435,11 @@ mod tests {
             let err = run(bad).expect_err(bad).to_string();
             assert!(err.contains("--grace-period"), "{bad}: {err}");
         }
+    }
+
+    /// `kubectl sandbox run x --image i --pool p` with `extra`.
+    fn run_with(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let base = ["kubectl-sandbox", "run", "x", "--image", "i", "--pool", "p"];
+        Cli::try_parse_from(base.iter().chain(extra))
     }
 }

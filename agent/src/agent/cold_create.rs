@@ -18,7 +18,6 @@ use crate::runtime::ContainerRecord;
 use crate::spec;
 use crate::state::Entry;
 use crate::userns::Mapping;
-use oci_spec::runtime::Spec;
 
 use super::{Agent, CREATE_LEASE_TTL, STALE_BUNDLE_FRESH_IDS};
 
@@ -392,15 +391,6 @@ impl Agent {
             );
         }
         labels
-    }
-
-    /// Puts a sandbox's container in the agent's shim group (when
-    /// configured), so its task joins the agent's running shim process
-    /// instead of spawning one.
-    pub(super) fn join_shim_group(&self, spec: &mut Spec) {
-        if self.shim_gate.enabled() {
-            spec::join_shim_group(spec, &format!("fast-sandbox-{}", self.cfg.pod_uid));
-        }
     }
 
     /// Turns a failed container create into [`Error::ContainerExists`] when

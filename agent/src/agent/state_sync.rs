@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use containerd_client::events::{TaskExit, TaskOom};
@@ -201,9 +200,7 @@ impl Agent {
                 tasks += 1;
             }
         }
-        if !self.shim_gate_seeded.swap(true, Ordering::SeqCst) {
-            self.shim_gate.seed(tasks);
-        }
+        self.shim_gate.seed(tasks);
         for id in self.prestart.ids() {
             if !keep_logs.contains(&id)
                 && !stock_ids.contains(&id)

@@ -7,15 +7,14 @@
 
 use std::time::Duration;
 
-use fast_sandbox_api::wellknown::LABEL_POOL_UID;
 use fast_sandbox_api::wellknown::reason;
 use fast_sandbox_api::{Sandbox, SandboxPhase, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::containerd::stock_of;
-use fast_sandbox_e2e::scenario::{AGENT_IMAGE, BUSYBOX, SYSTEM_NAMESPACE};
+use fast_sandbox_e2e::scenario::{AGENT_IMAGE, BUSYBOX, SYSTEM_NAMESPACE, agent_pods};
 use fast_sandbox_e2e::{cluster_client, delete_namespace, editor, namespace, wait_for, wait_gone};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -59,6 +58,22 @@ async fn wait_stock(agent_uid: &str, n: usize) {
     panic!("agent {agent_uid} did not hold {n} pre-started sandboxes within {WAIT:?}: {last:?}");
 }
 
+/// Creates pool `p` with a stock of [`STOCK`] in `ns` and waits until its
+/// agent is ready.
+async fn ready_pool(client: &Client, ns: &str) -> Api<SandboxPool> {
+    let pools: Api<SandboxPool> = Api::namespaced(client.clone(), ns);
+    pools
+        .create(&PostParams::default(), &pool("p", json!(STOCK)))
+        .await
+        .unwrap();
+    wait_for(&pools, "p", WAIT, "1 ready agent", |p: &SandboxPool| {
+        p.status.as_ref().is_some_and(|s| s.ready_agents >= 1)
+    })
+    .await
+    .unwrap();
+    pools
+}
+
 async fn finished(sbx: &Api<Sandbox>, name: &str) -> Sandbox {
     wait_for(sbx, name, WAIT, "a final phase", |s: &Sandbox| {
         matches!(s.phase(), SandboxPhase::Succeeded | SandboxPhase::Failed)
@@ -79,16 +94,7 @@ async fn output(client: &Client, ns: &str, name: &str) -> String {
 async fn a_create_claims_a_pre_started_sandbox_and_gets_exactly_its_spec() {
     let client = cluster_client("prestarted").await;
     let ns = namespace(&client, "e2e-stock").await.unwrap();
-    let pools: Api<SandboxPool> = Api::namespaced(client.clone(), &ns);
-    pools
-        .create(&PostParams::default(), &pool("p", json!(STOCK)))
-        .await
-        .unwrap();
-    wait_for(&pools, "p", WAIT, "1 ready agent", |p: &SandboxPool| {
-        p.status.as_ref().is_some_and(|s| s.ready_agents >= 1)
-    })
-    .await
-    .unwrap();
+    ready_pool(&client, &ns).await;
     let sbx: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
 
     // The first create finds the agent, whose stock then must be full.
@@ -207,26 +213,8 @@ async fn a_tenant_cannot_ask_for_more_pre_started_sandboxes_than_allowed() {
 async fn deleting_a_pool_leaves_no_pre_started_sandbox_on_the_node() {
     let client = cluster_client("prestarted retire").await;
     let ns = namespace(&client, "e2e-stock-retire").await.unwrap();
-    let pools: Api<SandboxPool> = Api::namespaced(client.clone(), &ns);
-    let created = pools
-        .create(&PostParams::default(), &pool("p", json!(STOCK)))
-        .await
-        .unwrap();
-    wait_for(&pools, "p", WAIT, "1 ready agent", |p: &SandboxPool| {
-        p.status.as_ref().is_some_and(|s| s.ready_agents >= 1)
-    })
-    .await
-    .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-    let selector = format!(
-        "{LABEL_POOL_UID}={}",
-        created.metadata.uid.clone().unwrap_or_default()
-    );
-    let agents = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .unwrap()
-        .items;
+    let pools = ready_pool(&client, &ns).await;
+    let agents = agent_pods(&client, &ns, "p").await.unwrap();
     assert_eq!(agents.len(), 1, "the pool's agent pods: {agents:?}");
     let agent_uid = agents[0].metadata.uid.clone().unwrap();
     wait_stock(&agent_uid, STOCK).await;
