@@ -205,7 +205,8 @@ async fn a_tenant_cannot_ask_for_more_pre_started_sandboxes_than_allowed() {
     delete_namespace(&client, &ns).await;
 }
 
-/// Deleting a pool takes its agents' pre-started sandboxes off the node
+/// Deleting a pool (as the namespace's `edit` tenant; a user of another
+/// namespace cannot) takes its agents' pre-started sandboxes off the node
 /// too: the controller retires each agent's stock before it deletes the
 /// agent's pod, so nothing waits for a janitor that may never come to that
 /// node.
@@ -219,7 +220,21 @@ async fn deleting_a_pool_leaves_no_pre_started_sandbox_on_the_node() {
     let agent_uid = agents[0].metadata.uid.clone().unwrap();
     wait_stock(&agent_uid, STOCK).await;
 
-    pools.delete("p", &DeleteParams::default()).await.unwrap();
+    // A user of another namespace cannot delete the pool; its stock stays.
+    let stranger = fast_sandbox_e2e::impersonating("stock-retire-stranger").await;
+    let err = Api::<SandboxPool>::namespaced(stranger, &ns)
+        .delete("p", &DeleteParams::default())
+        .await
+        .expect_err("a user of another namespace deletes nothing here");
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    assert_eq!(stock_of(&agent_uid).await.unwrap().len(), STOCK);
+
+    // The namespace's edit tenant deletes it.
+    let tenant = editor(&client, &ns, "stock-retire-tenant").await;
+    Api::<SandboxPool>::namespaced(tenant, &ns)
+        .delete("p", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_gone(&pools, "p", WAIT).await.unwrap();
     let left = stock_of(&agent_uid).await.unwrap();
     assert!(
