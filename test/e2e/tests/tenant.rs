@@ -289,7 +289,39 @@ async fn an_edit_tenant_cannot_get_root_on_a_node() {
     let unchanged = sandboxes.get("s").await.unwrap().spec.agent_ref;
     assert_eq!(unchanged, Some(bound), "the binding after the refusals");
 
+    // The tenant's UPDATEs above reached the webhook; the controller's own
+    // (its finalizer removal once the container is gone) skip it, which the
+    // apiserver counts as a match-condition exclusion.
+    let before = webhook_exclusions(&admin).await;
+    sandboxes
+        .delete("s", &Default::default())
+        .await
+        .expect("the tenant deletes its sandbox");
+    fast_sandbox_e2e::wait_gone(&sandboxes, "s", WAIT)
+        .await
+        .expect("the controller removes its finalizer");
+    let after = webhook_exclusions(&admin).await;
+    assert!(
+        after > before,
+        "the controller's finalizer removal skipped the webhook: exclusions {before} -> {after}"
+    );
+
     delete_namespace(&admin, &ns).await;
+}
+
+/// How many UPDATEs the apiserver did not send to the sandbox webhook
+/// because of its match condition (the controller's own).
+async fn webhook_exclusions(admin: &Client) -> f64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = admin.request_text(req).await.expect("the apiserver's /metrics");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_admission_match_condition_exclusions_total{")
+                && l.contains("name=\"bind.sandboxes.sandbox.fast.io\"")
+                && l.contains("operation=\"UPDATE\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 fn state_dir() -> String {
