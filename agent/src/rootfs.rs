@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use fast_sandbox_api::agent::ErrorCode;
 use fast_sandbox_api::files::{FileInfo, FileType};
 use rustix::fs::{
     AtFlags, Dir, Gid, Mode, OFlags, ResolveFlags, Stat, Uid, fchmod, fchown, fstat, mkdirat,
@@ -137,6 +138,24 @@ pub fn process_dir(proc_root: &Path, pid: u32, cgroup_suffix: &str) -> Result<Ow
     Ok(dir)
 }
 
+/// Filesystems a sandbox's root may be on: the snapshotter's overlay (or,
+/// with another snapshotter, a disk filesystem) and tmpfs. The root is
+/// whatever process 1's root is, and a process with `CAP_SYS_CHROOT` can
+/// make it its own `/proc`, `/sys` or `/dev/pts`; the agent reads as host
+/// root, so through such a root it would hand out what only the host may
+/// read (kernel symbols, the physical memory map). A mount the sandbox
+/// made itself (in a user namespace of its own: tmpfs, overlay) holds only
+/// what it could already reach, and overlay reaches its layers with its
+/// mounter's credentials.
+fn is_data_filesystem(magic: i64) -> bool {
+    const OVERLAYFS: i64 = 0x794c_7630;
+    const TMPFS: i64 = 0x0102_1994;
+    const EXT: i64 = 0xef53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683e;
+    [OVERLAYFS, TMPFS, EXT, XFS, BTRFS].contains(&magic)
+}
+
 impl SandboxRoot {
     /// Opens the root of the process with host PID `pid` under `proc_root`
     /// (the host's `/proc`), once [`process_dir`] has checked it is still
@@ -164,6 +183,17 @@ impl SandboxRoot {
             Mode::empty(),
         )
         .map_err(&gone)?;
+        let fs = rustix::fs::fstatfs(&root).map_err(&gone)?.f_type as i64;
+        if !is_data_filesystem(fs) {
+            return Err(Error::File {
+                op: "open",
+                path: "/".into(),
+                code: ErrorCode::PermissionDenied,
+                message: format!(
+                    "the sandbox's process 1 changed its root to a kernel filesystem (type {fs:#x}), not its root filesystem; its files are not served"
+                ),
+            });
+        }
         Ok(Self {
             root,
             owner,

@@ -1,8 +1,9 @@
 //! Files inside running sandboxes over the agent's API, against a real
 //! containerd and runc: a binary round trip checked by hash (and found in
 //! the sandbox's writable layer), modes, a directory copied both ways,
-//! escapes through symlinks and `..` refused, upload limits, and the errors
-//! a user meets.
+//! escapes through symlinks and `..` refused, a process 1 that made its
+//! `/proc` its root served nothing, upload limits, and the errors a user
+//! meets.
 
 mod support;
 
@@ -376,6 +377,44 @@ async fn symlinks_and_dot_dot_never_reach_the_host() {
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret\n");
     assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 1);
     a.client.delete("fe", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn a_root_changed_to_the_sandboxs_proc_serves_nothing_of_the_kernel() {
+    let env = env();
+    let a = TestAgent::start(&env, "files-chroot", 2).await;
+    let c = &a.client;
+    // Process 1 makes its own /proc its root (keeping CAP_SYS_CHROOT, as a
+    // container does) and runs on through another process's root.
+    a.client
+        .create(&request(
+            &env,
+            "fc",
+            &[
+                "sh",
+                "-c",
+                "sleep 100000 & exec chroot /proc /$!/root/bin/sleep 100000",
+            ],
+        ))
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+    wait_for(
+        "process 1 to change root",
+        Duration::from_secs(20),
+        || async { stdout(&exec(c, "fc", &["readlink", "/proc/1/root"]).await).trim() == "/proc" },
+    )
+    .await;
+    for path in ["/kallsyms", "/iomem", "/1/environ"] {
+        let e = read(c, "fc", path).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{path}: {e:?}");
+        assert!(e.message.contains("kernel filesystem"), "{e:?}");
+    }
+    let e = c.list_dir("fc", "/").await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::PermissionDenied, "{e:?}");
+    a.client.delete("fc", 0).await.unwrap().1.unwrap();
     a.assert_nothing_left().await;
 }
 

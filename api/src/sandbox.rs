@@ -55,6 +55,7 @@ pub struct SandboxSpec {
     pub env: Vec<EnvVar>,
     /// Working directory; the image's when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub working_dir: Option<String>,
     /// Name of the SandboxPool in the same namespace whose agents run this.
     #[schemars(length(min = 1, max = 253))]
@@ -78,9 +79,9 @@ pub struct SandboxSpec {
     #[schemars(schema_with = "crate::schema::date_time")]
     pub expire_time: Option<Time>,
     /// Seconds after the sandbox finishes (Succeeded or Failed) before it is
-    /// deleted.
+    /// deleted (at most 2147483647, as a Job's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 2147483647))]
     pub ttl_seconds_after_finished: Option<i64>,
     /// Seconds between SIGTERM and SIGKILL when the sandbox is deleted or
     /// reset (at most 300). Unset: the agent's default (10). A custom

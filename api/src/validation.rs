@@ -33,6 +33,11 @@ pub const MAX_EPHEMERAL_STORAGE_BYTES: u64 = 1 << 40;
 /// Longest `spec.terminationGracePeriodSeconds`: a deleted sandbox holds
 /// its slot until its process exits.
 pub const MAX_TERMINATION_GRACE_SECONDS: i64 = 300;
+/// Most seconds `ttlSecondsAfterFinished` may say (a Job's bound, about 68
+/// years): past it the deletion time would not be a time.
+pub const MAX_TTL_SECONDS: i64 = i32::MAX as i64;
+/// Longest `workingDir` (the kernel's `PATH_MAX`).
+pub const MAX_WORKING_DIR_BYTES: usize = 4096;
 
 /// One invalid field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,13 +171,23 @@ fn check_exec(
             ),
         );
     }
-    if let Some(w) = working_dir
-        && !w.starts_with('/')
-    {
-        errs.push(
-            format!("{prefix}workingDir"),
-            format!("must be an absolute path, got {w:?}"),
-        );
+    if let Some(w) = working_dir {
+        if w.len() > MAX_WORKING_DIR_BYTES {
+            errs.push(
+                format!("{prefix}workingDir"),
+                format!(
+                    "is {} bytes; at most {MAX_WORKING_DIR_BYTES} are allowed",
+                    w.len()
+                ),
+            );
+        } else if w.contains('\0') {
+            errs.push(format!("{prefix}workingDir"), "must not contain NUL");
+        } else if !w.starts_with('/') {
+            errs.push(
+                format!("{prefix}workingDir"),
+                format!("must be an absolute path, got {w:?}"),
+            );
+        }
     }
 }
 
@@ -289,10 +304,15 @@ pub fn validate_sandbox_spec(spec: &SandboxSpec) -> Result<(), FieldErrors> {
         Ok(l) => check_limits(&mut errs, "spec.resources.", &l),
         Err(e) => errs.0.extend(e.0),
     }
-    if let Some(t) = spec.ttl_seconds_after_finished
-        && t < 0
-    {
-        errs.push("spec.ttlSecondsAfterFinished", "must not be negative");
+    if let Some(t) = spec.ttl_seconds_after_finished {
+        if t < 0 {
+            errs.push("spec.ttlSecondsAfterFinished", "must not be negative");
+        } else if t > MAX_TTL_SECONDS {
+            errs.push(
+                "spec.ttlSecondsAfterFinished",
+                format!("must be at most {MAX_TTL_SECONDS} seconds, got {t}"),
+            );
+        }
     }
     if spec.expire_time.is_some() && spec.ttl_seconds_after_finished.is_some() {
         errs.push(
@@ -558,6 +578,41 @@ mod tests {
             ]
         );
         assert!(e.to_string().contains("\"1BAD\""), "{e}");
+    }
+
+    #[test]
+    fn a_working_dir_with_nul_or_past_path_max_is_refused() {
+        for (w, says) in [
+            ("/tmp\0x".to_string(), "NUL"),
+            (
+                format!("/{}", "d".repeat(MAX_WORKING_DIR_BYTES)),
+                "at most 4096",
+            ),
+        ] {
+            let mut s = spec();
+            s.working_dir = Some(w);
+            let e = validate_sandbox_spec(&s).unwrap_err();
+            assert_eq!(fields(Err(e.clone())), ["spec.workingDir"]);
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let mut s = spec();
+        s.working_dir = Some(format!("/{}", "d".repeat(MAX_WORKING_DIR_BYTES - 1)));
+        assert!(validate_sandbox_spec(&s).is_ok());
+    }
+
+    #[test]
+    fn a_ttl_is_bounded_as_a_jobs() {
+        let mut s = spec();
+        s.ttl_seconds_after_finished = Some(MAX_TTL_SECONDS);
+        assert!(validate_sandbox_spec(&s).is_ok());
+        for ttl in [MAX_TTL_SECONDS + 1, i64::MAX, -1] {
+            s.ttl_seconds_after_finished = Some(ttl);
+            assert_eq!(
+                fields(validate_sandbox_spec(&s)),
+                ["spec.ttlSecondsAfterFinished"],
+                "{ttl}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,9 @@ pub fn deadline(sandbox: &Sandbox) -> Option<DateTime<Utc>> {
         return None;
     }
     let finished = sandbox.status.as_ref()?.finished_at.as_ref()?;
-    Some(from_k8s(finished) + Duration::seconds(ttl.max(0)))
+    // Checked: a TTL stored before admission bounded it must not panic the
+    // controller; one past the end of time is never.
+    from_k8s(finished).checked_add_signed(Duration::try_seconds(ttl.max(0))?)
 }
 
 /// How long until `at`, zero when it passed.
@@ -51,6 +53,22 @@ mod tests {
             None,
         );
         assert_eq!(deadline(&s), Some(t(30)));
+    }
+
+    #[test]
+    fn a_ttl_past_the_end_of_time_is_never() {
+        let done = SandboxStatus {
+            phase: Some(SandboxPhase::Succeeded),
+            finished_at: Some(to_k8s(t(100))),
+            ..Default::default()
+        };
+        for ttl in [i64::MAX, i64::MAX / 1000, 8_300_000_000_000] {
+            let spec = SandboxSpec {
+                ttl_seconds_after_finished: Some(ttl),
+                ..Default::default()
+            };
+            assert_eq!(deadline(&sandbox(spec, Some(done.clone()))), None, "{ttl}");
+        }
     }
 
     #[test]

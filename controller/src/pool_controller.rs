@@ -18,6 +18,7 @@ use fast_sandbox_api::wellknown::{
     condition, reason,
 };
 use fast_sandbox_api::{SandboxPool, SandboxPoolStatus};
+use futures::StreamExt;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{PatchOperation, ReplaceOperation, TestOperation};
 use k8s_openapi::api::core::v1::Pod;
@@ -45,7 +46,7 @@ pub async fn reconcile(pool: Arc<SandboxPool>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics.reconciled("pool");
     let key = pool.metadata.uid.clone().unwrap_or_default();
     ctx.wait_synced().await;
-    let action = reconcile_inner(&pool, &ctx).await?;
+    let action = crate::error::unwound(reconcile_inner(&pool, &ctx)).await?;
     ctx.succeeded(&key);
     Ok(action)
 }
@@ -474,6 +475,9 @@ async fn retire_stock(ctx: &Context, name: &str) {
     }
 }
 
+/// How many of a departing agent's sandboxes are stopped at once.
+const REMOVE_CONCURRENCY: usize = 8;
+
 /// Removes one agent: first the sandboxes' containers and the stock it
 /// holds (a deleted pod takes nothing with it from the node's
 /// containerd), then the pod.
@@ -482,11 +486,28 @@ async fn remove_agent(ctx: &Context, pod: &Pod) -> Result<(), Error> {
     if let Some(agent) = ctx.agents.get(&name)
         && agent.view().reachable
     {
-        for uid in agent.view().sandboxes.keys() {
-            if let Err(e) = agent.client.delete(uid, None).await {
-                tracing::warn!(agent = %name, sandbox = %uid, error = %e, "cannot remove a container before its agent goes; the node janitor collects it");
-            }
-        }
+        // Each with its own grace period, several at once: one after the
+        // other, an agent's sandboxes that ignore SIGTERM would take the
+        // default period each.
+        let graces: HashMap<String, Option<std::time::Duration>> = ctx
+            .sandboxes
+            .state()
+            .iter()
+            .filter_map(|s| Some((s.uid()?, s.termination_grace())))
+            .collect();
+        let uids: Vec<String> = agent.view().sandboxes.keys().cloned().collect();
+        futures::stream::iter(uids)
+            .for_each_concurrent(REMOVE_CONCURRENCY, |uid| {
+                let agent = &agent;
+                let name = &name;
+                let grace = graces.get(&uid).copied().flatten();
+                async move {
+                    if let Err(e) = agent.client.delete(&uid, grace).await {
+                        tracing::warn!(agent = %name, sandbox = %uid, error = %e, "cannot remove a container before its agent goes; the node janitor collects it");
+                    }
+                }
+            })
+            .await;
     }
     retire_stock(ctx, &name).await;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.agent_pod.namespace);

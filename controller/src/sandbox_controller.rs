@@ -37,7 +37,7 @@ pub async fn reconcile(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action, Er
     ctx.metrics.reconciled("sandbox");
     let key = sb.metadata.uid.clone().unwrap_or_default();
     ctx.wait_synced().await;
-    let action = reconcile_inner(&sb, &ctx).await?;
+    let action = crate::error::unwound(reconcile_inner(&sb, &ctx)).await?;
     ctx.succeeded(&key);
     Ok(action)
 }
@@ -83,7 +83,9 @@ impl Target<'_> {
             .annotations()
             .get(ANNOTATION_BOUND_AT)
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc))
+            // A bind time still to come (set before admission guarded the
+            // annotation) would keep a lost agent's sandbox waiting forever.
+            .map(|t| t.with_timezone(&Utc).min(self.now))
     }
 }
 

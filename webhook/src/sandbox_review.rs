@@ -2,15 +2,18 @@
 //!
 //! CREATE: validate what the CRD schema cannot, then bind the sandbox to an
 //! agent from the placement index with a JSON patch. UPDATE: refuse changes
-//! to the binding, to the spec fields fixed at binding and to the cleanup
-//! finalizer, except from the controller. Dry-run requests get the same
+//! to the binding (and the labels and annotations that record it, which the
+//! placement index trusts), to the pool, to the spec fields fixed at binding
+//! and to the cleanup finalizer, except from the controller. Dry-run requests get the same
 //! answer and reserve nothing; so do reviews from a caller not known to be
 //! the apiserver.
 
 use chrono::Utc;
 use fast_sandbox_api::resources;
 use fast_sandbox_api::validation::validate_sandbox_spec;
-use fast_sandbox_api::wellknown::FINALIZER;
+use fast_sandbox_api::wellknown::{
+    ANNOTATION_BOUND_AT, ANNOTATION_RESERVATION, FINALIZER, LABEL_AGENT, LABEL_POOL,
+};
 use fast_sandbox_api::{Sandbox, SandboxNetwork, SandboxPhase};
 use fast_sandbox_placement::pool_key;
 use kube::ResourceExt;
@@ -25,6 +28,13 @@ use crate::review::{Caller, Request, Response, Reviewer, Verdict, allowed, denie
 /// Spec fields a user may change after binding (`agentRef` is checked on
 /// its own): recreating the container, and when and how the sandbox is
 /// deleted (a session kept alive moves its `expireTime` on).
+/// Labels that record the binding, written at admission and by the
+/// controller only: the placement index and `-l` selections trust them.
+const BINDING_LABELS: &[&str] = &[LABEL_AGENT, LABEL_POOL];
+/// Annotations that record the binding (when, and which slot reservation),
+/// written at admission and by the controller only.
+const BINDING_ANNOTATIONS: &[&str] = &[ANNOTATION_BOUND_AT, ANNOTATION_RESERVATION];
+
 const MUTABLE_WHEN_BOUND: &[&str] = &[
     "agentRef",
     "expireTime",
@@ -74,6 +84,18 @@ impl Reviewer {
                 422,
                 "Invalid",
                 "spec.agentRef: is written by the scheduler at admission; leave it unset".into(),
+            ));
+        }
+        // The pool label is written from spec.poolRef whatever was sent.
+        let pool_label = format!("metadata.labels[{LABEL_POOL}]");
+        if let Some((field, _)) = binding_metadata(sandbox)
+            .find(|(field, _)| *field != pool_label && !self.is_controller(req))
+        {
+            return denied(Response::deny(
+                uid,
+                422,
+                "Invalid",
+                format!("{field}: is written at admission; leave it unset"),
             ));
         }
         if let Err(errs) = validate_sandbox_spec(spec) {
@@ -201,6 +223,32 @@ impl Reviewer {
                 ),
             ));
         }
+        let was: Vec<_> = binding_metadata(old).collect();
+        let is: Vec<_> = binding_metadata(new).collect();
+        if let Some((field, _)) = was
+            .iter()
+            .filter(|f| !is.contains(f))
+            .chain(is.iter().filter(|f| !was.contains(f)))
+            .next()
+        {
+            return denied(Response::deny(
+                uid,
+                403,
+                "Forbidden",
+                format!(
+                    "{field}: records the binding; only the controller ({}) may change it",
+                    self.controller_username
+                ),
+            ));
+        }
+        if new.spec.pool_ref != old.spec.pool_ref {
+            return denied(Response::deny(
+                uid,
+                403,
+                "Forbidden",
+                "spec.poolRef: cannot change once the sandbox exists; create a sandbox in the other pool instead".into(),
+            ));
+        }
         if new.spec.agent_ref != old.spec.agent_ref {
             return denied(Response::deny(
                 uid,
@@ -287,6 +335,20 @@ fn effective_network(
         ));
     }
     Ok(written)
+}
+
+/// The binding's labels and annotations `sandbox` carries, as
+/// (field path, value).
+fn binding_metadata(sandbox: &Sandbox) -> impl Iterator<Item = (String, &str)> {
+    let labels = BINDING_LABELS.iter().filter_map(|k| {
+        let v = sandbox.labels().get(*k)?;
+        Some((format!("metadata.labels[{k}]"), v.as_str()))
+    });
+    let annotations = BINDING_ANNOTATIONS.iter().filter_map(|k| {
+        let v = sandbox.annotations().get(*k)?;
+        Some((format!("metadata.annotations[{k}]"), v.as_str()))
+    });
+    labels.chain(annotations)
 }
 
 /// The first spec field, in name order, that differs and may not change
@@ -717,6 +779,78 @@ mod tests {
         let mut s = spec;
         s["agentRef"] = json!({"podName": "agent-1", "nodeName": "node-a"});
         sandbox(s)
+    }
+
+    #[tokio::test]
+    async fn the_binding_labels_and_annotations_are_admissions_and_the_controllers() {
+        let r = Reviewer::new(index(), CONTROLLER);
+        for (meta, field) in [
+            (
+                json!({"annotations": {"sandbox.fast.io/reservation": "someone-elses-uid"}}),
+                "metadata.annotations[sandbox.fast.io/reservation]",
+            ),
+            (
+                json!({"annotations": {"sandbox.fast.io/bound-at": "2999-01-01T00:00:00Z"}}),
+                "metadata.annotations[sandbox.fast.io/bound-at]",
+            ),
+            (
+                json!({"labels": {"sandbox.fast.io/agent": "agent-1"}}),
+                "metadata.labels[sandbox.fast.io/agent]",
+            ),
+        ] {
+            let mut obj = sandbox(ok_spec());
+            obj["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .extend(meta.as_object().unwrap().clone());
+            let v = run(
+                &r,
+                review_body("CREATE", "alice", obj.clone(), Value::Null, false),
+            )
+            .await;
+            let message = v.response.message().unwrap_or_default();
+            assert!(
+                message.starts_with(&format!("{field}: is written at admission")),
+                "{meta}: {message}"
+            );
+            // Nor added, changed or removed later.
+            let old = bound(ok_spec());
+            refused(
+                &r,
+                obj.clone(),
+                &old,
+                &format!("{field}: records the binding"),
+            )
+            .await;
+            let mut with = bound(ok_spec());
+            with["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .extend(meta.as_object().unwrap().clone());
+            refused(
+                &r,
+                old.clone(),
+                &with,
+                &format!("{field}: records the binding"),
+            )
+            .await;
+            let v = run(&r, review_body("UPDATE", CONTROLLER, old, with, false)).await;
+            assert!(v.response.allowed, "the controller rebinds");
+        }
+        // The pool label is written from spec.poolRef whatever was sent.
+        let mut obj = sandbox(ok_spec());
+        obj["metadata"]["labels"] = json!({"sandbox.fast.io/pool": "elsewhere"});
+        let v = run(&r, review_body("CREATE", "alice", obj, Value::Null, false)).await;
+        assert!(v.response.allowed, "{:?}", v.response.message());
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_stays_in_its_pool_even_unbound() {
+        let r = Reviewer::new(index(), CONTROLLER);
+        let old = sandbox(ok_spec());
+        let mut moved = ok_spec();
+        moved["poolRef"] = json!("another-pool");
+        refused(&r, sandbox(moved), &old, "spec.poolRef: cannot change").await;
     }
 
     /// Fails unless a tenant's UPDATE of `old` to `new` is refused with a

@@ -313,7 +313,10 @@ async fn an_edit_tenant_cannot_get_root_on_a_node() {
 /// because of its match condition (the controller's own).
 async fn webhook_exclusions(admin: &Client) -> f64 {
     let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = admin.request_text(req).await.expect("the apiserver's /metrics");
+    let text = admin
+        .request_text(req)
+        .await
+        .expect("the apiserver's /metrics");
     text.lines()
         .filter(|l| {
             l.starts_with("apiserver_admission_match_condition_exclusions_total{")
