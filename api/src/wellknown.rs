@@ -151,4 +151,7 @@ pub mod reason {
     pub const NAMESPACE_CAP_REACHED: &str = "NamespaceCapReached";
     /// Pool: its growth is within the namespace's caps.
     pub const WITHIN_CAPS: &str = "WithinCaps";
+    /// Pool: the apiserver refused to create an agent pod from its
+    /// `agentTemplate` (the message is the apiserver's).
+    pub const AGENT_POD_REFUSED: &str = "AgentPodRefused";
 }

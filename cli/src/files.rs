@@ -123,7 +123,12 @@ pub async fn stat(
     .await
     {
         Ok(i) => Ok(Some(i)),
-        Err(AccessError::Api(m)) if m.contains("not found") || m.contains("No such file") => {
+        // A missing sandbox is an error of its own (the access server names
+        // it `sandboxes.<group> "name" not found`), not a missing path.
+        Err(AccessError::Api(m))
+            if !m.starts_with("sandboxes.")
+                && (m.contains("not found") || m.contains("No such file")) =>
+        {
             Ok(None)
         }
         Err(e) => Err(e),

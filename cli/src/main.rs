@@ -87,8 +87,8 @@ struct ExecArgs {
     /// Allocate a terminal (stdout and stderr become one stream).
     #[arg(short = 't', long)]
     tty: bool,
-    /// Kill the command after this many seconds (exit code 124).
-    #[arg(short = 'c', long = "timeout", value_name = "SECONDS")]
+    /// Kill the command after this many seconds (exit code 124; 1 to a week).
+    #[arg(short = 'c', long = "timeout", value_name = "SECONDS", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=fast_sandbox_api::validation::MAX_EXEC_TIMEOUT_SECONDS))]
     timeout: Option<u64>,
     /// Extra environment, NAME=VALUE (repeatable).
     #[arg(short, long = "env", value_name = "NAME=VALUE")]
@@ -434,6 +434,20 @@ mod tests {
         for bad in ["301", "-1", "ten"] {
             let err = run(bad).expect_err(bad).to_string();
             assert!(err.contains("--grace-period"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn exec_takes_a_timeout_the_server_accepts() {
+        let exec =
+            |t: &str| Cli::try_parse_from(["kubectl-sandbox", "exec", "x", "-c", t, "--", "true"]);
+        let Command::Exec(a) = exec("1").unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.timeout, Some(1));
+        for bad in ["0", "-1", "604801", "ten"] {
+            let err = exec(bad).expect_err(bad).to_string();
+            assert!(err.contains("--timeout"), "{bad}: {err}");
         }
     }
 

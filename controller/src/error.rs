@@ -37,6 +37,10 @@ pub enum Error {
     /// The object lacks a field the controller needs (name, namespace, UID).
     #[error("object is missing {0}")]
     MissingField(&'static str),
+    /// The apiserver refused an agent pod built from the pool's template
+    /// (its validation, admission or a quota): the message is its own.
+    #[error("the apiserver refused the pool's agent pod: {0}")]
+    AgentPodRefused(String),
     /// The reconcile panicked: a bug, met on this object only.
     #[error("reconcile panicked: {0}")]
     Panicked(String),
@@ -51,6 +55,7 @@ impl Error {
             Error::Janitor { .. } => "janitor",
             Error::Json(_) => "json",
             Error::MissingField(_) => "missing_field",
+            Error::AgentPodRefused(_) => "agent_pod_refused",
             Error::Panicked(_) => "panic",
         }
     }

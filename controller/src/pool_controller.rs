@@ -191,11 +191,32 @@ async fn reconcile_inner(pool: &SandboxPool, ctx: &Context) -> Result<Action, Er
     if !plan.is_noop() {
         tracing::info!(pool = %name, namespace = %ns, create = plan.create, drain = ?plan.drain, undrain = ?plan.undrain, delete = ?plan.delete, target = plan.target, "scaling pool");
     }
-    execute(pool, ctx, &pool_key, &plan).await?;
+    // A template the apiserver refuses is the tenant's to fix: it is told
+    // on the pool, and the create is retried with backoff.
+    let refused = match execute(pool, ctx, &pool_key, &plan).await {
+        Ok(()) => None,
+        Err(Error::AgentPodRefused(message)) => Some(message),
+        Err(e) => return Err(e),
+    };
     drop(_planning);
 
     let limit = capped.then_some(caps);
-    write_status(pool, ctx, &ns, &name, &agents, &plan, &bound, limit, now).await?;
+    write_status(
+        pool,
+        ctx,
+        &ns,
+        &name,
+        &agents,
+        &plan,
+        &bound,
+        limit,
+        refused.as_deref(),
+        now,
+    )
+    .await?;
+    if let Some(message) = refused {
+        return Err(Error::AgentPodRefused(message));
+    }
     Ok(match plan.recheck_at {
         Some(at) => Action::requeue(crate::expiry::wait_until(at, Utc::now())),
         None => Action::await_change(),
@@ -213,7 +234,23 @@ async fn execute(
     let policy = ctx.policy();
     for _ in 0..plan.create {
         let pod = agent_pod::build(pool, &policy, &ctx.settings.agent_pod);
-        let created = pods.create(&PostParams::default(), &pod).await?;
+        let created = match pods.create(&PostParams::default(), &pod).await {
+            Ok(p) => p,
+            Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
+                ctx.publish(
+                    pool,
+                    Event {
+                        type_: EventType::Warning,
+                        reason: reason::AGENT_POD_REFUSED.into(),
+                        note: Some(format!("the apiserver refused an agent pod: {}", e.message)),
+                        action: "Scale".into(),
+                        secondary: None,
+                    },
+                );
+                return Err(Error::AgentPodRefused(e.message));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let pname = created.name_any();
         ctx.expectations.created(pool_key, &pname);
         tracing::info!(pool = %pool.name_any(), agent = %pname, "created agent pod");
@@ -264,6 +301,7 @@ async fn write_status(
     plan: &ScalePlan,
     bound: &HashMap<String, u32>,
     capped: Option<Caps>,
+    refused: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     let slots = pool.spec.slots_per_agent() as i32;
@@ -324,12 +362,23 @@ async fn write_status(
         now,
     );
     let scaling = !plan.is_noop() || live.len() as u32 != plan.target;
+    let (scaling_reason, scaling_message) = match refused {
+        Some(m) => (
+            reason::AGENT_POD_REFUSED,
+            format!(
+                "target {} agents, but the apiserver refuses the agent pod built from spec.agentTemplate: {m}",
+                plan.target
+            ),
+        ),
+        None if scaling => ("Scaling", format!("target {} agents", plan.target)),
+        None => ("Stable", format!("target {} agents", plan.target)),
+    };
     set_condition(
         &mut conditions,
         condition::SCALING,
         scaling,
-        if scaling { "Scaling" } else { "Stable" },
-        &format!("target {} agents", plan.target),
+        scaling_reason,
+        &scaling_message,
         generation,
         now,
     );

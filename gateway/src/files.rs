@@ -7,6 +7,7 @@
 //! Bodies stream both ways; the agent bounds uploads.
 
 use fast_sandbox_agent_client::ClientError;
+use fast_sandbox_api::agent::ErrorCode;
 use fast_sandbox_server::body::Body;
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::BodyExt;
@@ -50,7 +51,11 @@ pub async fn serve(r: &Resolved, req: Request<Incoming>) -> Result<Response<Body
                 400 => GatewayError::BadRequest(error.message),
                 403 => GatewayError::Forbidden(error.message),
                 404 => GatewayError::PathNotFound(error.message),
-                409 => GatewayError::Conflict(error.message),
+                409 => match error.code {
+                    ErrorCode::AlreadyExists => GatewayError::FileExists(error.message),
+                    ErrorCode::DirectoryNotEmpty => GatewayError::FileConflict(error.message),
+                    _ => GatewayError::Conflict(error.message),
+                },
                 413 => GatewayError::TooLarge(error.message),
                 _ => GatewayError::Unavailable(format!("agent {}: {}", r.agent_pod, error.message)),
             };

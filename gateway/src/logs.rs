@@ -23,6 +23,11 @@ pub fn agent_error(r: &Resolved, e: ClientError) -> GatewayError {
             fast_sandbox_api::agent::ErrorCode::InvalidArgument => {
                 GatewayError::BadRequest(error.message.clone())
             }
+            // Finished, or still being created: the sandbox's state, told
+            // by its name rather than the agent's key.
+            fast_sandbox_api::agent::ErrorCode::SandboxNotRunning => {
+                GatewayError::Conflict(error.message.replace(&r.uid, &name))
+            }
             _ => GatewayError::Unavailable(format!("agent {}: {}", r.agent_pod, error.message)),
         },
         _ if e.is_unreachable() => GatewayError::Unavailable(format!(

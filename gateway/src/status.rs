@@ -36,6 +36,13 @@ pub enum GatewayError {
     /// container, finished, its agent gone).
     #[error("{0}")]
     Conflict(String),
+    /// A file or directory is already at the path (the agent's message).
+    #[error("{0}")]
+    FileExists(String),
+    /// The path's state forbids the operation, such as removing a directory
+    /// that is not empty (the agent's message).
+    #[error("{0}")]
+    FileConflict(String),
     /// The request body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
@@ -57,7 +64,10 @@ impl GatewayError {
             GatewayError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            GatewayError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            GatewayError::Conflict(_) | GatewayError::FileConflict(_) => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
+            GatewayError::FileExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             GatewayError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             GatewayError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
@@ -72,18 +82,21 @@ impl GatewayError {
     /// The error as a `metav1.Status` response.
     pub fn response(&self) -> Response<Body> {
         let (code, reason) = self.code();
-        body::json(
-            code,
-            &json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": self.to_string(),
-                "reason": reason,
-                "code": code.as_u16(),
-            }),
-        )
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": reason,
+            "code": code.as_u16(),
+        });
+        // A conflict of a file names its cause, the path, so clients tell
+        // it from the sandbox's own state (Conflict).
+        if let GatewayError::FileExists(m) | GatewayError::FileConflict(m) = self {
+            status["details"] = json!({"causes": [{"field": "path", "message": m}]});
+        }
+        body::json(code, &status)
     }
 }
 
@@ -101,5 +114,32 @@ mod tests {
             "sandboxes.subresources.sandbox.fast.io \"x\" not found"
         );
         assert_eq!(e.code().0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_that_cannot_serve_is_told_from_a_files_conflict() {
+        use http_body_util::BodyExt;
+        let status = |e: GatewayError| async move {
+            let body = e.response().into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        };
+        let s = status(GatewayError::Conflict("finished".into())).await;
+        assert_eq!((s["code"].as_u64(), s.get("details")), (Some(409), None));
+        let s = status(GatewayError::FileConflict("not empty".into())).await;
+        assert_eq!(
+            (
+                s["reason"].as_str(),
+                s["details"]["causes"][0]["field"].as_str()
+            ),
+            (Some("Conflict"), Some("path"))
+        );
+        let s = status(GatewayError::FileExists("exists".into())).await;
+        assert_eq!(
+            (
+                s["reason"].as_str(),
+                s["details"]["causes"][0]["field"].as_str()
+            ),
+            (Some("AlreadyExists"), Some("path"))
+        );
     }
 }

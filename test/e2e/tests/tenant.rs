@@ -17,7 +17,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use fast_sandbox_api::wellknown::{FINALIZER, POOL_FINALIZER, condition};
+use fast_sandbox_api::wellknown::{FINALIZER, POOL_FINALIZER, condition, reason};
 use fast_sandbox_api::{Sandbox, SandboxPool};
 use fast_sandbox_cli::{LogOptions, logs};
 use fast_sandbox_e2e::scenario::{BUSYBOX, SYSTEM_NAMESPACE, agent_pods, agent_selector};
@@ -275,6 +275,41 @@ async fn an_edit_tenant_cannot_get_root_on_a_node() {
             .expect_err("a tenant's change of the binding must be refused");
         assert!(err.to_string().contains("spec.agentRef"), "{change}: {err}");
     }
+    // Nor forge what records a binding, which the placement index trusts:
+    // a reservation naming another sandbox's slot would free it.
+    let reservation = "metadata.annotations[sandbox.fast.io/reservation]";
+    let forged =
+        json!({"metadata": {"annotations": {"sandbox.fast.io/reservation": "another-uid"}}});
+    let err = sandboxes
+        .patch("s", &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+        .expect_err("a tenant's reservation must be refused");
+    assert!(err.to_string().contains(reservation), "{err}");
+    let mut forged_create = serde_json::to_value(&chosen).unwrap();
+    forged_create["spec"]["agentRef"] = Value::Null;
+    forged_create["metadata"]["annotations"] =
+        json!({"sandbox.fast.io/reservation": running.metadata.uid.clone().unwrap()});
+    let forged_create: Sandbox = serde_json::from_value(forged_create).unwrap();
+    let err = sandboxes
+        .create(&PostParams::default(), &forged_create)
+        .await
+        .expect_err("a create carrying a reservation must be refused");
+    assert!(err.to_string().contains(reservation), "{err}");
+    // A sandbox stays in its pool; its TTL is a time (a TTL past the end
+    // of time once took the controller down).
+    for (change, field) in [
+        (json!({"spec": {"poolRef": "another-pool"}}), "spec.poolRef"),
+        (
+            json!({"spec": {"ttlSecondsAfterFinished": i64::MAX}}),
+            "spec.ttlSecondsAfterFinished",
+        ),
+    ] {
+        let err = sandboxes
+            .patch("s", &PatchParams::default(), &Patch::Merge(&change))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains(field), "{change}: {err}");
+    }
     let stranger = fast_sandbox_e2e::impersonating("e2e-tenant-stranger").await;
     let theirs: Api<Sandbox> = Api::namespaced(stranger, &ns);
     let err = theirs
@@ -325,6 +360,64 @@ async fn webhook_exclusions(admin: &Client) -> f64 {
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+/// A template the apiserver refuses (here a node selector key no label can
+/// have) is the tenant's to fix: the pool says why on its Scaling
+/// condition, and grows once the template is mended.
+#[tokio::test]
+async fn a_pool_whose_agent_pod_is_refused_says_why_until_mended() {
+    let admin = cluster_client("refused template").await;
+    let ns = namespace(&admin, "e2e-template").await.unwrap();
+    let tenant = editor(&admin, &ns, "e2e-template-tenant").await;
+    let pools: Api<SandboxPool> = Api::namespaced(tenant.clone(), &ns);
+    let mut template = original_template();
+    template["spec"]["nodeSelector"] = json!({"bad key!": "x"});
+    let pool: SandboxPool = serde_json::from_value(pool_json(
+        "p",
+        json!({"capacity": {"poolMin": 1, "poolMax": 1}, "agentTemplate": template}),
+    ))
+    .unwrap();
+    pools.create(&PostParams::default(), &pool).await.unwrap();
+    let refused = wait_for(&pools, "p", WAIT, "Scaling: AgentPodRefused", |p| {
+        pool_condition(p, condition::SCALING).is_some_and(|c| c.reason == reason::AGENT_POD_REFUSED)
+    })
+    .await
+    .unwrap();
+    let message = &pool_condition(&refused, condition::SCALING)
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("spec.agentTemplate") && message.contains("nodeSelector"),
+        "{message}"
+    );
+    pools
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"agentTemplate": {"spec": {"nodeSelector": null}}}})),
+        )
+        .await
+        .unwrap();
+    wait_for(&pools, "p", WAIT, "one ready agent", |p| {
+        p.status.as_ref().is_some_and(|s| s.ready_agents == 1)
+            && pool_condition(p, condition::SCALING)
+                .is_some_and(|c| c.reason != reason::AGENT_POD_REFUSED)
+    })
+    .await
+    .unwrap();
+    delete_namespace(&admin, &ns).await;
+}
+
+fn pool_condition<'a>(
+    pool: &'a SandboxPool,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    pool.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 fn state_dir() -> String {

@@ -219,6 +219,7 @@ class Client:
         *,
         body: bytes | Iterable[bytes] | None = None,
         content_type: str | None = None,
+        length: int | None = None,
         timeout: float | EllipsisType | None = ...,
         access_api: bool = True,
     ) -> urllib3.BaseHTTPResponse:
@@ -226,13 +227,17 @@ class Client:
 
         ``timeout`` bounds each read of the answer (``...``: the client's
         ``request_timeout``; ``None``: no bound, for a followed log). A ``body``
-        that is an iterable of chunks is sent chunked, as it is produced, so an
-        upload is never held whole.
+        that is an iterable of chunks is sent as it is produced, so an upload
+        is never held whole: with its ``length`` when known (the server may
+        then refuse a body too large before it is sent), else chunked.
         """
         headers = self.headers({"Accept": "application/json, */*"})
         if content_type:
             headers["Content-Type"] = content_type
         chunked = body is not None and not isinstance(body, (bytes, bytearray))
+        if chunked and length is not None:
+            headers["Content-Length"] = str(length)
+            chunked = False
         read = self.request_timeout if timeout is ... else timeout
         try:
             resp = self.api_client.rest_client.pool_manager.request(
@@ -248,7 +253,16 @@ class Client:
                 retries=urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0, other=0),
             )
         except urllib3.exceptions.HTTPError as e:
-            raise _transport_error(self.host, e) from e
+            # Over TLS the server's early refusal of a body reaches urllib3
+            # only as the connection closing under it.
+            hint = (
+                f" (while sending a body of {length} bytes: an agent refuses an upload past"
+                " its limit, 1 GiB unless its operator set --max-upload-bytes, by closing"
+                " the connection)"
+                if length is not None
+                else ""
+            )
+            raise _transport_error(self.host, e, hint) from e
         if resp.status >= 400:
             try:
                 data = resp.read(64 * 1024)
@@ -332,10 +346,10 @@ def _api_client(cfg: Configuration) -> ApiClient:
     return ApiClient(cfg)
 
 
-def _transport_error(host: str, e: Exception) -> ApiError:
+def _transport_error(host: str, e: Exception, hint: str = "") -> ApiError:
     if isinstance(e, urllib3.exceptions.TimeoutError | urllib3.exceptions.ReadTimeoutError):
-        return ServerError(f"the Kubernetes API at {host} did not answer in time: {e}")
-    return ServerError(f"cannot reach the Kubernetes API at {host}: {e}")
+        return ServerError(f"the Kubernetes API at {host} did not answer in time: {e}{hint}")
+    return ServerError(f"cannot reach the Kubernetes API at {host}: {e}{hint}")
 
 
 _default: Client | None = None

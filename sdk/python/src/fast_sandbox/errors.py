@@ -143,7 +143,8 @@ class ConflictError(ApiError):
 
 
 class AlreadyExistsError(ConflictError):
-    """A sandbox of that name exists already."""
+    """A sandbox of that name exists already, or a file or directory at the
+    path (files API)."""
 
 
 class SandboxNotRunningError(ConflictError):
@@ -344,6 +345,16 @@ def parse_status_body(body: bytes | str | Mapping[str, Any] | None) -> dict[str,
     return dict(value) if isinstance(value, dict) else {}
 
 
+def _about_a_path(status: Mapping[str, Any]) -> bool:
+    """Whether the access API names a file's path as the cause (a file that
+    exists, a directory that is not empty), not the sandbox's state."""
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, Mapping) else None
+    return isinstance(causes, list) and any(
+        isinstance(c, Mapping) and c.get("field") == "path" for c in causes
+    )
+
+
 def error_from_status(
     code: int,
     body: bytes | str | Mapping[str, Any] | None,
@@ -390,7 +401,7 @@ def error_from_status(
     if code == 409:
         if reason == "AlreadyExists":
             return AlreadyExistsError(message, **kw)
-        if access_api:
+        if access_api and not _about_a_path(status):
             return SandboxNotRunningError(message, **kw)
         return ConflictError(message, **kw)
     if code == 413:

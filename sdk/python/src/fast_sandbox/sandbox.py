@@ -21,6 +21,7 @@ import json
 import os
 import select
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -855,16 +856,19 @@ class Files:
         :meth:`mkdir`."""
         extra = {"mode": format(mode, "o")} if mode is not None else {}
         body: bytes | Iterator[bytes]
+        length = None
         if isinstance(data, str):
             body = data.encode("utf-8")
         elif isinstance(data, (bytes, bytearray, memoryview)):
             body = bytes(data)
         else:
+            length = _remaining(data)
             body = _protocol.iter_chunks(data, READ_CHUNK)
         answer = self._json(
             "PUT",
             self._path(path, "write", **extra),
             body=body,
+            length=length,
             content_type="application/octet-stream",
         )
         return FileInfo.from_dict(answer)
@@ -944,6 +948,21 @@ def _selectors(
             labels if isinstance(labels, str) else ",".join(f"{k}={v}" for k, v in labels.items())
         )
     return kwargs
+
+
+def _remaining(data: object) -> int | None:
+    """How many bytes a regular file object still holds from its position; None
+    for anything else (a pipe, a generator), which is sent chunked."""
+    fileno, tell = getattr(data, "fileno", None), getattr(data, "tell", None)
+    if not callable(fileno) or not callable(tell):
+        return None
+    try:
+        st = os.fstat(int(fileno()))
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return max(0, st.st_size - int(tell()))
+    except (OSError, ValueError):
+        return None
 
 
 def _chunks(resp: Any, size: int = READ_CHUNK) -> Iterator[bytes]:

@@ -299,13 +299,13 @@ class Handler(BaseHTTPRequestHandler):
             known = name in st.objects
             phase = (st.objects.get(name, {}).get("status") or {}).get("phase")
         if phase == "Failed":
-            # As the access server answers today when the agent says the
+            # As the access server answers when the agent says the
             # sandbox's process does not run.
             self.body()
             return self.fail(
-                503,
-                f"agent a-1: sandbox {name} is not running: it exited with code 137",
-                "ServiceUnavailable",
+                409,
+                f"sandbox {name} is not running: it finished with exit code 137 (OOMKilled)",
+                "Conflict",
             )
         if st.stale.get(name):
             st.stale[name] -= 1

@@ -86,6 +86,22 @@ def test_not_running_is_its_own_conflict_on_the_access_api() -> None:
     assert "NoCapacity" in err.message
 
 
+def test_a_files_conflict_is_not_the_sandboxs_state() -> None:
+    def about_path(code: int, message: str, reason: str) -> bytes:
+        causes = [{"field": "path", "message": message}]
+        return status(code, message, reason, details={"causes": causes})
+
+    exists = e.error_from_status(
+        409, about_path(409, "mkdir /tmp/s: File exists", "AlreadyExists"), access_api=True
+    )
+    assert type(exists) is e.AlreadyExistsError
+    not_empty = e.error_from_status(
+        409, about_path(409, "remove /tmp/d: Directory not empty", "Conflict"), access_api=True
+    )
+    assert type(not_empty) is e.ConflictError
+    assert not isinstance(not_empty, e.SandboxNotRunningError)
+
+
 def test_bodies_that_are_not_statuses_still_make_errors() -> None:
     assert str(e.error_from_status(502, b"Bad Gateway")) == "Bad Gateway"
     assert str(e.error_from_status(500, None, fallback="Internal Server Error")) == (

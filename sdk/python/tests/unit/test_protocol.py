@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +177,19 @@ def test_input_is_read_lazily_in_bounded_chunks() -> None:
     gen = p.iter_chunks(Endless(), 10)
     assert [next(gen) for _ in range(3)] == [b"x" * 10] * 3
     assert Endless.reads == 3
+
+
+def test_an_upload_from_a_regular_file_declares_its_length(tmp_path: Path) -> None:
+    from fast_sandbox.sandbox import _remaining
+
+    f = tmp_path / "blob"
+    f.write_bytes(b"x" * 1000)
+    with open(f, "rb") as src:
+        assert _remaining(src) == 1000
+        src.seek(400)
+        assert _remaining(src) == 600
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as pipe, os.fdopen(w, "wb"):
+        assert _remaining(pipe) is None
+    assert _remaining(io.BytesIO(b"abc")) is None
+    assert _remaining(iter([b"a"])) is None
