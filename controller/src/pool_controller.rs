@@ -370,8 +370,20 @@ async fn write_status(
                 plan.target
             ),
         ),
-        None if scaling => ("Scaling", format!("target {} agents", plan.target)),
-        None => ("Stable", format!("target {} agents", plan.target)),
+        None => {
+            // `kubectl scale` writes spec.replicas through the scale
+            // subresource, which admission does not see: say what was kept.
+            let cap = pool.spec.capacity.effective();
+            let kept = match pool.spec.replicas {
+                Some(r) if r.max(0) as u32 != plan.target => format!(
+                    " (spec.replicas {r} is kept within poolMin {} and poolMax {})",
+                    cap.pool_min, cap.pool_max
+                ),
+                _ => String::new(),
+            };
+            let reason = if scaling { "Scaling" } else { "Stable" };
+            (reason, format!("target {} agents{kept}", plan.target))
+        }
     };
     set_condition(
         &mut conditions,

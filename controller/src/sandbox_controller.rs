@@ -217,10 +217,51 @@ async fn unbound(t: &Target<'_>, ctx: &Context) -> Result<Option<DateTime<Utc>>,
 /// NoCapacity), and the pool grows. It is placed as soon as a slot frees.
 async fn wait_for_capacity(t: &Target<'_>, ctx: &Context) -> Result<(), Error> {
     let pool = &t.sb.spec.pool_ref;
+    // A finished sandbox keeps its slot (its container, for its logs)
+    // until it is deleted: say so, since the pool may not grow past them.
+    let finished = ctx
+        .sandboxes
+        .state()
+        .iter()
+        .filter(|s| {
+            s.namespace().as_deref() == Some(t.ns.as_str())
+                && s.spec.pool_ref == *pool
+                && s.spec.agent_ref.is_some()
+                && s.phase().is_finished()
+        })
+        .count();
+    let held = if finished > 0 {
+        format!(
+            " ({finished} slots are held by finished sandboxes until they are deleted; ttlSecondsAfterFinished deletes them)"
+        )
+    } else {
+        String::new()
+    };
+    // A pool at its poolMax (0 included) does not grow: a slot frees only
+    // when one of its sandboxes is deleted.
+    let at_max = ctx
+        .pools
+        .get(&ObjectRef::new(pool).within(&t.ns))
+        .and_then(|p| {
+            let max = p.spec.capacity.effective().pool_max;
+            let agents = ctx
+                .pods
+                .state()
+                .iter()
+                .filter(|pod| crate::pool_controller::owned_by(pod, &p))
+                .count();
+            (agents as u32 >= max).then_some(max)
+        });
+    let waiting = match at_max {
+        Some(max) => {
+            format!("the pool is at its poolMax ({max} agents): waiting for a slot to free")
+        }
+        None => "waiting while the pool grows".to_string(),
+    };
     let st = transition::unbound(
         &t.status(),
         reason::NO_CAPACITY,
-        &format!("no ready agent of pool {pool} has a free slot; waiting while the pool grows"),
+        &format!("no ready agent of pool {pool} has a free slot{held}; {waiting}"),
         t.generation(),
         t.now,
     );

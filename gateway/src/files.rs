@@ -54,7 +54,11 @@ pub async fn serve(r: &Resolved, req: Request<Incoming>) -> Result<Response<Body
                 409 => match error.code {
                     ErrorCode::AlreadyExists => GatewayError::FileExists(error.message),
                     ErrorCode::DirectoryNotEmpty => GatewayError::FileConflict(error.message),
-                    _ => GatewayError::Conflict(error.message),
+                    // The sandbox's state, told by its name.
+                    _ => GatewayError::Conflict(error.message.replace(
+                        &r.uid,
+                        r.sandbox.metadata.name.as_deref().unwrap_or_default(),
+                    )),
                 },
                 413 => GatewayError::TooLarge(error.message),
                 _ => GatewayError::Unavailable(format!("agent {}: {}", r.agent_pod, error.message)),
