@@ -153,7 +153,9 @@ fn is_data_filesystem(magic: i64) -> bool {
     const EXT: i64 = 0xef53;
     const XFS: i64 = 0x5846_5342;
     const BTRFS: i64 = 0x9123_683e;
-    [OVERLAYFS, TMPFS, EXT, XFS, BTRFS].contains(&magic)
+    const ZFS: i64 = 0x2fc1_2fc1;
+    const F2FS: i64 = 0xf2f5_2010;
+    [OVERLAYFS, TMPFS, EXT, XFS, BTRFS, ZFS, F2FS].contains(&magic)
 }
 
 impl SandboxRoot {
@@ -190,7 +192,7 @@ impl SandboxRoot {
                 path: "/".into(),
                 code: ErrorCode::PermissionDenied,
                 message: format!(
-                    "the sandbox's process 1 changed its root to a kernel filesystem (type {fs:#x}), not its root filesystem; its files are not served"
+                    "the root of the sandbox's process 1 is on a filesystem of type {fs:#x}, not one a root filesystem is served from (overlay, a disk filesystem, tmpfs): a process that made /proc or /sys its root is served nothing"
                 ),
             });
         }

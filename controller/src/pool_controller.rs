@@ -237,17 +237,19 @@ async fn execute(
         let created = match pods.create(&PostParams::default(), &pod).await {
             Ok(p) => p,
             Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
+                let message =
+                    without_generated_name(&e.message, pod.metadata.generate_name.as_deref());
                 ctx.publish(
                     pool,
                     Event {
                         type_: EventType::Warning,
                         reason: reason::AGENT_POD_REFUSED.into(),
-                        note: Some(format!("the apiserver refused an agent pod: {}", e.message)),
+                        note: Some(format!("the apiserver refused an agent pod: {message}")),
                         action: "Scale".into(),
                         secondary: None,
                     },
                 );
-                return Err(Error::AgentPodRefused(e.message));
+                return Err(Error::AgentPodRefused(message));
             }
             Err(e) => return Err(e.into()),
         };
@@ -536,6 +538,29 @@ async fn retire_stock(ctx: &Context, name: &str) {
     }
 }
 
+/// The apiserver's refusal of an agent pod with the name it generated
+/// (new at every attempt) shown as its prefix, so the pool's condition and
+/// events stay the same from one attempt to the next.
+fn without_generated_name(message: &str, prefix: Option<&str>) -> String {
+    let Some(prefix) = prefix.filter(|p| !p.is_empty()) else {
+        return message.to_string();
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(prefix) {
+        out.push_str(&rest[..i]);
+        out.push_str(prefix);
+        out.push('*');
+        let tail = &rest[i + prefix.len()..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// How many of a departing agent's sandboxes are stopped at once.
 const REMOVE_CONCURRENCY: usize = 8;
 
@@ -671,6 +696,23 @@ pub async fn sweep_orphans_on(ctx: Arc<Context>, mut rx: UnboundedReceiver<()>) 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_refusal_reads_the_same_at_every_attempt() {
+        let prefix = Some("p-team-");
+        for name in ["p-team-x7k2q", "p-team-9zz01"] {
+            let m = format!(
+                "Pod \"{name}\" is invalid: spec.nodeSelector: Invalid value: \"bad key!\""
+            );
+            assert_eq!(
+                without_generated_name(&m, prefix),
+                "Pod \"p-team-*\" is invalid: spec.nodeSelector: Invalid value: \"bad key!\""
+            );
+        }
+        assert_eq!(without_generated_name("quota", prefix), "quota");
+        assert_eq!(without_generated_name("p-team-", None), "p-team-");
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

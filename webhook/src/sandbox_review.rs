@@ -25,9 +25,6 @@ use crate::metrics::{Outcome, Placement};
 use crate::pool_defaults::Defaults;
 use crate::review::{Caller, Request, Response, Reviewer, Verdict, allowed, denied, typed};
 
-/// Spec fields a user may change after binding (`agentRef` is checked on
-/// its own): recreating the container, and when and how the sandbox is
-/// deleted (a session kept alive moves its `expireTime` on).
 /// Labels that record the binding, written at admission and by the
 /// controller only: the placement index and `-l` selections trust them.
 const BINDING_LABELS: &[&str] = &[LABEL_AGENT, LABEL_POOL];
@@ -35,6 +32,9 @@ const BINDING_LABELS: &[&str] = &[LABEL_AGENT, LABEL_POOL];
 /// written at admission and by the controller only.
 const BINDING_ANNOTATIONS: &[&str] = &[ANNOTATION_BOUND_AT, ANNOTATION_RESERVATION];
 
+/// Spec fields a user may change after binding (`agentRef` is checked on
+/// its own): recreating the container, and when and how the sandbox is
+/// deleted (a session kept alive moves its `expireTime` on).
 const MUTABLE_WHEN_BOUND: &[&str] = &[
     "agentRef",
     "expireTime",

@@ -367,7 +367,8 @@ def error_from_status(
     ``access_api`` says the request went to the access API
     (``subresources.sandbox.fast.io``), where a 404 may also mean the group
     is not served, or a path inside the sandbox is missing, and 409 means
-    the sandbox cannot serve the request now.
+    the sandbox cannot serve the request now, unless the answer names a path
+    as its cause (a file that exists, a directory that is not empty).
     """
     status = parse_status_body(body)
     message = str(status.get("message") or fallback or f"HTTP {code}")

@@ -854,16 +854,19 @@ class Files:
         file object or an iterable of chunks, streamed); ``mode`` like ``0o755``
         (``0o644`` by default). Missing parent directories are an error: see
         :meth:`mkdir`."""
-        extra = {"mode": format(mode, "o")} if mode is not None else {}
         body: bytes | Iterator[bytes]
-        length = None
         if isinstance(data, str):
             body = data.encode("utf-8")
         elif isinstance(data, (bytes, bytearray, memoryview)):
             body = bytes(data)
         else:
-            length = _remaining(data)
             body = _protocol.iter_chunks(data, READ_CHUNK)
+        return self._put(path, body, None, mode)
+
+    def _put(
+        self, path: str, body: bytes | Iterator[bytes], length: int | None, mode: int | None
+    ) -> FileInfo:
+        extra = {"mode": format(mode, "o")} if mode is not None else {}
         answer = self._json(
             "PUT",
             self._path(path, "write", **extra),
@@ -879,9 +882,15 @@ class Files:
         """Copies local file ``local`` to ``path``, streamed, keeping its mode
         unless ``mode`` is given."""
         with open(local, "rb") as f:
+            st = os.fstat(f.fileno())
             if mode is None:
-                mode = os.fstat(f.fileno()).st_mode & 0o7777
-            return self.write(path, f, mode=mode)
+                mode = st.st_mode & 0o7777
+            length = _declared_length(st)
+            if length is None:
+                return self.write(path, f, mode=mode)
+            # Declared, so an agent refuses a file past its limit before it
+            # is sent; exactly that many bytes are sent.
+            return self._put(path, _exactly(f, length, local), length, mode)
 
     def stat(self, path: str) -> FileInfo:
         """What ``path`` is (a symlink is not followed); raises
@@ -950,19 +959,25 @@ def _selectors(
     return kwargs
 
 
-def _remaining(data: object) -> int | None:
-    """How many bytes a regular file object still holds from its position; None
-    for anything else (a pipe, a generator), which is sent chunked."""
-    fileno, tell = getattr(data, "fileno", None), getattr(data, "tell", None)
-    if not callable(fileno) or not callable(tell):
-        return None
-    try:
-        st = os.fstat(int(fileno()))
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return max(0, st.st_size - int(tell()))
-    except (OSError, ValueError):
-        return None
+def _declared_length(st: os.stat_result) -> int | None:
+    """The length an upload of a file declares: a regular file's size; None
+    (sent chunked) for anything else, and for an empty regular file, which
+    may be a kernel file whose size says nothing (``/proc``, ``/sys``)."""
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size > 0 else None
+
+
+def _exactly(f: IO[bytes], length: int, name: object) -> Iterator[bytes]:
+    """The first ``length`` bytes of ``f``, in chunks; a file that ends sooner
+    (it shrank during the upload) is an error, one that grew is cut."""
+    left = length
+    while left > 0:
+        chunk = f.read(min(READ_CHUNK, left))
+        if not chunk:
+            raise FastSandboxError(
+                f"{name} shrank during the upload: {left} of {length} bytes missing"
+            )
+        left -= len(chunk)
+        yield chunk
 
 
 def _chunks(resp: Any, size: int = READ_CHUNK) -> Iterator[bytes]:

@@ -180,16 +180,16 @@ def test_input_is_read_lazily_in_bounded_chunks() -> None:
 
 
 def test_an_upload_from_a_regular_file_declares_its_length(tmp_path: Path) -> None:
-    from fast_sandbox.sandbox import _remaining
+    from fast_sandbox.errors import FastSandboxError
+    from fast_sandbox.sandbox import _declared_length, _exactly
 
     f = tmp_path / "blob"
     f.write_bytes(b"x" * 1000)
+    assert _declared_length(os.stat(f)) == 1000
+    (tmp_path / "empty").write_bytes(b"")
+    assert _declared_length(os.stat(tmp_path / "empty")) is None
+    assert _declared_length(os.stat(tmp_path)) is None
     with open(f, "rb") as src:
-        assert _remaining(src) == 1000
-        src.seek(400)
-        assert _remaining(src) == 600
-    r, w = os.pipe()
-    with os.fdopen(r, "rb") as pipe, os.fdopen(w, "wb"):
-        assert _remaining(pipe) is None
-    assert _remaining(io.BytesIO(b"abc")) is None
-    assert _remaining(iter([b"a"])) is None
+        assert b"".join(_exactly(src, 600, f)) == b"x" * 600
+    with open(f, "rb") as src, pytest.raises(FastSandboxError, match="shrank"):
+        b"".join(_exactly(src, 1001, f))
