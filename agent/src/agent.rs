@@ -502,8 +502,15 @@ impl Agent {
     /// Deletes the task of one of this agent's containers, through the
     /// shim gate (another agent's has a shim of its own).
     async fn delete_task(&self, id: &str) -> Result<()> {
-        let _pass = self.shim_gate.delete().await;
-        self.cd.delete_task(id).await
+        let pass = self.shim_gate.delete().await;
+        // Only a task that was there and is gone leaves the count: a
+        // delete that failed (the task still runs) or found nothing (a
+        // create that failed before its task) must not make the gate
+        // think the shim is emptier than it is.
+        if self.cd.delete_task(id).await? {
+            pass.deleted();
+        }
+        Ok(())
     }
 
     /// Best-effort removal of everything a sandbox may have in containerd

@@ -681,7 +681,7 @@ impl Containerd {
     }
 
     /// Deletes a stopped task (already gone is fine).
-    pub async fn delete_task(&self, id: &str) -> Result<()> {
+    pub async fn delete_task(&self, id: &str) -> Result<bool> {
         let resp = self
             .client
             .tasks()
@@ -690,8 +690,8 @@ impl Containerd {
             }))
             .await;
         match resp {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
             Err(s) => Err(Error::containerd("delete task", s)),
         }
     }

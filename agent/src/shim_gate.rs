@@ -12,7 +12,10 @@
 //! - a delete that would leave no known task while creates are in flight
 //!   waits for them (were it first, the shim would stop under them).
 //!
-//! Counting low only makes creates wait; the agent seeds the count from
+//! A task leaves the count only once a delete removed it: a delete that
+//! failed, or found no task (a create that failed before making one), must
+//! not make the shim look emptier than it is, or the last deletes would
+//! wait on every create in flight. The agent seeds the count from
 //! containerd when it starts.
 
 use std::sync::Mutex;
@@ -23,7 +26,7 @@ use tokio::sync::Notify;
 /// Tasks of the agent as the gate knows them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Counts {
-    /// Tasks created and not being deleted.
+    /// Tasks created and not yet deleted (those being deleted included).
     live: usize,
     /// Creates in flight.
     creating: usize,
@@ -32,14 +35,19 @@ struct Counts {
 }
 
 impl Counts {
+    /// Tasks that will still live once the deletes in flight are done.
+    fn staying(&self) -> usize {
+        self.live.saturating_sub(self.deleting)
+    }
+
     /// Whether a create may start now.
     fn may_create(&self) -> bool {
-        self.live > 0 || (self.creating == 0 && self.deleting == 0)
+        self.staying() > 0 || (self.creating == 0 && self.deleting == 0)
     }
 
     /// Whether a delete may start now.
     fn may_delete(&self) -> bool {
-        !(self.live <= 1 && self.creating > 0)
+        !(self.staying() <= 1 && self.creating > 0)
     }
 }
 
@@ -60,10 +68,12 @@ pub struct CreatePass<'a> {
     created: bool,
 }
 
-/// A delete let through, until dropped.
+/// A delete let through, until dropped; say [`DeletePass::deleted`] once
+/// the task is gone.
 #[must_use]
 pub struct DeletePass<'a> {
     gate: &'a ShimGate,
+    deleted: bool,
 }
 
 impl ShimGate {
@@ -106,12 +116,11 @@ impl ShimGate {
 
     /// Waits until a task delete may start.
     pub async fn delete(&self) -> DeletePass<'_> {
-        self.enter(Counts::may_delete, |c| {
-            c.live = c.live.saturating_sub(1);
-            c.deleting += 1;
-        })
-        .await;
-        DeletePass { gate: self }
+        self.enter(Counts::may_delete, |c| c.deleting += 1).await;
+        DeletePass {
+            gate: self,
+            deleted: false,
+        }
     }
 
     async fn enter(&self, may: fn(&Counts) -> bool, take: impl FnOnce(&mut Counts)) {
@@ -165,10 +174,22 @@ impl Drop for CreatePass<'_> {
     }
 }
 
+impl DeletePass<'_> {
+    /// The task is gone: it no longer keeps the shim up.
+    pub fn deleted(mut self) {
+        self.deleted = true;
+    }
+}
+
 impl Drop for DeletePass<'_> {
     fn drop(&mut self) {
-        self.gate
-            .leave(|c| c.deleting = c.deleting.saturating_sub(1));
+        let deleted = self.deleted;
+        self.gate.leave(|c| {
+            c.deleting = c.deleting.saturating_sub(1);
+            if deleted {
+                c.live = c.live.saturating_sub(1);
+            }
+        });
     }
 }
 
@@ -191,7 +212,8 @@ mod tests {
         assert!(counts(0, 0, 0).may_create());
         assert!(!counts(0, 1, 0).may_create());
         assert!(!counts(0, 0, 1).may_create());
-        assert!(counts(1, 3, 2).may_create());
+        assert!(counts(3, 3, 2).may_create());
+        assert!(!counts(2, 1, 2).may_create(), "both live tasks are going");
     }
 
     #[test]
@@ -213,9 +235,27 @@ mod tests {
         gate.seed(1);
         let delete = gate.delete().await;
         assert!(waits(gate.create()));
-        drop(delete);
+        delete.deleted();
         gate.create().await.created();
         assert_eq!(*gate.counts(), counts(1, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_removed_nothing_keeps_the_count() {
+        let gate = ShimGate::new(true);
+        gate.seed(2);
+        // Failed (the task still runs), or found no task (a create that
+        // failed before it): the two tasks still keep the shim up.
+        drop(gate.delete().await);
+        drop(gate.delete().await);
+        assert_eq!(*gate.counts(), counts(2, 0, 0));
+        let creating = gate.create().await;
+        let _first = gate.delete().await;
+        assert!(
+            waits(gate.delete()),
+            "the last task's delete waits for the create"
+        );
+        creating.created();
     }
 
     #[tokio::test]
@@ -230,7 +270,7 @@ mod tests {
         assert!(waits(gate.delete()), "the last live task's delete");
         creating.created();
         let _delete = gate.delete().await;
-        assert_eq!(*gate.counts(), counts(1, 0, 1));
+        assert_eq!(*gate.counts(), counts(2, 0, 1));
     }
 
     #[test]
