@@ -45,11 +45,17 @@ done
 for b in crdgen kubectl-sandbox; do "$bin/$b" --help >/dev/null; done
 # The agent's containerd tests run on both supported containerd lines: the
 # whole workspace with containerd 2 (what the local cluster runs), the agent
-# again with Debian's containerd 1.6.
+# again with Debian's containerd 1.6. Every later cargo test selects the same
+# packages as the first, so it resolves the same features and reuses its
+# build: `-p` alone would build the dependencies and test binaries again,
+# gigabytes of disk.
+tests=(cargo test --workspace --exclude fast-sandbox-e2e --no-fail-fast)
+agent_tests=()
+for f in agent/tests/*.rs; do agent_tests+=(--test "$(basename "$f" .rs)"); done
 step "unit and integration tests (agent tests against a private containerd 2)"
-agent/tests/containerd.sh --containerd 2 run -- cargo test --workspace --exclude fast-sandbox-e2e --no-fail-fast
+agent/tests/containerd.sh --containerd 2 run -- "${tests[@]}"
 step "agent integration tests against a private containerd 1.6 (Debian's)"
-agent/tests/containerd.sh --containerd 1.6 run -- cargo test -p fast-sandbox-agent --no-fail-fast
+agent/tests/containerd.sh --containerd 1.6 run -- "${tests[@]}" "${agent_tests[@]}"
 if [[ $with_cluster == 0 ]]; then
   step "Python SDK: ruff, mypy --strict, unit tests"
   sdk/python/test.sh
@@ -76,7 +82,7 @@ if [[ $with_cluster == 1 ]]; then
   if [[ $cluster_was_up == 0 ]]; then
     step "controller tests on the cluster"
     FAST_SANDBOX_KUBECONFIG="$KUBECONFIG" FAST_SANDBOX_AGENT_IMAGE=docker.io/fast-sandbox/agent:dev \
-      cargo test -p fast-sandbox-controller --test cluster -- --ignored --test-threads=2
+      "${tests[@]}" --test cluster -- --ignored --test-threads=2
   else
     step "controller tests on the cluster: skipped (they need a cluster without a deployed controller; run test/cluster/cluster.sh down first)"
   fi
