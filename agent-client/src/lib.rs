@@ -35,6 +35,11 @@ use tokio_rustls::TlsConnector;
 pub const AGENT_SERVER_NAME: &str = "fast-sandbox-agent";
 /// Longest a single request (not the event stream) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest an upload (a files `PUT`) may take: the agent answers once the
+/// whole body is written, so [`REQUEST_TIMEOUT`] would cut off any upload
+/// slower than it. A client that stops sending is cut off sooner, by the
+/// gateway's idle timeout on the body.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest the TCP connect and TLS handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of retiring an agent's stock: its removals take a few seconds
@@ -261,8 +266,13 @@ impl AgentClient {
         body: RequestBody,
     ) -> Result<hyper::Response<Incoming>, ClientError> {
         let path = format!("{}/files?{query}", sandbox_path(uid));
+        let limit = if method == Method::PUT {
+            UPLOAD_TIMEOUT
+        } else {
+            REQUEST_TIMEOUT
+        };
         let fut = self.send_body(method, &path, content_type, body);
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        let resp = tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| ClientError::Timeout)??;
         if resp.status().is_success() {

@@ -28,7 +28,7 @@ use crate::events::{EventBus, Subscription};
 use crate::exec::Execs;
 use crate::image::ImageCache;
 use crate::logs::{LogDir, LogStream};
-use crate::metrics::Metrics;
+use crate::metrics::{DeleteStage, Metrics, Stage};
 use crate::ports::Ports;
 use crate::prestarted::PrestartDirs;
 use crate::runtime::Containerd;
@@ -493,24 +493,48 @@ impl Agent {
         stdout: &std::path::Path,
         stderr: &std::path::Path,
     ) -> Result<u32> {
+        let waited = Instant::now();
         let pass = self.shim_gate.create().await;
-        let pid = self.cd.create_task(id, rootfs, stdout, stderr).await?;
-        pass.created();
-        Ok(pid)
+        self.metrics.observe(Stage::ShimGate, waited.elapsed());
+        self.gate_changed();
+        let created = self.cd.create_task(id, rootfs, stdout, stderr).await;
+        if created.is_ok() {
+            pass.created();
+        } else {
+            drop(pass);
+        }
+        self.gate_changed();
+        created
+    }
+
+    /// Publishes the shim gate's counts.
+    fn gate_changed(&self) {
+        let (live, creating, deleting) = self.shim_gate.counts_now();
+        self.metrics.set_shim_gate(live, creating, deleting);
     }
 
     /// Deletes the task of one of this agent's containers, through the
     /// shim gate (another agent's has a shim of its own).
     async fn delete_task(&self, id: &str) -> Result<()> {
+        let waited = Instant::now();
         let pass = self.shim_gate.delete().await;
+        self.metrics
+            .observe_delete(DeleteStage::ShimGate, waited.elapsed());
+        self.gate_changed();
+        let t = Instant::now();
         // Only a task that was there and is gone leaves the count: a
         // delete that failed (the task still runs) or found nothing (a
         // create that failed before its task) must not make the gate
         // think the shim is emptier than it is.
-        if self.cd.delete_task(id).await? {
+        let deleted = self.cd.delete_task(id).await;
+        self.metrics.observe_delete(DeleteStage::Task, t.elapsed());
+        if matches!(deleted, Ok(true)) {
             pass.deleted();
+        } else {
+            drop(pass);
         }
-        Ok(())
+        self.gate_changed();
+        deleted.map(|_| ())
     }
 
     /// Best-effort removal of everything a sandbox may have in containerd
@@ -550,14 +574,25 @@ impl Agent {
             (e.info.clone(), e.snapshot_key.clone())
         };
         let id = info.container_id.clone();
+        let started = Instant::now();
         if info.state != ContainerState::Exited {
             self.stop(&id, grace).await?;
+            self.metrics
+                .observe_delete(DeleteStage::Stop, started.elapsed());
         }
         self.delete_task(&id).await?;
         let slot = self.slot_of(&id).await;
+        let t = Instant::now();
         self.cd.delete_container(&id).await?;
+        self.metrics
+            .observe_delete(DeleteStage::Container, t.elapsed());
         self.release_slot(slot).await;
+        let t = Instant::now();
         self.cd.remove_snapshot(&snapshot_key).await?;
+        self.metrics
+            .observe_delete(DeleteStage::Snapshot, t.elapsed());
+        self.metrics
+            .observe_delete(DeleteStage::Total, started.elapsed());
         self.logs.remove(&id);
         self.prestart.remove(&id);
         self.execs.fifos().remove_container(&id);

@@ -74,6 +74,14 @@ pub enum Error {
         /// Why, for people.
         message: String,
     },
+    /// A sandbox runs as many execs at once as one may.
+    #[error(
+        "the sandbox already runs {limit} exec'd processes, as many as one may at once; wait for one to end"
+    )]
+    TooManyExecs {
+        /// The limit.
+        limit: usize,
+    },
     /// An upload is larger than the agent accepts.
     #[error("the upload is larger than the {limit} bytes this agent accepts (--max-upload-bytes)")]
     TooLarge {
@@ -186,6 +194,7 @@ impl Error {
             Error::SandboxNotRunning(_) => ErrorCode::SandboxNotRunning,
             Error::File { code, .. } => *code,
             Error::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::TooManyExecs { .. } => ErrorCode::CapacityExceeded,
             Error::Containerd { status, .. } if status.code() == tonic::Code::Unavailable => {
                 ErrorCode::Unavailable
             }

@@ -33,9 +33,12 @@ use crate::metrics::Metrics;
 use crate::runtime::{Containerd, ExecStdio};
 
 mod leftovers;
+mod quota;
 mod status;
 
 pub use leftovers::finish_leftovers;
+pub use quota::MAX_EXECS_PER_SANDBOX;
+use quota::{ExecQuota, ExecSlot};
 use status::{Kill, exec_status, start_failure};
 
 /// Output frames queued between the pumps and the client's stream: with
@@ -88,12 +91,14 @@ impl Process {
     }
 }
 
-/// The agent's execs: where their FIFOs go and how they are named.
+/// The agent's execs: where their FIFOs go, how they are named and how
+/// many each sandbox runs.
 #[derive(Debug)]
 pub struct Execs {
     fifos: FifoDir,
     epoch: String,
     seq: AtomicU64,
+    quota: ExecQuota,
 }
 
 impl Execs {
@@ -107,6 +112,7 @@ impl Execs {
             fifos: FifoDir::new(dir)?,
             epoch: format!("{nanos:x}"),
             seq: AtomicU64::new(0),
+            quota: ExecQuota::default(),
         })
     }
 
@@ -163,6 +169,7 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
         .ok_or_else(|| Error::NotFound(uid.to_string()))?;
     let process = crate::spec::exec_process(&spec, &req)?;
     let execs = agent.execs();
+    let slot = execs.quota.admit(uid)?;
     let ids = Ids {
         container_id: target.container_id.clone(),
         exec_id: execs.next_id(req.detach),
@@ -231,6 +238,7 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
         wait,
         input: input_rx,
         output: output_tx,
+        _slot: slot,
     };
     tokio::spawn(running.run());
     Ok(Process { input, output })
@@ -271,6 +279,8 @@ struct Running {
     wait: tokio::task::JoinHandle<Result<u32>>,
     input: mpsc::Receiver<Input>,
     output: mpsc::Sender<Bytes>,
+    /// Its place in the sandbox's quota, held until it ends.
+    _slot: ExecSlot,
 }
 
 impl Running {
@@ -287,6 +297,7 @@ impl Running {
             mut wait,
             input,
             output,
+            _slot,
         } = self;
         let metrics = agent.metrics().clone();
         let (exited_tx, exited) = watch::channel(false);

@@ -21,8 +21,10 @@ pub enum Stage {
     Snapshot,
     /// Container record create.
     Container,
-    /// Task create (shim, runc create).
+    /// Task create (shim, runc create), the shim gate's wait included.
     TaskCreate,
+    /// Within a task create: waiting for the shim gate to let it through.
+    ShimGate,
     /// Task start.
     TaskStart,
     /// A pre-started sandbox claimed: relabel, limits, launch, exec seen.
@@ -49,6 +51,7 @@ impl Stage {
             Stage::Snapshot => "snapshot",
             Stage::Container => "container",
             Stage::TaskCreate => "task_create",
+            Stage::ShimGate => "shim_gate",
             Stage::TaskStart => "task_start",
             Stage::Claim => "claim",
             Stage::ClaimCheck => "claim_check",
@@ -60,9 +63,44 @@ impl Stage {
     }
 }
 
+/// Stages of a sandbox delete, for `agent_delete_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteStage {
+    /// SIGTERM, the grace period, SIGKILL and the exit.
+    Stop,
+    /// Waiting for the shim gate to let the task delete through.
+    ShimGate,
+    /// The task delete (the shim's runc delete).
+    Task,
+    /// The container record delete.
+    Container,
+    /// The rootfs snapshot removal.
+    Snapshot,
+    /// The whole delete.
+    Total,
+}
+
+impl DeleteStage {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeleteStage::Stop => "stop",
+            DeleteStage::ShimGate => "shim_gate",
+            DeleteStage::Task => "task",
+            DeleteStage::Container => "container",
+            DeleteStage::Snapshot => "snapshot",
+            DeleteStage::Total => "total",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabel {
     stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CountLabel {
+    count: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +138,8 @@ struct FileOpLabel {
 #[derive(Clone)]
 pub struct Metrics {
     create_seconds: Family<StageLabel, Histogram>,
+    delete_seconds: Family<StageLabel, Histogram>,
+    shim_gate: Family<CountLabel, Gauge>,
     running: Gauge,
     errors: Family<CodeLabel, Counter>,
     janitor_removed: Counter,
@@ -123,6 +163,10 @@ impl Metrics {
             create_seconds: Family::new_with_constructor(|| {
                 Histogram::new(fast_sandbox_server::metrics::latency_buckets())
             }),
+            delete_seconds: Family::new_with_constructor(|| {
+                Histogram::new(fast_sandbox_server::metrics::latency_buckets())
+            }),
+            shim_gate: Family::default(),
             running: Gauge::default(),
             errors: Family::default(),
             janitor_removed: Counter::default(),
@@ -153,6 +197,16 @@ impl Metrics {
                 "agent_create_seconds",
                 "Sandbox create latency by stage",
                 m.create_seconds.clone(),
+            );
+            r.register(
+                "agent_delete_seconds",
+                "Sandbox delete latency by stage",
+                m.delete_seconds.clone(),
+            );
+            r.register(
+                "agent_shim_gate",
+                "The shim gate's view of the agent's shared runc shim: tasks it keeps up (live), creates and deletes in flight",
+                m.shim_gate.clone(),
             );
             r.register(
                 "agent_sandboxes_running",
@@ -225,6 +279,28 @@ impl Metrics {
                 stage: stage.as_str(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long a stage of a delete took.
+    pub fn observe_delete(&self, stage: DeleteStage, elapsed: std::time::Duration) {
+        self.delete_seconds
+            .get_or_create(&StageLabel {
+                stage: stage.as_str(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the shim gate's counts.
+    pub fn set_shim_gate(&self, live: usize, creating: usize, deleting: usize) {
+        for (count, n) in [
+            ("live", live),
+            ("creating", creating),
+            ("deleting", deleting),
+        ] {
+            self.shim_gate
+                .get_or_create(&CountLabel { count })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Sets the running gauge.

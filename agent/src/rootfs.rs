@@ -463,7 +463,14 @@ pub(crate) fn info(dir: impl AsFd, name: &str, path: &str, st: &Stat) -> FileInf
     }
 }
 
-/// The names in an open directory, sorted, without `.` and `..`.
+/// Most entries of one directory the files API lists, archives or removes:
+/// the names are held in memory to be sorted (and a listing's answer
+/// whole), so a tenant's directory of millions must not take the agent's
+/// memory.
+pub const MAX_DIR_ENTRIES: usize = 100_000;
+
+/// The names in an open directory, sorted, without `.` and `..`; at most
+/// [`MAX_DIR_ENTRIES`].
 pub(crate) fn names(dir: impl AsFd, path: &str) -> Result<Vec<String>> {
     let entries = Dir::read_from(dir).map_err(file_err("list", path))?;
     let mut names = Vec::new();
@@ -472,6 +479,16 @@ pub(crate) fn names(dir: impl AsFd, path: &str) -> Result<Vec<String>> {
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {
             continue;
+        }
+        if names.len() == MAX_DIR_ENTRIES {
+            return Err(Error::File {
+                op: "list",
+                path: path.to_string(),
+                code: fast_sandbox_api::agent::ErrorCode::InvalidArgument,
+                message: format!(
+                    "the directory holds more than {MAX_DIR_ENTRIES} entries, more than the files API lists, archives or removes at once; use exec (ls, tar, rm) for it"
+                ),
+            });
         }
         // Names that are not UTF-8 cannot be named on this API.
         if let Ok(n) = std::str::from_utf8(name) {
@@ -671,6 +688,24 @@ mod tests {
             ErrorCode::InvalidArgument
         );
         assert_eq!(r.stat(&p("/")).unwrap().file_type, FileType::Directory);
+    }
+
+    #[test]
+    fn a_directory_past_the_entry_limit_is_refused_not_held_in_memory() {
+        let (_outside, r, dir) = root();
+        let big = dir.join("big");
+        std::fs::create_dir(&big).unwrap();
+        for i in 0..MAX_DIR_ENTRIES {
+            std::os::unix::fs::symlink("x", big.join(i.to_string())).unwrap();
+        }
+        assert_eq!(r.list(&p("/big")).unwrap().len(), MAX_DIR_ENTRIES);
+        std::os::unix::fs::symlink("x", big.join("one-more")).unwrap();
+        let e = r.list(&p("/big")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("/big"), "{e}");
+        assert!(e.to_string().contains("use exec"), "{e}");
+        let e = r.remove(&p("/big"), true).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
     }
 
     #[test]

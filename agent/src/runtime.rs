@@ -4,50 +4,37 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use containerd_client::Client;
 use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::snapshots::{
-    ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
-    StatSnapshotRequest,
-};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ListContainersRequest,
-    ListImagesRequest, ListRequest as ListLeasesRequest, PluginsRequest, PublishRequest,
-    ReadContentRequest, StartRequest, SubscribeRequest, WaitRequest,
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest,
+    ListContainersRequest, ListImagesRequest, PluginsRequest, ReadContentRequest, StartRequest,
+    WaitRequest,
 };
+use containerd_client::types::Mount;
 use containerd_client::types::v1::Status as TaskStatus;
-use containerd_client::types::{Envelope, Mount};
-use tokio::sync::mpsc;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
 
+mod events;
 mod exec;
 mod image_labels;
+mod lease;
+mod snapshot;
 mod update;
 
+pub use events::SYNC_TOPIC;
 pub use exec::{ExecStdio, PROCESS_TYPE_URL};
+pub use lease::LeaseRecord;
 
 /// Type URL containerd expects for an OCI runtime spec held as JSON.
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-/// Lease label that makes containerd's garbage collector drop the lease
-/// (and whatever only it references) after a time.
-const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
-/// Topic of the marker event that proves an event subscription is live.
-pub const SYNC_TOPIC: &str = "/fast-sandbox/agent/sync";
-/// Type URL of the marker event.
-const SYNC_TYPE_URL: &str = "types.fast.io/agent/sync";
-/// The marker is published again after this long without coming back.
-const SYNC_RESEND: Duration = Duration::from_millis(100);
-/// A subscription that does not go live within this long is an error.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A task's state as containerd reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +51,6 @@ pub enum TaskState {
 
 /// containerd's plugin type of the mount manager.
 const MOUNT_MANAGER_PLUGIN: &str = "io.containerd.mount-manager.v1";
-/// Plugin type of snapshotters.
-const SNAPSHOTTER_PLUGIN: &str = "io.containerd.snapshotter.v1";
-/// A snapshotter capability: it honours ID mapping labels with idmapped
-/// mounts.
-const REMAP_IDS: &str = "remap-ids";
 
 /// Our descriptor of an image's target.
 fn descriptor(t: containerd_client::types::Descriptor) -> Descriptor {
@@ -78,17 +60,6 @@ fn descriptor(t: containerd_client::types::Descriptor) -> Descriptor {
         size: t.size,
         platform: None,
     }
-}
-
-/// One lease as containerd lists it.
-#[derive(Clone, Debug)]
-pub struct LeaseRecord {
-    /// The lease's name.
-    pub id: String,
-    /// Its labels.
-    pub labels: HashMap<String, String>,
-    /// When it was made.
-    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// A task as `Get` returns it.
@@ -288,207 +259,6 @@ impl Containerd {
             out.extend_from_slice(&chunk.data);
         }
         Ok(out)
-    }
-
-    /// Creates a lease that expires after `ttl` unless deleted first; what is
-    /// created under it and never referenced otherwise is then collected. A
-    /// lease of that name that exists already serves as is.
-    pub async fn create_lease(
-        &self,
-        id: &str,
-        ttl: Option<Duration>,
-        labels: HashMap<String, String>,
-    ) -> Result<String> {
-        let mut labels = labels;
-        if let Some(ttl) = ttl {
-            let expire = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
-            labels.insert(
-                LEASE_EXPIRE_LABEL.to_string(),
-                expire.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            );
-        }
-        self.claim_lease(id, labels).await?;
-        Ok(id.to_string())
-    }
-
-    /// Creates the lease `id` with `labels` unless it exists: true when
-    /// this call made it. A lease name is unique in a containerd namespace,
-    /// so it claims a name for every agent on the node at once.
-    pub async fn claim_lease(&self, id: &str, labels: HashMap<String, String>) -> Result<bool> {
-        let resp = self
-            .client
-            .leases()
-            .create(self.request(CreateLeaseRequest {
-                id: id.to_string(),
-                labels,
-            }))
-            .await;
-        match resp {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(false),
-            Err(s) => Err(Error::containerd("create lease", s)),
-        }
-    }
-
-    /// The leases whose ids start with `prefix`: id, labels, creation time.
-    pub async fn leases(&self, prefix: &str) -> Result<Vec<LeaseRecord>> {
-        let resp = self
-            .client
-            .leases()
-            .list(self.request(ListLeasesRequest { filters: vec![] }))
-            .await
-            .map_err(|s| Error::containerd("list leases", s))?;
-        Ok(resp
-            .into_inner()
-            .leases
-            .into_iter()
-            .filter(|l| l.id.starts_with(prefix))
-            .map(|l| LeaseRecord {
-                created_at: timestamp(l.created_at.as_ref()),
-                id: l.id,
-                labels: l.labels,
-            })
-            .collect())
-    }
-
-    /// Whether the snapshotter can give a snapshot an ID mapping with
-    /// idmapped mounts (containerd 2 on a kernel that supports them), which
-    /// user namespaces need; the inner error says what the node lacks.
-    pub async fn idmapped_snapshots(&self) -> Result<std::result::Result<(), String>> {
-        let plugins = self.plugins().await?;
-        let snapshotter = plugins
-            .iter()
-            .find(|p| p.r#type == SNAPSHOTTER_PLUGIN && p.id == self.snapshotter);
-        match snapshotter {
-            Some(p) if p.capabilities.iter().any(|c| c == REMAP_IDS) => Ok(Ok(())),
-            Some(_) => Ok(Err(format!(
-                "the {} snapshotter cannot idmap a sandbox's root filesystem (it needs containerd 2 on a kernel with idmapped overlay layers, 5.19 or later)",
-                self.snapshotter
-            ))),
-            None => Ok(Err(format!(
-                "containerd has no {} snapshotter",
-                self.snapshotter
-            ))),
-        }
-    }
-
-    /// Deletes a lease (already gone is fine).
-    pub async fn delete_lease(&self, id: &str) -> Result<()> {
-        let resp = self
-            .client
-            .leases()
-            .delete(self.request(DeleteLeaseRequest {
-                id: id.to_string(),
-                sync: false,
-            }))
-            .await;
-        match resp {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-            Err(s) => Err(Error::containerd("delete lease", s)),
-        }
-    }
-
-    /// Whether the committed snapshot `key` exists (an unpacked image).
-    pub async fn snapshot_exists(&self, key: &str) -> Result<bool> {
-        let resp = self
-            .client
-            .snapshots()
-            .stat(self.request(StatSnapshotRequest {
-                snapshotter: self.snapshotter.clone(),
-                key: key.to_string(),
-            }))
-            .await;
-        match resp {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
-            Err(s) => Err(Error::containerd("stat snapshot", s)),
-        }
-    }
-
-    /// Prepares an active snapshot on top of `parent` and returns its mounts.
-    pub async fn prepare_snapshot(
-        &self,
-        key: &str,
-        parent: &str,
-        lease: Option<&str>,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>> {
-        let resp = self
-            .client
-            .snapshots()
-            .prepare(self.leased(
-                PrepareSnapshotRequest {
-                    snapshotter: self.snapshotter.clone(),
-                    key: key.to_string(),
-                    parent: parent.to_string(),
-                    labels,
-                },
-                lease,
-            ))
-            .await
-            .map_err(|s| Error::containerd("prepare snapshot", s))?;
-        Ok(resp.into_inner().mounts)
-    }
-
-    /// Mounts of an existing active snapshot.
-    pub async fn snapshot_mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let resp = self
-            .client
-            .snapshots()
-            .mounts(self.request(MountsRequest {
-                snapshotter: self.snapshotter.clone(),
-                key: key.to_string(),
-            }))
-            .await
-            .map_err(|s| Error::containerd("snapshot mounts", s))?;
-        Ok(resp.into_inner().mounts)
-    }
-
-    /// Removes a snapshot (already gone is fine).
-    pub async fn remove_snapshot(&self, key: &str) -> Result<()> {
-        let resp = self
-            .client
-            .snapshots()
-            .remove(self.request(RemoveSnapshotRequest {
-                snapshotter: self.snapshotter.clone(),
-                key: key.to_string(),
-            }))
-            .await;
-        match resp {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-            Err(s) => Err(Error::containerd("remove snapshot", s)),
-        }
-    }
-
-    /// Keys of every snapshot whose key starts with `prefix`.
-    pub async fn snapshot_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut stream = self
-            .client
-            .snapshots()
-            .list(self.request(ListSnapshotsRequest {
-                snapshotter: self.snapshotter.clone(),
-                filters: vec![],
-            }))
-            .await
-            .map_err(|s| Error::containerd("list snapshots", s))?
-            .into_inner();
-        let mut keys = Vec::new();
-        while let Some(batch) = stream
-            .message()
-            .await
-            .map_err(|s| Error::containerd("list snapshots", s))?
-        {
-            keys.extend(
-                batch
-                    .info
-                    .into_iter()
-                    .map(|i| i.name)
-                    .filter(|n| n.starts_with(prefix)),
-            );
-        }
-        Ok(keys)
     }
 
     /// Creates a container record.
@@ -693,103 +463,6 @@ impl Containerd {
             Ok(_) => Ok(true),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
             Err(s) => Err(Error::containerd("delete task", s)),
-        }
-    }
-
-    /// Subscribes to containerd events whose topic is one of `topics`, in
-    /// this namespace, and returns once the subscription is live.
-    ///
-    /// containerd sends no response headers on a subscription until the
-    /// first event, so the call runs in its own task and the agent publishes
-    /// a marker event on [`SYNC_TOPIC`] until it comes back through the
-    /// stream: from then on no event can be missed.
-    pub async fn subscribe(
-        &self,
-        topics: &[&str],
-    ) -> Result<mpsc::Receiver<std::result::Result<Envelope, tonic::Status>>> {
-        let filters = topics
-            .iter()
-            .chain([&SYNC_TOPIC])
-            .map(|t| format!("namespace=={},topic==\"{t}\"", self.namespace_name))
-            .collect();
-        let (tx, mut rx) = mpsc::channel(1024);
-        let mut events = self.client.events();
-        tokio::spawn(async move {
-            let mut stream = match events.subscribe(SubscribeRequest { filters }).await {
-                Ok(r) => r.into_inner(),
-                Err(s) => {
-                    let _ = tx.send(Err(s)).await;
-                    return;
-                }
-            };
-            loop {
-                tokio::select! {
-                    msg = stream.message() => match msg {
-                        Ok(Some(env)) => {
-                            if tx.send(Ok(env)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => return,
-                        Err(s) => {
-                            let _ = tx.send(Err(s)).await;
-                            return;
-                        }
-                    },
-                    () = tx.closed() => return,
-                }
-            }
-        });
-        let nonce = format!(
-            "{}-{}",
-            std::process::id(),
-            Utc::now().timestamp_nanos_opt().unwrap_or(0)
-        );
-        let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
-        loop {
-            self.client
-                .events()
-                .publish(self.request(PublishRequest {
-                    topic: SYNC_TOPIC.to_string(),
-                    event: Some(prost_types::Any {
-                        type_url: SYNC_TYPE_URL.to_string(),
-                        value: nonce.clone().into_bytes(),
-                    }),
-                }))
-                .await
-                .map_err(|s| Error::containerd("publish sync event", s))?;
-            let resend = tokio::time::sleep(SYNC_RESEND);
-            tokio::pin!(resend);
-            loop {
-                tokio::select! {
-                    msg = rx.recv() => match msg {
-                        Some(Ok(env)) if env.topic == SYNC_TOPIC => {
-                            if env.event.is_some_and(|e| e.value == nonce.as_bytes()) {
-                                return Ok(rx);
-                            }
-                        }
-                        // Real events before the marker belong to the
-                        // rebuild that follows; dropping them loses nothing.
-                        Some(Ok(_)) => {}
-                        Some(Err(s)) => return Err(Error::containerd("subscribe to events", s)),
-                        None => {
-                            return Err(Error::containerd(
-                                "subscribe to events",
-                                tonic::Status::unavailable("event stream ended"),
-                            ))
-                        }
-                    },
-                    () = &mut resend => break,
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::containerd(
-                    "subscribe to events",
-                    tonic::Status::deadline_exceeded(format!(
-                        "the subscription did not go live in {SYNC_TIMEOUT:?}"
-                    )),
-                ));
-            }
         }
     }
 }

@@ -93,6 +93,13 @@ impl ShimGate {
         self.enabled
     }
 
+    /// Tasks kept up, creates and deletes in flight, as the gate counts
+    /// them (for metrics).
+    pub fn counts_now(&self) -> (usize, usize, usize) {
+        let c = *self.counts();
+        (c.live, c.creating, c.deleting)
+    }
+
     /// Sets the number of the agent's tasks found in containerd when the
     /// agent first rebuilds its state, before anything is created or
     /// deleted; later rebuilds (after containerd restarts) keep the gate's

@@ -1,13 +1,15 @@
 //! Exec into running sandboxes over the agent's API, against a real
 //! containerd and runc: output kept apart, stdin, exit codes, a terminal
-//! with resize, concurrency, timeouts, a client that disconnects, the
-//! sandbox's identity and limits, and the errors a user meets.
+//! with resize, concurrency and its bound per sandbox, timeouts, a client
+//! that disconnects, the sandbox's identity and limits, and the errors a
+//! user meets.
 
 mod support;
 
 use std::time::Duration;
 
 use fast_sandbox_agent::client::{ExecEvent, ExecStream};
+use fast_sandbox_agent::exec::MAX_EXECS_PER_SANDBOX;
 use fast_sandbox_api::agent::{ContainerState, ErrorCode, ResourceLimits};
 use fast_sandbox_api::exec::{ExecRequest, TerminalSize, reason};
 use fast_sandbox_api::sandbox::EnvVar;
@@ -302,6 +304,58 @@ async fn a_client_that_disconnects_kills_its_process_unless_detached() {
     let metrics = a.registry.render();
     assert!(metrics.contains("reason=\"Killed\""), "{metrics}");
     a.client.delete("eg", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn a_sandbox_runs_at_most_its_quota_of_execs_at_once() {
+    let env = env();
+    let a = TestAgent::start(&env, "exec-quota", 2).await;
+    sandbox(&a, &env, "eq").await;
+    sandbox(&a, &env, "eo").await;
+    let sleeper = |detach: bool| {
+        let mut req = exec_request(&["sleep", "300"]);
+        req.detach = detach;
+        req
+    };
+    // A tenant's loop of detached execs: each keeps running without its
+    // client, and holds its place.
+    for _ in 1..MAX_EXECS_PER_SANDBOX {
+        drop(a.client.exec("eq", &sleeper(true)).await.unwrap().unwrap());
+    }
+    let last = a.client.exec("eq", &sleeper(false)).await.unwrap().unwrap();
+    let Err(e) = a.client.exec("eq", &sleeper(true)).await.unwrap() else {
+        panic!(
+            "exec {} of the sandbox was started",
+            MAX_EXECS_PER_SANDBOX + 1
+        );
+    };
+    assert_eq!(e.code, ErrorCode::CapacityExceeded, "{e:?}");
+    assert!(
+        e.message.contains(&MAX_EXECS_PER_SANDBOX.to_string()),
+        "{e:?}"
+    );
+    // Another sandbox of the same agent is not held back.
+    assert!(exec(&a.client, "eo", &["true"]).await.status.success());
+    // An exec that ends gives its place back.
+    drop(last);
+    wait_for(
+        "the place of an ended exec given back",
+        Duration::from_secs(20),
+        || {
+            let a = &a;
+            async move {
+                matches!(
+                    a.client.exec("eq", &exec_request(&["true"])).await,
+                    Ok(Ok(_))
+                )
+            }
+        },
+    )
+    .await;
+    for uid in ["eq", "eo"] {
+        a.client.delete(uid, 0).await.unwrap().1.unwrap();
+    }
     a.assert_nothing_left().await;
 }
 

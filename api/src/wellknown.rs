@@ -137,6 +137,8 @@ pub mod reason {
     pub const AGENT_OF_ANOTHER_POOL: &str = "AgentOfAnotherPool";
     /// The agent pod is gone or unreachable past the grace period.
     pub const AGENT_LOST: &str = "AgentLost";
+    /// The sandbox's pool was deleted: its agents stopped the sandbox.
+    pub const POOL_DELETED: &str = "PoolDeleted";
     /// `expireTime` or `ttlSecondsAfterFinished` passed.
     pub const EXPIRED: &str = "Expired";
     /// The agent rejected the sandbox's spec.

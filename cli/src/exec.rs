@@ -51,6 +51,11 @@ pub fn exit_code(status: &Value) -> Result<i32, AccessError> {
     })
 }
 
+/// The longest request target (path and query) an HTTP/1 request to the
+/// access server may carry: the `http` crate's URI limit, on this client
+/// and on the server alike.
+pub const MAX_REQUEST_TARGET_BYTES: usize = 65_534;
+
 /// The access API path of an exec.
 pub fn request_path(namespace: &str, name: &str, opts: &ExecOptions) -> String {
     let mut q: Vec<(&str, String)> = opts
@@ -72,6 +77,14 @@ pub fn request_path(namespace: &str, name: &str, opts: &ExecOptions) -> String {
         q.push(("timeoutSeconds", t.to_string()));
     }
     access::path(namespace, name, "exec", &q)
+}
+
+/// The command, its environment and working directory travel in the
+/// request's URI, which has a limit: say so, and what carries more.
+fn too_long(bytes: usize) -> AccessError {
+    AccessError::Usage(format!(
+        "the command, --env and --workdir take {bytes} bytes encoded in the exec request's URI, past the {MAX_REQUEST_TARGET_BYTES} it can carry: pass large data on stdin (-i) or copy it in with `kubectl sandbox cp`"
+    ))
 }
 
 /// The local ends of an exec.
@@ -111,7 +124,11 @@ where
             "no command to run: give it after --".into(),
         ));
     }
-    let req = http::Request::get(request_path(namespace, name, opts))
+    let path = request_path(namespace, name, opts);
+    if path.len() > MAX_REQUEST_TARGET_BYTES {
+        return Err(too_long(path.len()));
+    }
+    let req = http::Request::get(path)
         .body(Vec::new())
         .map_err(|e| AccessError::Kube(kube::Error::HttpError(e)))?;
     let conn = client.connect(req).await.map_err(access::api_error)?;
@@ -245,5 +262,25 @@ mod tests {
         };
         let p = request_path("team", "sb", &opts);
         assert!(p.ends_with("/sandboxes/sb/exec?command=sh&command=-c&command=echo%20%24A&stdin=true&stdout=true&stderr=true&tty=false&env=A%3D1&timeoutSeconds=9"), "{p}");
+    }
+
+    #[tokio::test]
+    async fn a_command_past_the_uri_limit_is_refused_before_it_is_sent() {
+        // Nothing listens there: the refusal comes before any connection.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let opts = ExecOptions {
+            command: vec!["echo".into(), "x".repeat(MAX_REQUEST_TARGET_BYTES)],
+            ..Default::default()
+        };
+        let io = Streams {
+            stdin: tokio::io::empty(),
+            stdout: tokio::io::sink(),
+            stderr: tokio::io::sink(),
+            resize: None,
+        };
+        let err = exec(client, "team", "sb", &opts, io).await.unwrap_err();
+        assert!(matches!(err, AccessError::Usage(_)), "{err:?}");
+        assert!(err.to_string().contains("on stdin (-i)"), "{err}");
     }
 }

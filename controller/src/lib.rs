@@ -24,6 +24,7 @@ pub mod agents;
 pub mod context;
 pub mod error;
 pub mod expiry;
+pub mod finalizer;
 pub mod janitor;
 pub mod leader;
 pub mod metrics;

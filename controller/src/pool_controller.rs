@@ -19,8 +19,6 @@ use fast_sandbox_api::wellknown::{
 };
 use fast_sandbox_api::{SandboxPool, SandboxPoolStatus};
 use futures::StreamExt;
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{PatchOperation, ReplaceOperation, TestOperation};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -625,30 +623,8 @@ async fn teardown(
     // the same name, which has another UID.
     if pods.iter().all(|p| p.metadata.deletion_timestamp.is_some()) && expected_new.is_empty() {
         let finalizers = pool.finalizers().to_vec();
-        let kept: Vec<&String> = finalizers.iter().filter(|f| *f != POOL_FINALIZER).collect();
-        let patch = json_patch::Patch(vec![
-            PatchOperation::Test(TestOperation {
-                path: PointerBuf::from_tokens(["metadata", "finalizers"]),
-                value: json!(finalizers),
-            }),
-            PatchOperation::Replace(ReplaceOperation {
-                path: PointerBuf::from_tokens(["metadata", "finalizers"]),
-                value: json!(kept),
-            }),
-        ]);
         let api: Api<SandboxPool> = Api::namespaced(ctx.client.clone(), ns);
-        match api
-            .patch(
-                &pool.name_any(),
-                &PatchParams::default(),
-                &Patch::Json::<()>(patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::finalizer::remove(&api, &pool.name_any(), &finalizers, POOL_FINALIZER).await?;
         tracing::info!(pool = %pool.name_any(), namespace = %ns, "pool deleted; its agents are gone");
         return Ok(Action::await_change());
     }

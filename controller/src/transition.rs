@@ -260,6 +260,34 @@ pub fn lost(
     s
 }
 
+/// A sandbox that failed or was lost while its pool was being deleted: the
+/// pool's teardown stopped it, which says more than the bare exit code of a
+/// kill (137) or a vanished agent.
+pub fn stopped_by_pool_deletion(
+    s: &mut SandboxStatus,
+    pool: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    let blamed = match s.phase {
+        Some(SandboxPhase::Failed) => s.reason.as_deref() == Some(reason::ERROR),
+        Some(SandboxPhase::Lost) => s.reason.as_deref() == Some(reason::AGENT_LOST),
+        _ => false,
+    };
+    if !blamed {
+        return;
+    }
+    let message = match s.message.as_deref() {
+        Some(m) if !m.is_empty() => {
+            format!("pool {pool} was deleted and its agents stopped this sandbox ({m})")
+        }
+        _ => format!("pool {pool} was deleted and its agents stopped this sandbox"),
+    };
+    s.reason = Some(reason::POOL_DELETED.to_string());
+    ready(s, false, reason::POOL_DELETED, &message, generation, now);
+    s.message = Some(message);
+}
+
 /// Status while the container is being removed from its agent.
 pub fn terminating(
     current: &SandboxStatus,
@@ -383,6 +411,50 @@ mod tests {
         assert_eq!(s.phase, Some(SandboxPhase::Failed));
         assert_eq!(s.reason.as_deref(), Some(reason::OOM_KILLED));
         assert_eq!(s.exit_code, Some(137));
+    }
+
+    #[test]
+    fn a_sandbox_its_pools_deletion_stopped_says_so() {
+        let mut killed = info(ContainerState::Exited);
+        killed.exit_code = Some(137);
+        let mut s = from_info(&SandboxStatus::default(), &killed, "a", "n", None, t(1));
+        stopped_by_pool_deletion(&mut s, "p", None, t(2));
+        assert_eq!(s.phase, Some(SandboxPhase::Failed));
+        assert_eq!(s.reason.as_deref(), Some(reason::POOL_DELETED));
+        assert_eq!(
+            s.message.as_deref(),
+            Some("pool p was deleted and its agents stopped this sandbox (exited with code 137)")
+        );
+        assert_eq!(cond(&s, condition::READY).reason, reason::POOL_DELETED);
+        let mut again = s.clone();
+        stopped_by_pool_deletion(&mut again, "p", None, t(3));
+        assert_eq!(again, s, "blamed once");
+
+        let mut l = lost(
+            &SandboxStatus::default(),
+            "agent pod x was deleted",
+            None,
+            t(1),
+        );
+        stopped_by_pool_deletion(&mut l, "p", None, t(2));
+        assert_eq!(
+            (l.phase, l.reason.as_deref()),
+            (Some(SandboxPhase::Lost), Some(reason::POOL_DELETED))
+        );
+
+        // What ended on its own keeps its own account.
+        let mut done = info(ContainerState::Exited);
+        done.exit_code = Some(0);
+        let ok = from_info(&SandboxStatus::default(), &done, "a", "n", None, t(1));
+        let mut o = ok.clone();
+        stopped_by_pool_deletion(&mut o, "p", None, t(2));
+        assert_eq!(o, ok);
+        let mut oom = info(ContainerState::Exited);
+        oom.reason = Some(reason::OOM_KILLED.into());
+        let oom = from_info(&SandboxStatus::default(), &oom, "a", "n", None, t(1));
+        let mut o = oom.clone();
+        stopped_by_pool_deletion(&mut o, "p", None, t(2));
+        assert_eq!(o, oom);
     }
 
     #[test]

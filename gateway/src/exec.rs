@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::logs::agent_error;
 use crate::request::{query_flag, query_value, query_values};
@@ -45,10 +45,16 @@ use crate::status::GatewayError;
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// Messages queued towards the agent before the WebSocket reader waits.
 const INPUT_QUEUE: usize = 8;
+/// Largest WebSocket message (and frame) taken from a client. Stdin comes
+/// in chunks of at most 64 KiB (the SDK; kubectl sends less); the library's
+/// default, 64 MiB buffered whole and copied once more into frames, would
+/// let a few sessions take the whole gateway's memory.
+const MAX_CLIENT_MESSAGE: usize = 1 << 20;
 /// How long the connection waits for the client's Close after ours.
 const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
-/// Longest `timeoutSeconds` accepted (a day).
-const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+/// Longest `timeoutSeconds` accepted: the agent's bound (a week), so the
+/// CLI, the SDK, this server and the agent refuse the same values.
+const MAX_TIMEOUT_SECONDS: u64 = fast_sandbox_api::validation::MAX_EXEC_TIMEOUT_SECONDS;
 
 /// The subprotocol to speak: the first of ours the client offers.
 pub fn negotiate(headers: &http::HeaderMap) -> Option<&'static str> {
@@ -180,9 +186,15 @@ pub async fn serve(
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(MAX_CLIENT_MESSAGE))
+                    .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 pump(ws, to_agent, output, v5).await;
             }
             Err(e) => {

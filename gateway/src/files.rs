@@ -4,11 +4,15 @@
 //! proxied the request (`GET` read, stat, list, tar: `get`; `PUT` write and
 //! untar: `update`; `POST` mkdir: `create`; `DELETE`: `delete` on
 //! `sandboxes/files`), so one RBAC rule means the same at both gates.
-//! Bodies stream both ways; the agent bounds uploads.
+//! Bodies stream both ways; the agent bounds uploads, and an upload whose
+//! client stops sending is abandoned after [`UPLOAD_IDLE`].
 
 use fast_sandbox_agent_client::ClientError;
 use fast_sandbox_api::agent::ErrorCode;
+use std::time::Duration;
+
 use fast_sandbox_server::body::Body;
+use fast_sandbox_server::idle_timeout::IdleTimeout;
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -16,6 +20,10 @@ use hyper::body::Incoming;
 use crate::logs::agent_error;
 use crate::resolve::Resolved;
 use crate::status::GatewayError;
+
+/// How long an upload may go without a byte from its client before it is
+/// abandoned (nothing is written: the agent keeps a partial file nowhere).
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
 /// The RBAC verb a files request needs: the apiserver's for the method.
 pub fn verb(method: &Method) -> Result<&'static str, GatewayError> {
@@ -39,7 +47,11 @@ pub async fn serve(r: &Resolved, req: Request<Incoming>) -> Result<Response<Body
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = req.into_body().map_err(std::io::Error::other).boxed();
+    let body = IdleTimeout::new(
+        req.into_body().map_err(std::io::Error::other).boxed(),
+        UPLOAD_IDLE,
+    )
+    .boxed();
     let answer = r
         .agent
         .files(method, &query, &r.uid, content_type.as_deref(), body)

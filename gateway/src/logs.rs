@@ -28,6 +28,9 @@ pub fn agent_error(r: &Resolved, e: ClientError) -> GatewayError {
             fast_sandbox_api::agent::ErrorCode::SandboxNotRunning => {
                 GatewayError::Conflict(error.message.replace(&r.uid, &name))
             }
+            fast_sandbox_api::agent::ErrorCode::CapacityExceeded => {
+                GatewayError::TooManyRequests(format!("sandbox {name}: {}", error.message))
+            }
             _ => GatewayError::Unavailable(format!("agent {}: {}", r.agent_pod, error.message)),
         },
         _ if e.is_unreachable() => GatewayError::Unavailable(format!(

@@ -46,6 +46,9 @@ pub enum GatewayError {
     /// The request body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// The sandbox runs as many of something (execs) as one may at once.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The agent or the apiserver could not be reached or failed.
     #[error("{0}")]
     Unavailable(String),
@@ -69,6 +72,7 @@ impl GatewayError {
             }
             GatewayError::FileExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             GatewayError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            GatewayError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             GatewayError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }

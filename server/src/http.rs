@@ -27,6 +27,9 @@ use crate::ops::Ops;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (EMFILE, ENOMEM): they come back at once
+/// until something closes.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Who sent a request.
 #[derive(Clone, Debug)]
@@ -61,7 +64,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors (or memory) fails every accept
+                    // at once: pause rather than spin a core until some close.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },

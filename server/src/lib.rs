@@ -9,6 +9,7 @@ pub mod body;
 pub mod client_auth;
 pub mod health;
 pub mod http;
+pub mod idle_timeout;
 pub mod metrics;
 pub mod ops;
 pub mod shutdown;

@@ -1,8 +1,8 @@
 //! Interactive sandboxes through the access API, as users drive them:
 //! exec (stdin, stderr apart, exit codes, a terminal with resize, many at
 //! once, a large output, a client that goes away), files (binary round
-//! trips, modes, directories both ways, escapes refused, an image with no
-//! shell), and RBAC (`view` cannot exec, another namespace cannot do
+//! trips, modes, directories both ways, escapes refused, a root changed
+//! to /proc served nothing, an image with no shell), and RBAC (`view` cannot exec, another namespace cannot do
 //! anything). Clients are the `kubectl sandbox` library and the plugin.
 
 use std::io::Cursor;
@@ -375,6 +375,62 @@ async fn files_round_trip_and_never_leave_the_sandbox() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains(".."), "{err}");
+
+    // The tenant's process 1 makes its own /proc its root (a container
+    // keeps CAP_SYS_CHROOT) and runs on through another process's root:
+    // the files API serves nothing of the kernel through it, to the tenant
+    // or to a reader.
+    running_sandbox(
+        &editor,
+        &ns,
+        "chrooted",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "sleep 100000 & exec chroot /proc /$!/root/bin/sleep 100000",
+        ],
+    )
+    .await;
+    bind(&admin, &ns, "e2e-files-reader", "view").await;
+    let reader = impersonating("e2e-files-reader").await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, out, _) = run(
+                &editor,
+                &ns,
+                "chrooted",
+                &["readlink", "/proc/1/root"],
+                None,
+            )
+            .await
+            .unwrap();
+            if out == b"/proc\n" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("process 1 of sandbox chrooted did not make /proc its root within 120 s");
+    for user in [&editor, &reader] {
+        for path in ["/kallsyms", "/iomem", "/1/environ"] {
+            let got = local.path().join("kernel");
+            let err = files::download(user, &ns, "chrooted", path, &got)
+                .await
+                .expect_err(path);
+            assert!(
+                err.to_string().contains("made /proc or /sys its root"),
+                "{path}: {err}"
+            );
+            assert!(!got.exists(), "{path} was written locally");
+        }
+        let err = files::list(user, &ns, "chrooted", "/").await.unwrap_err();
+        assert!(
+            err.to_string().contains("made /proc or /sys its root"),
+            "{err}"
+        );
+    }
 
     // An image with no shell at all.
     running_sandbox(&admin, &ns, "bare", NOSHELL, &["/tool", "sleep"]).await;

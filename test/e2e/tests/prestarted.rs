@@ -209,7 +209,7 @@ async fn a_tenant_cannot_ask_for_more_pre_started_sandboxes_than_allowed() {
 /// namespace cannot) takes its agents' pre-started sandboxes off the node
 /// too: the controller retires each agent's stock before it deletes the
 /// agent's pod, so nothing waits for a janitor that may never come to that
-/// node.
+/// node. A sandbox the deletion stopped says so.
 #[tokio::test]
 async fn deleting_a_pool_leaves_no_pre_started_sandbox_on_the_node() {
     let client = cluster_client("prestarted retire").await;
@@ -218,6 +218,20 @@ async fn deleting_a_pool_leaves_no_pre_started_sandbox_on_the_node() {
     let agents = agent_pods(&client, &ns, "p").await.unwrap();
     assert_eq!(agents.len(), 1, "the pool's agent pods: {agents:?}");
     let agent_uid = agents[0].metadata.uid.clone().unwrap();
+    // One sandbox the pool's deletion will stop.
+    let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), &ns);
+    sandboxes
+        .create(
+            &PostParams::default(),
+            &sandbox("sb", json!({"command": ["/bin/sleep", "3600"]})),
+        )
+        .await
+        .unwrap();
+    wait_for(&sandboxes, "sb", WAIT, "Running", |s: &Sandbox| {
+        s.phase() == SandboxPhase::Running
+    })
+    .await
+    .unwrap();
     wait_stock(&agent_uid, STOCK).await;
 
     // A user of another namespace cannot delete the pool; its stock stays.
@@ -241,5 +255,19 @@ async fn deleting_a_pool_leaves_no_pre_started_sandbox_on_the_node() {
         left.is_empty(),
         "pre-started sandboxes of the deleted pool's agent left on the node: {left:?}"
     );
+    // The sandbox says what stopped it, not just a kill's exit code.
+    let sb = wait_for(
+        &sandboxes,
+        "sb",
+        WAIT,
+        "stopped by its pool's deletion",
+        |s: &Sandbox| {
+            s.status.as_ref().and_then(|st| st.reason.as_deref()) == Some(reason::POOL_DELETED)
+        },
+    )
+    .await
+    .unwrap();
+    let message = sb.status.and_then(|st| st.message).unwrap_or_default();
+    assert!(message.starts_with("pool p was deleted"), "{message}");
     delete_namespace(&client, &ns).await;
 }

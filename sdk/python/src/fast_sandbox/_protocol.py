@@ -48,8 +48,12 @@ CLOSE = 255
 #: less room for the channel byte, so the gateway never splits a message.
 STDIN_CHUNK = 64 * 1024 - 1
 
-#: Longest ``timeoutSeconds`` the access API takes (a day).
-MAX_TIMEOUT_SECONDS = 86_400
+#: Longest ``timeoutSeconds`` the access API takes (a week).
+MAX_TIMEOUT_SECONDS = 604_800
+
+#: The longest request target (path and query) the access server parses;
+#: an exec's command, environment and working directory travel in it.
+MAX_REQUEST_TARGET = 65_534
 
 #: What the agent's status message starts with when it killed a command at
 #: its timeout (exit code 124).
@@ -85,7 +89,14 @@ def access_path(
         f"/sandboxes/{quote(name, safe='')}/{subresource}"
     )
     q = encode_query(query)
-    return f"{path}?{q}" if q else path
+    target = f"{path}?{q}" if q else path
+    if len(target) > MAX_REQUEST_TARGET:
+        what = "the command, env and cwd take" if subresource == "exec" else "the request takes"
+        raise ValueError(
+            f"{what} {len(target)} bytes encoded in the request's URI, past the "
+            f"{MAX_REQUEST_TARGET} the access API takes: pass large data as stdin or upload it"
+        )
+    return target
 
 
 def normalize_command(command: str | Sequence[str]) -> list[str]:
@@ -102,12 +113,16 @@ def normalize_command(command: str | Sequence[str]) -> list[str]:
 
 def timeout_seconds(timeout: float | None) -> int | None:
     """The ``timeoutSeconds`` for a timeout in seconds: rounded up, as the server counts whole
-    seconds (at least 1, at most a day)."""
+    seconds (at least 1, at most a week)."""
     if timeout is None:
         return None
     if timeout <= 0 or math.isnan(timeout):
         raise ValueError(f"timeout must be positive, not {timeout!r}")
-    return min(MAX_TIMEOUT_SECONDS, max(1, math.ceil(timeout)))
+    if timeout > MAX_TIMEOUT_SECONDS:
+        raise ValueError(
+            f"timeout must be at most {MAX_TIMEOUT_SECONDS} s (a week), not {timeout!r}"
+        )
+    return max(1, math.ceil(timeout))
 
 
 def exec_query(

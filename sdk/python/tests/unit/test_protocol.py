@@ -50,15 +50,25 @@ def test_plus_and_unicode_survive_the_server_s_decoding() -> None:
     assert p.quote_value("/tmp/x") == "/tmp/x"
 
 
-def test_timeouts_round_up_to_whole_seconds_within_a_day() -> None:
+def test_timeouts_round_up_to_whole_seconds_within_a_week() -> None:
     assert p.timeout_seconds(None) is None
     assert p.timeout_seconds(0.2) == 1
     assert p.timeout_seconds(10) == 10
     assert p.timeout_seconds(10.01) == 11
-    assert p.timeout_seconds(10**9) == 86_400
+    assert p.timeout_seconds(604_800) == 604_800
     for bad in (0, -1, float("nan")):
         with pytest.raises(ValueError, match="positive"):
             p.timeout_seconds(bad)
+    # Refused as the server would, not cut short without a word.
+    with pytest.raises(ValueError, match="at most 604800"):
+        p.timeout_seconds(604_800.5)
+
+
+def test_a_command_past_the_uri_limit_is_refused_before_it_is_sent() -> None:
+    fits = p.exec_query(["echo", "x" * 60_000])
+    assert len(p.access_path("team", "sb", "exec", fits)) < p.MAX_REQUEST_TARGET
+    with pytest.raises(ValueError, match="pass large data as stdin"):
+        p.access_path("team", "sb", "exec", p.exec_query(["echo", "x" * p.MAX_REQUEST_TARGET]))
 
 
 def test_files_and_log_queries() -> None:
