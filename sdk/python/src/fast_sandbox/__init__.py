@@ -49,6 +49,7 @@ from .errors import (
     SandboxTimeoutError,
     ServerError,
     StartError,
+    TooManyRequestsError,
     UnauthorizedError,
 )
 from .models import CommandResult, Condition, Endpoint, ExecEvent, FileInfo, SandboxStatus
@@ -83,6 +84,7 @@ __all__ = [
     "SandboxNotRunningError",
     "PayloadTooLargeError",
     "ServerError",
+    "TooManyRequestsError",
     "AccessApiUnavailableError",
     "SandboxFailedError",
     "ImageNotPresentError",

@@ -159,6 +159,11 @@ class PayloadTooLargeError(ApiError):
     """An upload is larger than the agent accepts (413)."""
 
 
+class TooManyRequestsError(ApiError):
+    """The sandbox already runs as many execs as one may at once (429); one
+    more can start once one of them ends."""
+
+
 class ServerError(ApiError):
     """The server failed (5xx) or the connection broke."""
 
@@ -407,4 +412,6 @@ def error_from_status(
         return ConflictError(message, **kw)
     if code == 413:
         return PayloadTooLargeError(message, **kw)
+    if code == 429:
+        return TooManyRequestsError(message, **kw)
     return ServerError(message, **kw)

@@ -28,6 +28,7 @@ def status(code: int, message: str, reason: str = "", **extra: object) -> bytes:
         (409, "Conflict", e.ConflictError),
         (409, "AlreadyExists", e.AlreadyExistsError),
         (413, "RequestEntityTooLarge", e.PayloadTooLargeError),
+        (429, "TooManyRequests", e.TooManyRequestsError),
         (500, "InternalError", e.ServerError),
         (503, "ServiceUnavailable", e.ServerError),
     ],

@@ -1,8 +1,8 @@
 //! Create→running latency of sandboxes through the agent's HTTPS API, side
 //! by side with `ctr run -d` on the same containerd (the naive floor), at
 //! concurrency 1 and 8. Each agent lever can be switched off to measure
-//! what it buys: pre-started sandboxes (the stock), the shared runc shim,
-//! warm snapshots. Back to back, a create meets a stock the previous one
+//! what it buys: pre-started sandboxes (the stock), warm snapshots; and the
+//! one shared runc shim (off by default) switched on. Back to back, a create meets a stock the previous one
 //! drained; "paced" waits until a pre-started sandbox is ready before each
 //! (untimed), the steady state of arrivals slower than a refill.
 //!
@@ -179,7 +179,8 @@ async fn start_agent(
         slots: 64,
         state_dir: dir.path().join("state"),
         cgroup_parent: "/fast-sandbox-bench".into(),
-        shim_group: true,
+        // As the agent runs by default: a runc shim per sandbox.
+        shim_group: false,
         warm_snapshots: 2,
         warm_images: 4,
         default_grace: Duration::ZERO,
@@ -560,10 +561,10 @@ async fn main() -> anyhow::Result<()> {
             paced: false,
         },
         Variant {
-            name: "agent, no stock, no shared shim",
+            name: "agent, no stock, one shared shim (--shim-group)",
             tune: Box::new(|c: &mut Config| {
                 c.stock_size = 0;
-                c.shim_group = false;
+                c.shim_group = true;
             }),
             paced: false,
         },
