@@ -495,8 +495,10 @@ impl Agent {
     ) -> Result<u32> {
         let waited = Instant::now();
         let pass = self.shim_gate.create().await;
-        self.metrics.observe(Stage::ShimGate, waited.elapsed());
-        self.gate_changed();
+        if self.shim_gate.enabled() {
+            self.metrics.observe(Stage::ShimGate, waited.elapsed());
+            self.gate_changed();
+        }
         let created = self.cd.create_task(id, rootfs, stdout, stderr).await;
         if created.is_ok() {
             pass.created();
@@ -507,8 +509,11 @@ impl Agent {
         created
     }
 
-    /// Publishes the shim gate's counts.
-    fn gate_changed(&self) {
+    /// Publishes the shim gate's counts (none when it is off).
+    pub(crate) fn gate_changed(&self) {
+        if !self.shim_gate.enabled() {
+            return;
+        }
         let (live, creating, deleting) = self.shim_gate.counts_now();
         self.metrics.set_shim_gate(live, creating, deleting);
     }
@@ -518,9 +523,11 @@ impl Agent {
     async fn delete_task(&self, id: &str) -> Result<()> {
         let waited = Instant::now();
         let pass = self.shim_gate.delete().await;
-        self.metrics
-            .observe_delete(DeleteStage::ShimGate, waited.elapsed());
-        self.gate_changed();
+        if self.shim_gate.enabled() {
+            self.metrics
+                .observe_delete(DeleteStage::ShimGate, waited.elapsed());
+            self.gate_changed();
+        }
         let t = Instant::now();
         // Only a task that was there and is gone leaves the count: a
         // delete that failed (the task still runs) or found nothing (a

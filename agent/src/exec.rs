@@ -162,14 +162,14 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
     validate_exec_request(&req).map_err(Error::Invalid)?;
     let started = Instant::now();
     let target = agent.running(uid)?;
+    let execs = agent.execs();
+    let slot = execs.quota.admit(uid)?;
     let cd = agent.containerd().clone();
     let spec = cd
         .container_spec(&target.container_id)
         .await?
         .ok_or_else(|| Error::NotFound(uid.to_string()))?;
     let process = crate::spec::exec_process(&spec, &req)?;
-    let execs = agent.execs();
-    let slot = execs.quota.admit(uid)?;
     let ids = Ids {
         container_id: target.container_id.clone(),
         exec_id: execs.next_id(req.detach),

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::error::Error;
 
 /// The patch that drops `ours` from `finalizers` (the list as read).
-pub fn removal(finalizers: &[String], ours: &str) -> json_patch::Patch {
+fn removal(finalizers: &[String], ours: &str) -> json_patch::Patch {
     let kept: Vec<&String> = finalizers.iter().filter(|f| *f != ours).collect();
     json_patch::Patch(vec![
         PatchOperation::Test(TestOperation {

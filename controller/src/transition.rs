@@ -283,9 +283,10 @@ pub fn stopped_by_pool_deletion(
         }
         _ => format!("pool {pool} was deleted and its agents stopped this sandbox"),
     };
-    s.reason = Some(reason::POOL_DELETED.to_string());
+    if let Some(phase) = s.phase {
+        enter(s, phase, reason::POOL_DELETED, Some(&message), generation);
+    }
     ready(s, false, reason::POOL_DELETED, &message, generation, now);
-    s.message = Some(message);
 }
 
 /// Status while the container is being removed from its agent.

@@ -201,6 +201,7 @@ impl Agent {
             }
         }
         self.shim_gate.seed(tasks);
+        self.gate_changed();
         for id in self.prestart.ids() {
             if !keep_logs.contains(&id)
                 && !stock_ids.contains(&id)

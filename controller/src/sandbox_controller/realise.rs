@@ -105,7 +105,14 @@ pub(super) async fn bound(
             // The pod cache may trail a binding made a moment ago.
             let since = t.bound_at().unwrap_or(t.now - grace);
             let gone = format!("agent pod {pod} does not exist");
-            return wait_or_lost(t, ctx, (pod, node), since, (&gone, Fence::AgentGone)).await;
+            return wait_or_lost(
+                t,
+                ctx,
+                (pod, node),
+                (since, grace),
+                (&gone, Fence::AgentGone),
+            )
+            .await;
         }
         (Some(p), None) => {
             // The pod has no IP yet or its agent has not started.
@@ -119,7 +126,14 @@ pub(super) async fn bound(
                 })
                 .unwrap_or(t.now);
             let silent = format!("agent pod {pod} has no running agent");
-            return wait_or_lost(t, ctx, (pod, node), since, (&silent, Fence::Unknown)).await;
+            return wait_or_lost(
+                t,
+                ctx,
+                (pod, node),
+                (since, grace),
+                (&silent, Fence::Unknown),
+            )
+            .await;
         }
         (Some(_), Some(a)) => a,
     };
@@ -331,10 +345,9 @@ async fn wait_or_lost(
     t: &Target<'_>,
     ctx: &Context,
     (pod, node): (&str, &str),
-    since: DateTime<Utc>,
+    (since, grace): (DateTime<Utc>, chrono::Duration),
     (message, fence): (&str, Fence),
 ) -> Result<Option<DateTime<Utc>>, Error> {
-    let grace = chrono::Duration::from_std(ctx.settings.agent_lost_grace).unwrap_or_default();
     if t.now - since < grace {
         let st = transition::bound(&t.status(), pod, node, t.generation(), t.now);
         write_status(t, ctx, &st).await?;
