@@ -91,7 +91,7 @@ if [[ $with_cluster == 1 ]]; then
   step "end-to-end suite"
   cargo test -p fast-sandbox-e2e --no-fail-fast \
     --test lifecycle --test validation --test scheduling --test fleet --test tenant --test interactive --test nodes \
-    --test prestarted --test isolation --test egress --test userns -- --test-threads=2
+    --test prestarted --test isolation --test egress --test userns --test limits -- --test-threads=2
   step "Python SDK: ruff, mypy --strict, unit and end-to-end tests"
   sdk/python/test.sh --e2e
   # The fault tests kill components, so they run one at a time.

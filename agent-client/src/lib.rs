@@ -18,6 +18,7 @@ use fast_sandbox_api::agent::{
     ListSandboxesResponse, PATH_EVENTS, PATH_JANITOR, PATH_SANDBOXES, PATH_STOCK, SandboxEvent,
     SandboxInfo, StockReleased, sandbox_path,
 };
+use fast_sandbox_server::flow;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -190,6 +191,8 @@ impl AgentClient {
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
+            .initial_stream_window_size(flow::STREAM_WINDOW)
+            .initial_connection_window_size(flow::CONNECTION_WINDOW)
             .handshake(TokioIo::new(tls))
             .await?;
         let addr = self.addr;

@@ -1,11 +1,13 @@
 //! The agent client over real HTTPS with mutual TLS and HTTP/2, against a
 //! small in-process agent served by the shared server code: idempotent
 //! create, capacity refusal, delete and 404, list, the NDJSON event stream,
-//! one connection for every call, and refusal of a client from another CA.
+//! one connection for every call, streams that stall without stalling the
+//! connection, and refusal of a client from another CA.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +72,24 @@ struct MiniAgent {
     delete_queries: Mutex<Vec<Option<String>>>,
     events: broadcast::Sender<SandboxEvent>,
     peers: Mutex<HashSet<SocketAddr>>,
+    /// Request bodies of `/test/hold`, kept and never read.
+    held: Mutex<Vec<Incoming>>,
+    /// Bytes the `/test/blob` answers have handed to the connection.
+    blob_sent: Arc<AtomicUsize>,
+}
+
+/// A body of `len` bytes in 64 KiB chunks, counting into `sent` what the
+/// connection has taken.
+fn chunks(
+    len: usize,
+    sent: Arc<AtomicUsize>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    const CHUNK: usize = 64 * 1024;
+    futures::stream::iter((0..len).step_by(CHUNK).map(move |at| {
+        let n = CHUNK.min(len - at);
+        sent.fetch_add(n, Ordering::SeqCst);
+        Ok(Bytes::from(vec![7u8; n]))
+    }))
 }
 
 fn error(status: StatusCode, code: ErrorCode) -> Response<body::Body> {
@@ -147,6 +167,19 @@ impl MiniAgent {
                     None => error(StatusCode::NOT_FOUND, ErrorCode::NotFound),
                 }
             }
+            // Like stdin for a process that never reads it.
+            (Method::POST, "/test/hold") => {
+                self.held.lock().unwrap().push(req.into_body());
+                Response::new(body::full(Bytes::new()))
+            }
+            (Method::GET, p) if p.starts_with("/test/blob/") => {
+                let len = p.rsplit('/').next().unwrap().parse().unwrap();
+                Response::new(body::stream(chunks(len, self.blob_sent.clone())))
+            }
+            (Method::PUT, "/test/sink") => {
+                let n = req.into_body().collect().await.unwrap().to_bytes().len();
+                Response::new(body::full(Bytes::from(n.to_string())))
+            }
             _ => error(StatusCode::NOT_FOUND, ErrorCode::NotFound),
         }
     }
@@ -198,6 +231,8 @@ async fn setup() -> Setup {
         delete_queries: Mutex::new(Vec::new()),
         events: broadcast::channel(16).0,
         peers: Mutex::new(HashSet::new()),
+        held: Mutex::new(Vec::new()),
+        blob_sent: Arc::new(AtomicUsize::new(0)),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -313,4 +348,110 @@ async fn unreachable_agent_fails_fast() {
     let client = AgentClient::new(dead, s.client_tls.clone());
     let err = client.list().await.unwrap_err();
     assert!(err.is_unreachable(), "{err}");
+}
+
+/// Waits until `counter` reaches `at_least`.
+async fn reaches(what: &str, counter: &AtomicUsize, at_least: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counter.load(Ordering::SeqCst) < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} bytes sent within {WAIT:?}, expected {at_least}",
+            counter.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn streams_that_stall_do_not_stall_their_connection() {
+    // An access-server replica reaches each agent over one connection: one
+    // tenant's stdin that its process never reads, or downloads it stopped
+    // reading, must not freeze every other exec and transfer on that agent.
+    const LEN: usize = 4 << 20;
+    let s = setup().await;
+    let client = AgentClient::new(s.addr, s.client_tls.clone());
+
+    let uploaded = Arc::new(AtomicUsize::new(0));
+    for _ in 0..4 {
+        let body = body::stream(chunks(LEN, uploaded.clone()));
+        let r = tokio::time::timeout(
+            WAIT,
+            client.send_body(Method::POST, "/test/hold", None, body),
+        )
+        .await
+        .expect("a held upload was not answered")
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let mut unread = Vec::new();
+    for _ in 0..4 {
+        let r = tokio::time::timeout(
+            WAIT,
+            client.send_body(
+                Method::GET,
+                &format!("/test/blob/{LEN}"),
+                None,
+                body::full(Bytes::new()),
+            ),
+        )
+        .await
+        .expect("a download did not start")
+        .unwrap();
+        unread.push(r);
+    }
+    reaches("stalled uploads", &uploaded, 1 << 20).await;
+    reaches("stalled downloads", &s.agent.blob_sent, 1 << 20).await;
+
+    // The same connection still carries a whole upload, a whole download and
+    // an API call.
+    let sink = client.send_body(
+        Method::PUT,
+        "/test/sink",
+        None,
+        body::stream(chunks(LEN, Arc::new(AtomicUsize::new(0)))),
+    );
+    let r = tokio::time::timeout(WAIT, async {
+        sink.await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+    })
+    .await
+    .expect("an upload or its answer stalled behind stalled streams on its connection");
+    assert_eq!(r, LEN.to_string());
+    let blob = tokio::time::timeout(WAIT, async {
+        let r = client
+            .send_body(
+                Method::GET,
+                &format!("/test/blob/{LEN}"),
+                None,
+                body::full(Bytes::new()),
+            )
+            .await
+            .unwrap();
+        r.into_body().collect().await.unwrap().to_bytes().len()
+    })
+    .await
+    .expect("a download stalled behind stalled streams on its connection");
+    assert_eq!(blob, LEN);
+    tokio::time::timeout(WAIT, client.list())
+        .await
+        .expect("an API call stalled behind stalled streams on its connection")
+        .unwrap();
+
+    // A stalled download was only waiting: read now, it is whole.
+    let late = tokio::time::timeout(WAIT, unread.pop().unwrap().into_body().collect())
+        .await
+        .expect("a stalled download did not resume")
+        .unwrap();
+    assert_eq!(late.to_bytes().len(), LEN);
+    assert_eq!(
+        s.agent.peers.lock().unwrap().len(),
+        1,
+        "all on one connection"
+    );
 }

@@ -11,6 +11,7 @@ use fast_sandbox_api::agent::{
     ApiError, CreateSandboxRequest, JanitorReport, JanitorRequest, ListSandboxesResponse,
     PATH_JANITOR, PATH_SANDBOXES, PATH_STOCK, SandboxInfo, StockReleased, sandbox_path,
 };
+use fast_sandbox_server::flow;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -90,9 +91,11 @@ impl AgentClient {
             .connect(name, tcp)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(flow::STREAM_WINDOW)
+            .initial_connection_window_size(flow::CONNECTION_WINDOW)
+            .handshake(TokioIo::new(stream))
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "agent connection ended");

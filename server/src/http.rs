@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
+use crate::flow;
 use crate::ops::Ops;
 
 /// A TLS handshake slower than this is dropped, so idle sockets cannot hold
@@ -79,7 +80,12 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let builder = Builder::new(TokioExecutor::new());
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .initial_stream_window_size(flow::STREAM_WINDOW)
+                .initial_connection_window_size(flow::CONNECTION_WINDOW)
+                .max_concurrent_streams(flow::MAX_STREAMS);
             match acceptor {
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))

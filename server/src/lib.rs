@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod client_auth;
+pub mod flow;
 pub mod health;
 pub mod http;
 pub mod idle_timeout;

@@ -61,7 +61,8 @@ pub async fn cluster_client(test: &str) -> Client {
 pub async fn impersonating(user: &str) -> Client {
     let mut cfg = kube::Config::infer().await.expect("the suite's kubeconfig");
     cfg.auth_info.impersonate = Some(user.to_string());
-    Client::try_from(cfg).expect("an impersonating client")
+    // Built as `kubectl sandbox` builds its client: tenants act as users.
+    fast_sandbox_cli::cluster::client(cfg).expect("an impersonating client")
 }
 
 /// Gives `user` the built-in `edit` role in `ns`, nothing more, and waits

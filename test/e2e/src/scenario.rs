@@ -30,6 +30,30 @@ pub const AGENT_IMAGE: &str = "fast-sandbox/agent:dev";
 /// Namespace Fast Sandbox is deployed in.
 pub const SYSTEM_NAMESPACE: &str = "fast-sandbox-system";
 
+/// Creates sandbox `name` running `command` from `image` in pool `p` of
+/// `ns` and waits (at most `timeout`) until it is Ready.
+pub async fn running_sandbox(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    image: &str,
+    command: &[&str],
+    timeout: Duration,
+) -> Result<Sandbox, E2eError> {
+    let api: Api<Sandbox> = Api::namespaced(client.clone(), ns);
+    let sb: Sandbox = serde_json::from_value(json!({
+        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox", "metadata": {"name": name},
+        "spec": {"image": image, "command": command, "poolRef": "p"}
+    }))
+    .expect("a Sandbox");
+    api.create(&PostParams::default(), &sb).await?;
+    wait_for(&api, name, timeout, "Ready", |s: &Sandbox| {
+        s.condition(fast_sandbox_api::wellknown::condition::READY)
+            .is_some_and(|c| c.status == "True")
+    })
+    .await
+}
+
 /// Creates a pool of `min..=max` agents with `slots` each and waits until
 /// `min` agents are ready.
 pub async fn ready_pool(

@@ -9,13 +9,11 @@ use std::io::Cursor;
 use std::process::Command;
 use std::time::Duration;
 
-use fast_sandbox_api::Sandbox;
 use fast_sandbox_api::files::FileType;
-use fast_sandbox_api::wellknown::condition;
 use fast_sandbox_cli::exec::{ExecOptions, Streams, exec};
 use fast_sandbox_cli::files;
-use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool};
-use fast_sandbox_e2e::{cluster_client, delete_namespace, impersonating, namespace, wait_for};
+use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool, running_sandbox};
+use fast_sandbox_e2e::{cluster_client, delete_namespace, impersonating, namespace};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -23,22 +21,6 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 const NOSHELL: &str = "docker.io/fast-sandbox/noshell:dev";
-
-async fn running_sandbox(client: &Client, ns: &str, name: &str, image: &str, command: &[&str]) {
-    let api: Api<Sandbox> = Api::namespaced(client.clone(), ns);
-    let sb: Sandbox = serde_json::from_value(json!({
-        "apiVersion": "sandbox.fast.io/v1alpha1", "kind": "Sandbox", "metadata": {"name": name},
-        "spec": {"image": image, "command": command, "poolRef": "p"}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &sb).await.unwrap();
-    wait_for(&api, name, WAIT, "Ready", |s: &Sandbox| {
-        s.condition(condition::READY)
-            .is_some_and(|c| c.status == "True")
-    })
-    .await
-    .unwrap();
-}
 
 /// Runs `command` with `stdin` and returns (exit code, stdout, stderr).
 async fn run(
@@ -88,7 +70,9 @@ async fn exec_streams_stdin_stdout_stderr_and_exit_codes() {
     ready_pool(&admin, &ns, "p", (1, 2), 8, WAIT).await.unwrap();
     bind(&admin, &ns, "e2e-exec-editor", "edit").await;
     let editor = impersonating("e2e-exec-editor").await;
-    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"]).await;
+    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"], WAIT)
+        .await
+        .unwrap();
 
     let (code, out, err) = run(
         &editor,
@@ -227,7 +211,9 @@ async fn a_client_that_goes_away_takes_its_process_along() {
     let admin = cluster_client("exec disconnect").await;
     let ns = namespace(&admin, "e2e-exec-gone").await.unwrap();
     ready_pool(&admin, &ns, "p", (1, 1), 4, WAIT).await.unwrap();
-    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"]).await;
+    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"], WAIT)
+        .await
+        .unwrap();
     let opts = ExecOptions {
         command: vec!["sleep".into(), "987".into()],
         ..Default::default()
@@ -273,7 +259,9 @@ async fn files_round_trip_and_never_leave_the_sandbox() {
     ready_pool(&admin, &ns, "p", (1, 2), 8, WAIT).await.unwrap();
     bind(&admin, &ns, "e2e-files-editor", "edit").await;
     let editor = impersonating("e2e-files-editor").await;
-    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"]).await;
+    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"], WAIT)
+        .await
+        .unwrap();
     let local = tempfile::tempdir().unwrap();
 
     // A binary file, checked by hash, with its mode.
@@ -390,8 +378,10 @@ async fn files_round_trip_and_never_leave_the_sandbox() {
             "-c",
             "sleep 100000 & exec chroot /proc /$!/root/bin/sleep 100000",
         ],
+        WAIT,
     )
-    .await;
+    .await
+    .unwrap();
     bind(&admin, &ns, "e2e-files-reader", "view").await;
     let reader = impersonating("e2e-files-reader").await;
     tokio::time::timeout(WAIT, async {
@@ -433,7 +423,9 @@ async fn files_round_trip_and_never_leave_the_sandbox() {
     }
 
     // An image with no shell at all.
-    running_sandbox(&admin, &ns, "bare", NOSHELL, &["/tool", "sleep"]).await;
+    running_sandbox(&admin, &ns, "bare", NOSHELL, &["/tool", "sleep"], WAIT)
+        .await
+        .unwrap();
     let note = local.path().join("note.txt");
     std::fs::write(&note, b"no shell needed\n").unwrap();
     files::upload(&editor, &ns, "bare", &note, "/note.txt")
@@ -458,7 +450,9 @@ async fn view_cannot_exec_and_another_namespace_cannot_do_anything() {
     let ns = namespace(&admin, "e2e-exec-rbac").await.unwrap();
     let other = namespace(&admin, "e2e-exec-other").await.unwrap();
     ready_pool(&admin, &ns, "p", (1, 1), 4, WAIT).await.unwrap();
-    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"]).await;
+    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"], WAIT)
+        .await
+        .unwrap();
     bind(&admin, &ns, "e2e-viewer", "view").await;
     bind(&admin, &other, "e2e-elsewhere", "admin").await;
     let viewer = impersonating("e2e-viewer").await;
