@@ -14,12 +14,15 @@
 //! temporary name and renamed over their destination; modes and times are
 //! kept, directories get theirs once everything inside them is written;
 //! everything is owned by the sandbox's user. Devices and FIFOs are refused.
+//! Long names and pax headers are read with a bound (see `long_names`).
 //!
 //! Everything here blocks: callers run it on blocking threads.
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Component, Path};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Component, Path, PathBuf};
 
 use fast_sandbox_api::files::{FileInfo, FileType};
 use rustix::fs::{
@@ -31,6 +34,9 @@ use tar::{EntryType, Header};
 
 use crate::api::invalid;
 use crate::error::{Error, Result};
+use long_names::LongNames;
+
+mod long_names;
 use crate::rootfs::{
     self, BENEATH, MAX_DEPTH, SandboxPath, SandboxRoot, chown, file_err, file_type, open_child_dir,
     temp_name,
@@ -256,6 +262,21 @@ fn entry_parent(
     Ok(cur)
 }
 
+/// Directories an extraction holds open to give them their modes and times
+/// once everything inside is written. Each is a descriptor of the agent,
+/// which every sandbox on it shares: past this many, a directory gets its
+/// mode and time as it is made (entries written into it later move its
+/// time), so a tree of many directories cannot use up the agent's
+/// descriptors.
+const MAX_HELD_DIRS: usize = 1024;
+
+/// Gives an extracted directory its mode and time (best effort: the
+/// sandbox may have changed it meanwhile).
+fn finish_dir(fd: &OwnedFd, mode: u32, mtime: u64) {
+    let _ = fchmod(fd, Mode::from_raw_mode(mode));
+    let _ = futimens(fd.as_fd(), &times(mtime));
+}
+
 fn times(mtime: u64) -> Timestamps {
     let t = Timespec {
         tv_sec: i64::try_from(mtime).unwrap_or(0),
@@ -276,9 +297,16 @@ pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Resu
     // Directories get their modes last, deepest first, so a read-only
     // directory does not stop what goes inside it.
     let mut dirs: Vec<(OwnedFd, u32, u64)> = Vec::new();
-    for entry in archive.entries().map_err(bad)? {
+    // Raw: long names and pax headers are read here, with a bound.
+    let mut long_names = LongNames::default();
+    for entry in archive.entries().map_err(bad)?.raw(true) {
         let mut entry = entry.map_err(bad)?;
-        let entry_path = entry.path().map_err(bad)?.into_owned();
+        if long_names.absorb(&mut entry)? {
+            continue;
+        }
+        let (entry_path, link_name) = long_names.take(&entry);
+        let entry_path = PathBuf::from(OsString::from_vec(entry_path));
+        let link_name = link_name.map(|l| PathBuf::from(OsString::from_vec(l)));
         let shown = format!(
             "{}/{}",
             dest.display.trim_end_matches('/'),
@@ -344,14 +372,15 @@ pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Resu
                 }
                 let fd = open_child_dir(&parent, &name, &shown)?;
                 chown(&fd, owner).map_err(file_err("chown", &shown))?;
-                dirs.push((fd, mode, mtime));
+                if dirs.len() < MAX_HELD_DIRS {
+                    dirs.push((fd, mode, mtime));
+                } else {
+                    finish_dir(&fd, mode, mtime);
+                }
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(bad)?
-                    .ok_or_else(|| invalid("body", format!("symlink {shown:?} has no target")))?
-                    .into_owned();
+                let target = link_name
+                    .ok_or_else(|| invalid("body", format!("symlink {shown:?} has no target")))?;
                 let tmp = temp_name(&name);
                 symlinkat(target.as_path(), &parent, tmp.as_str())
                     .map_err(file_err("extract", &shown))?;
@@ -369,11 +398,8 @@ pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Resu
                 }
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(bad)?
-                    .ok_or_else(|| invalid("body", format!("hard link {shown:?} has no target")))?
-                    .into_owned();
+                let target = link_name
+                    .ok_or_else(|| invalid("body", format!("hard link {shown:?} has no target")))?;
                 let Some(target_parts) = entry_parts(&target)? else {
                     return Err(invalid(
                         "body",
@@ -396,10 +422,6 @@ pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Resu
                     return Err(file_err("extract", &shown)(e));
                 }
             }
-            EntryType::XGlobalHeader
-            | EntryType::XHeader
-            | EntryType::GNULongName
-            | EntryType::GNULongLink => {}
             other => {
                 return Err(invalid(
                     "body",
@@ -410,9 +432,14 @@ pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Resu
             }
         }
     }
+    if long_names.is_pending() {
+        return Err(invalid(
+            "body",
+            "the archive ends with a long name or pax header that describes no member".into(),
+        ));
+    }
     for (fd, mode, mtime) in dirs.into_iter().rev() {
-        let _ = fchmod(&fd, Mode::from_raw_mode(mode));
-        let _ = futimens(fd.as_fd(), &times(mtime));
+        finish_dir(&fd, mode, mtime);
     }
     root.stat(dest)
 }

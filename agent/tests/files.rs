@@ -2,8 +2,9 @@
 //! containerd and runc: a binary round trip checked by hash (and found in
 //! the sandbox's writable layer), modes, a directory copied both ways,
 //! escapes through symlinks and `..` refused, a process 1 that made its
-//! `/proc` its root served nothing, upload limits, and the errors a user
-//! meets.
+//! `/proc` its root served nothing, upload limits, archives whose long
+//! names claim gigabytes or that hold more directories than the agent keeps
+//! open, and the errors a user meets.
 
 mod support;
 
@@ -498,5 +499,72 @@ async fn uploads_are_bounded_and_files_need_a_running_sandbox() {
     assert_eq!(e.code, ErrorCode::NotFound);
     a.client.delete("gone", 0).await.unwrap().1.unwrap();
     a.client.delete("fl", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn archive_metadata_and_directories_stay_bounded() {
+    let env = env();
+    let a = TestAgent::start(&env, "files-archive-bounds", 2).await;
+    sandbox(&a, &env, "fa").await;
+    let c = &a.client;
+
+    // A long name whose header claims 512 MiB, of which 64 KiB follow:
+    // refused from the header, before any of it is held.
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(512 << 20);
+    h.set_cksum();
+    let mut bomb = h.as_bytes().to_vec();
+    bomb.extend(std::iter::repeat_n(b'a', 64 << 10));
+    let e = c
+        .untar("fa", "/tmp", body(bomb))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        e.message.contains("536870912 bytes") && e.message.contains("at most 1048576"),
+        "{e:?}"
+    );
+
+    // More directories than the agent holds open, the last read-only with a
+    // file inside: all extracted, with their modes.
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..1500 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(if i == 1499 { 0o555 } else { 0o750 });
+        h.set_mtime(1_000_000_000);
+        b.append_data(&mut h, format!("many/d{i:04}"), &b""[..])
+            .unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "many/d1499/inside", &b"hello"[..])
+        .unwrap();
+    c.untar("fa", "/tmp", body(b.into_inner().unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = c.list_dir("fa", "/tmp/many").await.unwrap().unwrap().items;
+    assert_eq!(listed.len(), 1500);
+    for (name, mode) in [("d0000", 0o750), ("d1200", 0o750), ("d1499", 0o555)] {
+        let info = c
+            .stat("fa", &format!("/tmp/many/{name}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.mode, mode, "{name}");
+    }
+    let first = c.stat("fa", "/tmp/many/d0000").await.unwrap().unwrap();
+    assert_eq!(first.modified_at.timestamp(), 1_000_000_000);
+    assert_eq!(
+        read(c, "fa", "/tmp/many/d1499/inside").await.unwrap(),
+        b"hello"
+    );
+    a.client.delete("fa", 0).await.unwrap().1.unwrap();
     a.assert_nothing_left().await;
 }
