@@ -7,10 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_api::agent::CreateSandboxRequest;
 use fast_sandbox_bench_report::Series;
+use fast_sandbox_bench_report::ctr::Ctr;
 use serde::Serialize;
+
+use crate::Args;
+use crate::bench_agent::{request, start_agent, wait_stock};
 
 /// One burst's result.
 #[derive(Serialize, Clone, Debug)]
@@ -114,4 +119,66 @@ pub fn table(bursts: &[Burst], baseline: &str) -> String {
         ));
     }
     s
+}
+
+/// A burst of `--runs` creates at `--concurrency` (its first value):
+/// `ctr run -d`, the agent with each stock size, the agent without stock.
+pub async fn bench(args: &Args) -> anyhow::Result<()> {
+    let c = args.concurrency.first().copied().unwrap_or(16);
+    let ctr = Ctr {
+        socket: args.socket.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+    };
+    let runs = args.runs;
+    let (samples, all) = tokio::task::spawn_blocking(move || ctr.burst(runs, c))
+        .await?
+        .context("ctr burst")?;
+    let mut bursts = vec![Burst::new("ctr run -d", c, &samples, all, 0)];
+    eprintln!("ctr run -d burst: all running after {all:?}");
+    let mut sizes: Vec<Option<usize>> = args.stock_sizes.iter().copied().map(Some).collect();
+    sizes.push(None);
+    for (i, size) in sizes.into_iter().enumerate() {
+        let name = match size {
+            Some(n) => format!("agent, stock {n}"),
+            None => "agent, no stock".to_string(),
+        };
+        let a = start_agent(args, &format!("burst{i}"), |cfg| {
+            // The whole burst and the resident sandbox fit.
+            cfg.slots = cfg.slots.max(runs as u32 + 1);
+            cfg.stock_size = size.unwrap_or(0);
+        })
+        .await?;
+        wait_stock(&a, size.unwrap_or(0)).await?;
+        let resident = request(args, &format!("burst{i}-resident"));
+        a.client
+            .create(&resident)
+            .await?
+            .1
+            .map_err(|e| anyhow::anyhow!("resident create failed: {e}"))?;
+        wait_stock(&a, size.unwrap_or(0)).await?;
+        let reqs = (0..runs)
+            .map(|j| request(args, &format!("burst{i}-{j}")))
+            .collect();
+        let (samples, all, claimed) = agent_burst(&a.client, reqs, c).await?;
+        eprintln!("{name} burst: all running after {all:?}, {claimed} claimed");
+        bursts.push(Burst::new(&name, c, &samples, all, claimed));
+        a.client
+            .delete(&resident.uid, 0)
+            .await?
+            .1
+            .map_err(|e| anyhow::anyhow!("resident delete failed: {e}"))?;
+        a.agent.release_warm().await;
+        a.agent.release_stock().await;
+        a.shutdown.send_replace(true);
+    }
+    let md = table(&bursts, "ctr run -d");
+    println!("{md}");
+    std::fs::create_dir_all(&args.out_dir)?;
+    std::fs::write(args.out_dir.join("agent-burst.md"), &md)?;
+    std::fs::write(
+        args.out_dir.join("agent-burst.json"),
+        serde_json::to_string_pretty(&bursts)?,
+    )?;
+    Ok(())
 }

@@ -9,6 +9,10 @@ use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_api::exec::ExecRequest;
 use fast_sandbox_bench_report::Series;
 use fast_sandbox_bench_report::ctr::Ctr;
+use fast_sandbox_bench_report::markdown;
+
+use crate::Args;
+use crate::bench_agent::{request, start_agent};
 
 /// `runs` exec round trips of `/bin/true` in sandbox `uid`, `concurrency`
 /// at a time, each over the one warm connection.
@@ -123,4 +127,72 @@ pub fn throughput_table(rows: &[(usize, f64, f64)]) -> String {
 /// Names the exec series.
 pub fn series(name: &str, concurrency: usize, samples: &[Duration]) -> Series {
     Series::new(name, concurrency, samples)
+}
+
+/// Exec round trips (agent API vs `ctr task exec`) and file throughput.
+pub async fn bench(args: &Args) -> anyhow::Result<()> {
+    let a = start_agent(args, "interactive", |_| {}).await?;
+    let uid = "interactive";
+    a.client
+        .create(&request(args, uid))
+        .await?
+        .1
+        .map_err(|e| anyhow::anyhow!("create failed: {e}"))?;
+    let container = a
+        .client
+        .get(uid)
+        .await?
+        .map_err(|e| anyhow::anyhow!("get failed: {e}"))?
+        .container_id;
+    let ctr = Ctr {
+        socket: args.socket.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+    };
+    let mut results = Vec::new();
+    for &c in &args.concurrency {
+        let samples =
+            ctr_exec_series(ctr.clone(), container.clone(), args.runs, args.warmup, c).await?;
+        let s = series("ctr task exec", c, &samples);
+        eprintln!(
+            "ctr task exec c={c}: p50 {:.1} ms p99 {:.1} ms",
+            s.p50_ms, s.p99_ms
+        );
+        results.push(s);
+        let samples = exec_series(&a.client, uid, args.runs, args.warmup, c).await?;
+        let s = series("agent exec", c, &samples);
+        eprintln!(
+            "agent exec c={c}: p50 {:.1} ms p99 {:.1} ms",
+            s.p50_ms, s.p99_ms
+        );
+        results.push(s);
+    }
+    let mut rows = Vec::new();
+    for (size, reps) in [(1usize << 20, 10), (100 << 20, 3)] {
+        let (w, r) = file_throughput(&a.client, uid, size, reps).await?;
+        eprintln!(
+            "files {} MiB: write {w:.0} MB/s, read {r:.0} MB/s",
+            size >> 20
+        );
+        rows.push((size, w, r));
+    }
+    a.client
+        .delete(uid, 0)
+        .await?
+        .1
+        .map_err(|e| anyhow::anyhow!("delete failed: {e}"))?;
+    a.shutdown.send_replace(true);
+    let md = format!(
+        "{}\n{}",
+        markdown(&results, "ctr task exec"),
+        throughput_table(&rows)
+    );
+    println!("{md}");
+    std::fs::create_dir_all(&args.out_dir)?;
+    std::fs::write(args.out_dir.join("agent-interactive.md"), &md)?;
+    std::fs::write(
+        args.out_dir.join("agent-interactive.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    Ok(())
 }

@@ -7,6 +7,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Args;
+use crate::bench_agent::{start_agent, wait_stock};
 
 /// `MemAvailable` in bytes.
 pub fn mem_available() -> anyhow::Result<u64> {
@@ -91,4 +95,42 @@ fn status_field(pid: &str, field: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The memory a pre-started sandbox holds while it waits, from a stock of
+/// the largest `--stock-sizes`: with the agent's tasks in one shim, and
+/// (the baseline) each in a shim of its own.
+pub async fn bench(args: &Args) -> anyhow::Result<()> {
+    let n = args.stock_sizes.iter().copied().max().unwrap_or(16).max(1);
+    let mib = |b: f64| b / f64::from(1u32 << 20);
+    let mut md = "| shims | pre-started sandboxes | charged to their cgroups, per sandbox | shim processes | shims' PSS, per sandbox | both, per sandbox | node MemAvailable drop, per sandbox (noisy) |\n|---|---:|---:|---:|---:|---:|---:|\n".to_string();
+    for (name, grouped) in [("one per agent", true), ("one per sandbox", false)] {
+        let before = mem_available()?;
+        let a = start_agent(args, "memory", |cfg| {
+            cfg.stock_size = n;
+            cfg.shim_group = grouped;
+        })
+        .await?;
+        wait_stock(&a, n).await?;
+        // Let page cache and lazily freed memory settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = mem_available()?;
+        let cfg = a.agent.config();
+        let (cgroups, charged) = stock_cgroups_charge(&cfg.cgroup_root, &cfg.cgroup_parent)?;
+        let (shims, shims_pss) = stock_shims_pss(&cfg.cgroup_root, &cfg.cgroup_parent)?;
+        let per = |b: u64| mib(b as f64 / cgroups.max(1) as f64);
+        md.push_str(&format!(
+            "| {name} | {n} | {:.2} MiB | {shims} | {:.2} MiB | {:.2} MiB | {:.2} MiB |\n",
+            per(charged),
+            per(shims_pss),
+            per(charged + shims_pss),
+            mib(before.saturating_sub(after) as f64 / n as f64),
+        ));
+        a.agent.release_stock().await;
+        a.shutdown.send_replace(true);
+    }
+    println!("{md}");
+    std::fs::create_dir_all(&args.out_dir)?;
+    std::fs::write(args.out_dir.join("agent-memory.md"), &md)?;
+    Ok(())
 }
