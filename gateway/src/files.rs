@@ -58,24 +58,17 @@ pub async fn serve(r: &Resolved, req: Request<Incoming>) -> Result<Response<Body
         .await;
     let resp = match answer {
         Ok(resp) => resp,
+        // What only files answer; the rest as every agent call.
         Err(ClientError::Api { status, error }) => {
-            let e = match status.as_u16() {
-                400 => GatewayError::BadRequest(error.message),
-                403 => GatewayError::Forbidden(error.message),
-                404 => GatewayError::PathNotFound(error.message),
-                409 => match error.code {
-                    ErrorCode::AlreadyExists => GatewayError::FileExists(error.message),
-                    ErrorCode::DirectoryNotEmpty => GatewayError::FileConflict(error.message),
-                    // The sandbox's state, told by its name.
-                    _ => GatewayError::Conflict(error.message.replace(
-                        &r.uid,
-                        r.sandbox.metadata.name.as_deref().unwrap_or_default(),
-                    )),
-                },
-                413 => GatewayError::TooLarge(error.message),
-                _ => GatewayError::Unavailable(format!("agent {}: {}", r.agent_pod, error.message)),
-            };
-            return Err(e);
+            return Err(match (status.as_u16(), error.code) {
+                (400, _) => GatewayError::BadRequest(error.message),
+                (403, _) => GatewayError::Forbidden(error.message),
+                (404, _) => GatewayError::PathNotFound(error.message),
+                (409, ErrorCode::AlreadyExists) => GatewayError::FileExists(error.message),
+                (409, ErrorCode::DirectoryNotEmpty) => GatewayError::FileConflict(error.message),
+                (413, _) => GatewayError::TooLarge(error.message),
+                _ => agent_error(r, ClientError::Api { status, error }),
+            });
         }
         Err(e) => return Err(agent_error(r, e)),
     };
