@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-import fast_sandbox.sandbox as sandbox_module
+import fast_sandbox._exec as exec_module
 from fast_sandbox import (
     CommandTimeoutError,
     ForbiddenError,
@@ -106,7 +106,7 @@ def test_stdin_in_every_shape(server: Server) -> None:
 
 
 def test_timeouts(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox_module, "TIMEOUT_GRACE", 0.2)
+    monkeypatch.setattr(exec_module, "TIMEOUT_GRACE", 0.2)
 
     async def body(c: Client) -> None:
         sb = await Sandbox.create("p", "ok", client=c)

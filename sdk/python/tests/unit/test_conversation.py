@@ -8,7 +8,7 @@ import tracemalloc
 
 import pytest
 
-import fast_sandbox.sandbox as sandbox_module
+import fast_sandbox._exec as exec_module
 from fast_sandbox import (
     Client,
     CommandTimeoutError,
@@ -137,7 +137,7 @@ def test_timeouts(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (e.value.result.exit_code, e.value.result.stdout) == (124, "partial\n")
     # A server that never answers: the client gives up after the timeout and
     # its grace.
-    monkeypatch.setattr(sandbox_module, "TIMEOUT_GRACE", 0.2)
+    monkeypatch.setattr(exec_module, "TIMEOUT_GRACE", 0.2)
     with pytest.raises(CommandTimeoutError, match="did not end within"):
         sb.commands.run("hang", timeout=0.2)
 

@@ -11,52 +11,53 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import collections
-import contextlib
 import json
-import os
 import time
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from types import EllipsisType, TracebackType
-from typing import IO, Any, Literal, NoReturn, TypeVar
+from typing import Any, Literal, TypeVar
 
-import aiohttp
 from kubernetes.aio.client import V1DeleteOptions
 
+# Commands and files live in their own modules, one concept per file. What
+# this module defined or imported before they moved out is imported back
+# (``X as X`` where otherwise unused), so that it stays importable from here;
+# a setting such as ``TIMEOUT_GRACE`` is read, and so patched, where defined.
 from .. import _protocol, _spec
 from .. import sandbox as _sync
-from .._protocol import GROUP, PLURAL, VERSION, ExecReader, Source
+from .._protocol import GROUP, PLURAL, VERSION
+from .._protocol import ExecReader as ExecReader
+from .._protocol import Source as Source
 from ..errors import (
     ApiError,
-    CommandTimeoutError,
-    ExecError,
     FastSandboxError,
     NotFoundError,
     SandboxDeletedError,
     SandboxNotRunningError,
     SandboxTimeoutError,
-    ServerError,
 )
-from ..models import CommandResult, ExecEvent, FileInfo, SandboxStatus
-from ..sandbox import CREATE_TIMEOUT, READ_CHUNK, RUN_TIMEOUT, _selectors
+from ..errors import CommandTimeoutError as CommandTimeoutError
+from ..errors import ExecError as ExecError
+from ..errors import ServerError as ServerError
+from ..models import CommandResult as CommandResult
+from ..models import ExecEvent as ExecEvent
+from ..models import FileInfo as FileInfo
+from ..models import SandboxStatus
+from ..sandbox import CREATE_TIMEOUT, _selectors
+from ..sandbox import READ_CHUNK as READ_CHUNK
+from ..sandbox import RUN_TIMEOUT as RUN_TIMEOUT
+from ._exec import Commands, CommandStream
+from ._files import Files
+from ._files import _body as _body
+from ._streams import AsyncSource as AsyncSource
+from ._streams import _achunks as _achunks
+from ._streams import _chunks
 from .client import Client, default_client
 
 __all__ = ["Sandbox", "Commands", "CommandStream", "Files"]
 
 T = TypeVar("T")
-
-#: What feeds stdin or a file in the async API: what the sync API takes, or
-#: an async iterable of chunks.
-AsyncSource = Source | AsyncIterable[bytes]
 
 
 class Sandbox:
@@ -472,380 +473,3 @@ class _Creating(Awaitable[Sandbox]):
     ) -> None:
         if self._sandbox is not None:
             await self._sandbox.__aexit__(exc_type, exc, tb)
-
-
-class Commands:
-    """Commands run in a sandbox (asyncio), as :class:`fast_sandbox.Commands`."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self._sandbox = sandbox
-
-    async def run(
-        self,
-        command: str | Sequence[str],
-        *,
-        timeout: float | None = RUN_TIMEOUT,
-        stdin: AsyncSource | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        check: bool = False,
-    ) -> CommandResult:
-        """Runs ``command`` to its end: exit code and output, as the sync ``run``."""
-        out: builtins.list[bytes] = []
-        err: builtins.list[bytes] = []
-        proc = self.stream(command, timeout=timeout, stdin=stdin, env=env, cwd=cwd)
-        try:
-            async with proc:
-                async for ev in proc:
-                    (out if ev.stream == "stdout" else err).append(ev.raw)
-        except CommandTimeoutError as e:
-            e.result = CommandResult(124, b"".join(out), b"".join(err), e.message)
-            raise
-        result = CommandResult(proc.exit_code or 0, b"".join(out), b"".join(err), proc.message)
-        return result.check() if check else result
-
-    def stream(
-        self,
-        command: str | Sequence[str],
-        *,
-        timeout: float | None = None,
-        stdin: AsyncSource | bool | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        detach: bool = False,
-    ) -> CommandStream:
-        """Starts ``command``; ``async for`` the result for its output as it happens."""
-        argv = _protocol.normalize_command(command)
-        return CommandStream(self._sandbox, argv, timeout, stdin, env, cwd, detach)
-
-
-class CommandStream:
-    """A running command (asyncio): ``async for`` its output, then read ``exit_code``."""
-
-    def __init__(
-        self,
-        sandbox: Sandbox,
-        argv: builtins.list[str],
-        timeout: float | None,
-        stdin: AsyncSource | bool | None,
-        env: Mapping[str, str] | None,
-        cwd: str | None,
-        detach: bool,
-    ) -> None:
-        self._sandbox = sandbox
-        self.argv = argv
-        self._timeout = timeout
-        self._stdin = stdin
-        self._query = _protocol.exec_query(
-            argv,
-            stdin=stdin is not None and stdin is not False,
-            env=env,
-            working_dir=cwd,
-            timeout=timeout,
-            detach=detach,
-        )
-        self._ws: aiohttp.ClientWebSocketResponse[bool] | None = None
-        self._v5 = True
-        self._reader = ExecReader()
-        self._pending: collections.deque[ExecEvent] = collections.deque()
-        self._deadline: float | None = None
-        self._feeder: asyncio.Task[None] | None = None
-        self._feed_error: BaseException | None = None
-        self._closed = False
-        #: The exit code, once the command ended.
-        self.exit_code: int | None = None
-        #: The server's word on how it ended (empty on success).
-        self.message = ""
-
-    async def _open(self) -> aiohttp.ClientWebSocketResponse[bool]:
-        if self._ws is not None:
-            return self._ws
-        if self._closed:
-            raise ExecError("the command's stream is closed")
-        sb = self._sandbox
-        path = _protocol.access_path(sb.namespace, sb.name, "exec", self._query)
-        ws = await sb._access(lambda: sb.client.websocket(path, timeout=sb.client.request_timeout))
-        self._ws = ws
-        self._v5 = ws.protocol != _protocol.PROTOCOLS[1]
-        if self._timeout is not None:
-            self._deadline = time.monotonic() + self._timeout + _sync.TIMEOUT_GRACE
-        source = self._stdin
-        if source is not None and source is not False and source is not True:
-            self._feeder = asyncio.create_task(self._feed(ws, source))
-        return ws
-
-    async def _feed(self, ws: aiohttp.ClientWebSocketResponse[bool], source: AsyncSource) -> None:
-        try:
-            async for chunk in _achunks(source):
-                if self._closed:
-                    return
-                await ws.send_bytes(_protocol.stdin_message(chunk))
-            if self._v5:
-                await ws.send_bytes(_protocol.close_stdin_message())
-        except (OSError, aiohttp.ClientError, RuntimeError):
-            # The command ended or stopped reading: input is dropped, as a pipe's.
-            return
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:  # noqa: BLE001 - reported by the reading side
-            self._feed_error = e
-            await ws.close()
-
-    async def write(self, data: bytes | str) -> None:
-        """Sends ``data`` to the command's stdin (started with ``stdin=True``)."""
-        if self._stdin is not True:
-            raise ValueError("write() needs a command started with stdin=True")
-        ws = await self._open()
-        for chunk in _protocol.iter_chunks(data):
-            await ws.send_bytes(_protocol.stdin_message(chunk))
-
-    async def close_stdin(self) -> None:
-        """Closes the command's stdin: it reads end of file (v5 only)."""
-        if self._stdin is not True:
-            raise ValueError("close_stdin() needs a command started with stdin=True")
-        ws = await self._open()
-        if not self._v5:
-            raise ExecError("the server speaks v4.channel.k8s.io, which cannot close stdin")
-        await ws.send_bytes(_protocol.close_stdin_message())
-
-    async def close(self) -> None:
-        """Ends the exchange; a command still running is killed unless detached."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._feeder is not None and not self._feeder.done():
-            self._feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._feeder
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-
-    async def __aenter__(self) -> CommandStream:
-        await self._open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __aiter__(self) -> CommandStream:
-        return self
-
-    async def __anext__(self) -> ExecEvent:
-        while True:
-            if self._pending:
-                return self._pending.popleft()
-            status = self._reader.status
-            if status is not None:
-                await self.close()
-                self._finish(status)
-                raise StopAsyncIteration
-            self._pending.extend(self._reader.feed(await self._receive()))
-
-    async def _receive(self) -> bytes:
-        ws = await self._open()
-        remaining = None
-        if self._deadline is not None:
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                await self._timed_out()
-        try:
-            msg = await asyncio.wait_for(ws.receive(), remaining)
-        except asyncio.TimeoutError:
-            await self._timed_out()
-        if msg.type == aiohttp.WSMsgType.BINARY:
-            return bytes(msg.data)
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            return b""
-        await self.close()
-        if self._feed_error is not None:
-            raise self._feed_error
-        if msg.type == aiohttp.WSMsgType.ERROR:
-            raise ExecError(f"the command's stream broke: {ws.exception()}")
-        raise ExecError(
-            "the command's stream ended without an exit status (the connection or the server "
-            "went away)"
-        )
-
-    async def _timed_out(self) -> NoReturn:
-        await self.close()
-        raise CommandTimeoutError(
-            f"{self._describe()} did not end within its timeout of {self._timeout:g} s; "
-            "it was killed"
-        )
-
-    def _finish(self, status: _protocol.ExitStatus) -> None:
-        if self._feed_error is not None:
-            raise self._feed_error
-        self.message = status.message if status.exit_code != 0 else ""
-        if status.exit_code is None:
-            raise ExecError(f"{self._describe()} failed: {status.message}", reason=status.reason)
-        self.exit_code = status.exit_code
-        if status.timed_out:
-            raise CommandTimeoutError(f"{self._describe()}: {status.message}")
-
-    def _describe(self) -> str:
-        cmd = " ".join(self.argv)
-        cmd = cmd if len(cmd) <= 80 else cmd[:77] + "..."
-        return f"command {cmd!r} in sandbox {self._sandbox.name}"
-
-    async def wait(self) -> int:
-        """Reads (and drops) the rest of the output; returns the exit code."""
-        async for _ in self:
-            pass
-        return self.exit_code if self.exit_code is not None else 0
-
-
-class Files:
-    """Files inside a sandbox (asyncio), as :class:`fast_sandbox.Files`."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self._sandbox = sandbox
-
-    def _path(self, path: str, op: str | None, **extra: str) -> str:
-        sb = self._sandbox
-        return _protocol.access_path(
-            sb.namespace, sb.name, "files", _protocol.files_query(path, op, **extra)
-        )
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
-        client = self._sandbox.client
-        replayable = isinstance(kwargs.get("body"), (bytes, type(None)))
-        return await self._sandbox._access(
-            lambda: client.request(method, path, **kwargs), retry=replayable
-        )
-
-    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        client = self._sandbox.client
-        replayable = isinstance(kwargs.get("body"), (bytes, type(None)))
-        return await self._sandbox._access(
-            lambda: client.request_json(method, path, **kwargs), retry=replayable
-        )
-
-    async def read(self, path: str) -> bytes:
-        """The bytes of file ``path``."""
-        return b"".join([c async for c in self.iter_read(path)])
-
-    async def read_text(self, path: str, encoding: str = "utf-8") -> str:
-        """The text of file ``path``."""
-        return (await self.read(path)).decode(encoding)
-
-    async def iter_read(self, path: str, chunk_size: int = READ_CHUNK) -> AsyncIterator[bytes]:
-        """The bytes of file ``path`` as they arrive."""
-        resp = await self._request("GET", self._path(path, "read"))
-        async for chunk in _chunks(resp, chunk_size):
-            yield chunk
-
-    async def download(self, path: str, dest: str | os.PathLike[str] | IO[bytes]) -> int:
-        """Streams file ``path`` into local ``dest``; returns the bytes written."""
-        if isinstance(dest, (str, os.PathLike)):
-            with open(dest, "wb") as f:
-                return await self.download(path, f)
-        n = 0
-        async for chunk in self.iter_read(path):
-            await asyncio.to_thread(dest.write, chunk)
-            n += len(chunk)
-        return n
-
-    async def write(self, path: str, data: AsyncSource, *, mode: int | None = None) -> FileInfo:
-        """Creates or replaces file ``path`` with ``data``, streamed."""
-        extra = {"mode": format(mode, "o")} if mode is not None else {}
-        answer = await self._json(
-            "PUT",
-            self._path(path, "write", **extra),
-            body=_body(data),
-            content_type="application/octet-stream",
-        )
-        return FileInfo.from_dict(answer)
-
-    async def upload(
-        self, local: str | os.PathLike[str], path: str, *, mode: int | None = None
-    ) -> FileInfo:
-        """Copies local file ``local`` to ``path``, keeping its mode unless ``mode``."""
-        with open(local, "rb") as f:
-            if mode is None:
-                mode = os.fstat(f.fileno()).st_mode & 0o7777
-            return await self.write(path, f, mode=mode)
-
-    async def stat(self, path: str) -> FileInfo:
-        """What ``path`` is; raises :class:`~fast_sandbox.errors.PathNotFoundError`."""
-        return FileInfo.from_dict(await self._json("GET", self._path(path, "stat")))
-
-    async def exists(self, path: str) -> bool:
-        """Whether anything is at ``path``."""
-        try:
-            await self.stat(path)
-        except FileNotFoundError:
-            return False
-        return True
-
-    async def list(self, path: str = "/") -> builtins.list[FileInfo]:
-        """The entries of directory ``path``, sorted by name."""
-        answer = await self._json("GET", self._path(path, "list"))
-        return [FileInfo.from_dict(i) for i in answer.get("items") or ()]
-
-    async def mkdir(self, path: str, *, mode: int | None = None) -> FileInfo:
-        """Creates directory ``path`` and any missing parents."""
-        extra = {"mode": format(mode, "o")} if mode is not None else {}
-        return FileInfo.from_dict(await self._json("POST", self._path(path, "mkdir", **extra)))
-
-    async def remove(self, path: str, *, recursive: bool = False) -> FileInfo:
-        """Removes ``path`` (a directory with its contents only if ``recursive``)."""
-        extra = {"recursive": "true"} if recursive else {}
-        return FileInfo.from_dict(await self._json("DELETE", self._path(path, None, **extra)))
-
-    async def tar(self, path: str) -> AsyncIterator[bytes]:
-        """An uncompressed tar stream of ``path``'s tree."""
-        resp = await self._request("GET", self._path(path, "tar"))
-        async for chunk in _chunks(resp):
-            yield chunk
-
-    async def untar(self, path: str, archive: AsyncSource) -> FileInfo:
-        """Extracts a tar stream into directory ``path``."""
-        return FileInfo.from_dict(
-            await self._json(
-                "PUT",
-                self._path(path, "untar"),
-                body=_body(archive),
-                content_type="application/x-tar",
-            )
-        )
-
-
-def _body(data: AsyncSource) -> bytes | AsyncIterable[bytes]:
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    return _achunks(data, READ_CHUNK)
-
-
-async def _achunks(source: AsyncSource, chunk: int = _protocol.STDIN_CHUNK) -> AsyncIterator[bytes]:
-    """The bytes of ``source`` in bounded pieces; a file is read off the event loop."""
-    if isinstance(source, AsyncIterable):
-        async for piece in source:
-            for part in _protocol.iter_chunks(piece, chunk):
-                yield part
-        return
-    read = getattr(source, "read", None)
-    if callable(read):
-        while True:
-            piece = await asyncio.to_thread(read, chunk)
-            if not piece:
-                return
-            for part in _protocol.iter_chunks(piece, chunk):
-                yield part
-        return
-    for part in _protocol.iter_chunks(source, chunk):
-        yield part
-
-
-async def _chunks(resp: aiohttp.ClientResponse, size: int = READ_CHUNK) -> AsyncIterator[bytes]:
-    """The body of a streamed response as it arrives; released at the end."""
-    try:
-        async for chunk in resp.content.iter_chunked(size):
-            yield chunk
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-        raise ServerError(f"the stream broke: {e}") from e
-    finally:
-        resp.release()
