@@ -2,9 +2,9 @@
 //! containerd (cold in `cold_create`, claiming a pre-started one when it
 //! holds one in `prestart`), keeps its table true from containerd's task
 //! events and rebuilds it from container labels after a restart
-//! (`state_sync`). The other submodules are one concern each: warm
-//! snapshots, capped layers, user namespace slots, image pins and the node
-//! janitor.
+//! (`state_sync`), and deletes them (`delete`). The other submodules are one
+//! concern each: tasks through the shared shim's gate, warm snapshots,
+//! capped layers, user namespace slots, image pins and the node janitor.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -28,21 +28,22 @@ use crate::events::{EventBus, Subscription};
 use crate::exec::Execs;
 use crate::image::ImageCache;
 use crate::logs::{LogDir, LogStream};
-use crate::metrics::{DeleteStage, Metrics, Stage};
+use crate::metrics::Metrics;
 use crate::ports::Ports;
 use crate::prestarted::PrestartDirs;
 use crate::runtime::Containerd;
 use crate::shim_gate::ShimGate;
-use crate::spec;
 use crate::state::{Change, Table};
 use crate::stock::Stock;
 use crate::warm::WarmPool;
 
 mod cold_create;
+mod delete;
 mod image_pins;
 mod layer_cap;
 mod node_janitor;
 mod prestart;
+mod shim_tasks;
 mod state_sync;
 mod stock_refill;
 mod userns_slot;
@@ -57,12 +58,9 @@ pub const TOPIC_OOM: &str = "/tasks/oom";
 /// Lifetime of the lease a create runs under: if the agent dies mid-create,
 /// containerd collects what only the lease held after this long.
 pub const CREATE_LEASE_TTL: Duration = Duration::from_secs(600);
-/// SIGKILL is followed by at most this long a wait for the exit.
 /// How many fresh container ids one create tries when containerd keeps a
 /// dead task's directory under the sandbox's id.
 const STALE_BUNDLE_FRESH_IDS: u32 = 2;
-
-const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Wait between attempts to re-subscribe to containerd events.
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
 /// Makes warm snapshot keys unique within a process.
@@ -473,163 +471,5 @@ impl Agent {
             namespace: self.cd.namespace().to_string(),
             images,
         })
-    }
-
-    /// Puts a container in the agent's shim group (when configured), so
-    /// its task joins the agent's running shim process instead of spawning
-    /// one.
-    fn join_shim_group(&self, spec: &mut oci_spec::runtime::Spec) {
-        if self.shim_gate.enabled() {
-            spec::join_shim_group(spec, &format!("fast-sandbox-{}", self.cfg.pod_uid));
-        }
-    }
-
-    /// Creates the task of one of this agent's containers, through the
-    /// shim gate.
-    async fn create_task(
-        &self,
-        id: &str,
-        rootfs: Vec<containerd_client::types::Mount>,
-        stdout: &std::path::Path,
-        stderr: &std::path::Path,
-    ) -> Result<u32> {
-        let waited = Instant::now();
-        let pass = self.shim_gate.create().await;
-        if self.shim_gate.enabled() {
-            self.metrics.observe(Stage::ShimGate, waited.elapsed());
-            self.gate_changed();
-        }
-        let created = self.cd.create_task(id, rootfs, stdout, stderr).await;
-        if created.is_ok() {
-            pass.created();
-        } else {
-            drop(pass);
-        }
-        self.gate_changed();
-        created
-    }
-
-    /// Publishes the shim gate's counts (none when it is off).
-    pub(crate) fn gate_changed(&self) {
-        if !self.shim_gate.enabled() {
-            return;
-        }
-        let (live, creating, deleting) = self.shim_gate.counts_now();
-        self.metrics.set_shim_gate(live, creating, deleting);
-    }
-
-    /// Deletes the task of one of this agent's containers, through the
-    /// shim gate (another agent's has a shim of its own).
-    async fn delete_task(&self, id: &str) -> Result<()> {
-        let waited = Instant::now();
-        let pass = self.shim_gate.delete().await;
-        if self.shim_gate.enabled() {
-            self.metrics
-                .observe_delete(DeleteStage::ShimGate, waited.elapsed());
-            self.gate_changed();
-        }
-        let t = Instant::now();
-        // Only a task that was there and is gone leaves the count: a
-        // delete that failed (the task still runs) or found nothing (a
-        // create that failed before its task) must not make the gate
-        // think the shim is emptier than it is.
-        let deleted = self.cd.delete_task(id).await;
-        self.metrics.observe_delete(DeleteStage::Task, t.elapsed());
-        if matches!(deleted, Ok(true)) {
-            pass.deleted();
-        } else {
-            drop(pass);
-        }
-        self.gate_changed();
-        deleted.map(|_| ())
-    }
-
-    /// Best-effort removal of everything a sandbox may have in containerd
-    /// and on disk.
-    async fn cleanup(&self, container_id: &str, snapshot_key: &str) {
-        if let Err(e) = self.cd.kill(container_id, libc::SIGKILL, true).await {
-            tracing::debug!(container = %container_id, error = %e, "kill during cleanup");
-        }
-        let slot = self.slot_of(container_id).await;
-        for (what, r) in [
-            ("task", self.delete_task(container_id).await),
-            ("container", self.cd.delete_container(container_id).await),
-            ("snapshot", self.cd.remove_snapshot(snapshot_key).await),
-        ] {
-            if let Err(e) = r {
-                tracing::warn!(container = %container_id, what, error = %e, "cleanup failed");
-            }
-        }
-        self.release_slot(slot).await;
-        self.logs.remove(container_id);
-        self.prestart.remove(container_id);
-    }
-
-    /// Stops (SIGTERM, `grace`, SIGKILL) and deletes a sandbox: task,
-    /// container, snapshot and log files.
-    pub async fn delete(&self, uid: &str, grace: Option<Duration>) -> Result<SandboxInfo> {
-        let lock = self.uid_lock(uid);
-        let _held = lock.lock().await;
-        self.remove(uid, grace.unwrap_or(self.cfg.default_grace))
-            .await
-    }
-
-    async fn remove(&self, uid: &str, grace: Duration) -> Result<SandboxInfo> {
-        let (info, snapshot_key) = {
-            let t = self.table();
-            let e = t.get(uid).ok_or_else(|| Error::NotFound(uid.to_string()))?;
-            (e.info.clone(), e.snapshot_key.clone())
-        };
-        let id = info.container_id.clone();
-        let started = Instant::now();
-        if info.state != ContainerState::Exited {
-            self.stop(&id, grace).await?;
-            self.metrics
-                .observe_delete(DeleteStage::Stop, started.elapsed());
-        }
-        self.delete_task(&id).await?;
-        let slot = self.slot_of(&id).await;
-        let t = Instant::now();
-        self.cd.delete_container(&id).await?;
-        self.metrics
-            .observe_delete(DeleteStage::Container, t.elapsed());
-        self.release_slot(slot).await;
-        let t = Instant::now();
-        self.cd.remove_snapshot(&snapshot_key).await?;
-        self.metrics
-            .observe_delete(DeleteStage::Snapshot, t.elapsed());
-        self.metrics
-            .observe_delete(DeleteStage::Total, started.elapsed());
-        self.logs.remove(&id);
-        self.prestart.remove(&id);
-        self.execs.fifos().remove_container(&id);
-        let removed = self.table().remove(uid);
-        let final_info = removed.map(|e| e.info).unwrap_or(info);
-        self.publish([(EventKind::Deleted, final_info.clone())]);
-        self.pins_changed();
-        Ok(final_info)
-    }
-
-    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        if !grace.is_zero() {
-            self.cd.kill(id, libc::SIGTERM, false).await?;
-            if let Ok(r) = tokio::time::timeout(grace, self.cd.wait(id)).await {
-                return r
-                    .map(|_| ())
-                    .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) });
-            }
-        }
-        self.cd.kill(id, libc::SIGKILL, true).await?;
-        match tokio::time::timeout(KILL_WAIT, self.cd.wait(id)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if e.is_not_found() => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::containerd(
-                "wait task",
-                tonic::Status::deadline_exceeded(format!(
-                    "{id} did not exit {KILL_WAIT:?} after SIGKILL"
-                )),
-            )),
-        }
     }
 }

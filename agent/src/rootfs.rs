@@ -20,22 +20,31 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
 use fast_sandbox_api::agent::ErrorCode;
 use fast_sandbox_api::files::{FileInfo, FileType};
 use rustix::fs::{
-    AtFlags, Dir, Gid, Mode, OFlags, ResolveFlags, Stat, Uid, fchmod, fchown, fstat, mkdirat,
-    openat2, readlinkat, statat, unlinkat,
+    AtFlags, Gid, Mode, OFlags, ResolveFlags, Uid, fchmod, fchown, fstat, mkdirat, openat2, statat,
+    unlinkat,
 };
 use rustix::io::Errno;
 
 use crate::api::invalid;
 use crate::error::{Error, Result};
 
+use entries::{list_dir, remove_tree};
+use process::{host_root_of, proc_gone, uid_gid};
+
+mod entries;
 mod path;
+mod process;
+#[cfg(test)]
+mod tests;
 mod upload;
 
+pub use entries::MAX_DIR_ENTRIES;
+pub(crate) use entries::{file_type, info, names, open_child_dir};
 pub use path::SandboxPath;
+pub use process::process_dir;
 pub use upload::Upload;
 
 /// How paths below the root resolve.
@@ -58,17 +67,6 @@ pub struct SandboxRoot {
     root_owner: (u32, u32),
 }
 
-/// The host id root is in the user namespace of the process whose `/proc`
-/// directory is `dir`, from its `map` file (`uid_map`, `gid_map`); 0 when
-/// unreadable (the process is gone: nothing is created then anyway).
-fn host_root_of(dir: &OwnedFd, map: &str) -> u32 {
-    rustix::fs::openat(dir, map, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .ok()
-        .and_then(|f| std::io::read_to_string(File::from(f)).ok())
-        .and_then(|t| crate::userns::host_root(&t))
-        .unwrap_or(0)
-}
-
 /// Maps an errno of operation `op` on `path` to an error naming the path.
 pub(crate) fn file_err<'a>(op: &'static str, path: &'a str) -> impl Fn(Errno) -> Error + 'a {
     move |e| {
@@ -83,59 +81,6 @@ pub(crate) fn file_err<'a>(op: &'static str, path: &'a str) -> impl Fn(Errno) ->
             Error::file(op, path, e)
         }
     }
-}
-
-fn uid_gid(status: &str) -> (u32, u32) {
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Uid:"), field("Gid:"))
-}
-
-fn proc_gone(proc_root: &Path, pid: u32) -> impl Fn(Errno) -> Error {
-    let proc_dir = proc_root.join(pid.to_string());
-    move |e: Errno| {
-        Error::SandboxNotRunning(format!(
-            "the sandbox's process ({}) is gone: {}",
-            proc_dir.display(),
-            std::io::Error::from(e)
-        ))
-    }
-}
-
-/// Opens `/proc/<pid>` under `proc_root` (the host's `/proc`) after checking
-/// through it that the process is still the sandbox's: one of its cgroup
-/// paths ends with `cgroup_suffix`, so a reused PID is never taken for it.
-/// Everything opened through the returned directory is that process's, or
-/// fails once it is gone.
-pub fn process_dir(proc_root: &Path, pid: u32, cgroup_suffix: &str) -> Result<OwnedFd> {
-    let gone = proc_gone(proc_root, pid);
-    let dir = rustix::fs::open(
-        proc_root.join(pid.to_string()),
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(&gone)?;
-    let fd = rustix::fs::openat(
-        &dir,
-        "cgroup",
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(&gone)?;
-    let cgroup = std::io::read_to_string(File::from(fd))
-        .map_err(|e| Error::io(format!("reading {}/{pid}/cgroup", proc_root.display()), e))?;
-    if !cgroup.lines().any(|l| l.ends_with(cgroup_suffix)) {
-        return Err(Error::SandboxNotRunning(format!(
-            "process {pid} is no longer the sandbox's"
-        )));
-    }
-    Ok(dir)
 }
 
 /// Filesystems a sandbox's root may be on: the snapshotter's overlay (or,
@@ -422,297 +367,4 @@ pub(crate) fn temp_name(name: &str) -> String {
 /// Sets the owner of what the agent creates to the sandbox's user.
 pub(crate) fn chown(fd: impl AsFd, (uid, gid): (u32, u32)) -> rustix::io::Result<()> {
     fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-}
-
-/// The kind of a stat mode.
-pub(crate) fn file_type(st: &Stat) -> FileType {
-    match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-        rustix::fs::FileType::RegularFile => FileType::File,
-        rustix::fs::FileType::Directory => FileType::Directory,
-        rustix::fs::FileType::Symlink => FileType::Symlink,
-        _ => FileType::Other,
-    }
-}
-
-/// Modification time of a stat.
-#[allow(clippy::unnecessary_cast)]
-pub(crate) fn mtime(st: &Stat) -> DateTime<Utc> {
-    DateTime::from_timestamp(st.st_mtime as i64, st.st_mtime_nsec as u32).unwrap_or_default()
-}
-
-/// The [`FileInfo`] of `name` in `dir`, stat'ed as `st`.
-#[allow(clippy::unnecessary_cast)]
-pub(crate) fn info(dir: impl AsFd, name: &str, path: &str, st: &Stat) -> FileInfo {
-    let file_type = file_type(st);
-    let link_target = (file_type == FileType::Symlink)
-        .then(|| readlinkat(dir, name, Vec::new()).ok())
-        .flatten()
-        .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned());
-    FileInfo {
-        name: if path == "/" {
-            "/".into()
-        } else {
-            name.to_string()
-        },
-        path: path.to_string(),
-        file_type,
-        size: st.st_size as u64,
-        mode: (st.st_mode as u32) & 0o7777,
-        modified_at: mtime(st),
-        link_target,
-    }
-}
-
-/// Most entries of one directory the files API lists, archives or removes:
-/// the names are held in memory to be sorted (and a listing's answer
-/// whole), so a tenant's directory of millions must not take the agent's
-/// memory.
-pub const MAX_DIR_ENTRIES: usize = 100_000;
-
-/// The names in an open directory, sorted, without `.` and `..`; at most
-/// [`MAX_DIR_ENTRIES`].
-pub(crate) fn names(dir: impl AsFd, path: &str) -> Result<Vec<String>> {
-    let entries = Dir::read_from(dir).map_err(file_err("list", path))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(file_err("list", path))?;
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        if names.len() == MAX_DIR_ENTRIES {
-            return Err(Error::File {
-                op: "list",
-                path: path.to_string(),
-                code: fast_sandbox_api::agent::ErrorCode::InvalidArgument,
-                message: format!(
-                    "the directory holds more than {MAX_DIR_ENTRIES} entries, more than the files API lists, archives or removes at once; use exec (ls, tar, rm) for it"
-                ),
-            });
-        }
-        // Names that are not UTF-8 cannot be named on this API.
-        if let Ok(n) = std::str::from_utf8(name) {
-            names.push(n.to_string());
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-fn list_dir(dir: &OwnedFd, path: &SandboxPath) -> Result<Vec<FileInfo>> {
-    let mut out = Vec::new();
-    for name in names(dir, &path.display)? {
-        let child = path.child(&name);
-        match statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => out.push(info(dir, &name, &child.display, &st)),
-            // Removed since it was listed.
-            Err(Errno::NOENT) => {}
-            Err(e) => return Err(file_err("stat", &child.display)(e)),
-        }
-    }
-    Ok(out)
-}
-
-/// Opens directory `name` below `dir` without following anything.
-pub(crate) fn open_child_dir(dir: impl AsFd, name: &str, path: &str) -> Result<OwnedFd> {
-    openat2(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        BENEATH,
-    )
-    .map_err(file_err("open", path))
-}
-
-fn remove_tree(parent: &OwnedFd, name: &str, path: &SandboxPath, depth: usize) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(invalid(
-            "path",
-            format!("{} is nested deeper than {MAX_DEPTH} levels", path.display),
-        ));
-    }
-    let dir = open_child_dir(parent, name, &path.display)?;
-    for child in names(&dir, &path.display)? {
-        let child_path = path.child(&child);
-        let st = match statat(&dir, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => continue,
-            Err(e) => return Err(file_err("remove", &child_path.display)(e)),
-        };
-        if file_type(&st) == FileType::Directory {
-            remove_tree(&dir, &child, &child_path, depth + 1)?;
-        } else {
-            match unlinkat(&dir, child.as_str(), AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(e) => return Err(file_err("remove", &child_path.display)(e)),
-            }
-        }
-    }
-    unlinkat(parent, name, AtFlags::REMOVEDIR).map_err(file_err("remove", &path.display))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fast_sandbox_api::agent::ErrorCode;
-
-    fn root() -> (tempfile::TempDir, SandboxRoot, std::path::PathBuf) {
-        let outside = tempfile::tempdir().unwrap();
-        let dir = outside.path().join("root");
-        std::fs::create_dir_all(dir.join("etc")).unwrap();
-        std::fs::write(dir.join("etc/hostname"), "inside\n").unwrap();
-        std::fs::write(outside.path().join("secret"), "host secret\n").unwrap();
-        let r = SandboxRoot::at(&dir, (0, 0)).unwrap();
-        (outside, r, dir)
-    }
-
-    fn p(s: &str) -> SandboxPath {
-        SandboxPath::parse(s).unwrap()
-    }
-
-    fn read(r: &SandboxRoot, path: &str) -> Result<String> {
-        let f = r.open_read(&p(path))?;
-        Ok(std::io::read_to_string(f).unwrap())
-    }
-
-    #[test]
-    fn symlinks_resolve_inside_the_root_and_never_reach_outside() {
-        let (outside, r, dir) = root();
-        let secret = outside.path().join("secret");
-        std::os::unix::fs::symlink(&secret, dir.join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../../../secret", dir.join("rel")).unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", dir.join("host")).unwrap();
-        std::os::unix::fs::symlink("../..", dir.join("etc/up")).unwrap();
-        // An absolute link resolves in the root: the host path is not there.
-        let e = read(&r, "/abs").unwrap_err();
-        assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
-        // `..` in a link stops at the root.
-        assert_eq!(read(&r, "/rel").unwrap_err().code(), ErrorCode::NotFound);
-        assert_eq!(read(&r, "/host").unwrap(), "inside\n");
-        assert_eq!(read(&r, "/etc/up/etc/hostname").unwrap(), "inside\n");
-        // `..` in the request is refused outright.
-        assert!(SandboxPath::parse("/etc/../../secret").is_err());
-        // stat does not follow the final link.
-        let st = r.stat(&p("/abs")).unwrap();
-        assert_eq!(st.file_type, FileType::Symlink);
-        assert_eq!(st.link_target.as_deref(), Some(secret.to_str().unwrap()));
-        // Writing through a link to a directory outside lands inside.
-        std::os::unix::fs::symlink(outside.path(), dir.join("out")).unwrap();
-        let e = r.create(&p("/out/secret"), 0o644).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
-        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret\n");
-    }
-
-    #[test]
-    fn magic_links_and_other_mounts_are_refused() {
-        let (_outside, r, dir) = root();
-        std::os::unix::fs::symlink("/proc/self/root", dir.join("magic")).unwrap();
-        // The root has no /proc of its own here: the link resolves inside.
-        assert_eq!(
-            r.list(&p("/magic")).unwrap_err().code(),
-            ErrorCode::NotFound
-        );
-        // The host's /proc through an absolute link to a real mount point
-        // cannot be reached either: links resolve inside the root.
-        let host = SandboxRoot::at(Path::new("/"), (0, 0)).unwrap();
-        let e = host.list(&p("/proc/self/root")).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
-    }
-
-    #[test]
-    fn write_mkdir_list_stat_remove() {
-        let (_outside, r, dir) = root();
-        let mut up = r.create(&p("/etc/new"), 0o640).unwrap();
-        up.write(b"hello").unwrap();
-        let info = up.commit().unwrap();
-        assert_eq!(
-            (info.size, info.mode, info.file_type),
-            (5, 0o640, FileType::File)
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etc/new")).unwrap(),
-            "hello"
-        );
-        // Overwrite, and an abandoned upload leaves nothing.
-        let mut up = r.create(&p("/etc/new"), 0o600).unwrap();
-        up.write(b"again").unwrap();
-        drop(up);
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etc/new")).unwrap(),
-            "hello"
-        );
-        assert_eq!(
-            r.list(&p("/etc"))
-                .unwrap()
-                .iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>(),
-            ["hostname", "new"]
-        );
-        let e = r.create(&p("/nope/x"), 0o644).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::NotFound);
-        assert!(e.to_string().contains("/nope"), "{e}");
-        assert_eq!(
-            r.create(&p("/etc"), 0o644).unwrap_err().code(),
-            ErrorCode::IsADirectory
-        );
-        assert_eq!(
-            read(&r, "/etc").unwrap_err().code(),
-            ErrorCode::IsADirectory
-        );
-
-        let made = r.mkdir_all(&p("/a/b/c"), 0o750).unwrap();
-        assert_eq!((made.file_type, made.mode), (FileType::Directory, 0o750));
-        r.mkdir_all(&p("/a/b/c"), 0o750).unwrap();
-        assert_eq!(
-            r.mkdir_all(&p("/etc/new/x"), 0o755).unwrap_err().code(),
-            ErrorCode::AlreadyExists
-        );
-        std::fs::write(dir.join("a/b/c/f"), "x").unwrap();
-        assert_eq!(
-            r.remove(&p("/a"), false).unwrap_err().code(),
-            ErrorCode::DirectoryNotEmpty
-        );
-        assert_eq!(
-            r.remove(&p("/a"), true).unwrap().file_type,
-            FileType::Directory
-        );
-        assert!(!dir.join("a").exists());
-        assert_eq!(
-            r.remove(&p("/a"), true).unwrap_err().code(),
-            ErrorCode::NotFound
-        );
-        assert_eq!(
-            r.remove(&p("/"), true).unwrap_err().code(),
-            ErrorCode::InvalidArgument
-        );
-        assert_eq!(r.stat(&p("/")).unwrap().file_type, FileType::Directory);
-    }
-
-    #[test]
-    fn a_directory_past_the_entry_limit_is_refused_not_held_in_memory() {
-        let (_outside, r, dir) = root();
-        let big = dir.join("big");
-        std::fs::create_dir(&big).unwrap();
-        for i in 0..MAX_DIR_ENTRIES {
-            std::os::unix::fs::symlink("x", big.join(i.to_string())).unwrap();
-        }
-        assert_eq!(r.list(&p("/big")).unwrap().len(), MAX_DIR_ENTRIES);
-        std::os::unix::fs::symlink("x", big.join("one-more")).unwrap();
-        let e = r.list(&p("/big")).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
-        assert!(e.to_string().contains("/big"), "{e}");
-        assert!(e.to_string().contains("use exec"), "{e}");
-        let e = r.remove(&p("/big"), true).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
-    }
-
-    #[test]
-    fn status_gives_the_real_ids() {
-        assert_eq!(
-            uid_gid("Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGid:\t5\t5\t5\t5\n"),
-            (1000, 5)
-        );
-    }
 }

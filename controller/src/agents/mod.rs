@@ -11,11 +11,10 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fast_sandbox_api::agent::{EventKind, SandboxEvent, SandboxInfo};
-use fast_sandbox_api::wellknown::{ANNOTATION_DRAINING, LABEL_POOL, LABEL_POOL_NAMESPACE};
+use fast_sandbox_agent_client::{AgentClient, ClientTls};
+use fast_sandbox_api::agent::SandboxInfo;
 use fast_sandbox_api::{Sandbox, SandboxPool};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -24,15 +23,16 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
 use crate::janitor::Trigger;
-use crate::transition::info_after_event;
-use fast_sandbox_agent_client::{AgentClient, ClientTls};
+
+mod follower;
+mod pod;
+
+pub use follower::MAX_RECONNECT_BACKOFF;
+pub use pod::{node_of, pod_draining, pod_gone, pod_ready, pool_of};
 
 /// Deleted agent pod names remembered (pod names are generated, so a name
 /// is never reused in practice); the set is cleared when full.
 const MAX_REMEMBERED_DELETIONS: usize = 4096;
-
-/// Longest wait between reconnect attempts to an agent.
-pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What the controller currently knows of one agent's sandboxes.
 #[derive(Clone, Debug, Default)]
@@ -134,46 +134,6 @@ impl std::fmt::Debug for Agents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agents").field("port", &self.port).finish()
     }
-}
-
-/// Whether the pod's `Ready` condition is true.
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Whether the pod is finished or being deleted: its agent is going away.
-pub fn pod_gone(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
-        || pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Failed" || p == "Succeeded")
-}
-
-/// Whether the pod carries the draining annotation.
-pub fn pod_draining(pod: &Pod) -> bool {
-    pod.annotations().contains_key(ANNOTATION_DRAINING)
-}
-
-/// The pool an agent pod belongs to: its namespace and name, from labels.
-pub fn pool_of(pod: &Pod) -> Option<(String, String)> {
-    let l = pod.labels();
-    Some((
-        l.get(LABEL_POOL_NAMESPACE)?.clone(),
-        l.get(LABEL_POOL)?.clone(),
-    ))
-}
-
-/// The node of a pod, empty while unscheduled.
-pub fn node_of(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default()
 }
 
 impl Agents {
@@ -419,196 +379,5 @@ impl Agents {
                 let _ = self.sandbox_tx.send(ObjectRef::from_obj(&*sb));
             }
         }
-    }
-
-    fn trigger_info(&self, info: &SandboxInfo) {
-        if !info.name.is_empty() && !info.namespace.is_empty() {
-            let _ = self
-                .sandbox_tx
-                .send(ObjectRef::new(&info.name).within(&info.namespace));
-        }
-    }
-
-    fn apply_event(&self, agent: &Agent, ev: &SandboxEvent) {
-        let Some(sb) = ev.sandbox.as_ref() else {
-            return;
-        };
-        match info_after_event(ev) {
-            Some(info) => {
-                agent.view_mut().sandboxes.insert(info.uid.clone(), info);
-            }
-            None if ev.kind == EventKind::Deleted => agent.record_deleted(&sb.uid),
-            None => return,
-        }
-        self.trigger_info(sb);
-        if ev.kind == EventKind::Deleted {
-            // A slot is free: sandboxes waiting for capacity may take it.
-            let _ = self
-                .pool_tx
-                .send(ObjectRef::new(&agent.pool).within(&agent.namespace));
-            self.trigger_waiting(&agent.namespace, &agent.pool);
-        }
-    }
-
-    /// Deletes containers the agent holds for sandboxes that no longer
-    /// exist or are now bound elsewhere (re-placed while this agent was
-    /// unreachable), so no sandbox runs twice and none is left behind.
-    async fn collect_orphans(self: Arc<Self>, agent: Arc<Agent>, listed: Vec<SandboxInfo>) {
-        if !crate::context::store_ready(&self.sandboxes).await {
-            return;
-        }
-        for info in listed {
-            let obj = self
-                .sandboxes
-                .get(&ObjectRef::new(&info.name).within(&info.namespace));
-            let ours = obj.as_ref().is_some_and(|sb| {
-                sb.metadata.uid.as_deref() == Some(info.uid.as_str())
-                    && sb
-                        .spec
-                        .agent_ref
-                        .as_ref()
-                        .is_some_and(|r| r.pod_name == agent.name)
-            });
-            if ours {
-                continue;
-            }
-            tracing::info!(agent = %agent.name, sandbox = %info.name, namespace = %info.namespace, uid = %info.uid, "deleting orphaned container");
-            match agent.client.delete(&info.uid, None).await {
-                Ok(_) => agent.record_deleted(&info.uid),
-                Err(e) => {
-                    tracing::warn!(agent = %agent.name, uid = %info.uid, error = %e, "cannot delete orphaned container")
-                }
-            }
-        }
-    }
-
-    async fn follow(self: Arc<Self>, agent: std::sync::Weak<Agent>) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let Some(a) = agent.upgrade() else { return };
-            match a.client.list().await {
-                // A restarted agent answers before it has rebuilt its table
-                // from containerd: an empty list then does not mean its
-                // sandboxes are gone. Not synced until it is ready.
-                Ok(list) if !list.agent.ready => {
-                    tracing::debug!(agent = %a.name, "agent not ready (rebuilding its state); listing again")
-                }
-                Ok(list) => {
-                    {
-                        let mut v = a.view_mut();
-                        v.reachable = true;
-                        v.synced = true;
-                        v.unreachable_since = None;
-                        v.sandboxes = list
-                            .sandboxes
-                            .iter()
-                            .map(|s| (s.uid.clone(), s.clone()))
-                            .collect();
-                    }
-                    tracing::info!(agent = %a.name, namespace = %a.namespace, sandboxes = list.sandboxes.len(), "agent listed");
-                    backoff = Duration::from_millis(100);
-                    for s in &list.sandboxes {
-                        self.trigger_info(s);
-                    }
-                    self.trigger_pod(&a.namespace, &a.name, Some(&a.pool), false);
-                    tokio::spawn(Arc::clone(&self).collect_orphans(Arc::clone(&a), list.sandboxes));
-                    if !a.node.is_empty() {
-                        let _ = self.janitor_tx.send(Trigger::AgentListed(a.node.clone()));
-                    }
-                    match a.client.events(list.last_event_seq).await {
-                        Ok(mut stream) => {
-                            // Hold only a weak reference while waiting on the
-                            // stream, so a removed agent is dropped.
-                            let weak = Arc::downgrade(&a);
-                            drop(a);
-                            while let Some(item) = stream.next().await {
-                                let Some(a) = weak.upgrade() else { return };
-                                match item {
-                                    Ok(ev) => self.apply_event(&a, &ev),
-                                    Err(e) => {
-                                        tracing::warn!(agent = %a.name, error = %e, "agent event stream broke");
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(agent = %a.name, error = %e, "cannot open agent event stream")
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(agent = %a.name, error = %e, "cannot list agent"),
-            }
-            let Some(a) = agent.upgrade() else { return };
-            let newly = {
-                let mut v = a.view_mut();
-                let newly = v.reachable;
-                v.reachable = false;
-                v.unreachable_since.get_or_insert_with(Utc::now);
-                newly
-            };
-            if newly {
-                tracing::warn!(agent = %a.name, namespace = %a.namespace, "agent unreachable");
-                self.trigger_pod(&a.namespace, &a.name, Some(&a.pool), false);
-            }
-            drop(a);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use std::collections::BTreeMap;
-
-    fn pod(ready: bool) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some("p-ns-x".into()),
-                namespace: Some("fast-sandbox-system".into()),
-                labels: Some(BTreeMap::from([
-                    (LABEL_POOL.to_string(), "p".to_string()),
-                    (LABEL_POOL_NAMESPACE.to_string(), "team".to_string()),
-                ])),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some("node1".into()),
-                ..Default::default()
-            }),
-            status: Some(PodStatus {
-                phase: Some("Running".into()),
-                conditions: Some(vec![PodCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn the_pool_and_node_come_from_the_pod() {
-        let p = pod(true);
-        assert_eq!(pool_of(&p), Some(("team".into(), "p".into())));
-        assert_eq!(node_of(&p), "node1");
-        assert!(pod_ready(&p));
-        assert!(!pod_ready(&pod(false)));
-        let mut bare = p.clone();
-        bare.metadata.labels = None;
-        assert_eq!(pool_of(&bare), None);
-    }
-
-    #[test]
-    fn terminating_or_failed_pods_are_gone() {
-        let mut p = pod(true);
-        assert!(!pod_gone(&p));
-        p.status.as_mut().unwrap().phase = Some("Failed".into());
-        assert!(pod_gone(&p));
     }
 }
