@@ -256,6 +256,23 @@ impl AgentClient {
         error_of(resp).await
     }
 
+    /// Ends the exec named `session` (`ExecRequest::session`) as if its
+    /// client had gone: its process is killed unless it detached. For a
+    /// client gone while the exec's own stream is stalled. False when no
+    /// running exec has that name (it ended already).
+    pub async fn end_exec(&self, uid: &str, session: &str) -> Result<bool, ClientError> {
+        let path = fast_sandbox_api::agent::exec_session_path(uid, session);
+        let fut = self.send(Method::DELETE, &path, None);
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        match error_of(resp).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Api { status, .. }) if status == StatusCode::NOT_FOUND => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A files request (`fast_sandbox_api::files`) passed through: `query`
     /// as built by the caller, `body` streamed. The answer's status and
     /// headers once they arrive, its body streaming on; an agent refusal is

@@ -182,6 +182,17 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
                     let uid = uid.to_string();
                     exec::exec(agent, &uid, req).await
                 }
+                (&Method::DELETE, sub) if sub.starts_with("exec/") => {
+                    let session = &sub["exec/".len()..];
+                    if agent.execs().sessions().end(uid, session) {
+                        let mut r = Response::new(body::empty());
+                        *r.status_mut() = StatusCode::NO_CONTENT;
+                        Ok(r)
+                    } else {
+                        // Over already, or never named so.
+                        Ok(not_found(&method, &path))
+                    }
+                }
                 (&Method::GET | &Method::PUT | &Method::POST | &Method::DELETE, "files") => {
                     let uid = uid.to_string();
                     files::files(agent, &uid, req).await

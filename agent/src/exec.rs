@@ -34,11 +34,15 @@ use crate::runtime::{Containerd, ExecStdio};
 
 mod leftovers;
 mod quota;
+mod sessions;
 mod status;
+mod tree;
 
 pub use leftovers::finish_leftovers;
 pub use quota::MAX_EXECS_PER_SANDBOX;
 use quota::{ExecQuota, ExecSlot};
+pub use sessions::ExecSessions;
+use sessions::Session;
 use status::{Kill, exec_status, start_failure};
 
 /// Output frames queued between the pumps and the client's stream: with
@@ -99,6 +103,7 @@ pub struct Execs {
     epoch: String,
     seq: AtomicU64,
     quota: ExecQuota,
+    sessions: ExecSessions,
 }
 
 impl Execs {
@@ -113,12 +118,18 @@ impl Execs {
             epoch: format!("{nanos:x}"),
             seq: AtomicU64::new(0),
             quota: ExecQuota::default(),
+            sessions: ExecSessions::default(),
         })
     }
 
     /// The FIFO directory.
     pub fn fifos(&self) -> &FifoDir {
         &self.fifos
+    }
+
+    /// The execs their clients named.
+    pub fn sessions(&self) -> &ExecSessions {
+        &self.sessions
     }
 
     /// A new exec id: unique across agent restarts, marking detached execs.
@@ -164,6 +175,11 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
     let target = agent.running(uid)?;
     let execs = agent.execs();
     let slot = execs.quota.admit(uid)?;
+    let session = req
+        .session
+        .as_deref()
+        .map(|s| execs.sessions.open(uid, s))
+        .transpose()?;
     let cd = agent.containerd().clone();
     let spec = cd
         .container_spec(&target.container_id)
@@ -206,16 +222,19 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
         let (cd, ids) = (cd.clone(), ids.clone());
         tokio::spawn(async move { cd.wait_exec(&ids.container_id, &ids.exec_id).await })
     };
-    if let Err(e) = cd.start_exec(&ids.container_id, &ids.exec_id).await {
-        wait.abort();
-        finish_in_background(cd, agent.clone(), ids);
-        if let Some((stderr, status)) = start_failure(&e, &req.command[0]) {
-            tracing::debug!(%uid, error = %e, "exec could not start its command");
-            agent.metrics().exec_finished(&status.reason);
-            return Ok(Process::finished(&stderr, &status));
+    let pid = match cd.start_exec(&ids.container_id, &ids.exec_id).await {
+        Ok(pid) => pid,
+        Err(e) => {
+            wait.abort();
+            finish_in_background(cd, agent.clone(), ids);
+            if let Some((stderr, status)) = start_failure(&e, &req.command[0]) {
+                tracing::debug!(%uid, error = %e, "exec could not start its command");
+                agent.metrics().exec_finished(&status.reason);
+                return Ok(Process::finished(&stderr, &status));
+            }
+            return Err(not_running_or(agent, uid, e));
         }
-        return Err(not_running_or(agent, uid, e));
-    }
+    };
     agent.metrics().exec_started(started.elapsed());
     if let Some(size) = req.terminal_size.filter(|_| req.tty)
         && let Err(e) = cd
@@ -238,6 +257,9 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
         wait,
         input: input_rx,
         output: output_tx,
+        session,
+        pid,
+        cgroup_suffix: format!("/{}", target.cgroup_leaf),
         _slot: slot,
     };
     tokio::spawn(running.run());
@@ -279,6 +301,12 @@ struct Running {
     wait: tokio::task::JoinHandle<Result<u32>>,
     input: mpsc::Receiver<Input>,
     output: mpsc::Sender<Bytes>,
+    /// Its name, when its client gave one.
+    session: Option<Session>,
+    /// Its process's host PID.
+    pid: u32,
+    /// How the sandbox's cgroup path ends, to tell its processes.
+    cgroup_suffix: String,
     /// Its place in the sandbox's quota, held until it ends.
     _slot: ExecSlot,
 }
@@ -297,6 +325,9 @@ impl Running {
             mut wait,
             input,
             output,
+            mut session,
+            pid,
+            cgroup_suffix,
             _slot,
         } = self;
         let metrics = agent.metrics().clone();
@@ -342,6 +373,9 @@ impl Running {
                 () = client_gone(&output, &mut gone), if killed.is_none() && !detach => {
                     killed = Some(Kill::Disconnected);
                 }
+                () = session_ended(&mut session), if killed.is_none() && !detach => {
+                    killed = Some(Kill::Disconnected);
+                }
                 () = sleep_until(kill_deadline) => {
                     wait.abort();
                     break Err(Error::containerd(
@@ -352,6 +386,11 @@ impl Running {
             }
             if killed.is_some() && kill_deadline.is_none() {
                 kill_deadline = Some(tokio::time::Instant::now() + KILL_WAIT);
+                let (proc_root, suffix) = (agent.config().proc_root.clone(), cgroup_suffix.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    tree::kill_descendants(&proc_root, pid, &suffix);
+                })
+                .await;
                 if let Err(e) = cd
                     .kill_exec(&ids.container_id, &ids.exec_id, libc::SIGKILL)
                     .await
@@ -361,13 +400,19 @@ impl Running {
             }
         };
         exited_tx.send_replace(true);
+        // A client that is gone reads nothing more: its stream may be
+        // stalled, and output waiting for it would hold this exec for good.
+        let lost = matches!(killed, Some(Kill::Disconnected));
         for p in pumps {
+            if lost {
+                p.abort();
+            }
             let _ = p.await;
         }
         let status = exec_status(exit, killed);
         metrics.exec_finished(&status.reason);
         tracing::debug!(container = %ids.container_id, exec = %ids.exec_id, ?status, "exec ended");
-        if let Ok(frame) = encode_json(Channel::Status, &status) {
+        if !lost && let Ok(frame) = encode_json(Channel::Status, &status) {
             let _ = output.send(frame).await;
         }
         drop(output);
@@ -379,6 +424,14 @@ impl Running {
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the exec's session is ended by name (never without one).
+async fn session_ended(session: &mut Option<Session>) {
+    match session {
+        Some(s) => s.ended().await,
         None => std::future::pending().await,
     }
 }

@@ -360,6 +360,73 @@ async fn a_sandbox_runs_at_most_its_quota_of_execs_at_once() {
 }
 
 #[tokio::test]
+async fn a_stalled_exec_is_ended_by_its_session_name() {
+    // A client gone while its process ignores stdin: the stdin it sent fills
+    // the stream's window, so the break of the stream never arrives; the
+    // access server ends the exec by the name it gave it instead, and with
+    // it everything the exec started.
+    let env = env();
+    let a = TestAgent::start(&env, "exec-session", 2).await;
+    sandbox(&a, &env, "ss").await;
+    // The sleep is the shell's child: ending the exec ends its whole tree.
+    let mut req = exec_request(&["sh", "-c", "sleep 99999; echo never"]);
+    req.stdin = true;
+    req.session = Some("gw-1".into());
+    let s = a.client.exec("ss", &req).await.unwrap().unwrap();
+    let feeding = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..64 {
+            if s.input.stdin(&chunk).await.is_err() {
+                break;
+            }
+        }
+        s
+    });
+    let mut twin = exec_request(&["true"]);
+    twin.session = Some("gw-1".into());
+    let Err(e) = a.client.exec("ss", &twin).await.unwrap() else {
+        panic!("a second exec of the same session name was started");
+    };
+    assert_eq!(
+        e.code,
+        ErrorCode::InvalidArgument,
+        "a name is used once: {e:?}"
+    );
+    let alive = || async {
+        stdout(&exec(&a.client, "ss", &["ps", "-o", "args"]).await).contains("sleep 99999")
+    };
+    assert!(alive().await, "the exec runs");
+
+    let end = |session: &'static str| {
+        let c = a.client.clone();
+        async move {
+            c.send(
+                http::Method::DELETE,
+                &fast_sandbox_api::agent::exec_session_path("ss", session),
+                None,
+            )
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    assert_eq!(end("gw-2").await, StatusCode::NOT_FOUND);
+    assert_eq!(end("gw-1").await, StatusCode::NO_CONTENT);
+    wait_for("the ended exec killed", Duration::from_secs(20), || async {
+        !alive().await
+    })
+    .await;
+    assert_eq!(
+        end("gw-1").await,
+        StatusCode::NOT_FOUND,
+        "forgotten once over"
+    );
+    feeding.abort();
+    a.client.delete("ss", 0).await.unwrap().1.unwrap();
+    a.assert_nothing_left().await;
+}
+
+#[tokio::test]
 async fn execs_share_the_sandbox_identity_and_limits() {
     let env = env();
     let a = TestAgent::start(&env, "exec-identity", 2).await;

@@ -56,6 +56,12 @@ pub fn sandbox_path(uid: &str) -> String {
     format!("{PATH_SANDBOXES}/{uid}")
 }
 
+/// Path that ends the exec a client named `session` (see
+/// [`crate::exec::ExecRequest::session`]) as if its client had gone.
+pub fn exec_session_path(uid: &str, session: &str) -> String {
+    format!("{PATH_SANDBOXES}/{uid}/exec/{session}")
+}
+
 /// Path of one sandbox's logs.
 pub fn logs_path(uid: &str) -> String {
     format!("{PATH_SANDBOXES}/{uid}/logs")

@@ -259,6 +259,12 @@ pub struct ExecRequest {
     /// Initial terminal size (with `tty`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_size: Option<TerminalSize>,
+    /// A name the client gives this exec (1 to 64 letters, digits and `-`),
+    /// so that a separate `DELETE` of [`crate::agent::exec_session_path`]
+    /// can end it once the client is gone: the exec's own stream may be
+    /// held by flow control (stdin nobody reads) and unable to say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// How an exec ended: the payload of the last frame.

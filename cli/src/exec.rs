@@ -4,7 +4,7 @@
 //! apart, the exit code back. Needs `get` (the apiserver's check of the
 //! WebSocket upgrade) and `create` on `sandboxes/exec`.
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -135,11 +135,14 @@ where
     let can_close = conn.supports_stream_close();
     let (mut sink, mut source) = conn.into_stream().split();
 
-    // Input: stdin chunks and resizes, in one task, so output never waits
-    // on it.
+    // Input: stdin chunks and resizes, in tasks of their own, so output
+    // never waits on them. They end with this call however it ends (an
+    // error, or its future dropped): one left behind would keep the
+    // connection, and with it the remote process, alive.
+    let mut tasks = tokio::task::JoinSet::new();
     let (to_ws, mut from_input) = mpsc::channel::<Vec<u8>>(8);
     let feeding = opts.stdin;
-    let stdin_task = tokio::spawn({
+    tasks.spawn({
         let to_ws = to_ws.clone();
         async move {
             if !feeding {
@@ -163,10 +166,11 @@ where
             }
             Ok::<(), std::io::Error>(())
         }
+        .map(drop)
     });
     if let Some(mut sizes) = resize.take() {
         let to_ws = to_ws.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             while let Some((w, h)) = sizes.recv().await {
                 let mut m = vec![4u8];
                 m.extend_from_slice(format!("{{\"Width\":{w},\"Height\":{h}}}").as_bytes());
@@ -177,13 +181,12 @@ where
         });
     }
     drop(to_ws);
-    let sender = tokio::spawn(async move {
+    tasks.spawn(async move {
         while let Some(m) = from_input.recv().await {
             if sink.send(Message::Binary(m.into())).await.is_err() {
                 break;
             }
         }
-        sink
     });
 
     let write_err = |what: &str| {
@@ -225,8 +228,7 @@ where
             _ => {}
         }
     }
-    stdin_task.abort();
-    sender.abort();
+    drop(tasks);
     match status {
         Some(s) => exit_code(&s),
         None => Err(AccessError::Protocol(

@@ -15,7 +15,10 @@
 //! client that goes away breaks the agent stream, and the agent kills the
 //! process unless `detach` was asked.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use fast_sandbox_agent_client::AgentClient;
 use fast_sandbox_api::EnvVar;
 use fast_sandbox_api::exec::{
     Channel, ExecRequest, ExecStatus, FrameDecoder, TerminalSize, encode, encode_json,
@@ -115,6 +118,7 @@ pub fn exec_request(query: Option<&str>) -> Result<ExecRequest, GatewayError> {
         timeout_seconds,
         detach: query_flag(query, "detach")?,
         terminal_size: None,
+        session: None,
     })
 }
 
@@ -169,7 +173,9 @@ pub async fn serve(
             PROTOCOLS.join(", ")
         ))
     })?;
-    let exec = exec_request(req.uri().query())?;
+    let mut exec = exec_request(req.uri().query())?;
+    let session = session_name()?;
+    exec.session = Some(session.clone());
     let start =
         encode_json(Channel::Start, &exec).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let (to_agent, rx) = mpsc::channel::<std::io::Result<Bytes>>(INPUT_QUEUE);
@@ -182,6 +188,11 @@ pub async fn serve(
 
     let upgrade = hyper::upgrade::on(&mut req);
     let agent = r.agent_pod.clone();
+    let ender = Ender {
+        agent: r.agent.clone(),
+        uid: r.uid.clone(),
+        session,
+    };
     let v5 = protocol == PROTOCOLS[0];
     tokio::spawn(async move {
         match upgrade.await {
@@ -195,13 +206,12 @@ pub async fn serve(
                     Some(config),
                 )
                 .await;
-                pump(ws, to_agent, output, v5).await;
+                pump(ws, to_agent, output, v5, ender).await;
             }
             Err(e) => {
                 tracing::debug!(%agent, error = %e, "exec upgrade failed; the agent's process is killed");
-                let _ = to_agent
-                    .send(Err(std::io::Error::other("the client went away")))
-                    .await;
+                let _ = to_agent.try_send(Err(std::io::Error::other("the client went away")));
+                ender.end().await;
             }
         }
     });
@@ -253,13 +263,48 @@ fn client_frames(data: &[u8], v5: bool) -> Vec<Bytes> {
     }
 }
 
+/// Ends an exec on its agent by its session name once its client is gone.
+/// Breaking the exec's own stream is not enough: when its process stops
+/// reading stdin, the stream's window fills, the frame waiting for it
+/// holds the stream, and the break behind that frame never reaches the
+/// agent.
+struct Ender {
+    agent: Arc<AgentClient>,
+    uid: String,
+    session: String,
+}
+
+impl Ender {
+    async fn end(&self) {
+        match self.agent.end_exec(&self.uid, &self.session).await {
+            Ok(ended) => {
+                tracing::debug!(uid = %self.uid, ended, "exec ended: its client went away")
+            }
+            Err(e) => {
+                tracing::debug!(uid = %self.uid, error = %e, "ending an exec whose client went away failed")
+            }
+        }
+    }
+}
+
+/// A fresh session name: random, so replicas of the access server never
+/// name two execs of one sandbox alike.
+fn session_name() -> Result<String, GatewayError> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| GatewayError::Internal("no randomness for an exec session name".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 async fn pump(
     ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
     to_agent: mpsc::Sender<std::io::Result<Bytes>>,
     mut output: Incoming,
     v5: bool,
+    ender: Ender,
 ) {
     let (mut sink, mut source) = ws.split();
+    let ender = &ender;
     let inbound = async move {
         while let Some(msg) = source.next().await {
             match msg {
@@ -275,10 +320,11 @@ async fn pump(
             }
         }
         // The client is gone before the process ended: break the agent's
-        // stream, so the process is killed unless it detached.
-        let _ = to_agent
-            .send(Err(std::io::Error::other("the client went away")))
-            .await;
+        // stream, and end the exec by name in case that break is stuck
+        // behind stdin its process does not read. Either kills the process
+        // unless it detached.
+        let _ = to_agent.try_send(Err(std::io::Error::other("the client went away")));
+        ender.end().await;
     };
     let outbound = async move {
         let mut decoder = FrameDecoder::new();
@@ -305,12 +351,12 @@ async fn pump(
                             );
                             let _ = sink.send(Message::Binary(m.into())).await;
                             let _ = sink.close().await;
-                            return;
+                            return true;
                         }
                         _ => continue,
                     };
                     if sink.send(Message::Binary(msg.into())).await.is_err() {
-                        return;
+                        return false;
                     }
                     continue;
                 }
@@ -321,7 +367,7 @@ async fn pump(
                         &format!("the agent's exec stream is malformed: {e}"),
                     )
                     .await;
-                    return;
+                    return false;
                 }
             }
             match output.frame().await {
@@ -336,7 +382,7 @@ async fn pump(
                         "the exec was cut off before it ended: the agent restarted or its connection failed; the sandbox keeps running",
                     )
                     .await;
-                    return;
+                    return false;
                 }
             }
         }
@@ -345,11 +391,16 @@ async fn pump(
     // (or until the client goes).
     let mut inbound = std::pin::pin!(inbound.fuse());
     let mut outbound = std::pin::pin!(outbound.fuse());
-    loop {
+    let finished = loop {
         tokio::select! {
-            () = &mut outbound => break,
+            finished = &mut outbound => break finished,
             () = &mut inbound => {}
         }
+    };
+    if !finished {
+        // The client is gone (or the agent's stream broke): the process
+        // must not outlive it.
+        ender.end().await;
     }
     // The closing handshake: our Close is sent; read until the client's own
     // arrives. A connection dropped with the client's last frames unread is

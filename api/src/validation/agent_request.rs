@@ -72,6 +72,15 @@ pub fn validate_exec_request(req: &crate::exec::ExecRequest) -> Result<(), Field
         ),
         _ => {}
     }
+    if let Some(session) = &req.session
+        && (session.is_empty()
+            || session.len() > 64
+            || !session
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    {
+        errs.push("session", "must be 1 to 64 letters, digits and '-'");
+    }
     if let Some(size) = req.terminal_size {
         if !req.tty {
             errs.push("terminalSize", "needs tty");

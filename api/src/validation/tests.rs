@@ -270,11 +270,13 @@ fn exec_requests_name_their_fields() {
     use crate::exec::{ExecRequest, TerminalSize};
     let ok = ExecRequest {
         command: vec!["true".into()],
+        session: Some("9f1c-ab".into()),
         ..Default::default()
     };
     assert!(validate_exec_request(&ok).is_ok());
     let bad = ExecRequest {
         command: vec![],
+        session: Some("../x".into()),
         working_dir: Some("tmp".into()),
         timeout_seconds: Some(0),
         terminal_size: Some(TerminalSize {
@@ -294,6 +296,7 @@ fn exec_requests_name_their_fields() {
             "env[0].name",
             "workingDir",
             "timeoutSeconds",
+            "session",
             "terminalSize"
         ]
     );

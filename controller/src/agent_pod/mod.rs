@@ -144,6 +144,10 @@ pub fn build(pool: &SandboxPool, policy: &Policy, settings: &AgentPodSettings) -
         // Agents need a network namespace of their own: two agents of a
         // node would fight over the same ports.
         host_network: Some(false),
+        // The host's PID namespace: when an exec is ended, the agent stops
+        // and kills every process it started, by host PIDs that only name
+        // them there (it already sees them through the host's /proc).
+        host_pid: Some(true),
         service_account_name: Some(settings.service_account.clone()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),

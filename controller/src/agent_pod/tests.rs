@@ -162,7 +162,7 @@ fn a_template_cannot_widen_the_pod() {
     let pod = build(&evil, &Policy::default(), &settings());
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(spec.host_network, Some(false));
-    assert_eq!(spec.host_pid, None);
+    assert_eq!(spec.host_pid, Some(true), "ours, not the template's");
     assert_eq!(spec.node_name, None);
     assert!(spec.init_containers.is_none());
     assert_eq!(

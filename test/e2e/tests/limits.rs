@@ -6,9 +6,12 @@
 //! - a sandbox running as many execs as it may refuses the next with
 //!   a message naming the limit, while its neighbour on the same agent
 //!   execs freely, and takes execs again once one ends;
-//! - a user of another namespace learns nothing from either.
+//! - a client that goes away while stdin streams into a process that
+//!   stopped reading it (its output unread) leaves nothing running;
+//! - an uploaded archive whose long name claims 512 MiB is refused from
+//!   its header, naming the bound, and the agent serves on;
+//! - a user of another namespace learns nothing from any of it.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,41 +19,34 @@ use std::time::Duration;
 use fast_sandbox_cli::exec::{ExecOptions, Streams, exec};
 use fast_sandbox_cli::files;
 use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool, running_sandbox};
-use fast_sandbox_e2e::{cluster_client, delete_namespace, editor, namespace};
+use tenancy::{Cast, WAIT, try_run_with};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-const WAIT: Duration = Duration::from_secs(120);
+mod tenancy;
+
 /// How long an exec or transfer may take while a neighbour is stalled.
 const UNBLOCKED: Duration = Duration::from_secs(30);
 /// The agent's bound on exec'd processes per sandbox.
 const MAX_EXECS: usize = 128;
 
-/// Runs `command` with `stdin` and returns (exit code, stdout, stderr).
-async fn run(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    command: &[&str],
-    stdin: Option<Vec<u8>>,
-) -> Result<(i32, String, String), fast_sandbox_cli::AccessError> {
-    let opts = ExecOptions {
-        command: command.iter().map(|s| s.to_string()).collect(),
-        stdin: stdin.is_some(),
-        ..Default::default()
-    };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let io = Streams {
-        stdin: Cursor::new(stdin.unwrap_or_default()),
-        stdout: &mut out,
-        stderr: &mut err,
-        resize: None,
-    };
-    let code = exec(client.clone(), ns, name, &opts, io).await?;
-    Ok((
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    ))
+/// One agent serving sandboxes `names` in the cast's namespace: their
+/// streams share its connection to each access-server replica.
+async fn on_one_agent(cast: &Cast, names: &[&str]) {
+    ready_pool(&cast.admin, &cast.ns, "p", (1, 1), 4, WAIT)
+        .await
+        .unwrap();
+    for name in names {
+        running_sandbox(
+            &cast.tenant,
+            &cast.ns,
+            name,
+            BUSYBOX,
+            &["/bin/sleep", "3600"],
+            WAIT,
+        )
+        .await
+        .unwrap();
+    }
 }
 
 /// Runs `command` with `stdin` as a neighbour stalls, within [`UNBLOCKED`].
@@ -61,7 +57,7 @@ async fn run_unblocked(
     command: &[&str],
     stdin: Option<Vec<u8>>,
 ) -> (i32, String, String) {
-    tokio::time::timeout(UNBLOCKED, run(client, ns, name, command, stdin))
+    tokio::time::timeout(UNBLOCKED, try_run_with(client, ns, name, command, stdin))
         .await
         .unwrap_or_else(|_| panic!("{command:?} in {name} stalled past {UNBLOCKED:?}"))
         .unwrap()
@@ -69,19 +65,9 @@ async fn run_unblocked(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_nobody_reads_stalls_only_its_own_exec() {
-    let admin = cluster_client("stalled stdin").await;
-    let ns = namespace(&admin, "e2e-stall").await.unwrap();
-    let other = namespace(&admin, "e2e-stall-other").await.unwrap();
-    // One agent: both sandboxes' streams share its connection to the
-    // access server.
-    ready_pool(&admin, &ns, "p", (1, 1), 4, WAIT).await.unwrap();
-    let tenant = editor(&admin, &ns, "e2e-stall-editor").await;
-    let stranger = editor(&admin, &other, "e2e-stall-stranger").await;
-    for name in ["stuck", "busy"] {
-        running_sandbox(&tenant, &ns, name, BUSYBOX, &["/bin/sleep", "3600"], WAIT)
-            .await
-            .unwrap();
-    }
+    let cast = Cast::new("stalled stdin", "e2e-stall").await;
+    on_one_agent(&cast, &["stuck", "busy"]).await;
+    let (ns, tenant, stranger) = (cast.ns.clone(), cast.tenant.clone(), cast.stranger.clone());
 
     // 64 MiB of stdin for a process that never reads it: more than every
     // buffer on its way holds, kernel sockets included.
@@ -181,30 +167,21 @@ async fn stdin_nobody_reads_stalls_only_its_own_exec() {
     assert_eq!((code, out.as_str()), (0, "alive\n"));
 
     // A user of another namespace can neither reach nor see it.
-    let e = run(&stranger, &ns, "stuck", &["true"], None)
+    let e = try_run_with(&stranger, &ns, "stuck", &["true"], None)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("forbidden"), "{e}");
 
     stalled.abort();
     feeder.abort();
-    delete_namespace(&admin, &ns).await;
-    delete_namespace(&admin, &other).await;
+    cast.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_at_its_exec_quota_refuses_only_more_execs() {
-    let admin = cluster_client("exec quota").await;
-    let ns = namespace(&admin, "e2e-quota").await.unwrap();
-    let other = namespace(&admin, "e2e-quota-other").await.unwrap();
-    ready_pool(&admin, &ns, "p", (1, 1), 4, WAIT).await.unwrap();
-    let tenant = editor(&admin, &ns, "e2e-quota-editor").await;
-    let stranger = editor(&admin, &other, "e2e-quota-stranger").await;
-    for name in ["full", "neighbour"] {
-        running_sandbox(&tenant, &ns, name, BUSYBOX, &["/bin/sleep", "3600"], WAIT)
-            .await
-            .unwrap();
-    }
+    let cast = Cast::new("exec quota", "e2e-quota").await;
+    on_one_agent(&cast, &["full", "neighbour"]).await;
+    let (ns, tenant, stranger) = (cast.ns.clone(), cast.tenant.clone(), cast.stranger.clone());
 
     // As many attached execs as a sandbox may run, each saying when it runs.
     let mut holders = Vec::new();
@@ -237,7 +214,7 @@ async fn a_sandbox_at_its_exec_quota_refuses_only_more_execs() {
     }
 
     // The next is refused, naming the limit; nothing runs.
-    let e = run(&tenant, &ns, "full", &["touch", "/tmp/ran"], None)
+    let e = try_run_with(&tenant, &ns, "full", &["touch", "/tmp/ran"], None)
         .await
         .unwrap_err()
         .to_string();
@@ -249,7 +226,7 @@ async fn a_sandbox_at_its_exec_quota_refuses_only_more_execs() {
     let (code, out, _) = run_unblocked(&tenant, &ns, "neighbour", &["echo", "free"], None).await;
     assert_eq!((code, out.as_str()), (0, "free\n"));
     // Another namespace's user is refused by RBAC, not told of the quota.
-    let e = run(&stranger, &ns, "full", &["true"], None)
+    let e = try_run_with(&stranger, &ns, "full", &["true"], None)
         .await
         .unwrap_err()
         .to_string();
@@ -260,7 +237,7 @@ async fn a_sandbox_at_its_exec_quota_refuses_only_more_execs() {
     drop(started.pop());
     let deadline = tokio::time::Instant::now() + UNBLOCKED;
     let out = loop {
-        match run(
+        match try_run_with(
             &tenant,
             &ns,
             "full",
@@ -287,6 +264,106 @@ async fn a_sandbox_at_its_exec_quota_refuses_only_more_execs() {
     for h in holders {
         h.abort();
     }
-    delete_namespace(&admin, &ns).await;
-    delete_namespace(&admin, &other).await;
+    cast.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_claiming_a_huge_long_name_is_refused_from_its_header() {
+    let cast = Cast::new("archive bound", "e2e-tarbomb").await;
+    on_one_agent(&cast, &["sb"]).await;
+    let (ns, tenant, stranger) = (cast.ns.clone(), cast.tenant.clone(), cast.stranger.clone());
+
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(512 << 20);
+    h.set_cksum();
+    let mut bomb = h.as_bytes().to_vec();
+    bomb.extend(std::iter::repeat_n(b'a', 64 << 10));
+    let untar = |client: kube::Client, bomb: Vec<u8>| {
+        let ns = ns.clone();
+        async move {
+            let req = http::Request::put(format!(
+                "/apis/subresources.sandbox.fast.io/v1alpha1/namespaces/{ns}/sandboxes/sb/files?path=/tmp&op=untar"
+            ))
+            .body(bomb)
+            .unwrap();
+            tokio::time::timeout(UNBLOCKED, client.request_text(req))
+                .await
+                .expect("an untar was not answered")
+        }
+    };
+    let e = untar(tenant.clone(), bomb.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("536870912 bytes") && e.contains("at most 1048576"),
+        "{e}"
+    );
+    let e = untar(stranger, bomb).await.unwrap_err().to_string();
+    assert!(e.contains("forbidden") && !e.contains("bytes"), "{e}");
+    let (code, out, _) = run_unblocked(&tenant, &ns, "sb", &["ls", "/tmp"], None).await;
+    assert_eq!((code, out.as_str()), (0, ""), "nothing was extracted");
+    cast.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_stream_leaves_nothing_running() {
+    let cast = Cast::new("gone mid-stream", "e2e-gone").await;
+    on_one_agent(&cast, &["sb"]).await;
+    let (ns, tenant, stranger) = (cast.ns.clone(), cast.tenant.clone(), cast.stranger.clone());
+    let ps = || async {
+        run_unblocked(&tenant, &ns, "sb", &["ps", "-o", "args"], None)
+            .await
+            .1
+    };
+    // Endless stdin, and a client that stops reading the output: `cat`
+    // blocks writing, stops reading, and the stdin it was sent fills every
+    // window on the way.
+    let (stdout, unread) = tokio::io::duplex(1024);
+    let client = tokio::spawn({
+        let (tenant, ns) = (tenant.clone(), ns.clone());
+        async move {
+            let opts = ExecOptions {
+                command: vec!["sh".into(), "-c".into(), "cat; echo never".into()],
+                stdin: true,
+                ..Default::default()
+            };
+            let io = Streams {
+                stdin: tokio::io::repeat(b'z'),
+                stdout,
+                stderr: tokio::io::sink(),
+                resize: None,
+            };
+            exec(tenant, &ns, "sb", &opts, io).await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + UNBLOCKED;
+    while !ps().await.contains("cat") {
+        assert!(tokio::time::Instant::now() < deadline, "cat never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The client goes away (its connection dropped, as a killed
+    // `kubectl sandbox` drops it).
+    client.abort();
+    drop(unread);
+    let deadline = tokio::time::Instant::now() + UNBLOCKED;
+    loop {
+        let left = ps().await;
+        if !left.contains("cat") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the process outlived its client by {UNBLOCKED:?}: {left}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Another namespace's user cannot end or see anything of it.
+    let e = try_run_with(&stranger, &ns, "sb", &["true"], None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("forbidden"), "{e}");
+    cast.finish().await;
 }

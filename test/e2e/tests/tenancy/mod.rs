@@ -79,19 +79,37 @@ pub async fn try_run(
     name: &str,
     command: &[&str],
 ) -> Result<(i32, String), fast_sandbox_cli::AccessError> {
+    let (code, out, _) = try_run_with(client, ns, name, command, None).await?;
+    Ok((code, out))
+}
+
+/// Runs `command` in the sandbox with `stdin` when given; returns (exit
+/// code, stdout, stderr).
+pub async fn try_run_with(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    command: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> Result<(i32, String, String), fast_sandbox_cli::AccessError> {
     let opts = ExecOptions {
         command: command.iter().map(|s| s.to_string()).collect(),
+        stdin: stdin.is_some(),
         ..Default::default()
     };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let io = Streams {
-        stdin: Cursor::new(Vec::new()),
+        stdin: Cursor::new(stdin.unwrap_or_default()),
         stdout: &mut out,
         stderr: &mut err,
         resize: None,
     };
     let code = exec(client.clone(), ns, name, &opts, io).await?;
-    Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    Ok((
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    ))
 }
 
 /// A namespace with its `edit` tenant, and another namespace's user.
