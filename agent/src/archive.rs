@@ -1,7 +1,7 @@
 //! Tar streams of trees inside a sandbox, each way, for `cp -r`: no tar
 //! (nor shell) is needed in the image.
 //!
-//! Writing walks the tree from a directory resolved inside the sandbox's
+//! Writing (`tree_out`) walks the tree from a directory resolved inside the sandbox's
 //! root, each step one name opened without following anything and without
 //! leaving the root filesystem (a mount point is stored as an empty
 //! directory). Symlinks are stored as symlinks. Entries are named under the
@@ -19,160 +19,29 @@
 //! Everything here blocks: callers run it on blocking threads.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
 use fast_sandbox_api::files::{FileInfo, FileType};
 use rustix::fs::{
-    AtFlags, Mode, OFlags, Timespec, Timestamps, fchmod, fstat, futimens, linkat, mkdirat, openat2,
-    readlinkat, renameat, statat, symlinkat,
+    AtFlags, Mode, OFlags, Timespec, Timestamps, fchmod, futimens, linkat, mkdirat, openat2,
+    renameat, statat, symlinkat,
 };
 use rustix::io::Errno;
-use tar::{EntryType, Header};
+use tar::EntryType;
 
 use crate::api::invalid;
 use crate::error::{Error, Result};
+use crate::rootfs::{
+    BENEATH, SandboxPath, SandboxRoot, chown, file_err, file_type, open_child_dir, temp_name,
+};
 use long_names::LongNames;
+pub use tree_out::write_tree;
 
 mod long_names;
-use crate::rootfs::{
-    self, BENEATH, MAX_DEPTH, SandboxPath, SandboxRoot, chown, file_err, file_type, open_child_dir,
-    temp_name,
-};
-
-fn tar_err(path: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::io(format!("writing the tar stream of {path}"), e)
-}
-
-/// Writes the tree at `path` as an uncompressed tar stream into `out`.
-pub fn write_tree(root: &SandboxRoot, path: &SandboxPath, out: impl Write) -> Result<()> {
-    let mut tar = tar::Builder::new(out);
-    tar.mode(tar::HeaderMode::Complete);
-    let (dir, name, entry_name) = if path.is_root() {
-        let fd = root.open_path(path, OFlags::PATH | OFlags::DIRECTORY)?;
-        (fd, ".".to_string(), ".".to_string())
-    } else {
-        let parent_path = path.parent().unwrap_or_else(|| path.clone());
-        let fd = root.open_path(&parent_path, OFlags::PATH | OFlags::DIRECTORY)?;
-        (fd, path.name().to_string(), path.name().to_string())
-    };
-    let st = statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(file_err("stat", &path.display))?;
-    append(&mut tar, &dir, &name, &entry_name, path, &st, 0)?;
-    tar.into_inner()
-        .map_err(tar_err(&path.display))?
-        .flush()
-        .map_err(tar_err(&path.display))
-}
-
-#[allow(clippy::unnecessary_cast)]
-fn header(st: &rustix::fs::Stat, kind: EntryType) -> Header {
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode((st.st_mode as u32) & 0o7777);
-    h.set_uid(st.st_uid as u64);
-    h.set_gid(st.st_gid as u64);
-    h.set_mtime(u64::try_from(st.st_mtime as i64).unwrap_or(0));
-    h.set_size(0);
-    h
-}
-
-fn append<W: Write>(
-    tar: &mut tar::Builder<W>,
-    dir: &OwnedFd,
-    name: &str,
-    entry: &str,
-    path: &SandboxPath,
-    st: &rustix::fs::Stat,
-    depth: usize,
-) -> Result<()> {
-    let write = tar_err(&path.display);
-    match file_type(st) {
-        FileType::Symlink => {
-            let target =
-                readlinkat(dir, name, Vec::new()).map_err(file_err("readlink", &path.display))?;
-            let target = String::from_utf8_lossy(target.as_bytes()).into_owned();
-            let mut h = header(st, EntryType::Symlink);
-            tar.append_link(&mut h, entry, &target).map_err(write)?;
-        }
-        FileType::File => {
-            let fd = openat2(
-                dir,
-                name,
-                OFlags::RDONLY
-                    | OFlags::NOFOLLOW
-                    | OFlags::NONBLOCK
-                    | OFlags::CLOEXEC
-                    | OFlags::NOCTTY,
-                Mode::empty(),
-                BENEATH,
-            )
-            .map_err(file_err("open", &path.display))?;
-            let now = fstat(&fd).map_err(file_err("stat", &path.display))?;
-            if file_type(&now) != FileType::File {
-                return Ok(());
-            }
-            #[allow(clippy::unnecessary_cast)]
-            let size = now.st_size as u64;
-            let mut h = header(&now, EntryType::Regular);
-            h.set_size(size);
-            // Exactly `size` bytes, even if the file changes meanwhile.
-            let data = std::fs::File::from(fd)
-                .take(size)
-                .chain(std::io::repeat(0))
-                .take(size);
-            tar.append_data(&mut h, entry, data).map_err(write)?;
-        }
-        FileType::Directory => {
-            let mut h = header(st, EntryType::Directory);
-            tar.append_data(&mut h, format!("{entry}/"), std::io::empty())
-                .map_err(write)?;
-            if depth >= MAX_DEPTH {
-                return Err(invalid(
-                    "path",
-                    format!("{} is nested deeper than {MAX_DEPTH} levels", path.display),
-                ));
-            }
-            let child_dir = match open_child_dir(dir, name, &path.display) {
-                Ok(d) => d,
-                // A mount point: its content is another file system.
-                Err(Error::File {
-                    code: fast_sandbox_api::agent::ErrorCode::InvalidArgument,
-                    ..
-                }) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            for child in rootfs::names(&child_dir, &path.display)? {
-                let child_path = path.child(&child);
-                let st = match statat(&child_dir, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => st,
-                    Err(Errno::NOENT) => continue,
-                    Err(e) => return Err(file_err("stat", &child_path.display)(e)),
-                };
-                let child_entry = if entry == "." {
-                    child.clone()
-                } else {
-                    format!("{entry}/{child}")
-                };
-                append(
-                    tar,
-                    &child_dir,
-                    &child,
-                    &child_entry,
-                    &child_path,
-                    &st,
-                    depth + 1,
-                )?;
-            }
-        }
-        FileType::Other => {
-            tracing::debug!(path = %path.display, "not archiving a device, FIFO or socket");
-        }
-    }
-    Ok(())
-}
+mod tree_out;
 
 /// The checked components of an archive entry's path (`None`: the entry
 /// names the destination itself).
@@ -520,7 +389,7 @@ mod tests {
         link: Option<&str>,
         data: &[u8],
     ) {
-        let mut h = Header::new_gnu();
+        let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(0o644);
         h.set_size(data.len() as u64);

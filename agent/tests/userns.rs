@@ -122,6 +122,24 @@ async fn check_mapped(a: &TestAgent, info: &SandboxInfo, range: IdRange) -> u32 
     );
     let seen = exec(&a.client, uid, &["cat", "/tmp/uploaded"]).await;
     assert_eq!(stdout(&seen), "hi", "root inside reads its 0600 file");
+    // An archive carries the ids the sandbox sees, not the node's mapping.
+    let archive = a
+        .client
+        .tar(uid, "/tmp/uploaded")
+        .await
+        .unwrap()
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    for entry in tar::Archive::new(&archive[..]).entries().unwrap() {
+        let h = entry.unwrap().header().clone();
+        assert_eq!(
+            (h.uid().unwrap(), h.gid().unwrap()),
+            (0, 0),
+            "{uid}: archived owner"
+        );
+    }
     host
 }
 
