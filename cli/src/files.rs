@@ -159,6 +159,63 @@ fn base_name(path: &str) -> String {
         .to_string()
 }
 
+/// Where symlink `link` points inside the sandbox: its `target` taken
+/// from the link's directory unless absolute, `.` and `..` resolved
+/// lexically (never above the root).
+fn link_destination(link: &str, target: &str) -> String {
+    let base = if target.starts_with('/') {
+        String::new()
+    } else {
+        link.trim_end_matches('/')
+            .rsplit_once('/')
+            .map(|(dir, _)| dir.to_string())
+            .unwrap_or_default()
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in base.split('/').chain(target.split('/')) {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Hops through symlinks a copy follows before giving up, as the kernel
+/// does (`ELOOP`).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Follows `src` through symlinks to what it names, as `cp` follows the
+/// link it is given: the path and what is there.
+async fn dereference(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    src: &str,
+    mut info: FileInfo,
+) -> Result<(String, FileInfo), AccessError> {
+    let mut path = src.to_string();
+    for _ in 0..MAX_LINK_HOPS {
+        if info.file_type != FileType::Symlink {
+            return Ok((path, info));
+        }
+        let target = info.link_target.clone().unwrap_or_default();
+        let next = link_destination(&path, &target);
+        info = stat(client, ns, name, &next).await?.ok_or_else(|| {
+            AccessError::Api(format!(
+                "{src}: a symlink to {target}, which does not exist in sandbox {name}"
+            ))
+        })?;
+        path = next;
+    }
+    Err(AccessError::Api(format!(
+        "{src}: more than {MAX_LINK_HOPS} symlinks in a row in sandbox {name}"
+    )))
+}
+
 fn join_remote(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
@@ -267,6 +324,9 @@ pub async fn download(
             "{src}: no such file or directory in sandbox {name}"
         ))
     })?;
+    // A symlink is copied as what it names (file or tree, with that one's
+    // mode), under the link's own name.
+    let (resolved, info) = dereference(client, ns, name, src, info).await?;
     let local_is_dir = tokio::fs::metadata(dst)
         .await
         .map(|m| m.is_dir())
@@ -276,18 +336,20 @@ pub async fn download(
         move |source| AccessError::Write { what, source }
     };
     if info.file_type == FileType::Directory {
-        let uri = files_path(ns, name, src, "tar", &[]);
+        let uri = files_path(ns, name, &resolved, "tar", &[]);
         let reader = client
             .request_stream(request(http::Method::GET, uri, Vec::new())?)
             .await
             .map_err(access::api_error)?;
-        // Entries come under the directory's own name: unpack them into
-        // `dst` when it exists, else into a new `dst` without that name.
-        let (into, strip) = if local_is_dir {
-            (dst.to_path_buf(), false)
+        // Entries come under the directory's own name, which is dropped:
+        // they land in `dst`/<src's name> when `dst` exists, else in a new
+        // `dst`.
+        let into = if local_is_dir {
+            dst.join(base_name(src))
         } else {
-            (dst.to_path_buf(), true)
+            dst.to_path_buf()
         };
+        let strip = true;
         tokio::fs::create_dir_all(&into)
             .await
             .map_err(write_err(&into))?;
@@ -301,7 +363,7 @@ pub async fn download(
     } else {
         dst.to_path_buf()
     };
-    let uri = files_path(ns, name, src, "read", &[]);
+    let uri = files_path(ns, name, &resolved, "read", &[]);
     let reader = client
         .request_stream(request(http::Method::GET, uri, Vec::new())?)
         .await
@@ -395,6 +457,15 @@ fn unpack(reader: impl std::io::Read, into: &Path, strip: bool) -> Result<(), Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_targets_resolve_from_the_links_directory() {
+        assert_eq!(link_destination("/tmp/d/l", "/etc/passwd"), "/etc/passwd");
+        assert_eq!(link_destination("/tmp/d/l", "f"), "/tmp/d/f");
+        assert_eq!(link_destination("/tmp/d/l", "../x/./y"), "/tmp/x/y");
+        assert_eq!(link_destination("/l", "../../.."), "/");
+        assert_eq!(link_destination("/bin/sh", "busybox"), "/bin/busybox");
+    }
 
     #[test]
     fn remote_specs_parse() {

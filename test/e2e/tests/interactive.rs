@@ -445,6 +445,60 @@ async fn files_round_trip_and_never_leave_the_sandbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_is_copied_out_as_what_it_names() {
+    let admin = cluster_client("cp of symlinks").await;
+    let ns = namespace(&admin, "e2e-cp-links").await.unwrap();
+    ready_pool(&admin, &ns, "p", (1, 1), 4, WAIT).await.unwrap();
+    bind(&admin, &ns, "e2e-links-editor", "edit").await;
+    let editor = impersonating("e2e-links-editor").await;
+    running_sandbox(&admin, &ns, "sb", BUSYBOX, &["/bin/sleep", "3600"], WAIT)
+        .await
+        .unwrap();
+    let (code, _, err) = run(
+        &editor,
+        &ns,
+        "sb",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/d && echo hi > /tmp/d/f && chmod 640 /tmp/d/f && ln -s f /tmp/d/l && ln -s ../d/l /tmp/d/l2 && ln -s /bin /tmp/binlink && ln -s nowhere /tmp/d/dangling",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    let out = tempfile::tempdir().unwrap();
+    // A file through a chain of links: its content and its own mode, under
+    // the link's name.
+    files::download(&editor, &ns, "sb", "/tmp/d/l2", out.path())
+        .await
+        .unwrap();
+    let got = out.path().join("l2");
+    assert_eq!(std::fs::read(&got).unwrap(), b"hi\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::symlink_metadata(&got)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640,
+        "the target's mode, not the link's 0777"
+    );
+    // A link to a directory copies the tree.
+    files::download(&editor, &ns, "sb", "/tmp/binlink", &out.path().join("bin"))
+        .await
+        .unwrap();
+    assert!(out.path().join("bin/busybox").exists());
+    let e = files::download(&editor, &ns, "sb", "/tmp/d/dangling", out.path())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("which does not exist"), "{e}");
+    delete_namespace(&admin, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_cannot_exec_and_another_namespace_cannot_do_anything() {
     let admin = cluster_client("exec RBAC").await;
     let ns = namespace(&admin, "e2e-exec-rbac").await.unwrap();
