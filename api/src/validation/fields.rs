@@ -72,7 +72,9 @@ pub(super) fn check_exec(
     working_dir: Option<&str>,
 ) {
     for (i, c) in command.iter().enumerate() {
-        if c.is_empty() {
+        // The program must be named; an empty argument after it is an
+        // argument like any other (as a Pod takes it).
+        if i == 0 && c.is_empty() {
             errs.push(format!("{prefix}command[{i}]"), "must not be empty");
         }
         if c.contains('\0') {
@@ -98,18 +100,26 @@ pub(super) fn check_exec(
             errs.push(format!("{prefix}env[{i}].value"), "must not contain NUL");
         }
     }
-    let bytes: usize = command
-        .iter()
-        .chain(args)
-        .map(|s| s.len() + 1)
-        .sum::<usize>()
-        + env
-            .iter()
-            .map(|e| e.name.len() + e.value.len() + 2)
-            .sum::<usize>();
+    let words = |w: &[String]| w.iter().map(|s| s.len() + 1).sum::<usize>();
+    let parts = [
+        ("command", words(command)),
+        ("args", words(args)),
+        (
+            "env",
+            env.iter()
+                .map(|e| e.name.len() + e.value.len() + 2)
+                .sum::<usize>(),
+        ),
+    ];
+    let bytes: usize = parts.iter().map(|(_, n)| n).sum();
     if bytes > MAX_EXEC_BYTES {
+        // Named after the largest part: the one to shrink.
+        let field = parts
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or("command", |(f, _)| f);
         errs.push(
-            format!("{prefix}command"),
+            format!("{prefix}{field}"),
             format!(
                 "command, args and env total {bytes} bytes; at most {MAX_EXEC_BYTES} are allowed"
             ),

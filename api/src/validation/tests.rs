@@ -63,7 +63,7 @@ fn empty_image_and_missing_pool_are_named() {
 #[test]
 fn env_command_and_workdir_are_checked() {
     let mut s = spec();
-    s.command = vec!["/bin/sh".into(), "".into()];
+    s.command = vec!["".into(), "-c".into()];
     s.env = vec![
         EnvVar {
             name: "GOOD_1".into(),
@@ -84,7 +84,7 @@ fn env_command_and_workdir_are_checked() {
     assert_eq!(
         f,
         [
-            "spec.command[1]",
+            "spec.command[0]",
             "spec.env[1].name",
             "spec.env[2].name",
             "spec.workingDir"
@@ -132,7 +132,25 @@ fn a_ttl_is_bounded_as_a_jobs() {
 fn oversized_command_is_refused() {
     let mut s = spec();
     s.args = vec!["x".repeat(MAX_EXEC_BYTES)];
-    assert_eq!(fields(validate_sandbox_spec(&s)), ["spec.command"]);
+    assert_eq!(fields(validate_sandbox_spec(&s)), ["spec.args"]);
+    // Named after the part to shrink.
+    let mut s = spec();
+    s.env = vec![EnvVar {
+        name: "BIG".into(),
+        value: "x".repeat(MAX_EXEC_BYTES),
+    }];
+    assert_eq!(fields(validate_sandbox_spec(&s)), ["spec.env"]);
+    // An empty argument is an argument; only the program must be named.
+    let mut s = spec();
+    s.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo \"$0\"".into(),
+        String::new(),
+    ];
+    assert!(validate_sandbox_spec(&s).is_ok());
+    s.command[0] = String::new();
+    assert_eq!(fields(validate_sandbox_spec(&s)), ["spec.command[0]"]);
 }
 
 #[test]

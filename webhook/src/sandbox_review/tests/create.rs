@@ -276,12 +276,12 @@ async fn every_validation_message_names_its_field() {
             "spec.env[0].name: invalid environment variable name \"1BAD\"",
         ),
         (
-            json!({"image": "busybox", "poolRef": "default-pool", "command": ["a", ""]}),
-            "spec.command[1]: must not be empty",
+            json!({"image": "busybox", "poolRef": "default-pool", "command": ["", "a"]}),
+            "spec.command[0]: must not be empty",
         ),
         (
             json!({"image": "busybox", "poolRef": "default-pool", "args": ["x".repeat(200_000)]}),
-            "spec.command: command, args and env total",
+            "spec.args: command, args and env total",
         ),
         (
             json!({"image": "busybox", "poolRef": "default-pool", "workingDir": "tmp"}),
