@@ -28,7 +28,7 @@ mod follower;
 mod pod;
 
 pub use follower::MAX_RECONNECT_BACKOFF;
-pub use pod::{node_of, pod_draining, pod_gone, pod_ready, pool_of};
+pub use pod::{node_of, pod_draining, pod_gone, pod_ready, pod_unschedulable, pool_of};
 
 /// Deleted agent pod names remembered (pod names are generated, so a name
 /// is never reused in practice); the set is cleared when full.

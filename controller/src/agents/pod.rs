@@ -13,6 +13,21 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Whether the scheduler found no node for the pod (its PodScheduled
+/// condition is False with reason Unschedulable).
+pub fn pod_unschedulable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        })
+}
+
 /// Whether the pod is finished or being deleted: its agent is going away.
 pub fn pod_gone(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()

@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use crate::agents::{pod_gone, pod_ready};
+use crate::agents::{pod_gone, pod_ready, pod_unschedulable};
 use crate::context::Context;
 use crate::error::Error;
 use crate::scale::{self, AgentState, ScaleInput};
@@ -198,12 +198,18 @@ async fn reconcile_inner(pool: &SandboxPool, ctx: &Context) -> Result<Action, Er
     drop(_planning);
 
     let limit = capped.then_some(caps);
+    let unschedulable: Vec<String> = pods
+        .iter()
+        .filter(|p| pod_unschedulable(p))
+        .map(|p| p.name_any())
+        .collect();
     write_status(
         pool,
         ctx,
         &ns,
         &name,
         &agents,
+        &unschedulable,
         &plan,
         &bound,
         limit,

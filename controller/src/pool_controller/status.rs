@@ -17,6 +17,19 @@ use crate::error::Error;
 use crate::scale::{AgentState, ScalePlan};
 use crate::transition::set_condition;
 
+/// The Ready condition's message: how many agents run, and which no node
+/// can take (a pool whose agents never start says why, not only that).
+fn ready_message(ready: i32, live: usize, pool_min: i32, unschedulable: &[String]) -> String {
+    let mut m = format!("{ready} of {live} agents ready (poolMin {pool_min})");
+    if !unschedulable.is_empty() {
+        m.push_str(&format!(
+            "; the scheduler finds no node for agent pods {}: their requests (spec.agentTemplate resources plus the sandboxes' share) are larger than any node has free, or taints and selectors rule every node out (the pods' events in the operator's namespace say which)",
+            unschedulable.join(", ")
+        ));
+    }
+    m
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn write_status(
     pool: &SandboxPool,
@@ -24,6 +37,7 @@ pub(super) async fn write_status(
     ns: &str,
     name: &str,
     agents: &[AgentState],
+    unschedulable: &[String],
     plan: &ScalePlan,
     bound: &HashMap<String, u32>,
     capped: Option<Caps>,
@@ -57,10 +71,7 @@ pub(super) async fn write_status(
         } else {
             reason::POOL_NOT_READY
         },
-        &format!(
-            "{ready} of {} agents ready (poolMin {pool_min})",
-            live.len()
-        ),
+        &ready_message(ready, live.len(), pool_min, unschedulable),
         generation,
         now,
     );
@@ -175,4 +186,24 @@ pub(super) async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_no_node_takes_are_named_in_the_ready_message() {
+        assert_eq!(
+            ready_message(1, 1, 1, &[]),
+            "1 of 1 agents ready (poolMin 1)"
+        );
+        let m = ready_message(0, 1, 1, &["p-abc".to_string()]);
+        assert!(
+            m.starts_with(
+                "0 of 1 agents ready (poolMin 1); the scheduler finds no node for agent pods p-abc"
+            ),
+            "{m}"
+        );
+    }
 }

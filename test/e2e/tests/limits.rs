@@ -10,6 +10,7 @@
 //!   stopped reading it (its output unread) leaves nothing running;
 //! - an uploaded archive whose long name claims 512 MiB is refused from
 //!   its header, naming the bound, and the agent serves on;
+//! - a pool whose agents no node can take says so in its Ready condition;
 //! - a user of another namespace learns nothing from any of it.
 
 use std::sync::Arc;
@@ -365,5 +366,51 @@ async fn a_client_gone_mid_stream_leaves_nothing_running() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("forbidden"), "{e}");
+    cast.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_no_node_can_take_says_why() {
+    let cast = Cast::new("unschedulable pool", "e2e-nonode").await;
+    let mut p = tenancy::pool("p", BUSYBOX, None);
+    p.spec.agent_template = serde_json::from_value(serde_json::json!({"spec": {"containers": [{
+        "name": "agent", "image": fast_sandbox_e2e::scenario::AGENT_IMAGE,
+        "resources": {"requests": {"memory": "1Pi"}}
+    }]}}))
+    .unwrap();
+    let mine: kube::Api<fast_sandbox_api::SandboxPool> =
+        kube::Api::namespaced(cast.tenant.clone(), &cast.ns);
+    mine.create(&Default::default(), &p).await.unwrap();
+    let pool = fast_sandbox_e2e::wait_for(
+        &mine,
+        "p",
+        WAIT,
+        "Ready to say no node takes the agent",
+        |p: &fast_sandbox_api::SandboxPool| {
+            p.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Ready" && c.status == "False" && c.message.contains("finds no node")
+                })
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let ready = pool
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains("0 of 1 agents ready"),
+        "{}",
+        ready.message
+    );
+    let theirs: kube::Api<fast_sandbox_api::SandboxPool> =
+        kube::Api::namespaced(cast.stranger.clone(), &cast.ns);
+    let e = theirs.get("p").await.unwrap_err().to_string();
+    assert!(e.contains("forbidden"), "{e}");
     cast.finish().await;
 }
