@@ -227,18 +227,34 @@ fn mode_of(meta: &std::fs::Metadata) -> u32 {
 }
 
 /// A tar of local `dir`'s contents (entries relative to it), symlinks kept.
+/// The tree at `dir` as a tar stream: directories, files and symlinks (as
+/// symlinks). FIFOs, sockets and devices are left out, as copies out of a
+/// sandbox leave them out: the sandbox refuses them, and one met half-way
+/// would stop the copy with part of the tree written.
 fn tar_dir(dir: &Path) -> Result<Vec<u8>, AccessError> {
+    let read = |p: &Path| {
+        let what = p.display().to_string();
+        move |source| AccessError::Read { what, source }
+    };
     let mut b = tar::Builder::new(Vec::new());
     b.follow_symlinks(false);
-    b.append_dir_all(".", dir)
-        .map_err(|source| AccessError::Read {
-            what: dir.display().to_string(),
-            source,
-        })?;
-    b.into_inner().map_err(|source| AccessError::Read {
-        what: dir.display().to_string(),
-        source,
-    })
+    b.append_dir(".", dir).map_err(read(dir))?;
+    let mut todo = vec![(dir.to_path_buf(), PathBuf::from("."))];
+    while let Some((src, rel)) = todo.pop() {
+        for entry in std::fs::read_dir(&src).map_err(read(&src))? {
+            let entry = entry.map_err(read(&src))?;
+            let path = entry.path();
+            let name = rel.join(entry.file_name());
+            let kind = entry.file_type().map_err(read(&path))?;
+            if kind.is_dir() {
+                b.append_dir(&name, &path).map_err(read(&path))?;
+                todo.push((path, name));
+            } else if kind.is_file() || kind.is_symlink() {
+                b.append_path_with_name(&path, &name).map_err(read(&path))?;
+            }
+        }
+    }
+    b.into_inner().map_err(read(dir))
 }
 
 /// Copies local `src` into the sandbox at `dst`. A directory lands at
@@ -502,10 +518,22 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         std::fs::create_dir(src.path().join("d")).unwrap();
         std::fs::write(src.path().join("d/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", src.path().join("d/l")).unwrap();
+        // A FIFO is left out, not sent to be refused half-way.
+        let made = std::process::Command::new("mkfifo")
+            .arg(src.path().join("d/pipe"))
+            .status()
+            .unwrap();
+        assert!(made.success());
         let tar = tar_dir(src.path()).unwrap();
         let out = tempfile::tempdir().unwrap();
         unpack(&tar[..], out.path(), false).unwrap();
         assert_eq!(std::fs::read(out.path().join("d/f")).unwrap(), b"x");
+        assert_eq!(
+            std::fs::read_link(out.path().join("d/l")).unwrap(),
+            Path::new("f")
+        );
+        assert!(!out.path().join("d/pipe").exists());
     }
 
     #[test]

@@ -217,8 +217,13 @@ async fn run_exec(
     client: kube::Client,
     namespace: &str,
     name: &str,
-    opts: ExecOptions,
+    mut opts: ExecOptions,
 ) -> anyhow::Result<Exit> {
+    if opts.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // As kubectl exec: a pipe or file cannot drive a terminal.
+        eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
+        opts.tty = false;
+    }
     let raw = opts.tty.then(terminal::RawMode::enter).flatten();
     let resize = opts.tty.then(terminal::sizes);
     let io = fast_sandbox_cli::exec::Streams {
