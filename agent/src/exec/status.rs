@@ -15,6 +15,15 @@ const START_MARK: &str = "unable to start container process: ";
 
 /// The stderr line and status of a command runc could not start, or `None`
 /// when the failure is not the command's.
+/// `cannot change to working directory D: E` from runc's `chdir to cwd
+/// ("D") set in config.json failed: E`.
+fn working_dir_failure(why: &str) -> Option<String> {
+    let rest = why.split_once("chdir to cwd (\"")?.1;
+    let (dir, rest) = rest.split_once("\")")?;
+    let cause = rest.rsplit_once("failed: ").map_or("failed", |(_, c)| c);
+    Some(format!("cannot change to working directory {dir}: {cause}"))
+}
+
 pub(super) fn start_failure(e: &Error, command: &str) -> Option<(String, ExecStatus)> {
     let Error::Containerd { status, .. } = e else {
         return None;
@@ -30,6 +39,12 @@ pub(super) fn start_failure(e: &Error, command: &str) -> Option<(String, ExecSta
     } else {
         why.to_string()
     };
+    // runc's words for a missing working directory name its config file;
+    // say it as a shell would.
+    let why = match working_dir_failure(&why) {
+        Some(said) => said,
+        None => why,
+    };
     let why = why.as_str();
     let not_found = why.starts_with("exec: ")
         && (why.contains("not found in $PATH") || why.contains("no such file or directory"));
@@ -44,6 +59,12 @@ pub(super) fn start_failure(e: &Error, command: &str) -> Option<(String, ExecSta
             EXIT_CANNOT_EXECUTE,
             reason::START_FAILED,
             format!("{command}: permission denied\n"),
+        )
+    } else if why.starts_with("cannot change to working directory") {
+        (
+            EXIT_CANNOT_EXECUTE,
+            reason::START_FAILED,
+            format!("{why}\n"),
         )
     } else {
         (
@@ -128,6 +149,18 @@ pub(super) fn exec_status(exit: Result<u32>, killed: Option<Kill>) -> ExecStatus
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_missing_working_directory_is_said_plainly() {
+        assert_eq!(
+            working_dir_failure(
+                "exec failed: unable to start container process: chdir to cwd (\"/nonexist\") set in config.json failed: no such file or directory"
+            )
+            .as_deref(),
+            Some("cannot change to working directory /nonexist: no such file or directory")
+        );
+        assert_eq!(working_dir_failure("exec: \"x\": not found"), None);
+    }
+
     fn containerd_error(msg: &str) -> Error {
         Error::containerd("start exec process", tonic::Status::unknown(msg))
     }
@@ -158,9 +191,12 @@ mod tests {
         let e = containerd_error(
             "OCI runtime exec failed: exec failed: unable to start container process: chdir to cwd (\"/nope\") set in config.json failed: no such file or directory: unknown",
         );
-        let st = start_failure(&e, "sh").unwrap().1;
+        let (line, st) = start_failure(&e, "sh").unwrap();
         assert_eq!(st.exit_code, Some(126));
-        assert!(st.message.starts_with("chdir to cwd"), "{st:?}");
+        assert_eq!(
+            line,
+            "cannot change to working directory /nope: no such file or directory\n"
+        );
         assert!(start_failure(&containerd_error("shim died"), "sh").is_none());
         let e = containerd_error(
             "OCI runtime exec failed: exec failed: unable to start container process: read init-p: connection reset by peer: unknown",
