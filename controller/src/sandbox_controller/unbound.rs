@@ -17,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::{Target, event, write_status};
+use crate::agents::{pod_ready, pod_unschedulable};
 use crate::context::Context;
 use crate::error::Error;
 use crate::transition;
@@ -81,16 +82,23 @@ async fn wait_for_capacity(
     // when one of its sandboxes is deleted.
     let at_max = pool_obj.and_then(|p| {
         let max = p.spec.capacity.effective().pool_max;
-        let agents = ctx
-            .pods
-            .state()
+        let pods = ctx.pods.state();
+        let owned: Vec<_> = pods
             .iter()
             .filter(|pod| crate::pool_controller::owned_by(pod, p))
-            .count();
-        (agents as u32 >= max).then_some(max)
+            .collect();
+        let starting = owned.iter().filter(|pod| !pod_ready(pod)).count();
+        let stuck = owned.iter().filter(|pod| pod_unschedulable(pod)).count();
+        (owned.len() as u32 >= max).then_some((max, starting, stuck))
     });
     let waiting = match at_max {
-        Some(max) => {
+        Some((max, _, stuck)) if stuck > 0 => format!(
+            "the pool is at its poolMax ({max} agents) and no node can take {stuck} of them (the pool's Ready condition says more): waiting for them to be scheduled or a slot to free"
+        ),
+        Some((max, starting, _)) if starting > 0 => format!(
+            "the pool is at its poolMax ({max} agents), {starting} of them starting: waiting for one to be ready or a slot to free"
+        ),
+        Some((max, _, _)) => {
             format!("the pool is at its poolMax ({max} agents): waiting for a slot to free")
         }
         None => "waiting while the pool grows".to_string(),

@@ -10,7 +10,8 @@
 //!   stopped reading it (its output unread) leaves nothing running;
 //! - an uploaded archive whose long name claims 512 MiB is refused from
 //!   its header, naming the bound, and the agent serves on;
-//! - a pool whose agents no node can take says so in its Ready condition;
+//! - a pool whose agents no node can take says so in its Ready condition,
+//!   and so do its waiting sandboxes;
 //! - a user of another namespace learns nothing from any of it.
 
 use std::sync::Arc;
@@ -408,6 +409,30 @@ async fn a_pool_no_node_can_take_says_why() {
         "{}",
         ready.message
     );
+    // A sandbox of it waits, and says why.
+    let sandboxes: kube::Api<fast_sandbox_api::Sandbox> =
+        kube::Api::namespaced(cast.tenant.clone(), &cast.ns);
+    sandboxes
+        .create(
+            &Default::default(),
+            &tenancy::sandbox("waits", BUSYBOX, &["/bin/sleep", "60"], None),
+        )
+        .await
+        .unwrap();
+    fast_sandbox_e2e::wait_for(
+        &sandboxes,
+        "waits",
+        WAIT,
+        "the sandbox to say no node takes its agent",
+        |s: &fast_sandbox_api::Sandbox| {
+            s.condition(fast_sandbox_api::wellknown::condition::SCHEDULED)
+                .is_some_and(|c| {
+                    c.status == "False" && c.message.contains("no node can take 1 of them")
+                })
+        },
+    )
+    .await
+    .unwrap();
     let theirs: kube::Api<fast_sandbox_api::SandboxPool> =
         kube::Api::namespaced(cast.stranger.clone(), &cast.ns);
     let e = theirs.get("p").await.unwrap_err().to_string();
