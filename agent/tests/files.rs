@@ -15,7 +15,7 @@ use fast_sandbox_agent::client::AgentClient;
 use fast_sandbox_api::agent::{ContainerState, ErrorCode};
 use fast_sandbox_api::files::FileType;
 use http::StatusCode;
-use support::{TestAgent, env, exec, request, stdout, wait_for};
+use support::{TestAgent, env, exec, request, stdout, tar_of, wait_for};
 
 fn body(data: impl Into<Bytes>) -> fast_sandbox_agent::client::RequestBody {
     fast_sandbox_server::body::full(data.into())
@@ -222,14 +222,7 @@ async fn a_directory_is_copied_out_and_in_with_modes_and_links() {
         ],
     )
     .await;
-    let archive = c
-        .tar("ft", "/src/tree")
-        .await
-        .unwrap()
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let archive = tar_of(c, "ft", "/src/tree").await;
     let mut entries: Vec<(String, u32)> = tar::Archive::new(&archive[..])
         .entries()
         .unwrap()
@@ -286,14 +279,7 @@ async fn a_directory_is_copied_out_and_in_with_modes_and_links() {
     let o = exec(c, "ft", &["stat", "-c", "%a %s", "/copy/up/bin/run.sh"]).await;
     assert_eq!(stdout(&o), "700 5\n");
     // The whole root archives without crossing into /proc or /sys.
-    let all = c
-        .tar("ft", "/")
-        .await
-        .unwrap()
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let all = tar_of(c, "ft", "/").await;
     let names: Vec<String> = tar::Archive::new(&all[..])
         .entries()
         .unwrap()

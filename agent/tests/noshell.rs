@@ -7,7 +7,7 @@ mod support;
 use bytes::Bytes;
 use fast_sandbox_api::exec::reason;
 use fast_sandbox_api::files::FileType;
-use support::{TestAgent, env, exec, exec_request, noshell_image, request, stdout};
+use support::{TestAgent, env, exec, exec_request, noshell_image, request, stdout, tar_of};
 
 fn body(data: impl Into<Bytes>) -> fast_sandbox_agent::client::RequestBody {
     fast_sandbox_server::body::full(data.into())
@@ -79,14 +79,7 @@ async fn exec_and_files_work_without_a_shell_in_the_image() {
     let tool = c.stat("ns", "/tool").await.unwrap().unwrap();
     assert_eq!(tool.file_type, FileType::File);
     assert_eq!(tool.mode & 0o111, 0o111);
-    let archive = c
-        .tar("ns", "/data")
-        .await
-        .unwrap()
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let archive = tar_of(c, "ns", "/data").await;
     c.mkdir("ns", "/copy", None).await.unwrap().unwrap();
     c.untar("ns", "/copy", body(archive))
         .await

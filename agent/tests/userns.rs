@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use fast_sandbox_agent::userns::{IDS_PER_SANDBOX, IdRange, SLOT_LEASE_PREFIX};
 use fast_sandbox_api::agent::{ErrorCode, SandboxInfo};
-use support::{Env, TestAgent, env, exec, request, stdout};
+use support::{Env, TestAgent, env, exec, request, stdout, tar_of};
 
 /// Host ids of these tests' sandboxes: apart from every other test's.
 const RANGE: IdRange = IdRange {
@@ -123,15 +123,7 @@ async fn check_mapped(a: &TestAgent, info: &SandboxInfo, range: IdRange) -> u32 
     let seen = exec(&a.client, uid, &["cat", "/tmp/uploaded"]).await;
     assert_eq!(stdout(&seen), "hi", "root inside reads its 0600 file");
     // An archive carries the ids the sandbox sees, not the node's mapping.
-    let archive = a
-        .client
-        .tar(uid, "/tmp/uploaded")
-        .await
-        .unwrap()
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let archive = tar_of(&a.client, uid, "/tmp/uploaded").await;
     for entry in tar::Archive::new(&archive[..]).entries().unwrap() {
         let h = entry.unwrap().header().clone();
         assert_eq!(

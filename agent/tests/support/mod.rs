@@ -468,3 +468,15 @@ pub fn noshell_image() -> String {
         )
     })
 }
+
+/// The tar stream of the tree at `path` in sandbox `uid`.
+pub async fn tar_of(client: &AgentClient, uid: &str, path: &str) -> Vec<u8> {
+    client
+        .tar(uid, path)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("tar of {path} in {uid}: {e:?}"))
+        .bytes()
+        .await
+        .unwrap()
+}
