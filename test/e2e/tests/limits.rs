@@ -10,6 +10,7 @@
 //!   stopped reading it (its output unread) leaves nothing running;
 //! - an uploaded archive whose long name claims 512 MiB is refused from
 //!   its header, naming the bound, and the agent serves on;
+//! - `kubectl scale` past a pool's poolMax is refused, naming both;
 //! - a pool whose agents no node can take says so in its Ready condition,
 //!   and so do its waiting sandboxes;
 //! - a user of another namespace learns nothing from any of it.
@@ -436,6 +437,45 @@ async fn a_pool_no_node_can_take_says_why() {
     let theirs: kube::Api<fast_sandbox_api::SandboxPool> =
         kube::Api::namespaced(cast.stranger.clone(), &cast.ns);
     let e = theirs.get("p").await.unwrap_err().to_string();
+    assert!(e.contains("forbidden"), "{e}");
+    cast.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_past_pool_max_is_refused() {
+    let cast = Cast::new("scale past poolMax", "e2e-scale").await;
+    on_one_agent(&cast, &[]).await;
+    let mine: kube::Api<fast_sandbox_api::SandboxPool> =
+        kube::Api::namespaced(cast.tenant.clone(), &cast.ns);
+    // What `kubectl scale sbp/p --replicas=50` sends, as the tenant: the
+    // scale subresource goes through the pool's own validation.
+    let scale = serde_json::json!({"spec": {"replicas": 50}});
+    let params = kube::api::PatchParams::default();
+    let e = mine
+        .patch_scale("p", &params, &kube::api::Patch::Merge(&scale))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.replicas") && e.contains("must not exceed capacity.poolMax"),
+        "{e}"
+    );
+    let pool = mine.get("p").await.unwrap();
+    assert_eq!(pool.spec.replicas, None, "nothing was written");
+    assert_eq!(pool.status.unwrap().agents, 1);
+    // Within bounds, it is taken.
+    let one = serde_json::json!({"spec": {"replicas": 1}});
+    mine.patch_scale("p", &params, &kube::api::Patch::Merge(&one))
+        .await
+        .unwrap();
+    // Another namespace's user can neither read nor scale it.
+    let theirs: kube::Api<fast_sandbox_api::SandboxPool> =
+        kube::Api::namespaced(cast.stranger.clone(), &cast.ns);
+    let e = theirs
+        .patch_scale("p", &params, &kube::api::Patch::Merge(&one))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("forbidden"), "{e}");
     cast.finish().await;
 }
