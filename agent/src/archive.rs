@@ -24,7 +24,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
-use fast_sandbox_api::files::{FileInfo, FileType};
+use fast_sandbox_api::files::{FileInfo, FileType, MAX_PATH_BYTES};
 use rustix::fs::{
     AtFlags, Mode, OFlags, Timespec, Timestamps, fchmod, futimens, linkat, mkdirat, openat2,
     renameat, statat, symlinkat,
@@ -35,7 +35,8 @@ use tar::EntryType;
 use crate::api::invalid;
 use crate::error::{Error, Result};
 use crate::rootfs::{
-    BENEATH, SandboxPath, SandboxRoot, chown, file_err, file_type, open_child_dir, temp_name,
+    BENEATH, MAX_DEPTH, SandboxPath, SandboxRoot, chown, file_err, file_type, open_child_dir,
+    temp_name,
 };
 use long_names::LongNames;
 pub use tree_out::write_tree;
@@ -46,6 +47,14 @@ mod tree_out;
 /// The checked components of an archive entry's path (`None`: the entry
 /// names the destination itself).
 fn entry_parts(path: &Path) -> Result<Option<Vec<String>>> {
+    let bytes = path.as_os_str().len();
+    if bytes > MAX_PATH_BYTES {
+        let start: String = path.display().to_string().chars().take(64).collect();
+        return Err(invalid(
+            "body",
+            format!("archive entry {start:?}... is {bytes} bytes long; at most {MAX_PATH_BYTES}"),
+        ));
+    }
     let shown = path.display().to_string();
     let mut parts = Vec::new();
     for c in path.components() {
@@ -73,6 +82,12 @@ fn entry_parts(path: &Path) -> Result<Option<Vec<String>>> {
                 ));
             }
         }
+    }
+    if parts.len() > MAX_DEPTH {
+        return Err(invalid(
+            "body",
+            format!("archive entry {shown:?} is nested deeper than {MAX_DEPTH} levels"),
+        ));
     }
     Ok((!parts.is_empty()).then_some(parts))
 }
@@ -215,9 +230,10 @@ pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Resu
                         ),
                     })
                     .and_then(|_| {
+                        // chown clears setuid and setgid bits: mode after owner.
+                        chown(&file, owner).map_err(file_err("chown", &shown))?;
                         fchmod(&file, Mode::from_raw_mode(mode))
                             .map_err(file_err("chmod", &shown))?;
-                        chown(&file, owner).map_err(file_err("chown", &shown))?;
                         futimens(&file, &times(mtime)).map_err(file_err("utimes", &shown))?;
                         renameat(&parent, tmp.as_str(), &parent, name.as_str())
                             .map_err(file_err("extract", &shown))
@@ -327,7 +343,7 @@ mod tests {
         std::fs::write(root.join("src/a.bin"), [0u8, 1, 2, 255]).unwrap();
         std::fs::set_permissions(
             root.join("src/a.bin"),
-            std::fs::Permissions::from_mode(0o751),
+            std::fs::Permissions::from_mode(0o4751),
         )
         .unwrap();
         std::fs::write(root.join("src/sub/deep"), "deep").unwrap();
@@ -360,7 +376,8 @@ mod tests {
         let dst = t.path().join("root/dst/src");
         assert_eq!(std::fs::read(dst.join("a.bin")).unwrap(), [0u8, 1, 2, 255]);
         let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode(&dst.join("a.bin")), 0o751);
+        // Setting the owner would clear a setuid bit set before it.
+        assert_eq!(mode(&dst.join("a.bin")), 0o4751);
         assert_eq!(mode(&dst.join("sub")), 0o555);
         assert_eq!(
             std::fs::read_to_string(dst.join("sub/deep")).unwrap(),
@@ -446,5 +463,28 @@ mod tests {
             extract(&r, &p("/nope"), &a[..]).unwrap_err().code(),
             ErrorCode::NotFound
         );
+    }
+
+    #[test]
+    fn names_no_path_could_have_are_refused_before_anything_is_made() {
+        let (t, r) = tree();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        let long = format!("{}/f", "n".repeat(MAX_PATH_BYTES));
+        b.append_data(&mut h, &long, &b"x"[..]).unwrap();
+        let e = extract(&r, &p("/dst"), &b.into_inner().unwrap()[..]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("bytes long; at most 4096"), "{e}");
+        assert!(e.to_string().len() < 300, "the name is cut short: {e}");
+
+        let mut b = tar::Builder::new(Vec::new());
+        let deep = format!("{}f", "d/".repeat(MAX_DEPTH));
+        b.append_data(&mut h, &deep, &b"x"[..]).unwrap();
+        let e = extract(&r, &p("/dst"), &b.into_inner().unwrap()[..]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("deeper than 256 levels"), "{e}");
+        assert!(!t.path().join("root/dst/d").exists(), "no directory made");
     }
 }

@@ -70,6 +70,10 @@ pub fn capped(mounts: Vec<Mount>, cap: u64, page: u64) -> Result<Vec<Mount>, Str
             target: String::new(),
             options: vec![
                 format!("size={}", tmpfs_bytes(cap, page)),
+                // tmpfs's own default ratio, one inode per page: files and
+                // directories the agent makes for an upload are charged to
+                // the agent, and empty ones take no room from `size`.
+                format!("nr_inodes={}", tmpfs_bytes(cap, page) / page),
                 "mode=755".to_string(),
                 "nosuid".to_string(),
                 "nodev".to_string(),
@@ -145,6 +149,10 @@ mod tests {
         .unwrap();
         assert_eq!(m[0].r#type, "tmpfs");
         assert_eq!(m[0].options[0], format!("size={}", (10 << 20) + 4096));
+        assert_eq!(
+            m[0].options[1],
+            format!("nr_inodes={}", (10 << 20) / 4096 + 1)
+        );
         assert_eq!(m[1].r#type, "format/mkdir/overlay");
         assert_eq!(
             m[1].options,

@@ -253,9 +253,9 @@ impl SandboxRoot {
     }
 
     /// Opens regular file `path` for reading; anything else is an error
-    /// naming it (a FIFO or device would never end).
+    /// naming it (a FIFO or device would never end) and is never opened.
     pub fn open_read(&self, path: &SandboxPath) -> Result<File> {
-        let fd = self.open_path(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        let fd = self.open_path(path, OFlags::PATH)?;
         let st = fstat(&fd).map_err(file_err("stat", &path.display))?;
         match rustix::fs::FileType::from_raw_mode(st.st_mode) {
             rustix::fs::FileType::RegularFile => {}
@@ -271,8 +271,9 @@ impl SandboxRoot {
                 });
             }
         }
-        rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(file_err("read", &path.display))?;
-        Ok(File::from(fd))
+        reopen_regular(&fd)
+            .map(File::from)
+            .map_err(file_err("read", &path.display))
     }
 
     /// Starts writing `path`: a new file next to it, renamed over it by
@@ -362,6 +363,20 @@ pub(crate) fn temp_name(name: &str) -> String {
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stem: String = name.chars().take(100).collect();
     format!(".{stem}.fast-sandbox-{}-{n}", std::process::id())
+}
+
+/// Opens for reading the regular file that `O_PATH` descriptor `fd` was
+/// checked to be. Opening a name runs a device's or FIFO's `open` as the
+/// node's root before its type can be seen (a watchdog starts counting, a
+/// FIFO's writer is let through), and the name can be swapped after a stat;
+/// the descriptor holds the inode that was checked.
+pub(crate) fn reopen_regular(fd: &OwnedFd) -> rustix::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    rustix::fs::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
 }
 
 /// Sets the owner of what the agent creates to the sandbox's user.

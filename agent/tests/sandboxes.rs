@@ -187,7 +187,7 @@ async fn a_capped_writable_layer_holds_its_cap_and_fails_the_sandbox_past_it() {
     };
     let within = capped(
         "layer-in",
-        "dd if=/dev/zero of=/four bs=1M count=4 2>/dev/null && df -k / | tail -1 && echo wrote; sleep 300",
+        "dd if=/dev/zero of=/four bs=1M count=4 2>/dev/null && df -k / | tail -1 && df -i / | tail -1 && echo wrote; sleep 300",
     );
     let (status, info) = a.client.create(&within).await.unwrap();
     if std::env::var("FAST_SANDBOX_TEST_CONTAINERD").as_deref() == Ok("1.6") {
@@ -230,6 +230,12 @@ async fn a_capped_writable_layer_holds_its_cap_and_fails_the_sandbox_past_it() {
         .map(|n| n.parse().unwrap())
         .collect();
     assert_eq!(df, [8196, 4096], "size and use in KiB: {out}");
+    let inodes = out.lines().nth(1).and_then(|l| l.split_whitespace().nth(1));
+    assert_eq!(
+        inodes,
+        Some("2049"),
+        "one inode per page of the layer: {out}"
+    );
     let info = a.client.get("layer-in").await.unwrap().unwrap();
     assert_eq!(info.state, ContainerState::Running);
     for uid in ["layer-in", "layer-past"] {

@@ -100,19 +100,17 @@ fn append<W: Write>(
             let fd = openat2(
                 dir,
                 name,
-                OFlags::RDONLY
-                    | OFlags::NOFOLLOW
-                    | OFlags::NONBLOCK
-                    | OFlags::CLOEXEC
-                    | OFlags::NOCTTY,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
                 BENEATH,
             )
             .map_err(file_err("open", &path.display))?;
+            // Swapped for something else since the walk's stat: left out.
             let now = fstat(&fd).map_err(file_err("stat", &path.display))?;
             if file_type(&now) != FileType::File {
                 return Ok(());
             }
+            let fd = rootfs::reopen_regular(&fd).map_err(file_err("open", &path.display))?;
             #[allow(clippy::unnecessary_cast)]
             let size = now.st_size as u64;
             let mut h = header(&now, EntryType::Regular, out.owner);

@@ -3,6 +3,8 @@
 
 use fast_sandbox_api::agent::ErrorCode;
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use super::process::uid_gid;
 use super::*;
 
@@ -163,4 +165,71 @@ fn status_gives_the_real_ids() {
         uid_gid("Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGid:\t5\t5\t5\t5\n"),
         (1000, 5)
     );
+}
+
+#[test]
+fn a_fifo_is_refused_without_being_opened() {
+    let (_outside, r, dir) = root();
+    let fifo = dir.join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    // A writer's open waits for a reader: an agent that opened the FIFO
+    // (as it would a device, as the node's root) would let it through
+    // before seeing what it is, and the pipe would be gone by the time a
+    // real reader came.
+    let writer_path = fifo.clone();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_path)
+            .unwrap();
+        std::io::Write::write_all(&mut w, b"first reader").map_err(|e| e.kind())
+    });
+    let tid = tid_rx.recv().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !waiting_in_open(tid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never waited in its open"
+        );
+        std::thread::yield_now();
+    }
+    let e = r.open_read(&p("/fifo")).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    // A woken task is runnable at once, run yet or not.
+    assert!(
+        waiting_in_open(tid),
+        "the agent's open let the writer through"
+    );
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    assert_eq!(
+        writer.join().unwrap(),
+        Ok(()),
+        "the writer met a reader before ours"
+    );
+    assert_eq!(std::io::read_to_string(reader).unwrap(), "first reader");
+}
+
+/// Whether thread `tid` of this process sleeps in an `openat`.
+fn waiting_in_open(tid: i32) -> bool {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/{f}"));
+    let (Ok(syscall), Ok(stat)) = (read("syscall"), read("stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses.
+    let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+    syscall.starts_with(&format!("{} ", libc::SYS_openat)) && state == Some("S")
 }

@@ -44,8 +44,9 @@ impl Upload {
     pub fn commit(mut self) -> Result<FileInfo> {
         let path = self.path.display.clone();
         if let Some(f) = self.file.take() {
-            fchmod(&f, Mode::from_raw_mode(self.mode)).map_err(file_err("chmod", &path))?;
+            // chown clears setuid and setgid bits: mode after owner.
             chown(&f, self.owner).map_err(file_err("chown", &path))?;
+            fchmod(&f, Mode::from_raw_mode(self.mode)).map_err(file_err("chmod", &path))?;
         }
         renameat(&self.dir, self.tmp.as_str(), &self.dir, self.name.as_str())
             .map_err(file_err("rename", &path))?;
