@@ -129,13 +129,14 @@ fn entry_parent(
                     Err(e) => return Err(refused(e)),
                 }
                 let made = open(&cur, part).map_err(refused)?;
-                // O_PATH descriptors cannot be chowned; the name can.
+                // The directory opened, not the name, which the sandbox
+                // may have swapped since.
                 rustix::fs::chownat(
-                    &cur,
-                    part.as_str(),
+                    &made,
+                    "",
                     Some(rustix::fs::Uid::from_raw(owner.0)),
                     Some(rustix::fs::Gid::from_raw(owner.1)),
-                    AtFlags::SYMLINK_NOFOLLOW,
+                    AtFlags::EMPTY_PATH,
                 )
                 .map_err(refused)?;
                 made
@@ -201,9 +202,11 @@ pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Resu
         };
         let name = parts[parts.len() - 1].clone();
         let parent = entry_parent(&dest_fd, &parts, &shown, owner)?;
+        let bad_entry =
+            |e: std::io::Error| invalid("body", format!("archive entry {shown:?}: {e}"));
         let h = entry.header();
-        let mode = h.mode().map_err(bad)? & 0o7777;
-        let mtime = h.mtime().map_err(bad)?;
+        let mode = h.mode().map_err(bad_entry)? & 0o7777;
+        let mtime = h.mtime().map_err(bad_entry)?;
         match h.entry_type() {
             EntryType::Regular | EntryType::Continuous => {
                 let tmp = temp_name(&name);
@@ -219,17 +222,30 @@ pub fn extract(root: &SandboxRoot, dest: &SandboxPath, input: impl Read) -> Resu
                 )
                 .map_err(file_err("extract", &shown))?;
                 let mut file = std::fs::File::from(fd);
+                let size = entry.size();
                 let copied = std::io::copy(&mut entry, &mut file);
                 let done = copied
                     .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::Other | std::io::ErrorKind::UnexpectedEof => bad(e),
+                        std::io::ErrorKind::Other | std::io::ErrorKind::UnexpectedEof => {
+                            bad_entry(e)
+                        }
                         _ => Error::file(
                             "extract",
                             &shown,
                             Errno::from_io_error(&e).unwrap_or(Errno::IO),
                         ),
                     })
-                    .and_then(|_| {
+                    .and_then(|n| {
+                        // The stream ended inside the file's data: the tar
+                        // reader gives what there was without an error.
+                        if n != size {
+                            return Err(invalid(
+                                "body",
+                                format!(
+                                    "archive entry {shown:?} ends after {n} of its {size} bytes"
+                                ),
+                            ));
+                        }
                         // chown clears setuid and setgid bits: mode after owner.
                         chown(&file, owner).map_err(file_err("chown", &shown))?;
                         fchmod(&file, Mode::from_raw_mode(mode))
@@ -486,5 +502,21 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
         assert!(e.to_string().contains("deeper than 256 levels"), "{e}");
         assert!(!t.path().join("root/dst/d").exists(), "no directory made");
+
+        // Cut off inside a file's data: the error names the file.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4096);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "cut.bin", &[7u8; 4096][..]).unwrap();
+        let whole = b.into_inner().unwrap();
+        let e = extract(&r, &p("/dst"), &whole[..1024]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+        assert!(
+            e.to_string()
+                .contains("\"/dst/cut.bin\" ends after 512 of its 4096 bytes"),
+            "{e}"
+        );
+        assert!(!t.path().join("root/dst/cut.bin").exists());
     }
 }

@@ -20,19 +20,39 @@ fn tar_err(path: &str) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::io(format!("writing the tar stream of {path}"), e)
 }
 
-/// The stream being written, and the node's ids of the sandbox's root.
+/// Most names of directory listings held at once while a tree is walked
+/// (each listing on the way down stays until its directory is done): each
+/// directory has its own bound, but one nested in another nested in
+/// another would add up to millions.
+const MAX_HELD_NAMES: usize = 200_000;
+
+/// The stream being written, the node's ids of the sandbox's root, and
+/// the names listed and not yet archived.
 struct Out<W: Write> {
     tar: tar::Builder<W>,
     owner: (u32, u32),
+    held: usize,
+    max_held: usize,
 }
 
 /// Writes the tree at `path` as an uncompressed tar stream into `out`.
 pub fn write_tree(root: &SandboxRoot, path: &SandboxPath, out: impl Write) -> Result<()> {
+    write_bounded(root, path, out, MAX_HELD_NAMES)
+}
+
+fn write_bounded(
+    root: &SandboxRoot,
+    path: &SandboxPath,
+    out: impl Write,
+    max_held: usize,
+) -> Result<()> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     let mut out = Out {
         tar,
         owner: root.owner(),
+        held: 0,
+        max_held,
     };
     let (dir, name, entry_name) = if path.is_root() {
         let fd = root.open_path(path, OFlags::PATH | OFlags::DIRECTORY)?;
@@ -142,7 +162,19 @@ fn append<W: Write>(
                 }) => return Ok(()),
                 Err(e) => return Err(e),
             };
-            for child in rootfs::names(&child_dir, &path.display)? {
+            let names = rootfs::names(&child_dir, &path.display)?;
+            out.held += names.len();
+            if out.held > out.max_held {
+                return Err(invalid(
+                    "path",
+                    format!(
+                        "{} has directories of many entries nested in one another: archiving it would hold more than {} names at once; copy its parts, or use exec with tar",
+                        path.display, out.max_held
+                    ),
+                ));
+            }
+            let listed = names.len();
+            for child in names {
                 let child_path = path.child(&child);
                 let st = match statat(&child_dir, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) => st,
@@ -164,6 +196,7 @@ fn append<W: Write>(
                     depth + 1,
                 )?;
             }
+            out.held -= listed;
         }
         FileType::Other => {
             tracing::debug!(path = %path.display, "not archiving a device, FIFO or socket");
@@ -184,5 +217,30 @@ mod tests {
         assert_eq!(inside_id(root + 65536, root), 65534, "outside its range");
         assert_eq!(inside_id(0, root), 65534, "the node's root");
         assert_eq!(inside_id(1000, 0), 1000, "no user namespace");
+    }
+
+    #[test]
+    fn listings_held_on_the_way_down_are_bounded_together() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        for dir in ["t", "t/a", "t/a/b"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            for i in 0..3 {
+                std::fs::write(root.join(format!("{dir}/f{i}")), "").unwrap();
+            }
+        }
+        let r = SandboxRoot::at(&root, (0, 0)).unwrap();
+        let path = SandboxPath::parse("/t").unwrap();
+        // Held on the way down to t/a/b: t's 4, a's 4 and b's 3 names.
+        write_bounded(&r, &path, std::io::sink(), 11).unwrap();
+        let e = write_bounded(&r, &path, std::io::sink(), 10).unwrap_err();
+        assert!(e.to_string().contains("more than 10 names at once"), "{e}");
+        // Siblings one after another do not add up: t (now 5 names) and
+        // t/c's 7 are held once t/a and t/a/b are done.
+        std::fs::create_dir(root.join("t/c")).unwrap();
+        for i in 0..7 {
+            std::fs::write(root.join(format!("t/c/g{i}")), "").unwrap();
+        }
+        write_bounded(&r, &path, std::io::sink(), 12).unwrap();
     }
 }
