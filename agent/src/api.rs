@@ -184,7 +184,11 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bod
                 }
                 (&Method::DELETE, sub) if sub.starts_with("exec/") => {
                     let session = &sub["exec/".len()..];
-                    if agent.execs().sessions().end(uid, session) {
+                    let ended = agent.execs().sessions().end(uid, session);
+                    agent
+                        .metrics()
+                        .exec_session_end(if ended { "ended" } else { "none" });
+                    if ended {
                         let mut r = Response::new(body::empty());
                         *r.status_mut() = StatusCode::NO_CONTENT;
                         Ok(r)

@@ -147,6 +147,7 @@ pub struct Metrics {
     execs: Family<ReasonLabel, Counter>,
     exec_start_seconds: Histogram,
     exec_bytes: Family<ChannelLabel, Counter>,
+    exec_ends: Family<OutcomeLabel, Counter>,
     file_ops: Family<FileOpLabel, Counter>,
     stock_creates: Family<PathLabel, Counter>,
     stock_builds: Family<OutcomeLabel, Counter>,
@@ -174,6 +175,7 @@ impl Metrics {
             execs: Family::default(),
             exec_start_seconds: Histogram::new(fast_sandbox_server::metrics::latency_buckets()),
             exec_bytes: Family::default(),
+            exec_ends: Family::default(),
             file_ops: Family::default(),
             stock_creates: Family::default(),
             stock_builds: Family::default(),
@@ -242,6 +244,11 @@ impl Metrics {
                 "agent_exec_bytes",
                 "Bytes exec'd processes read and wrote, by channel",
                 m.exec_bytes.clone(),
+            );
+            r.register(
+                "agent_exec_session_ends",
+                "Execs asked to end by their session name because their client went away, by outcome: ended, or none (over already or never named so)",
+                m.exec_ends.clone(),
             );
             r.register(
                 "agent_file_ops",
@@ -350,6 +357,14 @@ impl Metrics {
     /// Counts a create by the path it took (`claimed`, or why it went cold).
     pub fn stock_create(&self, path: &'static str) {
         self.stock_creates.get_or_create(&PathLabel { path }).inc();
+    }
+
+    /// Counts an exec asked to end by its session name: `ended`, or `none`
+    /// when no such exec was running.
+    pub fn exec_session_end(&self, outcome: &'static str) {
+        self.exec_ends
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Counts a pre-started sandbox built (`ok`) or not (`failed`).

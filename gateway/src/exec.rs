@@ -16,6 +16,7 @@
 //! process unless `detach` was asked.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use fast_sandbox_agent_client::AgentClient;
@@ -192,6 +193,7 @@ pub async fn serve(
         agent: r.agent.clone(),
         uid: r.uid.clone(),
         session,
+        asked: AtomicBool::new(false),
     };
     let v5 = protocol == PROTOCOLS[0];
     tokio::spawn(async move {
@@ -272,10 +274,15 @@ struct Ender {
     agent: Arc<AgentClient>,
     uid: String,
     session: String,
+    /// Asked already: the client's going and the stream's end both ask.
+    asked: AtomicBool,
 }
 
 impl Ender {
     async fn end(&self) {
+        if self.asked.swap(true, Ordering::Relaxed) {
+            return;
+        }
         match self.agent.end_exec(&self.uid, &self.session).await {
             Ok(ended) => {
                 tracing::debug!(uid = %self.uid, ended, "exec ended: its client went away")
@@ -305,6 +312,9 @@ async fn pump(
 ) {
     let (mut sink, mut source) = ws.split();
     let ender = &ender;
+    // Set once the exit status is passed on: the client's Close after it is
+    // the end of a finished exec, not one to end.
+    let status_sent = &AtomicBool::new(false);
     let inbound = async move {
         while let Some(msg) = source.next().await {
             match msg {
@@ -318,6 +328,9 @@ async fn pump(
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => {}
             }
+        }
+        if status_sent.load(Ordering::Relaxed) {
+            return;
         }
         // The client is gone before the process ended: break the agent's
         // stream, and end the exec by name in case that break is stuck
@@ -349,6 +362,7 @@ async fn pump(
                             m.extend_from_slice(
                                 &serde_json::to_vec(&status_message(&st)).unwrap_or_default(),
                             );
+                            status_sent.store(true, Ordering::Relaxed);
                             let _ = sink.send(Message::Binary(m.into())).await;
                             let _ = sink.close().await;
                             return true;

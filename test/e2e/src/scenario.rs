@@ -522,3 +522,28 @@ pub async fn signal_container_process(
     }
     Ok(pid)
 }
+
+/// Port of every component's and agent's `/metrics`.
+pub const OPS_PORT: u16 = 9090;
+
+/// The value of counter `name` with `labels` (as written in the text
+/// format, `outcome="ended"`) in agent pod `pod`'s `/metrics`, read through
+/// the apiserver's pod proxy; 0 until the agent first counts it.
+pub async fn agent_counter(
+    client: &Client,
+    pod: &str,
+    name: &str,
+    labels: &str,
+) -> Result<f64, E2eError> {
+    let path = format!("/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{pod}:{OPS_PORT}/proxy/metrics");
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| E2eError::Command(format!("metrics request of {pod}: {e}")))?;
+    let text = client.request_text(req).await?;
+    let series = format!("{name}{{{labels}}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}

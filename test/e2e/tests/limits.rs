@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use fast_sandbox_cli::exec::{ExecOptions, Streams, exec};
 use fast_sandbox_cli::files;
-use fast_sandbox_e2e::scenario::{BUSYBOX, ready_pool, running_sandbox};
+use fast_sandbox_e2e::scenario::{BUSYBOX, agent_counter, ready_pool, running_sandbox};
 use tenancy::{Cast, WAIT, try_run_with};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -316,6 +316,31 @@ async fn a_client_gone_mid_stream_leaves_nothing_running() {
     let cast = Cast::new("gone mid-stream", "e2e-gone").await;
     on_one_agent(&cast, &["sb"]).await;
     let (ns, tenant, stranger) = (cast.ns.clone(), cast.tenant.clone(), cast.stranger.clone());
+    let sandboxes: kube::Api<fast_sandbox_api::Sandbox> =
+        kube::Api::namespaced(cast.admin.clone(), &ns);
+    let agent = sandboxes
+        .get("sb")
+        .await
+        .unwrap()
+        .spec
+        .agent_ref
+        .unwrap()
+        .pod_name;
+    let ends = || async {
+        let mut n = 0.0;
+        for outcome in ["ended", "none"] {
+            n += agent_counter(
+                &cast.admin,
+                &agent,
+                "fast_sandbox_agent_exec_session_ends_total",
+                &format!("outcome=\"{outcome}\""),
+            )
+            .await
+            .unwrap();
+        }
+        n
+    };
+    let ends_before = ends().await;
     let ps = || async {
         run_unblocked(&tenant, &ns, "sb", &["ps", "-o", "args"], None)
             .await
@@ -363,6 +388,22 @@ async fn a_client_gone_mid_stream_leaves_nothing_running() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // One end asked of the agent, for the exec whose client went (it may
+    // land after the broken stream stopped the process); none for the
+    // execs that finished (the ps above).
+    let deadline = tokio::time::Instant::now() + UNBLOCKED;
+    while ends().await - ends_before < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the access server never asked the agent to end the exec"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ends().await - ends_before,
+        1.0,
+        "ends asked of the agent: finished execs were asked to end too"
+    );
     // Another namespace's user cannot end or see anything of it.
     let e = try_run_with(&stranger, &ns, "sb", &["true"], None)
         .await
