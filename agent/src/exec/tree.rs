@@ -6,8 +6,8 @@
 //! gathered again until nothing new appears, and killed.
 //!
 //! Each process is held by a pidfd from the moment it is found and checked
-//! to be in the sandbox's cgroup, so a PID reused meanwhile is never
-//! signalled.
+//! to be in the sandbox's cgroup and to have started when it did when it
+//! was found, so a PID reused meanwhile is never signalled.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -34,7 +34,9 @@ pub fn kill_descendants(proc_root: &Path, root: u32, cgroup_suffix: &str) {
     }
     let mut held: HashMap<u32, OwnedFd> = HashMap::new();
     for _ in 0..ROUNDS {
-        let found = descendants(&parents(proc_root), root);
+        let table = processes(proc_root);
+        let parents = table.iter().map(|(&pid, p)| (pid, p.parent)).collect();
+        let found = descendants(&parents, root);
         let mut new = false;
         for pid in found {
             if held.contains_key(&pid) {
@@ -46,8 +48,11 @@ pub fn kill_descendants(proc_root: &Path, root: u32, cgroup_suffix: &str) {
                 continue;
             };
             // Checked after the pidfd is open: the PID named this process
-            // then, so the check is of the process the pidfd holds.
-            if !in_cgroup(proc_root, pid, cgroup_suffix) {
+            // then, so the checks are of the process the pidfd holds (one
+            // that started since the scan is another, given the same PID).
+            let same =
+                read_stat(proc_root, pid).map(|p| p.started) == table.get(&pid).map(|p| p.started);
+            if !same || !in_cgroup(proc_root, pid, cgroup_suffix) {
                 continue;
             }
             let _ = pidfd_send_signal(&fd, Signal::STOP);
@@ -71,30 +76,43 @@ fn sees_host_pids(proc_root: &Path) -> bool {
         .is_ok_and(|p| p.to_str() == Some(std::process::id().to_string().as_str()))
 }
 
-/// Each process's parent, from `<proc_root>/<pid>/stat`.
-fn parents(proc_root: &Path) -> HashMap<u32, u32> {
+/// What `<proc_root>/<pid>/stat` says of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProcStat {
+    parent: u32,
+    /// Clock ticks after boot: with the PID, names one process for good.
+    started: u64,
+}
+
+/// Every process, from `<proc_root>/<pid>/stat`.
+fn processes(proc_root: &Path) -> HashMap<u32, ProcStat> {
     let Ok(dir) = std::fs::read_dir(proc_root) else {
         return HashMap::new();
     };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let mut stat = String::new();
-            File::open(proc_root.join(pid.to_string()).join("stat"))
-                .ok()?
-                .read_to_string(&mut stat)
-                .ok()?;
-            Some((pid, parent_of(&stat)?))
-        })
+        .filter_map(|pid| Some((pid, read_stat(proc_root, pid)?)))
         .collect()
 }
 
-/// The parent PID in a `/proc/<pid>/stat` line: the field after the state,
-/// which follows the command name's closing parenthesis (a name may hold
-/// spaces and parentheses of its own).
-fn parent_of(stat: &str) -> Option<u32> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
+fn read_stat(proc_root: &Path, pid: u32) -> Option<ProcStat> {
+    let mut stat = String::new();
+    File::open(proc_root.join(pid.to_string()).join("stat"))
+        .ok()?
+        .read_to_string(&mut stat)
+        .ok()?;
+    parse_stat(&stat)
+}
+
+/// The parent PID and start time in a `/proc/<pid>/stat` line: the fields
+/// after the command name's closing parenthesis (a name may hold spaces
+/// and parentheses of its own) are the state, the parent, and the start
+/// time 19 fields after the state.
+fn parse_stat(stat: &str) -> Option<ProcStat> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let parent = fields.nth(1)?.parse().ok()?;
+    let started = fields.nth(17)?.parse().ok()?;
+    Some(ProcStat { parent, started })
 }
 
 /// Every process below `root`.
@@ -127,10 +145,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_parent_follows_the_command_name_whatever_it_holds() {
-        assert_eq!(parent_of("42 (cat) S 7 42 1 0"), Some(7));
-        assert_eq!(parent_of("42 (a) b (c) R 9 42 1 0"), Some(9));
-        assert_eq!(parent_of("garbage"), None);
+    fn the_parent_and_start_follow_the_command_name_whatever_it_holds() {
+        let tail = "42 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 2000000";
+        let stat = |name: &str, parent: u32| parse_stat(&format!("42 ({name}) S {parent} {tail}"));
+        let want = |parent| {
+            Some(ProcStat {
+                parent,
+                started: 987654,
+            })
+        };
+        assert_eq!(stat("cat", 7), want(7));
+        assert_eq!(stat("a) b (c) R 5", 9), want(9));
+        assert_eq!(parse_stat("42 (cat) S 7 42 1 0"), None, "cut short");
+        assert_eq!(parse_stat("garbage"), None);
+        // This very process, as the kernel writes it.
+        let own = read_stat(Path::new("/proc"), std::process::id()).unwrap();
+        assert_eq!(own.parent, std::os::unix::process::parent_id());
+        assert_eq!(
+            own,
+            read_stat(Path::new("/proc"), std::process::id()).unwrap()
+        );
     }
 
     #[test]
