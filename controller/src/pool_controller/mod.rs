@@ -62,6 +62,15 @@ pub fn owned_by(pod: &Pod, pool: &SandboxPool) -> bool {
     pool.metadata.uid.is_some() && pod.labels().get(LABEL_POOL_UID) == pool.metadata.uid.as_ref()
 }
 
+/// The agent pods of `pool` in the controller's cache.
+fn pods_of(ctx: &Context, pool: &SandboxPool) -> Vec<Arc<Pod>> {
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| owned_by(p, pool))
+        .collect()
+}
+
 fn slots_of(pod: &Pod) -> u32 {
     pod.annotations()
         .get(ANNOTATION_SLOTS)
@@ -95,12 +104,7 @@ async fn reconcile_inner(pool: &SandboxPool, ctx: &Context) -> Result<Action, Er
     }
     let now = Utc::now();
 
-    let pods: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| owned_by(p, pool))
-        .collect();
+    let pods = pods_of(ctx, pool);
     let seen: HashSet<String> = pods.iter().map(|p| p.name_any()).collect();
     let deleting: HashSet<String> = pods
         .iter()

@@ -149,26 +149,20 @@ pub(super) async fn write_status(
             ("state", state.to_string()),
         ]
     };
-    ctx.metrics
-        .pool_agents
-        .get_or_create(&labels("total"))
-        .set(status.agents as i64);
-    ctx.metrics
-        .pool_agents
-        .get_or_create(&labels("ready"))
-        .set(status.ready_agents as i64);
-    ctx.metrics
-        .pool_agents
-        .get_or_create(&labels("draining"))
-        .set(status.draining_agents as i64);
-    ctx.metrics
-        .pool_slots
-        .get_or_create(&labels("total"))
-        .set(status.slots_total as i64);
-    ctx.metrics
-        .pool_slots
-        .get_or_create(&labels("used"))
-        .set(status.slots_used as i64);
+    let m = &ctx.metrics;
+    for (family, state, value) in [
+        (&m.pool_agents, "total", i64::from(status.agents)),
+        (&m.pool_agents, "ready", i64::from(status.ready_agents)),
+        (
+            &m.pool_agents,
+            "draining",
+            i64::from(status.draining_agents),
+        ),
+        (&m.pool_slots, "total", i64::from(status.slots_total)),
+        (&m.pool_slots, "used", i64::from(status.slots_used)),
+    ] {
+        family.get_or_create(&labels(state)).set(value);
+    }
 
     if pool.status.as_ref() == Some(&status) {
         return Ok(());

@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use fast_sandbox_api::SandboxPool;
 use fast_sandbox_api::wellknown::{LABEL_POOL_NAMESPACE, LABEL_POOL_UID, POOL_FINALIZER};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::owned_by;
+use super::pods_of;
 use super::removal::remove_agent;
 use crate::context::Context;
 use crate::error::Error;
@@ -66,12 +65,7 @@ pub(super) async fn teardown(
     if !pool.finalizers().iter().any(|f| f == POOL_FINALIZER) {
         return Ok(Action::await_change());
     }
-    let pods: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| owned_by(p, pool))
-        .collect();
+    let pods = pods_of(ctx, pool);
     let none = HashSet::new();
     let (expected_new, _) = ctx.expectations.pending(pool_key, &none, &none);
     // Once every agent's deletion is under way the pool may go: Kubernetes
