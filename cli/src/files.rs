@@ -267,7 +267,9 @@ pub async fn upload(
     src: &Path,
     dst: &str,
 ) -> Result<(), AccessError> {
-    let meta = tokio::fs::symlink_metadata(src)
+    // A symlink given as the source is copied as what it names, with that
+    // one's mode (as `cp` does); symlinks inside a tree stay symlinks.
+    let meta = tokio::fs::metadata(src)
         .await
         .map_err(|source| AccessError::Read {
             what: src.display().to_string(),
@@ -405,8 +407,8 @@ pub async fn download(
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ =
-            tokio::fs::set_permissions(&target, std::fs::Permissions::from_mode(info.mode)).await;
+        let mode = local_mode(info.mode, false);
+        let _ = tokio::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).await;
     }
     Ok(())
 }
@@ -443,7 +445,10 @@ fn destination(into: &Path, rel: &Path) -> Result<PathBuf, AccessError> {
 /// when `strip`; every entry stays under `into`.
 fn unpack(reader: impl std::io::Read, into: &Path, strip: bool) -> Result<(), AccessError> {
     let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
+    // Modes as `cp` makes them: no setuid, setgid or sticky bit from the
+    // sandbox, and the user's umask applied.
+    archive.set_preserve_permissions(false);
+    archive.set_mask(umask());
     let broken =
         |e: std::io::Error| AccessError::Protocol(format!("the tar stream is unreadable: {e}"));
     for entry in archive.entries().map_err(broken)? {
@@ -465,9 +470,53 @@ fn unpack(reader: impl std::io::Read, into: &Path, strip: bool) -> Result<(), Ac
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(write_err)?;
         }
-        entry.unpack(&dest).map_err(write_err)?;
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Symlink => {
+                entry.unpack(&dest).map_err(write_err)?;
+            }
+            tar::EntryType::Directory => {
+                entry.unpack(&dest).map_err(write_err)?;
+                // Always the user's to write into and remove: a sandbox's
+                // 0500 directory would stop the copy of what is inside it.
+                let mode = local_mode(entry.header().mode().unwrap_or(0o755), true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
+                        .map_err(write_err)?;
+                }
+            }
+            other => {
+                return Err(AccessError::Protocol(format!(
+                    "the archive holds {} as a {other:?} entry; only files, directories and symlinks are copied",
+                    rel.display()
+                )));
+            }
+        }
     }
     Ok(())
+}
+
+/// The mode a file (or directory, always the user's to write into) copied
+/// out of a sandbox gets here: its permission bits, without setuid, setgid
+/// or sticky, under the user's umask.
+fn local_mode(remote: u32, dir: bool) -> u32 {
+    let mode = if dir { remote | 0o700 } else { remote };
+    mode & 0o777 & !umask()
+}
+
+/// This process's umask, read without changing it (`umask(2)` can only
+/// set it); 022 where `/proc` does not say.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 #[cfg(test)]
@@ -534,6 +583,55 @@ mod tests {
             Path::new("f")
         );
         assert!(!out.path().join("d/pipe").exists());
+    }
+
+    #[test]
+    fn a_sandboxs_modes_are_tamed_and_odd_entries_refused() {
+        let entry = |b: &mut tar::Builder<Vec<u8>>, name: &str, kind, mode, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "ro/", tar::EntryType::Directory, 0o500, b"");
+        entry(&mut b, "ro/suid", tar::EntryType::Regular, 0o4777, b"x");
+        entry(&mut b, "open/", tar::EntryType::Directory, 0o1777, b"");
+        let out = tempfile::tempdir().unwrap();
+        unpack(&b.into_inner().unwrap()[..], out.path(), false).unwrap();
+        let mode = |p: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(out.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let mask = umask();
+        assert_eq!(mode("ro"), 0o700 & !mask, "the user's to write into");
+        assert_eq!(
+            mode("ro/suid"),
+            0o777 & !mask,
+            "no setuid, the umask applied"
+        );
+        assert_eq!(mode("open"), 0o777 & !mask, "no sticky bit");
+
+        for kind in [
+            tar::EntryType::Char,
+            tar::EntryType::Fifo,
+            tar::EntryType::Link,
+        ] {
+            let mut b = tar::Builder::new(Vec::new());
+            entry(&mut b, "odd", kind, 0o644, b"");
+            let e = unpack(&b.into_inner().unwrap()[..], out.path(), false).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("only files, directories and symlinks"),
+                "{e}"
+            );
+            assert!(!out.path().join("odd").exists());
+        }
     }
 
     #[test]

@@ -386,7 +386,10 @@ async fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // Every error's message already includes its cause.
-            eprintln!("error: {e}");
+            eprintln!(
+                "error: {}",
+                fast_sandbox_cli::terminal::printable(&e.to_string())
+            );
             std::process::exit(1);
         }
     }

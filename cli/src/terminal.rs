@@ -1,11 +1,28 @@
 //! The local terminal for `exec -t` and `run -t`: raw mode while the
 //! remote terminal is attached (restored when dropped), and its size, sent
-//! again on every SIGWINCH.
+//! again on every SIGWINCH. And messages made printable before they reach
+//! it.
 
 use std::os::fd::AsFd;
 
 use rustix::termios::{OptionalActions, Termios, tcgetattr, tcgetwinsize, tcsetattr};
 use tokio::sync::mpsc;
+
+/// `message` with its control characters but newlines escaped (`\u{1b}`):
+/// an error may quote what a sandbox chose (a file name, a link target),
+/// and an escape sequence in it must not reach the user's terminal as one.
+pub fn printable(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// Raw mode on stdin until dropped.
 pub struct RawMode {
@@ -59,4 +76,17 @@ pub fn sizes() -> mpsc::Receiver<(u16, u16)> {
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            printable("a\u{1b}]52;c;x\u{7}b\nc\té ✓"),
+            "a\\u{1b}]52;c;x\\u{7}b\nc\\té ✓"
+        );
+    }
 }

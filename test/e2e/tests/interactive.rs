@@ -445,7 +445,7 @@ async fn files_round_trip_and_never_leave_the_sandbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_symlink_is_copied_out_as_what_it_names() {
+async fn a_symlink_is_copied_as_what_it_names_each_way() {
     let admin = cluster_client("cp of symlinks").await;
     let ns = namespace(&admin, "e2e-cp-links").await.unwrap();
     ready_pool(&admin, &ns, "p", (1, 1), 4, WAIT).await.unwrap();
@@ -461,7 +461,7 @@ async fn a_symlink_is_copied_out_as_what_it_names() {
         &[
             "sh",
             "-c",
-            "mkdir -p /tmp/d && echo hi > /tmp/d/f && chmod 640 /tmp/d/f && ln -s f /tmp/d/l && ln -s ../d/l /tmp/d/l2 && ln -s /bin /tmp/binlink && ln -s nowhere /tmp/d/dangling",
+            "mkdir -p /tmp/d && echo hi > /tmp/d/f && chmod 640 /tmp/d/f && ln -s f /tmp/d/l && ln -s ../d/l /tmp/d/l2 && ln -s /bin /tmp/binlink && ln -s nowhere /tmp/d/dangling && echo s > /tmp/suid && chmod 4755 /tmp/suid",
         ],
         None,
     )
@@ -495,6 +495,39 @@ async fn a_symlink_is_copied_out_as_what_it_names() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("which does not exist"), "{e}");
+    // A setuid file comes out without the bit (a sandbox must not plant a
+    // setuid binary on the machine of whoever copies it out).
+    files::download(&editor, &ns, "sb", "/tmp/suid", out.path())
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(out.path().join("suid"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7000, 0, "mode {mode:o}");
+    // Into the sandbox, a local link to a file uploads that file, its
+    // content and its mode, under the link's name.
+    let local = out.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join("real"), "up\n").unwrap();
+    std::fs::set_permissions(local.join("real"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("real", local.join("ln")).unwrap();
+    files::upload(&editor, &ns, "sb", &local.join("ln"), "/tmp")
+        .await
+        .unwrap();
+    let (code, stdout, _) = run(
+        &editor,
+        &ns,
+        "sb",
+        &["sh", "-c", "cat /tmp/ln && stat -c %a /tmp/ln"],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (code, String::from_utf8_lossy(&stdout).as_ref()),
+        (0, "up\n600\n")
+    );
     delete_namespace(&admin, &ns).await;
 }
 
