@@ -175,9 +175,12 @@ async fn start_owned(agent: &Arc<Agent>, uid: &str, req: ExecRequest) -> Result<
     let target = agent.running(uid)?;
     let execs = agent.execs();
     let slot = execs.quota.admit(uid)?;
+    // A detached exec outlives its client by design: nothing ends it by
+    // name, so it takes none.
     let session = req
         .session
         .as_deref()
+        .filter(|_| !req.detach)
         .map(|s| execs.sessions.open(uid, s))
         .transpose()?;
     let cd = agent.containerd().clone();
@@ -399,6 +402,8 @@ impl Running {
                 }
             }
         };
+        // Over: an end asked from now on finds nothing to end.
+        drop(session);
         exited_tx.send_replace(true);
         // A client that is gone reads nothing more: its stream may be
         // stalled, and output waiting for it would hold this exec for good.

@@ -411,6 +411,12 @@ async fn a_stalled_exec_is_ended_by_its_session_name() {
         }
     };
     assert_eq!(end("gw-2").await, StatusCode::NOT_FOUND);
+    // A detached exec outlives its client by design: it takes no name.
+    let mut detached = exec_request(&["sleep", "99998"]);
+    detached.detach = true;
+    detached.session = Some("gw-3".into());
+    drop(a.client.exec("ss", &detached).await.unwrap().unwrap());
+    assert_eq!(end("gw-3").await, StatusCode::NOT_FOUND);
     assert_eq!(end("gw-1").await, StatusCode::NO_CONTENT);
     wait_for("the ended exec killed", Duration::from_secs(20), || async {
         !alive().await
