@@ -407,7 +407,7 @@ pub async fn download(
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = local_mode(info.mode, false);
+        let mode = local_mode(info.mode, false, umask());
         let _ = tokio::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).await;
     }
     Ok(())
@@ -447,8 +447,9 @@ fn unpack(reader: impl std::io::Read, into: &Path, strip: bool) -> Result<(), Ac
     let mut archive = tar::Archive::new(reader);
     // Modes as `cp` makes them: no setuid, setgid or sticky bit from the
     // sandbox, and the user's umask applied.
+    let mask = umask();
     archive.set_preserve_permissions(false);
-    archive.set_mask(umask());
+    archive.set_mask(mask);
     let broken =
         |e: std::io::Error| AccessError::Protocol(format!("the tar stream is unreadable: {e}"));
     for entry in archive.entries().map_err(broken)? {
@@ -479,7 +480,7 @@ fn unpack(reader: impl std::io::Read, into: &Path, strip: bool) -> Result<(), Ac
                 entry.unpack(&dest).map_err(write_err)?;
                 // Always the user's to write into and remove: a sandbox's
                 // 0500 directory would stop the copy of what is inside it.
-                let mode = local_mode(entry.header().mode().unwrap_or(0o755), true);
+                let mode = local_mode(entry.header().mode().unwrap_or(0o755), true, mask);
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::PermissionsExt;
@@ -500,10 +501,10 @@ fn unpack(reader: impl std::io::Read, into: &Path, strip: bool) -> Result<(), Ac
 
 /// The mode a file (or directory, always the user's to write into) copied
 /// out of a sandbox gets here: its permission bits, without setuid, setgid
-/// or sticky, under the user's umask.
-fn local_mode(remote: u32, dir: bool) -> u32 {
+/// or sticky, under the user's umask `mask`.
+fn local_mode(remote: u32, dir: bool, mask: u32) -> u32 {
     let mode = if dir { remote | 0o700 } else { remote };
-    mode & 0o777 & !umask()
+    mode & 0o777 & !mask
 }
 
 /// This process's umask, read without changing it (`umask(2)` can only
